@@ -1,0 +1,280 @@
+//! The one public error type, with a kind the caller can match on.
+
+use std::fmt;
+
+/// What went wrong, in terms a caller can act on.
+///
+/// Backends map their native errors into these kinds in one place (their `error.rs`):
+/// a DynamoDB `ConditionalCheckFailedException` or a Cassandra LWT `[applied] = false`
+/// becomes [`ErrorKind::Conflict`], throttling becomes [`ErrorKind::RateLimited`], a lost
+/// connection [`ErrorKind::Unavailable`], and so on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input is malformed: an invalid persistence id, sequence numbers that are not
+    /// consecutive, an empty atomic write. Never retryable; nothing was stored.
+    InvalidInput,
+    /// The store refused this atomic write, e.g. because an event is larger than the
+    /// store can hold, and stored nothing of it. The journal is healthy: other writes go on.
+    Rejected,
+    /// Another writer got there first: the sequence number is already taken (or a
+    /// compare-and-set on the entity's version failed). Nothing of the write was stored.
+    Conflict,
+    /// The backend does not provide this operation; see [`crate::Capabilities`].
+    Unsupported,
+    /// The configuration is invalid or incomplete (unknown backend, missing key, bad value).
+    ConfigInvalid,
+    /// Encoding or decoding a payload failed (unknown manifest, newer schema version, bad bytes).
+    Serialization,
+    /// The replay filter found events of several writers interleaved and is in `Fail` mode.
+    WriterConflict,
+    /// The store asked us to slow down (throttling). Retryable.
+    RateLimited,
+    /// The store could not be reached or went away mid-request. Retryable; whether a write
+    /// was stored is unknown, but an atomic write is never stored in part.
+    Unavailable,
+    /// The store did not answer in time. Retryable, with the same caveat as `Unavailable`.
+    Timeout,
+    /// The store answered with an error that fits no other kind.
+    Storage,
+    /// A bug or an impossible state (for example stored data that breaks an invariant).
+    Unexpected,
+}
+
+impl ErrorKind {
+    /// Whether an operation failing with this kind may succeed when tried again unchanged.
+    pub fn is_retryable_by_default(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimited | ErrorKind::Unavailable | ErrorKind::Timeout
+        )
+    }
+
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::ConfigInvalid => "invalid configuration",
+            ErrorKind::Serialization => "serialization",
+            ErrorKind::WriterConflict => "writer conflict",
+            ErrorKind::RateLimited => "rate limited",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Unexpected => "unexpected",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error of every operation of this framework.
+///
+/// It carries a [`ErrorKind`] to match on, whether a retry may help, and context: the
+/// operation, the persistence id and the sequence numbers involved, and the underlying
+/// error as [`std::error::Error::source`].
+///
+/// ```
+/// use persistence_api::{Error, ErrorKind};
+/// let err = Error::new(ErrorKind::Conflict, "sequence number already taken")
+///     .with_operation("write")
+///     .with_persistence_id("account-1")
+///     .with_sequence_range(4, 5);
+/// assert_eq!(err.kind(), ErrorKind::Conflict);
+/// assert!(!err.is_retryable());
+/// assert_eq!(
+///     err.to_string(),
+///     "conflict: sequence number already taken (operation write, persistence id account-1, sequence numbers 4..=5)"
+/// );
+/// ```
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    retryable: bool,
+    operation: Option<&'static str>,
+    persistence_id: Option<String>,
+    sequence_range: Option<(u64, u64)>,
+    source: Option<Source>,
+}
+
+impl Error {
+    /// A new error of `kind`; retryable as [`ErrorKind::is_retryable_by_default`] says.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            retryable: kind.is_retryable_by_default(),
+            operation: None,
+            persistence_id: None,
+            sequence_range: None,
+            source: None,
+        }
+    }
+
+    /// Shorthand for an [`ErrorKind::InvalidInput`] error.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::Unsupported`] error.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::Serialization`] error.
+    pub fn serialization(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Serialization, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::ConfigInvalid`] error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ConfigInvalid, message)
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Names the operation that failed (`write`, `replay`, `load_snapshot`, ...).
+    pub fn with_operation(mut self, operation: &'static str) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    /// Names the persistence id involved.
+    pub fn with_persistence_id(mut self, id: impl Into<String>) -> Self {
+        self.persistence_id = Some(id.into());
+        self
+    }
+
+    /// Names the (inclusive) range of sequence numbers involved.
+    pub fn with_sequence_range(mut self, from: u64, to: u64) -> Self {
+        self.sequence_range = Some((from, to));
+        self
+    }
+
+    /// Overrides whether a retry may help.
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    /// The kind to match on.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without context.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The operation that failed, if known.
+    pub fn operation(&self) -> Option<&'static str> {
+        self.operation
+    }
+
+    /// The persistence id involved, if any.
+    pub fn persistence_id(&self) -> Option<&str> {
+        self.persistence_id.as_deref()
+    }
+
+    /// The inclusive range of sequence numbers involved, if any.
+    pub fn sequence_range(&self) -> Option<(u64, u64)> {
+        self.sequence_range
+    }
+
+    /// A copy of this error without its source (sources are not `Clone`); the source's
+    /// text is kept in the message. Used where one failure answers several callers.
+    pub fn clone_shallow(&self) -> Error {
+        let message = match &self.source {
+            Some(source) => format!("{}: {}", self.message, source),
+            None => self.message.clone(),
+        };
+        Error {
+            kind: self.kind,
+            message,
+            retryable: self.retryable,
+            operation: self.operation,
+            persistence_id: self.persistence_id.clone(),
+            sequence_range: self.sequence_range,
+            source: None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)?;
+        let mut context = Vec::new();
+        if let Some(op) = self.operation {
+            context.push(format!("operation {op}"));
+        }
+        if let Some(id) = &self.persistence_id {
+            context.push(format!("persistence id {id}"));
+        }
+        if let Some((from, to)) = self.sequence_range {
+            if from == to {
+                context.push(format!("sequence number {from}"));
+            } else {
+                context.push(format!("sequence numbers {from}..={to}"));
+            }
+        }
+        if !context.is_empty() {
+            write!(f, " ({})", context.join(", "))?;
+        }
+        if self.retryable && !self.kind.is_retryable_by_default() {
+            write!(f, " [retryable]")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("retryable", &self.retryable);
+        if let Some(op) = self.operation {
+            d.field("operation", &op);
+        }
+        if let Some(id) = &self.persistence_id {
+            d.field("persistence_id", id);
+        }
+        if let Some(range) = self.sequence_range {
+            d.field("sequence_range", &range);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The result type of this framework.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

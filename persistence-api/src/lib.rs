@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod capabilities;
+mod codec;
+mod entity;
+mod error;
+pub mod replay_filter;
+mod stores;
+mod traits;
+mod types;
+
+pub use capabilities::Capabilities;
+pub use codec::{from_cbor, to_cbor, CborCodec, Codec, Upcaster, CBOR_SERIALIZER_ID};
+pub use entity::{Entity, EntityConfig, EventSourced, RecoveryInfo};
+pub use error::{Error, ErrorKind, Result};
+pub use replay_filter::{ReplayFilter, ReplayFilterMode};
+pub use stores::{JournalExt, Stores};
+pub use traits::{
+    EnvelopeStream, EventStream, Journal, PersistenceIdStream, ReadJournal, Replay, SnapshotStore,
+};
+pub use types::{
+    AtomicWrite, EventEnvelope, Offset, Payload, PersistenceId, PersistentEvent, SelectedSnapshot,
+    SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, Timestamp, MAX_PERSISTENCE_ID_BYTES,
+};
+
+/// Re-exported so backends and users name the same versions.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use futures;

@@ -1,0 +1,184 @@
+//! The three store traits every backend implements.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::capabilities::Capabilities;
+use crate::error::Result;
+use crate::types::{
+    AtomicWrite, EventEnvelope, Offset, Payload, PersistenceId, PersistentEvent, SelectedSnapshot,
+    SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria,
+};
+
+/// A boxed stream of replayed events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<PersistentEvent>> + Send>>;
+/// A boxed stream of query envelopes.
+pub type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<EventEnvelope>> + Send>>;
+/// A boxed stream of persistence ids.
+pub type PersistenceIdStream = Pin<Box<dyn Stream<Item = Result<PersistenceId>> + Send>>;
+
+/// What [`Journal::replay`] returns: the stored highest sequence number and the events.
+pub struct Replay {
+    /// The highest sequence number the id has ever stored (not `to`, and not lowered by
+    /// deletes), read when the replay started.
+    pub highest_sequence_nr: SequenceNr,
+    /// The events in ascending sequence order.
+    pub events: EventStream,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("highest_sequence_nr", &self.highest_sequence_nr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The append-only event journal (Pekko's `AsyncWriteJournal` plus `AsyncRecovery`).
+///
+/// Use it as `Arc<dyn Journal>`; build it through [`crate::Stores::new`], which puts the
+/// input checks and tracing in front of it.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Stores atomic writes, each all or nothing, and answers one result per write.
+    ///
+    /// # Behavior
+    /// - The result has one entry per atomic write, in order: `Ok(())` when stored;
+    ///   `Err` with [`crate::ErrorKind::Rejected`] (or `InvalidInput`/`Unsupported`) when it
+    ///   was refused and stored nothing while the journal stays healthy; any other kind
+    ///   when it failed.
+    /// - An atomic write is never stored in part, and never replayed in part.
+    /// - An atomic write whose first sequence number is already taken fails with
+    ///   [`crate::ErrorKind::Conflict`] and stores nothing: no silent overwrite.
+    /// - Writes of one id in one call are applied in the given order; a failed write does
+    ///   not stop the others.
+    /// - The outer `Err` means the whole call failed (for example the store went away);
+    ///   each atomic write may or may not have been stored, but none in part.
+    async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>>;
+
+    /// Replays the events of `persistence_id` with `from <= sequence_nr <= to`, at most
+    /// `max` of them, in ascending order.
+    ///
+    /// # Behavior
+    /// - Reports the stored highest sequence number as it was when the replay started;
+    ///   the stream stops there even if later events arrive.
+    /// - `from > to`, `max == 0` or an unknown id give an empty stream; an unknown id has
+    ///   highest 0.
+    /// - Deleted events are never replayed; the highest survives deleting.
+    /// - Memory is bounded by the backend's page size, not by the history's length.
+    async fn replay(
+        &self,
+        persistence_id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        max: u64,
+    ) -> Result<Replay>;
+
+    /// The highest sequence number ever stored for `persistence_id`, 0 if none.
+    ///
+    /// # Behavior
+    /// - Never goes down, not even after deleting every event.
+    /// - Costs a bounded number of requests whatever the history's length.
+    async fn highest_sequence_nr(&self, persistence_id: &PersistenceId) -> Result<SequenceNr>;
+
+    /// Deletes the events of `persistence_id` up to and including `to`.
+    ///
+    /// # Behavior
+    /// - Deleted events never replay, not even when the delete failed half-way (a
+    ///   low-water mark is written first).
+    /// - `to` beyond the highest deletes everything and succeeds; the highest stays and
+    ///   the next write continues after it.
+    /// - Needs [`Capabilities::delete_events`].
+    async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()>;
+}
+
+/// The snapshot store (Pekko's `SnapshotStore`).
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Saves a snapshot.
+    ///
+    /// # Behavior
+    /// - Saving again at the same id and sequence number replaces the earlier snapshot.
+    /// - The timestamp is stored as given and loads back equal.
+    /// - A snapshot larger than [`Capabilities::max_snapshot_size`] is rejected; a
+    ///   half-written snapshot is never loaded.
+    async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()>;
+
+    /// Loads the snapshot with the highest sequence number matching `criteria`.
+    ///
+    /// # Behavior
+    /// - `None` when nothing matches (unknown id, criteria that select nothing).
+    async fn load_snapshot(
+        &self,
+        persistence_id: &PersistenceId,
+        criteria: SnapshotSelectionCriteria,
+    ) -> Result<Option<SelectedSnapshot>>;
+
+    /// Deletes the one snapshot at `metadata.sequence_nr`; a timestamp of
+    /// [`crate::Timestamp::MIN`] matches any timestamp, another must match exactly.
+    ///
+    /// # Behavior
+    /// - Deleting a snapshot that does not exist succeeds.
+    async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()>;
+
+    /// Deletes every snapshot of `persistence_id` matching `criteria`.
+    async fn delete_snapshots(
+        &self,
+        persistence_id: &PersistenceId,
+        criteria: SnapshotSelectionCriteria,
+    ) -> Result<()>;
+}
+
+/// The read side: queries over what the journal stored (Pekko Persistence Query).
+///
+/// "Current" queries complete once they have delivered what was stored when they
+/// started; live queries never complete (unless a `to` bound is reached) and deliver new
+/// events as they are written, within [`Capabilities::live_query_max_delay`].
+pub trait ReadJournal: Send + Sync + 'static {
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Every persistence id once, in any order, then completes.
+    fn current_persistence_ids(&self) -> PersistenceIdStream;
+
+    /// Every persistence id once, then each new id as it writes its first event; never
+    /// completes. A further event of a known id emits nothing.
+    fn persistence_ids(&self) -> PersistenceIdStream;
+
+    /// The events of one id with `from <= sequence_nr <= to` (from 0 behaves as 1), in
+    /// order, up to the highest stored when the query started; then completes. Each
+    /// envelope's offset is `Offset::Sequence(sequence_nr)`.
+    fn current_events_by_persistence_id(
+        &self,
+        persistence_id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> EnvelopeStream;
+
+    /// Like the current form, then delivers later events too; completes once `to` is
+    /// delivered, never otherwise.
+    fn events_by_persistence_id(
+        &self,
+        persistence_id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> EnvelopeStream;
+
+    /// The events carrying `tag` (exact match) after `offset` (exclusive), then completes.
+    ///
+    /// # Behavior
+    /// - Events of one id come in sequence order.
+    /// - Resuming from any delivered envelope's offset neither skips nor repeats events.
+    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream;
+
+    /// Like the current form, then delivers later events; never completes.
+    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream;
+}
