@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# Installs, starts and stops a real single-node Apache Cassandra 5.0 for the project's tests.
+#
+#   scripts/servers/cassandra.sh install   fetch cassandra-all and its runtime jars from Maven Central (once)
+#   scripts/servers/cassandra.sh start     install, wipe the data, start on free 127.0.0.1 ports, wait until CQL answers,
+#                                          write .servers/cassandra/env and print it
+#   scripts/servers/cassandra.sh stop      stop the node this script started (TERM, KILL after 30 s)
+#   scripts/servers/cassandra.sh status    exit 0 and print the env when the node runs and answers, else exit 1
+#
+# Needs Java 17 (or 11) and Maven (apt-get install -y openjdk-17-jdk-headless maven); no Docker, no cqlsh.
+# State lives under <repo>/.servers/cassandra/ (gitignored): lib/ (jars), conf/, data/ (wiped at each start),
+# logs/ (system.log, stdout.log; the previous run's in logs.prev/), tmp/ (java.io.tmpdir and JNA), cassandra.pid, env.
+#
+# After `start`:  source .servers/cassandra/env   # PERSISTENCE_CASSANDRA_CONTACT_POINTS, PERSISTENCE_CASSANDRA_LOCAL_DATACENTER
+#
+# Settings (environment): CASSANDRA_VERSION (default 5.0.9), CASSANDRA_HEAP (default 512M), CASSANDRA_START_TIMEOUT
+# (seconds, default 180), CASSANDRA_STOP_TIMEOUT (seconds before SIGKILL, default 30), JAVA_HOME.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+SRC_DIR=$SCRIPT_DIR/cassandra
+
+CASSANDRA_VERSION=${CASSANDRA_VERSION:-5.0.9}
+CASSANDRA_HEAP=${CASSANDRA_HEAP:-512M}
+START_TIMEOUT=${CASSANDRA_START_TIMEOUT:-180}
+STOP_TIMEOUT=${CASSANDRA_STOP_TIMEOUT:-30}
+# SimpleSnitch (set in cassandra.yaml.template) always names its data centre this way.
+LOCAL_DC=datacenter1
+
+STATE_DIR=$REPO_ROOT/.servers/cassandra
+LIB_DIR=$STATE_DIR/lib
+CONF_DIR=$STATE_DIR/conf
+DATA_DIR=$STATE_DIR/data
+LOG_DIR=$STATE_DIR/logs
+TMP_DIR=$STATE_DIR/tmp
+PID_FILE=$STATE_DIR/cassandra.pid
+PORT_FILE=$STATE_DIR/native.port
+ENV_FILE=$STATE_DIR/env
+LOCK_FILE=$STATE_DIR/.lock
+INSTALLED_MARKER=$LIB_DIR/.installed
+
+log() { echo "cassandra.sh: $*" >&2; }
+die() { echo "cassandra.sh: error: $*" >&2; exit 1; }
+
+usage() {
+    echo "usage: $0 install|start|stop|status" >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+# Serialises start/stop/install of concurrent callers. fd 9 must be closed for the java child (see launch).
+take_lock() {
+    mkdir -p "$STATE_DIR"
+    command -v flock >/dev/null 2>&1 || return 0
+    exec 9>"$LOCK_FILE"
+    flock -w 600 9 || die "could not take the lock $LOCK_FILE within 600 s (another cassandra.sh still running?)"
+}
+
+java_bin() {
+    if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
+        echo "$JAVA_HOME/bin/java"
+    elif command -v java >/dev/null 2>&1; then
+        command -v java
+    else
+        die "java not found: install Java 17 (apt-get install -y openjdk-17-jdk-headless) or set JAVA_HOME"
+    fi
+}
+
+# Accepts a TCP connection on 127.0.0.1:$1 ?
+port_answers() {
+    local port=$1
+    # shellcheck disable=SC2016  # $1 expands in the inner bash
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$port" 2>/dev/null
+}
+
+# Prints two distinct free TCP ports on 127.0.0.1 ("STORAGE NATIVE").
+free_ports() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - <<'PY'
+import socket
+socks = []
+for _ in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+PY
+    else
+        # Fallback without python3: random ports below the ephemeral range that nobody listens on.
+        local a b
+        while :; do
+            a=$((20000 + RANDOM % 12000)); b=$((20000 + RANDOM % 12000))
+            [[ $a != "$b" ]] || continue
+            port_answers "$a" || port_answers "$b" || break
+        done
+        echo "$a $b"
+    fi
+}
+
+# The pid from the pid file if that process is alive and is our CassandraDaemon, else nothing (exit 1).
+running_pid() {
+    [[ -f "$PID_FILE" ]] || return 1
+    local pid
+    pid=$(cat "$PID_FILE" 2>/dev/null || true)
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    # Guard against a recycled pid: the process must be the daemon started with our state dir.
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+    [[ "$cmdline" == *org.apache.cassandra.service.CassandraDaemon* && "$cmdline" == *"$STATE_DIR"* ]] || return 1
+    echo "$pid"
+}
+
+# Running, and its native port accepts connections?
+is_up() {
+    running_pid >/dev/null || return 1
+    [[ -f "$PORT_FILE" && -f "$ENV_FILE" ]] || return 1
+    port_answers "$(cat "$PORT_FILE")"
+}
+
+print_env() { cat "$ENV_FILE"; }
+
+show_logs() {
+    local f
+    for f in "$LOG_DIR/system.log" "$LOG_DIR/stdout.log"; do
+        if [[ -s "$f" ]]; then
+            echo "---- last 60 lines of $f ----" >&2
+            tail -n 60 "$f" >&2
+        fi
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# install
+
+do_install() {
+    local want="cassandra-all $CASSANDRA_VERSION"
+    if [[ -f "$INSTALLED_MARKER" && "$(cat "$INSTALLED_MARKER")" == "$want" ]] \
+        && compgen -G "$LIB_DIR/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null; then
+        return 0
+    fi
+    command -v mvn >/dev/null 2>&1 || die "mvn not found: install Maven (apt-get install -y maven)"
+    [[ -f "$SRC_DIR/pom.xml" ]] || die "missing $SRC_DIR/pom.xml"
+
+    log "installing cassandra-all $CASSANDRA_VERSION and its runtime dependencies into $LIB_DIR (Maven Central) ..."
+    local tmp_lib=$STATE_DIR/lib.partial mvn_out
+    rm -rf "$tmp_lib"
+    mkdir -p "$tmp_lib"
+    mvn_out=$STATE_DIR/mvn-install.log
+    if ! mvn -B -q -Dstyle.color=never -f "$SRC_DIR/pom.xml" \
+            -Dcassandra.version="$CASSANDRA_VERSION" \
+            dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp_lib" \
+            >"$mvn_out" 2>&1; then
+        tail -n 40 "$mvn_out" >&2
+        rm -rf "$tmp_lib"
+        die "mvn dependency:copy-dependencies failed for org.apache.cassandra:cassandra-all:$CASSANDRA_VERSION (full output: $mvn_out)"
+    fi
+    compgen -G "$tmp_lib/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null \
+        || die "mvn succeeded but $tmp_lib/cassandra-all-$CASSANDRA_VERSION.jar is missing"
+    compgen -G "$tmp_lib/jamm-*.jar" >/dev/null || die "mvn succeeded but no jamm-*.jar (the required java agent) in $tmp_lib"
+    echo "$want" >"$tmp_lib/.installed"
+    rm -rf "$LIB_DIR"
+    mv "$tmp_lib" "$LIB_DIR"
+    log "installed $(find "$LIB_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIB_DIR" | cut -f1))"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# start
+
+jvm_args() {
+    local java=$1 jamm modules
+    jamm=$(compgen -G "$LIB_DIR/jamm-*.jar" | head -n 1)
+    modules=$("$java" --list-modules 2>/dev/null || true)
+
+    # Heap and GC (upstream jvm17-server.options, without AlwaysPreTouch and without GC logs).
+    printf '%s\n' \
+        "-Xms$CASSANDRA_HEAP" "-Xmx$CASSANDRA_HEAP" \
+        -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 -XX:G1HeapRegionSize=16m \
+        -XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 -XX:InitiatingHeapOccupancyPercent=70 \
+        -XX:+ExitOnOutOfMemoryError \
+        -ea -da:net.openhft... -XX:+UseThreadPriorities -XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem \
+        "-XX:ErrorFile=$LOG_DIR/hs_err_%p.log" \
+        "-javaagent:$jamm"
+    # JPMS: upstream conf/jvm17-server.options (Cassandra dies at start-up without them on Java 17).
+    printf '%s\n' \
+        --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
+        --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED \
+        --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED \
+        --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED \
+        --add-exports java.sql/java.sql=ALL-UNNAMED \
+        --add-exports java.base/java.lang.ref=ALL-UNNAMED \
+        --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED \
+        --add-opens java.base/java.lang.module=ALL-UNNAMED \
+        --add-opens java.base/jdk.internal.loader=ALL-UNNAMED \
+        --add-opens java.base/jdk.internal.ref=ALL-UNNAMED \
+        --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED \
+        --add-opens java.base/jdk.internal.math=ALL-UNNAMED \
+        --add-opens java.base/jdk.internal.module=ALL-UNNAMED \
+        --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED \
+        --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED \
+        --add-opens java.base/sun.nio.ch=ALL-UNNAMED \
+        --add-opens java.base/java.io=ALL-UNNAMED \
+        --add-opens java.base/java.lang.reflect=ALL-UNNAMED \
+        --add-opens java.base/java.lang=ALL-UNNAMED \
+        --add-opens java.base/java.util=ALL-UNNAMED \
+        --add-opens java.base/java.nio=ALL-UNNAMED
+    # Only a full JDK has these modules; a JRE would warn about unknown modules.
+    if grep -q '^jdk.compiler@' <<<"$modules"; then
+        printf '%s\n' \
+            --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED \
+            --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+    fi
+    if grep -q '^jdk.attach@' <<<"$modules"; then
+        printf '%s\n' --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+    fi
+    printf '%s\n' \
+        -Djdk.attach.allowAttachSelf=true \
+        -Dio.netty.tryReflectionSetAccessible=true \
+        -Dio.netty.allocator.useCacheForAllThreads=true \
+        -Dio.netty.allocator.maxOrder=11 \
+        -Djava.net.preferIPv4Stack=true \
+        "-Djava.io.tmpdir=$TMP_DIR" \
+        "-Djna.tmpdir=$TMP_DIR" \
+        -Dcassandra-foreground=yes \
+        "-Dcassandra.config=file://$CONF_DIR/cassandra.yaml" \
+        "-Dcassandra.storagedir=$DATA_DIR" \
+        "-Dcassandra.logdir=$LOG_DIR" \
+        "-Dcassandra.triggers_dir=$CONF_DIR/triggers" \
+        "-Dlogback.configurationFile=file://$CONF_DIR/logback.xml" \
+        -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+        -Dcassandra.shutdown_announce_in_ms=0 \
+        -Dcassandra.superuser_setup_delay_ms=0 \
+        -Dcassandra.unsafesystem=true \
+        -cp "$CONF_DIR:$LIB_DIR/*" \
+        org.apache.cassandra.service.CassandraDaemon
+}
+
+do_stop_locked() {
+    local pid
+    if ! pid=$(running_pid); then
+        rm -f "$PID_FILE" "$ENV_FILE" "$PORT_FILE"
+        return 0
+    fi
+    log "stopping Cassandra (pid $pid) ..."
+    kill -TERM "$pid" 2>/dev/null || true
+    local waited=0
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((waited >= STOP_TIMEOUT * 10)); then
+            log "pid $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+            break
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f "$PID_FILE" "$ENV_FILE" "$PORT_FILE"
+    log "stopped"
+}
+
+do_start_locked() {
+    do_install
+
+    if is_up; then
+        print_env
+        return 0
+    fi
+    # A leftover process that does not answer (hung or half-started): replace it.
+    do_stop_locked
+
+    local java
+    java=$(java_bin)
+    [[ -f "$SRC_DIR/cassandra.yaml.template" && -f "$SRC_DIR/logback.xml" ]] \
+        || die "missing $SRC_DIR/cassandra.yaml.template or $SRC_DIR/logback.xml"
+
+    rm -rf "$DATA_DIR" "$TMP_DIR" "$CONF_DIR" "$STATE_DIR/logs.prev"
+    if [[ -d "$LOG_DIR" ]]; then mv "$LOG_DIR" "$STATE_DIR/logs.prev"; fi
+    mkdir -p "$DATA_DIR" "$TMP_DIR" "$CONF_DIR/triggers" "$LOG_DIR"
+
+    local ports storage_port native_port
+    ports=$(free_ports) || die "could not find free ports on 127.0.0.1"
+    read -r storage_port native_port <<<"$ports"
+    [[ "$storage_port" =~ ^[0-9]+$ && "$native_port" =~ ^[0-9]+$ ]] || die "bad free ports: '$ports'"
+
+    sed -e "s|@STATE_DIR@|$STATE_DIR|g" \
+        -e "s|@STORAGE_PORT@|$storage_port|g" \
+        -e "s|@NATIVE_PORT@|$native_port|g" \
+        "$SRC_DIR/cassandra.yaml.template" >"$CONF_DIR/cassandra.yaml"
+    cp "$SRC_DIR/logback.xml" "$CONF_DIR/logback.xml"
+    echo "$native_port" >"$PORT_FILE"
+
+    local -a args prefix=()
+    mapfile -t args < <(jvm_args "$java")
+    # Cassandra always calls mlockall(MCL_CURRENT) at start-up. As root (CAP_IPC_LOCK) that succeeds and pins the whole
+    # committed heap in RAM at once (measured RSS 1.44 GB right after start with a 1G heap, 0.45 GB without the lock). For tests, drop that one capability so the call fails
+    # harmlessly ("Unable to lock JVM memory (ENOMEM)") and the JVM only uses the memory it touches.
+    # CASSANDRA_LOCK_MEMORY=1 keeps upstream behaviour.
+    if [[ "${CASSANDRA_LOCK_MEMORY:-0}" != 1 && $(id -u) == 0 ]] && command -v setpriv >/dev/null 2>&1 \
+        && setpriv --bounding-set -ipc_lock --inh-caps -ipc_lock true 2>/dev/null; then
+        prefix=(setpriv --bounding-set -ipc_lock --inh-caps -ipc_lock)
+    fi
+
+    log "starting Cassandra $CASSANDRA_VERSION (heap $CASSANDRA_HEAP, CQL 127.0.0.1:$native_port, storage $storage_port; logs in $LOG_DIR) ..."
+    # Own session (setsid) so a Ctrl-C in the caller's terminal does not reach it; every fd redirected or closed
+    # (fd 9 holds the lock) so callers like $(cassandra.sh start) or CI pipes do not wait for the daemon.
+    # The inner bash writes its own pid, then execs java: the pid file holds the java pid.
+    (
+        cd "$STATE_DIR"
+        # shellcheck disable=SC2016  # $$, $0, $@ expand in the inner bash
+        exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" "${prefix[@]}" "$java" "${args[@]}" \
+            </dev/null >"$LOG_DIR/stdout.log" 2>&1 9>&-
+    ) &
+    local launcher=$!
+
+    local deadline=$((SECONDS + START_TIMEOUT)) pid=""
+    while :; do
+        if [[ -z "$pid" && -s "$PID_FILE" ]]; then
+            pid=$(cat "$PID_FILE")
+        fi
+        if [[ -z "$pid" ]] && ! kill -0 "$launcher" 2>/dev/null && [[ ! -s "$PID_FILE" ]]; then
+            show_logs
+            rm -f "$PID_FILE" "$PORT_FILE"
+            die "could not launch java (see $LOG_DIR/stdout.log)"
+        fi
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            show_logs
+            rm -f "$PID_FILE" "$PORT_FILE"
+            die "Cassandra exited during start-up (see $LOG_DIR)"
+        fi
+        if [[ -n "$pid" ]] && grep -q 'Starting listening for CQL clients' "$LOG_DIR/system.log" 2>/dev/null \
+            && port_answers "$native_port"; then
+            break
+        fi
+        if ((SECONDS >= deadline)); then
+            show_logs
+            do_stop_locked
+            die "Cassandra did not answer CQL on 127.0.0.1:$native_port within ${START_TIMEOUT}s (see $LOG_DIR)"
+        fi
+        sleep 0.5
+    done
+
+    cat >"$ENV_FILE.tmp" <<EOF
+export PERSISTENCE_CASSANDRA_CONTACT_POINTS=127.0.0.1:$native_port
+export PERSISTENCE_CASSANDRA_LOCAL_DATACENTER=$LOCAL_DC
+EOF
+    mv "$ENV_FILE.tmp" "$ENV_FILE"
+    log "Cassandra is up (pid $pid)"
+    print_env
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+
+[[ $# -eq 1 ]] || usage
+case "$1" in
+    install)
+        take_lock
+        do_install
+        ;;
+    start)
+        take_lock
+        do_start_locked
+        ;;
+    stop)
+        take_lock
+        do_stop_locked
+        ;;
+    status)
+        if is_up; then
+            print_env
+        else
+            echo "cassandra.sh: Cassandra is not running" >&2
+            exit 1
+        fi
+        ;;
+    *)
+        usage
+        ;;
+esac
