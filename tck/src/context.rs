@@ -1,0 +1,189 @@
+//! What a case works with: the stores under test, its namespace, and small helpers.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use persistence_api::{
+    AtomicWrite, Capabilities, EventEnvelope, JournalExt, Payload, PersistenceId, PersistentEvent,
+    Result, SequenceNr, Stores,
+};
+
+/// The context one case runs in.
+pub struct Ctx {
+    /// The stores under test, in a namespace of their own.
+    pub stores: Stores,
+    /// The namespace; every id and tag the case makes starts with it.
+    pub namespace: String,
+    /// What the backend declared.
+    pub caps: Capabilities,
+}
+
+/// How long a current query may take before the case fails.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How soon a live query must deliver an event after its write.
+pub const LIVE_DELIVERY: Duration = Duration::from_secs(2);
+
+impl Ctx {
+    /// A context over `stores` in `namespace`.
+    pub fn new(stores: Stores, namespace: String) -> Self {
+        let caps = stores.capabilities();
+        Ctx {
+            stores,
+            namespace,
+            caps,
+        }
+    }
+
+    /// A persistence id unique to this case: `<namespace>-<name>`.
+    pub fn pid(&self, name: &str) -> PersistenceId {
+        PersistenceId::new(format!("{}-{name}", self.namespace)).expect("a valid test id")
+    }
+
+    /// A tag unique to this case.
+    pub fn tag(&self, name: &str) -> String {
+        format!("{}-{name}", self.namespace)
+    }
+
+    /// The payload the kit writes for `(id, seq)`: recognisable on replay.
+    pub fn payload(id: &PersistenceId, seq: SequenceNr) -> Payload {
+        Payload::new("tck", "tck.Event/v1", format!("{id}#{seq}").into_bytes())
+    }
+
+    /// An event of `id` at `seq` by writer `"w1"`.
+    pub fn event(&self, id: &PersistenceId, seq: SequenceNr) -> PersistentEvent {
+        PersistentEvent::new(id.clone(), seq, Self::payload(id, seq)).with_writer_id("w1")
+    }
+
+    /// One atomic write of `from..=to`.
+    pub fn atomic(&self, id: &PersistenceId, from: SequenceNr, to: SequenceNr) -> AtomicWrite {
+        AtomicWrite::new((from..=to).map(|s| self.event(id, s)).collect())
+            .expect("a valid atomic write")
+    }
+
+    /// Writes `from..=to` as one atomic write and expects success.
+    pub async fn write(&self, id: &PersistenceId, from: SequenceNr, to: SequenceNr) {
+        let w = self.atomic(id, from, to);
+        self.stores
+            .journal
+            .write(w)
+            .await
+            .unwrap_or_else(|e| panic!("writing {id} {from}..={to} failed: {e}"));
+    }
+
+    /// Writes `from..=to` in atomic writes as large as the backend allows (at most `chunk`).
+    pub async fn write_chunked(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        chunk: u64,
+    ) {
+        let max = self
+            .caps
+            .atomic_write_max_events
+            .map(|m| m as u64)
+            .unwrap_or(u64::MAX);
+        let chunk = chunk.min(max).max(1);
+        let mut s = from;
+        while s <= to {
+            let end = (s + chunk - 1).min(to);
+            self.write(id, s, end).await;
+            s = end + 1;
+        }
+    }
+
+    /// The reference setup: events 1..5 written as {1}, {2}, {3}, {4, 5} (five single
+    /// writes where the backend declares no multi-event atomicity).
+    pub async fn write_1_to_5(&self, id: &PersistenceId) {
+        let writes = if self.caps.atomic_write_max_events.is_some_and(|m| m < 2) {
+            (1..=5).map(|s| self.atomic(id, s, s)).collect::<Vec<_>>()
+        } else {
+            vec![
+                self.atomic(id, 1, 1),
+                self.atomic(id, 2, 2),
+                self.atomic(id, 3, 3),
+                self.atomic(id, 4, 5),
+            ]
+        };
+        let results = self
+            .stores
+            .journal
+            .write_events(writes)
+            .await
+            .expect("write_events");
+        for r in results {
+            r.expect("each atomic write of the setup is stored");
+        }
+    }
+
+    /// Replays and returns the sequence numbers and the reported highest.
+    pub async fn replay(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        max: u64,
+    ) -> (Vec<SequenceNr>, SequenceNr) {
+        let (events, highest) = self.replay_events(id, from, to, max).await;
+        (events.iter().map(|e| e.sequence_nr).collect(), highest)
+    }
+
+    /// Replays and returns the events and the reported highest.
+    pub async fn replay_events(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        max: u64,
+    ) -> (Vec<PersistentEvent>, SequenceNr) {
+        let replay = self
+            .stores
+            .journal
+            .replay(id, from, to, max)
+            .await
+            .expect("replay");
+        let events = collect(replay.events).await.expect("replay stream");
+        (events, replay.highest_sequence_nr)
+    }
+
+    /// The highest sequence number.
+    pub async fn highest(&self, id: &PersistenceId) -> SequenceNr {
+        self.stores
+            .journal
+            .highest_sequence_nr(id)
+            .await
+            .expect("highest_sequence_nr")
+    }
+}
+
+/// Collects a completing stream, failing after [`QUERY_TIMEOUT`].
+pub async fn collect<T, S>(stream: S) -> Result<Vec<T>>
+where
+    S: Stream<Item = Result<T>>,
+{
+    let all = tokio::time::timeout(QUERY_TIMEOUT, stream.collect::<Vec<_>>())
+        .await
+        .expect("a current query completes");
+    all.into_iter().collect()
+}
+
+/// The next item of a live stream, or `None` if none arrives within `within`.
+pub async fn next_within<T, S>(stream: &mut S, within: Duration) -> Option<T>
+where
+    S: Stream<Item = Result<T>> + Unpin,
+{
+    match tokio::time::timeout(within, stream.next()).await {
+        Ok(Some(item)) => Some(item.expect("a live stream item")),
+        Ok(None) => panic!("the live stream completed, but live streams never complete"),
+        Err(_) => None,
+    }
+}
+
+/// `(persistence id, sequence number)` of envelopes, for comparisons.
+pub fn keys(envelopes: &[EventEnvelope]) -> Vec<(String, SequenceNr)> {
+    envelopes
+        .iter()
+        .map(|e| (e.persistence_id().to_string(), e.sequence_nr()))
+        .collect()
+}

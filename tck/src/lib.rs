@@ -1,0 +1,261 @@
+//! The conformance test kit (TCK) of the persistence framework.
+//!
+//! Every backend, ours or a third party's, proves itself by running the same named cases.
+//! A backend hands the kit a [`StoreFactory`] that builds its [`Stores`] in a fresh
+//! namespace; the kit picks the cases its [`persistence_api::Capabilities`] allow and runs
+//! each as a named test, so the usual filters work and the report lists every case. A case
+//! a backend cannot run is reported as ignored, and its name says which capability it lacks;
+//! nothing passes silently.
+//!
+//! A backend's whole test file (`tests/tck.rs`, with `harness = false` in `Cargo.toml`):
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//! use persistence_api::{Result, Stores};
+//!
+//! struct MyFactory;
+//!
+//! #[persistence_api::async_trait]
+//! impl tck::StoreFactory for MyFactory {
+//!     async fn create(&self, namespace: &str) -> Result<Stores> {
+//!         // Build your stores in a namespace no other case uses.
+//!         # let _ = namespace; unimplemented!()
+//!     }
+//! }
+//!
+//! fn main() -> ExitCode {
+//!     tck::run_main("my-backend", || async { Ok(MyFactory) })
+//! }
+//! ```
+//!
+//! Cases follow `shared/tck-reference.md` (the Pekko persistence TCK and the query specs of
+//! the Cassandra, JDBC and R2DBC plugins) and add what none of them checks: racing writers,
+//! atomic-write and event-size limits at their edges, 10,000-event and 5 MB replays, ids at
+//! 255 bytes and with unusual characters, tag offsets resumed from every position, and the
+//! delay of live queries.
+#![deny(missing_docs)]
+
+mod cases;
+mod context;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use persistence_api::{Capabilities, Result, Stores};
+
+pub use cases::{all_cases, Case, Need};
+pub use context::Ctx;
+
+/// How a backend under test builds its stores.
+#[async_trait]
+pub trait StoreFactory: Send + Sync + 'static {
+    /// Builds stores in a fresh namespace: nothing any other namespace wrote is visible
+    /// (not even to `current_persistence_ids`). `namespace` is short, unique per case, and
+    /// made of `[a-z0-9_]`; use it as a journal name, table prefix, schema or keyspace.
+    async fn create(&self, namespace: &str) -> Result<Stores>;
+
+    /// Removes what [`StoreFactory::create`] made for `namespace`, after its case ran.
+    async fn cleanup(&self, _namespace: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How long one case may run before it fails.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The outcome of one case in [`run_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The case passed.
+    Passed,
+    /// The case failed, with the message.
+    Failed(String),
+    /// The case did not run; the text names the capability the backend lacks.
+    Skipped(String),
+}
+
+/// What [`run_all`] reports: one row per case.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// `(case name, outcome)` in the order the cases ran.
+    pub cases: Vec<(String, Outcome)>,
+}
+
+impl Report {
+    /// How many passed, failed and were skipped.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for (_, o) in &self.cases {
+            match o {
+                Outcome::Passed => c.0 += 1,
+                Outcome::Failed(_) => c.1 += 1,
+                Outcome::Skipped(_) => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+async fn run_case(
+    factory: Arc<dyn StoreFactory>,
+    case: &Case,
+    namespace: String,
+) -> std::result::Result<(), String> {
+    let stores = factory.create(&namespace).await.map_err(|e| {
+        format!("the factory could not create stores for namespace {namespace}: {e}")
+    })?;
+    let ctx = Ctx::new(stores, namespace.clone());
+    let fut = AssertUnwindSafe((case.run)(ctx)).catch_unwind();
+    let outcome = match tokio::time::timeout(CASE_TIMEOUT, fut).await {
+        Err(_) => Err(format!("case timed out after {CASE_TIMEOUT:?}")),
+        Ok(Err(panic)) => Err(panic_message(&panic)),
+        Ok(Ok(())) => Ok(()),
+    };
+    if let Err(e) = factory.cleanup(&namespace).await {
+        eprintln!("cleanup of namespace {namespace} failed: {e}");
+    }
+    outcome
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "the case panicked".to_string()
+    }
+}
+
+/// Runs every case against `factory` and returns the report; for callers that want the
+/// kit inside their own harness. `filter` keeps the cases whose name contains it.
+pub async fn run_all(factory: Arc<dyn StoreFactory>, filter: Option<&str>) -> Report {
+    let id = run_id();
+    let mut report = Report::default();
+    let probe = factory.create(&format!("t{id}_probe")).await;
+    let caps = match probe {
+        Ok(stores) => stores.capabilities(),
+        Err(e) => {
+            report.cases.push((
+                "factory".into(),
+                Outcome::Failed(format!("cannot create stores: {e}")),
+            ));
+            return report;
+        }
+    };
+    let _ = factory.cleanup(&format!("t{id}_probe")).await;
+    for (i, case) in all_cases().into_iter().enumerate() {
+        if filter.is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        if let Some(missing) = case.missing(&caps) {
+            report
+                .cases
+                .push((case.name.to_string(), Outcome::Skipped(missing)));
+            continue;
+        }
+        let outcome = match run_case(factory.clone(), &case, format!("t{id}_{i}")).await {
+            Ok(()) => Outcome::Passed,
+            Err(e) => Outcome::Failed(e),
+        };
+        report.cases.push((case.name.to_string(), outcome));
+    }
+    report
+}
+
+/// Reads a server's address from the environment variable `var`.
+///
+/// Unset: prints a loud notice that the suite is skipped and returns `None`; but when the
+/// environment variable `CI` is `true`, a missing server is a failure, so it prints the
+/// reason and exits the process with status 1. Never a silent pass.
+pub fn server_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            let ci = std::env::var("CI")
+                .map(|v| v == "true" || v == "1")
+                .unwrap_or(false);
+            if ci {
+                eprintln!(
+                    "error: {var} is not set, so this backend's conformance suite has no server to run against; \
+                     with CI=true that is a failure (start the server with scripts/servers/*.sh, or run scripts/test.sh)"
+                );
+                std::process::exit(1);
+            }
+            eprintln!(
+                "\n*** SKIPPED: {var} is not set, so this backend's conformance suite did not run. ***\n\
+                 *** Run scripts/test.sh (which starts the servers) to run it.                   ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// Runs the whole kit as a test binary (`harness = false`), with libtest's command line
+/// and output: every case is a named trial; skipped ones are ignored trials whose name
+/// ends with `[needs <capability>]`.
+///
+/// `make` builds the factory once, inside the kit's tokio runtime.
+pub fn run_main<F, Fut, S>(backend: &str, make: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<S>>,
+    S: StoreFactory,
+{
+    let args = libtest_mimic::Arguments::from_args();
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime"),
+    );
+    let factory: Arc<dyn StoreFactory> = match runtime.block_on(make()) {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            eprintln!("error: could not set up the {backend} backend for the conformance kit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let id = run_id();
+    let caps: Capabilities = match runtime.block_on(factory.create(&format!("t{id}_probe"))) {
+        Ok(stores) => stores.capabilities(),
+        Err(e) => {
+            eprintln!("error: the {backend} factory could not create stores: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = runtime.block_on(factory.cleanup(&format!("t{id}_probe")));
+    let trials = all_cases()
+        .into_iter()
+        .enumerate()
+        .map(|(i, case)| {
+            if let Some(missing) = case.missing(&caps) {
+                return libtest_mimic::Trial::test(
+                    format!("{} [needs {missing}]", case.name),
+                    || Ok(()),
+                )
+                .with_kind(backend)
+                .with_ignored_flag(true);
+            }
+            let runtime = runtime.clone();
+            let factory = factory.clone();
+            let namespace = format!("t{id}_{i}");
+            libtest_mimic::Trial::test(case.name, move || {
+                runtime
+                    .block_on(run_case(factory, &case, namespace))
+                    .map_err(libtest_mimic::Failed::from)
+            })
+            .with_kind(backend)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
