@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# A private PostgreSQL instance (Debian's binaries, own data dir, never the system cluster) for the tests.
+# Usage: scripts/servers/postgres.sh install|start|stop|status|reset
+#   start  prints (and writes to .servers/postgres/env) PERSISTENCE_POSTGRES_URL; every real start
+#          drops and recreates the database persistence_test, so a test run begins empty.
+#   reset  drops and recreates persistence_test on the running server.
+# Runs as root: initdb/pg_ctl run as the OS user postgres. Data lives in .servers/postgres/data, or in
+# /tmp/persistence-postgres-<hash> when postgres cannot reach .servers (recorded in .servers/postgres/pghome).
+set -euo pipefail
+
+SERVER_NAME=postgres # log prefix, read by common.sh
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+STATE="$SERVERS_REPO_ROOT/.servers/postgres"
+PIDFILE="$STATE/server.pid"
+PORTFILE="$STATE/port"
+ENVFILE="$STATE/env"
+LOG="$STATE/server.log"
+START_TIMEOUT=${SERVERS_START_TIMEOUT:-120} # seconds
+PG_USER=postgres
+DB_ROLE=persistence
+DB_PASSWORD=persistence
+DB_NAME=persistence_test
+
+# Newest /usr/lib/postgresql/<v>/bin with every binary we use (empty if none).
+pg_bin() {
+    local d
+    for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV); do
+        [[ -x $d/postgres && -x $d/initdb && -x $d/pg_ctl && -x $d/pg_isready && -x $d/psql ]] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+# Run a command as the postgres OS user, from / (its cwd must be readable by postgres).
+as_pg() {
+    if command -v runuser >/dev/null 2>&1; then
+        (cd / && runuser -u "$PG_USER" -- "$@")
+    else
+        # shellcheck disable=SC2016 # $0/$@ expand in the inner sh
+        (cd / && su "$PG_USER" -s /bin/sh -c '"$0" "$@"' -- "$@")
+    fi
+}
+
+cmd_install() {
+    mkdir -p "$STATE"
+    if ! pg_bin >/dev/null; then
+        [[ $(id -u) -eq 0 ]] || die "PostgreSQL binaries missing and not root: run apt-get install -y postgresql"
+        require_cmd apt-get "not Debian? install PostgreSQL server binaries under /usr/lib/postgresql/<v>/bin"
+        log "installing postgresql (apt-get)"
+        { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; } >"$STATE/install.log" 2>&1 ||
+            { print_log_tail "$STATE/install.log"; die "apt-get install postgresql failed"; }
+        pg_bin >/dev/null || die "postgresql installed but no /usr/lib/postgresql/*/bin/{postgres,initdb,pg_ctl,pg_isready,psql}"
+    fi
+    id "$PG_USER" >/dev/null 2>&1 || die "OS user $PG_USER not found (it comes with the postgresql package)"
+}
+
+# Directory holding data/ and run/ (the unix socket dir); chosen once, then read from $STATE/pghome.
+pg_home() {
+    local home
+    if [[ -s $STATE/pghome ]]; then cat "$STATE/pghome"; return 0; fi
+    home=$STATE
+    # postgres must traverse to the data dir, and a unix socket path must stay below ~107 bytes.
+    if ! as_pg test -x "$STATE" || ((${#STATE} > 80)); then
+        home=/tmp/persistence-postgres-$(printf '%s' "$SERVERS_REPO_ROOT" | md5sum | cut -c1-12)
+    fi
+    echo "$home" >"$STATE/pghome"
+    echo "$home"
+}
+
+# Make DIR exist, owned by postgres, mode 700 (refuse a DIR someone else owns).
+pg_dir() {
+    mkdir -p "$1"
+    [[ $1 == "$STATE" ]] || [[ $(stat -c %U "$1") == "$PG_USER" || $(stat -c %U "$1") == root ]] ||
+        die "$1 belongs to $(stat -c %U "$1"), refusing to use it"
+    chown "$PG_USER:" "$1"
+    chmod 700 "$1"
+}
+
+# Globals set by pg_paths: BIN HOME_DIR DATA SOCK.
+pg_paths() {
+    BIN=$(pg_bin) || die "PostgreSQL binaries not found (run: $0 install)"
+    HOME_DIR=$(pg_home)
+    DATA=$HOME_DIR/data
+    SOCK=$HOME_DIR/run
+}
+
+url() { echo "postgres://$DB_ROLE:$DB_PASSWORD@127.0.0.1:$1/$DB_NAME"; }
+
+# Admin psql over the unix socket as superuser postgres (trust auth, socket dir is mode 700).
+admin_psql() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$1" -U "$PG_USER" -d postgres; }
+
+answers() { "$BIN/psql" -X -qtA -c 'select 1' "$(url "$1")" 2>/dev/null | grep -qx 1; }
+
+postmaster_running() { [[ -f $DATA/PG_VERSION ]] && as_pg "$BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1; }
+
+running() {
+    local port
+    [[ -x ${BIN:-} ]] || BIN=$(pg_bin) || return 1
+    pid_alive "$PIDFILE" postgres && port=$(cat "$PORTFILE" 2>/dev/null) && answers "$port"
+}
+
+ensure_cluster() {
+    local major
+    major=$(basename "$(dirname "$BIN")")
+    if [[ -f $DATA/PG_VERSION && $(cat "$DATA/PG_VERSION") != "$major" ]]; then
+        log "data dir $DATA is from PostgreSQL $(cat "$DATA/PG_VERSION"), binaries are $major: re-creating it"
+        rm -rf "$DATA"
+    fi
+    [[ $HOME_DIR == "$STATE" ]] || pg_dir "$HOME_DIR"
+    pg_dir "$SOCK"
+    if [[ ! -f $DATA/PG_VERSION ]]; then
+        rm -rf "$DATA"
+        pg_dir "$DATA"
+        log "initdb $DATA (PostgreSQL $major)"
+        as_pg "$BIN/initdb" -D "$DATA" -U "$PG_USER" --auth-local=trust --auth-host=scram-sha-256 \
+            -E UTF8 --locale=C >"$STATE/initdb.log" 2>&1 ||
+            { print_log_tail "$STATE/initdb.log"; die "initdb failed"; }
+        echo "include_if_exists = 'persistence.conf'" >>"$DATA/postgresql.conf"
+    fi
+}
+
+recreate_db() {
+    admin_psql "$1" <<EOF
+SET client_min_messages = warning;
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_ROLE') THEN CREATE ROLE $DB_ROLE; END IF;
+END \$\$;
+ALTER ROLE $DB_ROLE WITH LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
+DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE);
+CREATE DATABASE $DB_NAME OWNER $DB_ROLE;
+EOF
+}
+
+write_env() { echo "export PERSISTENCE_POSTGRES_URL=$(url "$1")" >"$ENVFILE"; }
+
+cmd_start() {
+    cmd_install
+    lock_dir "$STATE"
+    pg_paths
+    if running; then cat "$ENVFILE"; return 0; fi
+    rm -f "$ENVFILE"
+    ensure_cluster
+    if postmaster_running; then
+        log "a postmaster for $DATA runs but does not answer: stopping it"
+        as_pg "$BIN/pg_ctl" stop -D "$DATA" -m immediate -w -s >>"$LOG" 2>&1 || true
+    fi
+    rm -f "$PIDFILE"
+
+    local port
+    port=$(free_port) || die "no free TCP port found on 127.0.0.1"
+    cat >"$DATA/persistence.conf" <<EOF
+# Written by scripts/servers/postgres.sh on every start.
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$SOCK'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+    chown "$PG_USER:" "$DATA/persistence.conf"
+    echo "$port" >"$PORTFILE"
+    : >"$LOG"
+    # No -l: the postmaster inherits this stderr, so the log can stay in $STATE even if postgres cannot write there.
+    if ! as_pg "$BIN/pg_ctl" start -D "$DATA" -w -t "$START_TIMEOUT" -s >>"$LOG" 2>&1 </dev/null 9>&-; then
+        print_log_tail "$LOG"
+        # pg_ctl may give up before the postmaster wrote its pid file: give it a moment, then stop it.
+        if wait_until 5 postmaster_running; then as_pg "$BIN/pg_ctl" stop -D "$DATA" -m immediate -w -s >/dev/null 2>&1 || true; fi
+        die "pg_ctl start failed or PostgreSQL not ready within ${START_TIMEOUT}s (data dir $DATA)"
+    fi
+    head -n1 "$DATA/postmaster.pid" >"$PIDFILE"
+    log "started PostgreSQL (pid $(cat "$PIDFILE")) on 127.0.0.1:$port, data $DATA, log $LOG"
+
+    recreate_db "$port" || { print_log_tail "$LOG"; die "creating role $DB_ROLE / database $DB_NAME failed"; }
+    answers "$port" || { print_log_tail "$LOG"; die "psql $(url "$port") -c 'select 1' failed"; }
+    write_env "$port"
+    cat "$ENVFILE"
+}
+
+cmd_stop() {
+    mkdir -p "$STATE"
+    lock_dir "$STATE"
+    if [[ -s $STATE/pghome ]] && BIN=$(pg_bin); then
+        pg_paths
+        if postmaster_running; then
+            as_pg "$BIN/pg_ctl" stop -D "$DATA" -m fast -w -t 60 -s >>"$LOG" 2>&1 ||
+                as_pg "$BIN/pg_ctl" stop -D "$DATA" -m immediate -w -t 30 -s >>"$LOG" 2>&1 ||
+                die "pg_ctl stop failed (data dir $DATA)"
+            log "stopped"
+        fi
+    fi
+    rm -f "$PIDFILE" "$ENVFILE" "$PORTFILE"
+}
+
+cmd_status() {
+    if running; then cat "$ENVFILE"; return 0; fi
+    log "not running"
+    return 1
+}
+
+cmd_reset() {
+    [[ -d $STATE ]] || die "not running (run: $0 start)"
+    lock_dir "$STATE"
+    pg_paths
+    running || die "not running (run: $0 start)"
+    recreate_db "$(cat "$PORTFILE")" || die "re-creating database $DB_NAME failed"
+    log "database $DB_NAME re-created"
+}
+
+case "${1:-}" in
+install) cmd_install ;;
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+reset) cmd_reset ;;
+*) echo "usage: $0 install|start|stop|status|reset" >&2; exit 2 ;;
+esac
