@@ -1,1 +1,95 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 
+mod config;
+
+pub use config::{Config, DEFAULT_BACKEND, ENV_PREFIX};
+pub use persistence_api::*;
+
+/// The in-memory backend (cargo feature `memory`, on by default).
+#[cfg(feature = "memory")]
+pub use backend_memory as memory;
+
+/// The names of the backends compiled into this build, by cargo feature.
+pub fn compiled_backends() -> Vec<&'static str> {
+    [
+        #[cfg(feature = "memory")]
+        "memory",
+    ]
+    .to_vec()
+}
+
+/// Opens the stores of the backend `config` names, with that backend's section of the
+/// configuration.
+///
+/// Switching stores is a configuration change: the same code opens the in-memory store in
+/// tests and DynamoDB, Cassandra, PostgreSQL or SQLite in production.
+///
+/// # Errors
+/// [`ErrorKind::ConfigInvalid`] for an unknown backend, one this build was compiled
+/// without (the message names the cargo feature), or a section that does not parse; and
+/// whatever the backend reports when it connects.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> persistence::Result<()> {
+/// let config = persistence::Config::from_toml_str(r#"
+///     backend = "memory"
+///     [memory]
+///     max_event_size = 409600
+/// "#)?;
+/// let stores = persistence::open(&config).await?;
+/// assert_eq!(stores.capabilities().max_event_size, Some(409600));
+/// # Ok(()) }
+/// ```
+pub async fn open(config: &Config) -> Result<Stores> {
+    let backend = config.backend();
+    tracing::info!(backend, "opening persistence backend");
+    match backend {
+        #[cfg(feature = "memory")]
+        "memory" => {
+            let section: backend_memory::MemoryConfig = config.section("memory")?;
+            Ok(backend_memory::MemoryBackend::new(section).stores())
+        }
+        other => Err(unknown_backend(other)),
+    }
+}
+
+fn unknown_backend(name: &str) -> Error {
+    let known = ["memory", "dynamodb", "cassandra", "postgres", "sqlite"];
+    let compiled = compiled_backends().join(", ");
+    if known.contains(&name) {
+        Error::config(format!(
+            "backend {name:?} is not compiled into this build; enable the cargo feature \"{name}\" of the persistence crate (compiled in: {compiled})"
+        ))
+    } else {
+        Error::config(format!(
+            "unknown backend {name:?}; known backends are {known:?} (compiled in: {compiled})"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_shows_the_tested_tck_example() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../tests/readme_tck.rs");
+        assert!(
+            readme.contains(example),
+            "README.md must show tests/readme_tck.rs verbatim"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_and_missing_backends_are_config_errors() {
+        let err = crate::open(&crate::Config::for_backend("mongodb"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::ConfigInvalid);
+        assert!(err.to_string().contains("unknown backend"), "{err}");
+        let bad = crate::Config::from_toml_str("backend = \"memory\"\n[memory]\nno_such_key = 1\n")
+            .unwrap();
+        let err = crate::open(&bad).await.unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+}
