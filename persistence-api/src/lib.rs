@@ -28,3 +28,5 @@ pub use types::{
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use futures;
+/// The CBOR library, for writing upcasters over `ciborium::Value`.
+pub use ciborium;
