@@ -157,8 +157,8 @@ async fn replay_filter_in_fail_mode_accepts_a_clean_handover_between_writers() {
             .await
             .unwrap();
     }
-    let mut config = EntityConfig::<Counter>::default();
-    config.replay_filter = ReplayFilter::with_mode(ReplayFilterMode::Fail);
+    let config = EntityConfig::<Counter>::default()
+        .with_replay_filter(ReplayFilter::with_mode(ReplayFilterMode::Fail));
     let c = Entity::<Counter>::recover(&stores, id(), config)
         .await
         .unwrap();

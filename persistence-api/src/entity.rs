@@ -104,6 +104,12 @@ impl<S: EventSourced> EntityConfig<S> {
         self
     }
 
+    /// Uses `filter` during recovery.
+    pub fn with_replay_filter(mut self, filter: ReplayFilter) -> Self {
+        self.replay_filter = filter;
+        self
+    }
+
     /// Uses `codec` for snapshots.
     pub fn with_snapshot_codec(mut self, codec: impl Codec<S> + 'static) -> Self {
         self.snapshot_codec = Arc::new(codec);
