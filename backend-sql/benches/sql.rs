@@ -1,0 +1,3 @@
+//! Benchmark of the SQL backend (being written).
+
+fn main() {}

@@ -1,0 +1,888 @@
+//! PostgreSQL: a connection pool, tag-ordered writes, `LISTEN/NOTIFY` wake-ups.
+//!
+//! # The visibility gap, and how writes close it
+//! `ordering` is a `BIGSERIAL`: a value is taken when a transaction inserts its row but
+//! becomes visible when it commits, so without care a reader can see ordering 7 committed
+//! while 6 is still in flight, move its offset past 7 and never come back for 6.
+//!
+//! Here every transaction that writes tagged events first takes a transaction-scoped
+//! advisory lock per distinct tag (`pg_advisory_xact_lock`, keys sorted so two writers
+//! never wait on each other in a cycle), *then* inserts its events. The lock is released
+//! only after the commit is visible, so the orderings of one tag are taken and committed
+//! in the same order: when a reader sees ordering n of a tag, every smaller ordering of
+//! that tag is already visible. Untagged writes take no lock, writes of different tags do
+//! not wait for each other, and a tag query needs no delay or gap detection. The ids table
+//! uses the same trick for the position of a new persistence id (one lock key, taken only
+//! by the first write of an id). The README gives the measured cost.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use persistence_api::{
+    AtomicWrite, Capabilities, Error, ErrorKind, Payload, PersistenceId, PersistentEvent, Result,
+    SelectedSnapshot, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, Stores, Timestamp,
+};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::{
+    self, check_write_fits, clamp, distinct_tags, encode_tags, unsigned, Backend, EventRow,
+    IdState, SnapshotRow, EVENT_COLUMNS, SNAPSHOT_COLUMNS,
+};
+use crate::config::{redact_url, PostgresConfig};
+use crate::error::{err, SqlError};
+use crate::journal::SqlJournal;
+use crate::query::SqlReadJournal;
+use crate::schema::{Names, POSTGRES_MIGRATIONS};
+use crate::snapshot::SqlSnapshotStore;
+
+type Sql = Arc<str>;
+
+fn q(sql: &Sql) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(sql.clone())
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every process and every build, for
+/// advisory-lock keys and channel names.
+fn fnv1a(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The statements, rendered once for the schema and table prefix.
+struct Statements {
+    lock: Sql,
+    upsert_id: Sql,
+    assign_id_ordering: Sql,
+    insert_event: Sql,
+    insert_events: Sql,
+    insert_tag: Sql,
+    insert_tags: Sql,
+    id_state: Sql,
+    events: Sql,
+    raise_deleted_to: Sql,
+    delete_tags: Sql,
+    delete_events: Sql,
+    max_tag_ordering: Sql,
+    tag_events: Sql,
+    max_id_ordering: Sql,
+    ids: Sql,
+    save_snapshot: Sql,
+    load_snapshot: Sql,
+    delete_snapshot: Sql,
+    delete_snapshot_at: Sql,
+    delete_snapshots: Sql,
+}
+
+impl Statements {
+    fn new(n: &Names, notify: bool) -> Statements {
+        let ev = n.get("event_journal");
+        let tag = n.get("event_tag");
+        let ids = n.get("journal_ids");
+        let seq = n.get("journal_ids_ordering_seq");
+        let snap = n.get("snapshot");
+        let s = |sql: String| -> Sql { sql.into() };
+        let tag_columns = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The notification rides on a statement the write sends anyway (no extra round
+        // trip); PostgreSQL delivers it at commit, and not at all on rollback.
+        let notify = if notify {
+            ", (SELECT 1 FROM pg_notify($3, ''))"
+        } else {
+            ""
+        };
+        Statements {
+            lock: s("SELECT pg_advisory_xact_lock($1)".into()),
+            upsert_id: s(format!(
+                "INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) VALUES ($1, $2) \
+                 ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = \
+                 GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
+                 RETURNING i.deleted_to, i.id_ordering IS NULL{notify}"
+            )),
+            assign_id_ordering: s(format!(
+                "UPDATE {ids} SET id_ordering = nextval('{seq}') WHERE persistence_id = $1"
+            )),
+            insert_event: s(format!(
+                "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
+                 event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
+                 meta_payload, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 RETURNING ordering"
+            )),
+            insert_events: s(format!(
+                "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
+                 event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
+                 meta_payload, tags) \
+                 SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
+                 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+                 $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
+                 WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n) \
+                 ORDER BY u.n RETURNING ordering, sequence_nr"
+            )),
+            insert_tag: s(format!(
+                "INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
+                 VALUES ($1, $2, $3, $4)"
+            )),
+            insert_tags: s(format!(
+                "INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
+                 SELECT u.t, u.o, $3, u.s FROM UNNEST($1::text[], $2::bigint[], $4::bigint[]) \
+                 AS u(t, o, s)"
+            )),
+            id_state: s(format!(
+                "SELECT highest_sequence_nr, deleted_to FROM {ids} WHERE persistence_id = $1"
+            )),
+            events: s(format!(
+                "SELECT {EVENT_COLUMNS} FROM {ev} WHERE persistence_id = $1 \
+                 AND sequence_nr >= $2 AND sequence_nr <= $3 ORDER BY sequence_nr LIMIT $4"
+            )),
+            raise_deleted_to: s(format!(
+                "UPDATE {ids} SET deleted_to = \
+                 GREATEST(deleted_to, LEAST($2, highest_sequence_nr)) \
+                 WHERE persistence_id = $1 RETURNING deleted_to"
+            )),
+            delete_tags: s(format!(
+                "DELETE FROM {tag} WHERE persistence_id = $1 AND sequence_nr <= $2"
+            )),
+            delete_events: s(format!(
+                "DELETE FROM {ev} WHERE persistence_id = $1 AND sequence_nr <= $2"
+            )),
+            max_tag_ordering: s(format!(
+                "SELECT COALESCE(MAX(ordering), 0)::bigint FROM {tag} WHERE tag = $1"
+            )),
+            tag_events: s(format!(
+                "SELECT {tag_columns} FROM {tag} t JOIN {ev} e ON e.ordering = t.ordering \
+                 WHERE t.tag = $1 AND t.ordering > $2 AND t.ordering <= $3 \
+                 ORDER BY t.ordering LIMIT $4"
+            )),
+            max_id_ordering: s(format!(
+                "SELECT COALESCE(MAX(id_ordering), 0)::bigint FROM {ids}"
+            )),
+            ids: s(format!(
+                "SELECT id_ordering, persistence_id FROM {ids} \
+                 WHERE id_ordering > $1 AND id_ordering <= $2 ORDER BY id_ordering LIMIT $3"
+            )),
+            save_snapshot: s(format!(
+                "INSERT INTO {snap} ({SNAPSHOT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (persistence_id, sequence_nr) DO UPDATE SET \
+                 created = EXCLUDED.created, ser_id = EXCLUDED.ser_id, \
+                 ser_manifest = EXCLUDED.ser_manifest, payload = EXCLUDED.payload, \
+                 meta_ser_id = EXCLUDED.meta_ser_id, meta_ser_manifest = EXCLUDED.meta_ser_manifest, \
+                 meta_payload = EXCLUDED.meta_payload"
+            )),
+            load_snapshot: s(format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM {snap} WHERE persistence_id = $1 \
+                 AND sequence_nr <= $2 AND sequence_nr >= $3 AND created <= $4 AND created >= $5 \
+                 ORDER BY sequence_nr DESC LIMIT 1"
+            )),
+            delete_snapshot: s(format!(
+                "DELETE FROM {snap} WHERE persistence_id = $1 AND sequence_nr = $2"
+            )),
+            delete_snapshot_at: s(format!(
+                "DELETE FROM {snap} WHERE persistence_id = $1 AND sequence_nr = $2 AND created = $3"
+            )),
+            delete_snapshots: s(format!(
+                "DELETE FROM {snap} WHERE persistence_id = $1 \
+                 AND sequence_nr <= $2 AND sequence_nr >= $3 AND created <= $4 AND created >= $5"
+            )),
+        }
+    }
+}
+
+/// Aborts the listener task when the backend goes away.
+struct ListenerTask(JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One opened PostgreSQL database (one schema and prefix).
+pub(crate) struct PgBackend {
+    pool: PgPool,
+    options: PgConnectOptions,
+    sql: Statements,
+    /// Lock-key namespace: schema and prefix, so namespaces never contend.
+    namespace: String,
+    channel: String,
+    ids_lock_key: i64,
+    wake: Arc<watch::Sender<u64>>,
+    listener: StdMutex<Option<ListenerTask>>,
+    config: PostgresConfig,
+}
+
+fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
+    let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
+        Error::config(format!(
+            "postgres.url {:?} is not a PostgreSQL URL",
+            redact_url(&config.url)
+        ))
+        .with_source(e)
+    })?;
+    if let Some(password) = &config.password {
+        options = options.password(password);
+    }
+    Ok(options.application_name("persistence-backend-sql"))
+}
+
+async fn connect(config: &PostgresConfig, options: &PgConnectOptions) -> Result<PgPool> {
+    config.validate()?;
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options.clone())
+        .await
+        .map_err(err("open"))
+}
+
+/// Runs the embedded PostgreSQL migrations that have not run yet in `config`'s schema
+/// (creating the schema when missing). Safe to run from several processes at once: they
+/// take turns on an advisory lock.
+pub async fn migrate_postgres(config: &PostgresConfig) -> Result<()> {
+    let options = connect_options(config)?;
+    let pool = connect(config, &options).await?;
+    let result = run_migrations(&pool, config).await;
+    pool.close().await;
+    result
+}
+
+async fn run_migrations(pool: &PgPool, config: &PostgresConfig) -> Result<()> {
+    let names = Names::new(Some(&config.schema), &config.table_prefix);
+    let key = fnv1a(&format!("backend-sql:migrate:{}", config.schema)) as i64;
+    let mut conn = pool.acquire().await.map_err(err("migrate"))?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(err("migrate"))?;
+    let result = apply_migrations(&mut conn, &names).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        // Never hand a connection that may still hold the lock back to the pool.
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn apply_migrations(conn: &mut sqlx::PgConnection, names: &Names) -> Result<()> {
+    let table = names.get("persistence_migrations");
+    let schema = names.get("schema");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, \
+         description TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+    )))
+    .execute(&mut *conn)
+    .await
+    .map_err(err("migrate"))?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err("migrate"))?;
+    for m in POSTGRES_MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(err("migrate"))?;
+        sqlx::raw_sql(AssertSqlSafe(names.render(m.template)))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("migrate"))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (version, description, applied_at) VALUES ($1, $2, $3)"
+        )))
+        .bind(m.version)
+        .bind(m.description)
+        .bind(Timestamp::now().as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(err("migrate"))?;
+        tx.commit().await.map_err(err("migrate"))?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "postgres migration applied"
+        );
+    }
+    Ok(())
+}
+
+/// Why a write failed, before it becomes a public error.
+enum WriteError {
+    Sql(SqlError),
+    /// The first sequence number is at or below the id's deleted-to mark.
+    Deleted,
+}
+
+impl<E: Into<SqlError>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError::Sql(e.into())
+    }
+}
+
+impl WriteError {
+    fn into_public(self, write: &AtomicWrite) -> Error {
+        let e = match self {
+            WriteError::Sql(e) => crate::error::to_public(e, "write_events"),
+            WriteError::Deleted => Error::new(
+                ErrorKind::Conflict,
+                "the sequence number is already taken (its event was deleted)",
+            )
+            .with_operation("write_events"),
+        };
+        e.with_persistence_id(write.persistence_id().as_str())
+            .with_sequence_range(write.lowest_sequence_nr(), write.highest_sequence_nr())
+    }
+}
+
+impl PgBackend {
+    pub(crate) async fn open(config: PostgresConfig) -> Result<PgBackend> {
+        let options = connect_options(&config)?;
+        let pool = connect(&config, &options).await?;
+        if config.migrate {
+            run_migrations(&pool, &config).await?;
+        }
+        let names = Names::new(Some(&config.schema), &config.table_prefix);
+        let namespace = format!("{}.{}", config.schema, config.table_prefix);
+        Ok(PgBackend {
+            pool,
+            options,
+            sql: Statements::new(&names, config.notify),
+            channel: format!("persistence_{:016x}", fnv1a(&namespace)),
+            ids_lock_key: fnv1a(&format!("backend-sql:{namespace}:ids")) as i64,
+            namespace,
+            wake: Arc::new(watch::Sender::new(0)),
+            listener: StdMutex::new(None),
+            config,
+        })
+    }
+
+    fn tag_lock_key(&self, tag: &str) -> i64 {
+        fnv1a(&format!("backend-sql:{}:tag:{tag}", self.namespace)) as i64
+    }
+
+    /// Starts the `LISTEN` task on first use (live queries only).
+    fn ensure_listener(&self) {
+        let Ok(mut slot) = self.listener.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|t| !t.0.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = runtime.spawn(listen(
+            self.options.clone(),
+            self.channel.clone(),
+            self.wake.clone(),
+        ));
+        *slot = Some(ListenerTask(task));
+    }
+
+    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+        let id = write.persistence_id().as_str();
+        let mut tx = self.pool.begin().await?;
+        let tags = distinct_tags(write);
+        if self.config.tag_order_lock && !tags.is_empty() {
+            let mut keys: Vec<i64> = tags.iter().map(|t| self.tag_lock_key(t)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                sqlx::query(q(&self.sql.lock))
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut upsert = sqlx::query(q(&self.sql.upsert_id))
+            .bind(id)
+            .bind(clamp(write.highest_sequence_nr()));
+        if self.config.notify {
+            upsert = upsert.bind(self.channel.as_str());
+        }
+        let row = upsert.fetch_one(&mut *tx).await?;
+        let deleted_to: i64 = row.try_get(0)?;
+        let new_id: bool = row.try_get(1)?;
+        if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
+            tx.rollback().await?;
+            return Err(WriteError::Deleted);
+        }
+
+        let events = write.events();
+        // (ordering, sequence_nr) of every event, to fill the tag table.
+        let mut orderings: Vec<(i64, i64)> = Vec::with_capacity(events.len());
+        if let [event] = events {
+            let meta = event.metadata.as_ref();
+            let ordering: i64 = sqlx::query_scalar(q(&self.sql.insert_event))
+                .bind(id)
+                .bind(clamp(event.sequence_nr))
+                .bind(event.writer_id.as_str())
+                .bind(event.timestamp.as_millis())
+                .bind(event.event_manifest.as_str())
+                .bind(event.payload.serializer_id.as_str())
+                .bind(event.payload.manifest.as_str())
+                .bind(event.payload.bytes.as_ref())
+                .bind(meta.map(|m| m.serializer_id.as_str()))
+                .bind(meta.map(|m| m.manifest.as_str()))
+                .bind(meta.map(|m| m.bytes.as_ref()))
+                .bind(encode_tags(&event.tags))
+                .fetch_one(&mut *tx)
+                .await?;
+            orderings.push((ordering, clamp(event.sequence_nr)));
+        } else {
+            let col = |f: &dyn Fn(&PersistentEvent) -> Option<&str>| -> Vec<Option<&str>> {
+                events.iter().map(f).collect()
+            };
+            let rows = sqlx::query(q(&self.sql.insert_events))
+                .bind(id)
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| clamp(e.sequence_nr))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(col(&|e| Some(e.writer_id.as_str())))
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.timestamp.as_millis())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(col(&|e| Some(e.event_manifest.as_str())))
+                .bind(col(&|e| Some(e.payload.serializer_id.as_str())))
+                .bind(col(&|e| Some(e.payload.manifest.as_str())))
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.payload.bytes.as_ref())
+                        .collect::<Vec<&[u8]>>(),
+                )
+                .bind(col(&|e| {
+                    e.metadata.as_ref().map(|m| m.serializer_id.as_str())
+                }))
+                .bind(col(&|e| e.metadata.as_ref().map(|m| m.manifest.as_str())))
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.metadata.as_ref().map(|m| m.bytes.as_ref()))
+                        .collect::<Vec<Option<&[u8]>>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| encode_tags(&e.tags))
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                orderings.push((row.try_get(0)?, row.try_get(1)?));
+            }
+            orderings.sort_unstable_by_key(|&(_, seq)| seq);
+        }
+
+        if !tags.is_empty() {
+            let mut tag_col: Vec<&str> = Vec::new();
+            let mut ordering_col: Vec<i64> = Vec::new();
+            let mut seq_col: Vec<i64> = Vec::new();
+            for (event, &(ordering, seq)) in events.iter().zip(&orderings) {
+                let mut event_tags: Vec<&str> = event.tags.iter().map(String::as_str).collect();
+                event_tags.sort_unstable();
+                event_tags.dedup();
+                for tag in event_tags {
+                    tag_col.push(tag);
+                    ordering_col.push(ordering);
+                    seq_col.push(seq);
+                }
+            }
+            if tag_col.len() == 1 {
+                sqlx::query(q(&self.sql.insert_tag))
+                    .bind(tag_col[0])
+                    .bind(ordering_col[0])
+                    .bind(id)
+                    .bind(seq_col[0])
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(q(&self.sql.insert_tags))
+                    .bind(tag_col)
+                    .bind(ordering_col)
+                    .bind(id)
+                    .bind(seq_col)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+
+        if new_id {
+            // The first write of this id: give it its position in the persistence-ids
+            // queries under the ids lock, so positions also commit in order.
+            sqlx::query(q(&self.sql.lock))
+                .bind(self.ids_lock_key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(q(&self.sql.assign_id_ordering))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The pool.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Listens on the namespace's channel and wakes live queries on every notification, and
+/// after every (re)connection, since notifications sent meanwhile are lost.
+async fn listen(options: PgConnectOptions, channel: String, wake: Arc<watch::Sender<u64>>) {
+    loop {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options.clone());
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "postgres LISTEN connection failed; live queries poll");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        listener.ignore_pool_close_event(true);
+        if let Err(e) = listener.listen(&channel).await {
+            tracing::warn!(error = %e, "postgres LISTEN failed; live queries poll");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        backend::wake(&wake);
+        loop {
+            match listener.try_recv().await {
+                Ok(_) => backend::wake(&wake),
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres LISTEN connection lost; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for PgBackend {
+    fn capabilities(&self) -> Capabilities {
+        backend::capabilities(self.config.poll_interval)
+    }
+
+    fn page_size(&self) -> usize {
+        self.config.page_size
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.config.poll_interval
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        if self.config.notify {
+            self.ensure_listener();
+        }
+        self.wake.subscribe()
+    }
+
+    async fn write(&self, write: &AtomicWrite) -> Result<()> {
+        check_write_fits(write)?;
+        match self.write_tx(write).await {
+            Ok(()) => {
+                backend::wake(&self.wake);
+                Ok(())
+            }
+            Err(e) => Err(e.into_public(write)),
+        }
+    }
+
+    async fn id_state(&self, id: &PersistenceId) -> Result<Option<IdState>> {
+        let row = sqlx::query(q(&self.sql.id_state))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("highest_sequence_nr"))?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || -> std::result::Result<IdState, SqlError> {
+            Ok(IdState {
+                highest: unsigned(row.try_get(0)?, "highest_sequence_nr")?,
+                deleted_to: unsigned(row.try_get(1)?, "deleted_to")?,
+            })
+        };
+        read().map(Some).map_err(err("highest_sequence_nr"))
+    }
+
+    async fn events(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        limit: usize,
+    ) -> Result<Vec<PersistentEvent>> {
+        let rows = sqlx::query(q(&self.sql.events))
+            .bind(id.as_str())
+            .bind(clamp(from))
+            .bind(clamp(to))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("replay"))?;
+        rows.iter()
+            .map(|row| {
+                EventRow::decode(row)
+                    .and_then(EventRow::into_event)
+                    .map(|(_, e)| e)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err("replay"))
+    }
+
+    async fn delete_to(&self, id: &PersistenceId, to: SequenceNr) -> Result<()> {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            let deleted_to: Option<i64> = sqlx::query_scalar(q(&self.sql.raise_deleted_to))
+                .bind(id.as_str())
+                .bind(clamp(to))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(deleted_to) = deleted_to {
+                sqlx::query(q(&self.sql.delete_tags))
+                    .bind(id.as_str())
+                    .bind(deleted_to)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(q(&self.sql.delete_events))
+                    .bind(id.as_str())
+                    .bind(deleted_to)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(())
+        };
+        run.await
+            .map_err(err("delete_events_to"))
+            .map_err(|e| e.with_persistence_id(id.as_str()))
+    }
+
+    async fn max_tag_ordering(&self, tag: &str) -> Result<u64> {
+        let max: i64 = sqlx::query_scalar(q(&self.sql.max_tag_ordering))
+            .bind(tag)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("events_by_tag"))?;
+        unsigned(max, "ordering").map_err(err("events_by_tag"))
+    }
+
+    async fn tag_events(
+        &self,
+        tag: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PersistentEvent)>> {
+        let rows = sqlx::query(q(&self.sql.tag_events))
+            .bind(tag)
+            .bind(clamp(after))
+            .bind(clamp(upto))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("events_by_tag"))?;
+        rows.iter()
+            .map(|row| EventRow::decode(row).and_then(EventRow::into_event))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err("events_by_tag"))
+    }
+
+    async fn max_id_ordering(&self) -> Result<u64> {
+        let max: i64 = sqlx::query_scalar(q(&self.sql.max_id_ordering))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("persistence_ids"))?;
+        unsigned(max, "id_ordering").map_err(err("persistence_ids"))
+    }
+
+    async fn ids(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<(u64, PersistenceId)>> {
+        let rows = sqlx::query(q(&self.sql.ids))
+            .bind(clamp(after))
+            .bind(clamp(upto))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("persistence_ids"))?;
+        rows.iter()
+            .map(|row| -> std::result::Result<_, SqlError> {
+                let ordering = unsigned(row.try_get(0)?, "id_ordering")?;
+                let id: String = row.try_get(1)?;
+                let id = PersistenceId::new(id)
+                    .map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))?;
+                Ok((ordering, id))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err("persistence_ids"))
+    }
+
+    async fn save_snapshot(&self, metadata: &SnapshotMetadata, snapshot: &Payload) -> Result<()> {
+        let meta = metadata.metadata.as_ref();
+        sqlx::query(q(&self.sql.save_snapshot))
+            .bind(metadata.persistence_id.as_str())
+            .bind(clamp(metadata.sequence_nr))
+            .bind(metadata.timestamp.as_millis())
+            .bind(snapshot.serializer_id.as_str())
+            .bind(snapshot.manifest.as_str())
+            .bind(snapshot.bytes.as_ref())
+            .bind(meta.map(|m| m.serializer_id.as_str()))
+            .bind(meta.map(|m| m.manifest.as_str()))
+            .bind(meta.map(|m| m.bytes.as_ref()))
+            .execute(&self.pool)
+            .await
+            .map_err(err("save_snapshot"))?;
+        Ok(())
+    }
+
+    async fn load_snapshot(
+        &self,
+        id: &PersistenceId,
+        criteria: &SnapshotSelectionCriteria,
+    ) -> Result<Option<SelectedSnapshot>> {
+        let row = sqlx::query(q(&self.sql.load_snapshot))
+            .bind(id.as_str())
+            .bind(clamp(criteria.max_sequence_nr))
+            .bind(clamp(criteria.min_sequence_nr))
+            .bind(criteria.max_timestamp.as_millis())
+            .bind(criteria.min_timestamp.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("load_snapshot"))?;
+        row.map(|row| SnapshotRow::decode(&row).and_then(SnapshotRow::into_snapshot))
+            .transpose()
+            .map_err(err("load_snapshot"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        timestamp: Option<Timestamp>,
+    ) -> Result<()> {
+        let query = match timestamp {
+            None => sqlx::query(q(&self.sql.delete_snapshot))
+                .bind(id.as_str())
+                .bind(clamp(sequence_nr)),
+            Some(ts) => sqlx::query(q(&self.sql.delete_snapshot_at))
+                .bind(id.as_str())
+                .bind(clamp(sequence_nr))
+                .bind(ts.as_millis()),
+        };
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete_snapshot"))?;
+        Ok(())
+    }
+
+    async fn delete_snapshots(
+        &self,
+        id: &PersistenceId,
+        criteria: &SnapshotSelectionCriteria,
+    ) -> Result<()> {
+        sqlx::query(q(&self.sql.delete_snapshots))
+            .bind(id.as_str())
+            .bind(clamp(criteria.max_sequence_nr))
+            .bind(clamp(criteria.min_sequence_nr))
+            .bind(criteria.max_timestamp.as_millis())
+            .bind(criteria.min_timestamp.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete_snapshots"))?;
+        Ok(())
+    }
+}
+
+/// Connects to the PostgreSQL database of `config` (running the migrations unless
+/// `migrate = false`) and returns its journal, snapshot store and read journal.
+pub async fn open_postgres(config: PostgresConfig) -> Result<Stores> {
+    Ok(PostgresStores::open(config).await?.stores())
+}
+
+/// An opened PostgreSQL database: its [`Stores`] and its connection pool.
+///
+/// [`open_postgres`] is the short way; this handle also gives the pool, for tools and
+/// benchmarks that issue their own statements, and closes it.
+pub struct PostgresStores {
+    backend: Arc<PgBackend>,
+}
+
+impl PostgresStores {
+    /// Connects to the database of `config`.
+    pub async fn open(config: PostgresConfig) -> Result<PostgresStores> {
+        Ok(PostgresStores {
+            backend: Arc::new(PgBackend::open(config).await?),
+        })
+    }
+
+    /// The journal, snapshot store and read journal (behind the checking layer).
+    pub fn stores(&self) -> Stores {
+        Stores::new(
+            Arc::new(SqlJournal {
+                backend: self.backend.clone(),
+            }),
+            Arc::new(SqlSnapshotStore {
+                backend: self.backend.clone(),
+            }),
+            Arc::new(SqlReadJournal {
+                backend: self.backend.clone(),
+            }),
+        )
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        self.backend.pool()
+    }
+
+    /// Closes the pool (waits for connections in use).
+    pub async fn close(&self) {
+        self.backend.pool().close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn lock_keys_are_stable() {
+        // Every process must derive the same key from the same tag.
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
