@@ -1,12 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use futures::{stream, Stream};
+use futures::{stream, Stream, StreamExt};
 use persistence_api::{
     AtomicWrite, Capabilities, EnvelopeStream, Error, ErrorKind, EventEnvelope, Journal, Offset,
     Payload, PersistenceId, PersistenceIdStream, PersistentEvent, ReadJournal, Replay, Result,
@@ -180,10 +180,9 @@ impl MemoryBackend {
         T: Send + 'static,
         F: FnMut(&State, &mut C, usize) -> (Vec<T>, bool) + Send + 'static,
     {
-        struct Paging<C, T, F> {
+        struct Paging<C, F> {
             backend: MemoryBackend,
             rx: watch::Receiver<u64>,
-            buffer: VecDeque<T>,
             cursor: C,
             fetch: F,
             done: bool,
@@ -192,16 +191,13 @@ impl MemoryBackend {
         let init = Paging {
             backend: self.clone(),
             rx: self.shared.changed.subscribe(),
-            buffer: VecDeque::new(),
             cursor,
             fetch,
             done: false,
         };
-        Box::pin(stream::unfold(init, move |mut s| async move {
+        // Yields whole pages, flattened below, so the per-event cost is an iterator step.
+        let pages = stream::unfold(init, move |mut s| async move {
             loop {
-                if let Some(item) = s.buffer.pop_front() {
-                    return Some((Ok(item), s));
-                }
                 if s.done {
                     return None;
                 }
@@ -211,14 +207,18 @@ impl MemoryBackend {
                     let state = s.backend.read();
                     (s.fetch)(&state, &mut s.cursor, page)
                 };
-                s.buffer.extend(items);
-                if complete || (!live && s.buffer.is_empty()) {
+                if complete || (!live && items.is_empty()) {
                     s.done = true;
-                } else if s.buffer.is_empty() && s.rx.changed().await.is_err() {
+                }
+                if !items.is_empty() {
+                    return Some((items, s));
+                }
+                if !s.done && s.rx.changed().await.is_err() {
                     return None;
                 }
             }
-        }))
+        });
+        Box::pin(pages.flat_map(|items: Vec<T>| stream::iter(items.into_iter().map(Ok))))
     }
 }
 
