@@ -1,0 +1,325 @@
+//! [`CassandraConfig`]: every setting of the driver, with defaults.
+
+use std::fmt;
+use std::time::Duration;
+
+use persistence_api::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The consistency level of reads and writes (LWTs use the matching serial level).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConsistencyLevel {
+    /// A quorum of all replicas; lightweight transactions use `SERIAL`. The default.
+    #[default]
+    Quorum,
+    /// A quorum of the replicas in the local data centre; LWTs use `LOCAL_SERIAL`.
+    LocalQuorum,
+    /// One replica (development only: reads may miss acknowledged writes on a cluster).
+    One,
+}
+
+/// How much time one `tag_views` partition covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeBucket {
+    /// One partition per tag and day: for rarely written tags.
+    Day,
+    /// One partition per tag and hour. The default.
+    #[default]
+    Hour,
+    /// One partition per tag and minute: for tags written thousands of times a minute.
+    Minute,
+}
+
+impl TimeBucket {
+    /// The length of one bucket in milliseconds.
+    pub fn millis(self) -> i64 {
+        match self {
+            TimeBucket::Day => 86_400_000,
+            TimeBucket::Hour => 3_600_000,
+            TimeBucket::Minute => 60_000,
+        }
+    }
+
+    /// The start (epoch milliseconds) of the bucket holding `millis`.
+    pub fn bucket_of(self, millis: i64) -> i64 {
+        millis - millis.rem_euclid(self.millis())
+    }
+}
+
+/// The replication of the keyspace when [`CassandraConfig::keyspace_autocreate`] creates it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "class")]
+pub enum Replication {
+    /// `SimpleStrategy` with a replication factor (development and single-DC test clusters).
+    SimpleStrategy {
+        /// Copies of each row.
+        replication_factor: u32,
+    },
+    /// `NetworkTopologyStrategy` with a replication factor per data centre.
+    NetworkTopologyStrategy {
+        /// `(data centre, replication factor)` pairs.
+        data_centers: Vec<(String, u32)>,
+    },
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication::SimpleStrategy {
+            replication_factor: 1,
+        }
+    }
+}
+
+impl Replication {
+    /// The CQL map literal of this replication.
+    pub fn to_cql(&self) -> String {
+        match self {
+            Replication::SimpleStrategy { replication_factor } => {
+                format!("{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}")
+            }
+            Replication::NetworkTopologyStrategy { data_centers } => {
+                let mut s = String::from("{'class': 'NetworkTopologyStrategy'");
+                for (dc, rf) in data_centers {
+                    s.push_str(&format!(", '{}': {rf}", dc.replace('\'', "''")));
+                }
+                s.push('}');
+                s
+            }
+        }
+    }
+}
+
+/// The names of the tables, all in [`CassandraConfig::keyspace`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TableNames {
+    /// The events, partitioned by `(persistence_id, partition_nr)`.
+    pub messages: String,
+    /// The tagged events, partitioned by `(tag_name, timebucket)`.
+    pub tag_views: String,
+    /// Per `(persistence_id, tag)`: the last tag sequence number written.
+    pub tag_write_progress: String,
+    /// Per `persistence_id`: the sequence number up to which tag rows are written.
+    pub tag_scanning: String,
+    /// Per tag: the earliest time buckets written, where a query from the start begins.
+    pub tag_buckets: String,
+    /// Per `persistence_id`: `deleted_to`.
+    pub metadata: String,
+    /// Every persistence id that wrote an event.
+    pub all_persistence_ids: String,
+    /// The snapshots.
+    pub snapshots: String,
+}
+
+impl Default for TableNames {
+    fn default() -> Self {
+        TableNames {
+            messages: "messages".into(),
+            tag_views: "tag_views".into(),
+            tag_write_progress: "tag_write_progress".into(),
+            tag_scanning: "tag_scanning".into(),
+            tag_buckets: "tag_buckets".into(),
+            metadata: "metadata".into(),
+            all_persistence_ids: "all_persistence_ids".into(),
+            snapshots: "snapshots".into(),
+        }
+    }
+}
+
+/// The configuration of the Cassandra backend. Every key has a default (`#[serde(default)]`),
+/// so a TOML section needs only what differs:
+///
+/// ```
+/// let config: backend_cassandra::CassandraConfig = toml::from_str(r#"
+///     contact_points = ["10.0.0.1:9042", "10.0.0.2:9042"]
+///     local_datacenter = "eu-west"
+///     consistency = "LOCAL_QUORUM"
+///     tag_time_bucket = "Minute"
+/// "#).unwrap();
+/// assert_eq!(config.keyspace, "pekko");
+/// assert_eq!(config.target_partition_size, 500_000);
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CassandraConfig {
+    /// `host:port` of one or more nodes (default `["127.0.0.1:9042"]`).
+    pub contact_points: Vec<String>,
+    /// The data centre whose nodes are preferred (token-aware within it); `None` for any.
+    pub local_datacenter: Option<String>,
+    /// User name, if the cluster requires authentication.
+    pub username: Option<String>,
+    /// Password (never printed by `Debug`).
+    pub password: Option<String>,
+    /// The keyspace of all tables (default `pekko`, as pekko-persistence-cassandra's journal).
+    pub keyspace: String,
+    /// The table names.
+    pub tables: TableNames,
+    /// A logical namespace inside the keyspace (`[a-z0-9_]`, default empty = none): prefixes
+    /// persistence ids and tag names in every key, so several journals, or test runs, share
+    /// one keyspace's tables without seeing each other.
+    pub namespace: String,
+    /// Read and write consistency (default `QUORUM`).
+    pub consistency: ConsistencyLevel,
+    /// Events per `messages` partition (default 500,000): `partition_nr = (sequence_nr - 1) / this`.
+    pub target_partition_size: u64,
+    /// The time span of one `tag_views` partition (default `Hour`).
+    pub tag_time_bucket: TimeBucket,
+    /// Guard every atomic write with a lightweight transaction so a second writer gets
+    /// `Conflict` instead of overwriting (default true). Off saves the Paxos round trips
+    /// (see the README's figures) and is only safe with a single writer per id.
+    pub overwrite_guard: bool,
+    /// Rows per page of replays and queries (default 1,000): bounds the memory of a replay.
+    pub page_size: i32,
+    /// Create the keyspace when missing (default false; logs a warning when on: concurrent
+    /// schema changes from several processes break Cassandra's schema agreement).
+    pub keyspace_autocreate: bool,
+    /// Create the tables when missing (default false; warns when on, as above).
+    pub tables_autocreate: bool,
+    /// The keyspace's replication when `keyspace_autocreate` creates it.
+    pub replication: Replication,
+    /// How long events-by-tag waits before reading a stretch of time, so that writes still
+    /// in flight (and writers' clock skew) land first (default 2 s).
+    #[serde(with = "millis")]
+    pub eventual_consistency_delay: Duration,
+    /// How often live queries look for new events (default 1 s).
+    #[serde(with = "millis")]
+    pub poll_interval: Duration,
+    /// How long events-by-tag keeps looking for a missing tagged event (a gap in an id's tag
+    /// sequence numbers) before it fails the stream (default 10 s).
+    #[serde(with = "millis")]
+    pub gap_timeout: Duration,
+    /// How far before a gap events-by-tag looks back for the missing events (default 1 min).
+    #[serde(with = "millis")]
+    pub gap_lookback: Duration,
+    /// The client-side timeout of one request (default 12 s).
+    #[serde(with = "millis")]
+    pub request_timeout: Duration,
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        CassandraConfig {
+            contact_points: vec!["127.0.0.1:9042".into()],
+            local_datacenter: None,
+            username: None,
+            password: None,
+            keyspace: "pekko".into(),
+            tables: TableNames::default(),
+            namespace: String::new(),
+            consistency: ConsistencyLevel::Quorum,
+            target_partition_size: 500_000,
+            tag_time_bucket: TimeBucket::Hour,
+            overwrite_guard: true,
+            page_size: 1000,
+            keyspace_autocreate: false,
+            tables_autocreate: false,
+            replication: Replication::default(),
+            eventual_consistency_delay: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(1),
+            gap_timeout: Duration::from_secs(10),
+            gap_lookback: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(12),
+        }
+    }
+}
+
+impl fmt::Debug for CassandraConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CassandraConfig")
+            .field("contact_points", &self.contact_points)
+            .field("local_datacenter", &self.local_datacenter)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("keyspace", &self.keyspace)
+            .field("tables", &self.tables)
+            .field("namespace", &self.namespace)
+            .field("consistency", &self.consistency)
+            .field("target_partition_size", &self.target_partition_size)
+            .field("tag_time_bucket", &self.tag_time_bucket)
+            .field("overwrite_guard", &self.overwrite_guard)
+            .field("page_size", &self.page_size)
+            .field("keyspace_autocreate", &self.keyspace_autocreate)
+            .field("tables_autocreate", &self.tables_autocreate)
+            .field("replication", &self.replication)
+            .field(
+                "eventual_consistency_delay",
+                &self.eventual_consistency_delay,
+            )
+            .field("poll_interval", &self.poll_interval)
+            .field("gap_timeout", &self.gap_timeout)
+            .field("gap_lookback", &self.gap_lookback)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 48
+}
+
+impl CassandraConfig {
+    /// Checks the values; an invalid one is an `ErrorKind::ConfigInvalid` error.
+    pub fn validate(&self) -> Result<()> {
+        if self.contact_points.is_empty() {
+            return Err(Error::config("cassandra: contact_points must not be empty"));
+        }
+        let t = &self.tables;
+        for name in [
+            &self.keyspace,
+            &t.messages,
+            &t.tag_views,
+            &t.tag_write_progress,
+            &t.tag_scanning,
+            &t.tag_buckets,
+            &t.metadata,
+            &t.all_persistence_ids,
+            &t.snapshots,
+        ] {
+            if !is_identifier(name) {
+                return Err(Error::config(format!(
+                    "cassandra: {name:?} is not a valid keyspace or table name (a letter, then letters, digits or _, at most 48)"
+                )));
+            }
+        }
+        if !self
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(Error::config(format!(
+                "cassandra: namespace {:?} may hold only [a-z0-9_]",
+                self.namespace
+            )));
+        }
+        if self.target_partition_size == 0 || self.target_partition_size > i64::MAX as u64 {
+            return Err(Error::config(
+                "cassandra: target_partition_size must be at least 1",
+            ));
+        }
+        if self.page_size < 1 {
+            return Err(Error::config("cassandra: page_size must be at least 1"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::config("cassandra: poll_interval must not be zero"));
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

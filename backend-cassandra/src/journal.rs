@@ -1,0 +1,697 @@
+//! The journal: the write path (guarded batches, tag rows), replay, highest, deletes.
+//!
+//! # How an atomic write is stored
+//! 1. With the id's first event (or the first time this process writes the id), its key is
+//!    inserted into `all_persistence_ids` (an idempotent upsert, before the events, so a
+//!    stored event's id is always listed).
+//! 2. All events go into ONE `messages` partition, the one of the first event
+//!    (`partition_nr = (lowest - 1) / target_partition_size`), even past the target size, in
+//!    one batch. A single-partition batch is one mutation: Cassandra applies it atomically and
+//!    isolated, so it is never seen or replayed in part.
+//! 3. The overwrite guard: the same batch carries `UPDATE messages SET used = <highest> ...
+//!    IF used < <lowest>` (or `IF used = null` for a partition's first write). `used` is a
+//!    static column, the highest sequence number the partition holds. A conditional batch
+//!    must stay in one partition, which it does, so the condition and the events commit
+//!    together through one Paxos round. `[applied] = false` becomes `Conflict` and nothing is
+//!    stored. With `overwrite_guard = false` the same batch goes out unconditional.
+//! 4. Tagged events are copied into `tag_views`, one unlogged batch per `(tag, time bucket)`
+//!    partition, numbered per `(tag, persistence id)` (`tag_pid_sequence_nr`) so readers
+//!    detect gaps; then `tag_write_progress` and `tag_scanning` record the progress.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::try_join_all;
+use futures::StreamExt;
+use persistence_api::{
+    AtomicWrite, Capabilities, Error, ErrorKind, EventStream, Journal, Payload, PersistenceId,
+    PersistentEvent, Replay, Result, SequenceNr, Timestamp,
+};
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
+use scylla::serialize::SerializationError;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::CqlTimeuuid;
+use scylla::{DeserializeRow, SerializeRow};
+
+use crate::error::{unexpected, ResultExt};
+use crate::store::{Inner, CACHE_LIMIT};
+use crate::timeuuid;
+
+/// The most bytes (sum of [`PersistentEvent::stored_size`]) of one atomic write: it is one
+/// mutation, and Cassandra refuses mutations above half the commit-log segment (16 MiB by
+/// default).
+pub const MAX_ATOMIC_WRITE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest event the driver declares ([`Capabilities::max_event_size`]).
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+#[derive(SerializeRow)]
+pub(crate) struct MessageRow<'a> {
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+    pub sequence_nr: i64,
+    pub timestamp: CqlTimeuuid,
+    pub timebucket: i64,
+    pub writer_uuid: &'a str,
+    pub ser_id: &'a str,
+    pub ser_manifest: &'a str,
+    pub event_manifest: &'a str,
+    pub event: &'a [u8],
+    pub meta_ser_id: Option<&'a str>,
+    pub meta_ser_manifest: Option<&'a str>,
+    pub meta: Option<&'a [u8]>,
+    pub tags: Option<&'a [String]>,
+    pub event_time: i64,
+}
+
+#[derive(SerializeRow)]
+pub(crate) struct GuardRow<'a> {
+    pub used: i64,
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+    pub lowest: i64,
+}
+
+#[derive(SerializeRow)]
+pub(crate) struct UsedRow<'a> {
+    pub used: i64,
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+}
+
+#[derive(SerializeRow)]
+pub(crate) struct TagViewRow<'a> {
+    pub tag_name: &'a str,
+    pub timebucket: i64,
+    pub timestamp: CqlTimeuuid,
+    pub persistence_id: &'a str,
+    pub tag_pid_sequence_nr: i64,
+    pub sequence_nr: i64,
+    pub writer_uuid: &'a str,
+    pub ser_id: &'a str,
+    pub ser_manifest: &'a str,
+    pub event_manifest: &'a str,
+    pub event: &'a [u8],
+    pub meta_ser_id: Option<&'a str>,
+    pub meta_ser_manifest: Option<&'a str>,
+    pub meta: Option<&'a [u8]>,
+    pub tags: Option<&'a [String]>,
+    pub event_time: i64,
+}
+
+/// One statement's values in a batch whose statements differ.
+pub(crate) enum BatchRow<'a> {
+    Guard(GuardRow<'a>),
+    Used(UsedRow<'a>),
+    Message(MessageRow<'a>),
+}
+
+impl SerializeRow for BatchRow<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> std::result::Result<(), SerializationError> {
+        match self {
+            BatchRow::Guard(r) => r.serialize(ctx, writer),
+            BatchRow::Used(r) => r.serialize(ctx, writer),
+            BatchRow::Message(r) => r.serialize(ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// An event as read back from `messages` or `tag_views`.
+#[derive(DeserializeRow)]
+pub(crate) struct EventRow {
+    pub sequence_nr: Option<i64>,
+    pub timestamp: Option<CqlTimeuuid>,
+    pub writer_uuid: Option<String>,
+    pub ser_id: Option<String>,
+    pub ser_manifest: Option<String>,
+    pub event_manifest: Option<String>,
+    pub event: Option<Vec<u8>>,
+    pub meta_ser_id: Option<String>,
+    pub meta_ser_manifest: Option<String>,
+    pub meta: Option<Vec<u8>>,
+    pub tags: Option<Vec<String>>,
+    pub event_time: Option<i64>,
+}
+
+impl EventRow {
+    pub fn into_event(self, persistence_id: PersistenceId) -> PersistentEvent {
+        let metadata = self.meta.map(|bytes| {
+            Payload::new(
+                self.meta_ser_id.unwrap_or_default(),
+                self.meta_ser_manifest.unwrap_or_default(),
+                bytes,
+            )
+        });
+        PersistentEvent {
+            persistence_id,
+            sequence_nr: self.sequence_nr.unwrap_or(0).max(0) as u64,
+            payload: Payload::new(
+                self.ser_id.unwrap_or_default(),
+                self.ser_manifest.unwrap_or_default(),
+                self.event.unwrap_or_default(),
+            ),
+            event_manifest: self.event_manifest.unwrap_or_default(),
+            writer_id: self.writer_uuid.unwrap_or_default(),
+            timestamp: Timestamp::from_millis(self.event_time.unwrap_or_else(|| {
+                self.timestamp
+                    .map(|t| timeuuid::millis_of(t.as_ref()))
+                    .unwrap_or(0)
+            })),
+            tags: self.tags.unwrap_or_default(),
+            metadata,
+        }
+    }
+}
+
+/// The capabilities this driver declares (the same for all three stores).
+pub(crate) fn capabilities(inner: &Inner) -> Capabilities {
+    let c = &inner.config;
+    Capabilities {
+        atomic_write_max_events: None,
+        max_event_size: Some(MAX_EVENT_BYTES),
+        max_snapshot_size: Some(crate::snapshot::MAX_SNAPSHOT_BYTES),
+        tags: true,
+        event_metadata: true,
+        snapshot_metadata: true,
+        delete_events: true,
+        conflict_detection: c.overwrite_guard,
+        durable: true,
+        snapshots: true,
+        query_persistence_ids: true,
+        query_events_by_persistence_id: true,
+        query_events_by_tag: true,
+        live_queries: true,
+        live_query_max_delay: Some(
+            c.eventual_consistency_delay + c.poll_interval * 2 + std::time::Duration::from_secs(1),
+        ),
+    }
+}
+
+/// The Cassandra journal.
+pub struct CassandraJournal {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl CassandraJournal {
+    async fn write_one(&self, write: &AtomicWrite) -> Result<()> {
+        let inner = &*self.inner;
+        let pid = inner.pid_key(write.persistence_id());
+        let lowest = write.lowest_sequence_nr();
+        let highest = write.highest_sequence_nr();
+        let ctx = |e: Error| {
+            e.with_persistence_id(write.persistence_id().as_str())
+                .with_sequence_range(lowest, highest)
+        };
+        let total: usize = write.events().iter().map(|e| e.stored_size()).sum();
+        if total > MAX_ATOMIC_WRITE_BYTES {
+            return Err(ctx(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "an atomic write of {total} bytes is larger than one Cassandra mutation may be ({MAX_ATOMIC_WRITE_BYTES} bytes)"
+                ),
+            )
+            .with_operation("write_events")));
+        }
+        if lowest > i64::MAX as u64 || highest > i64::MAX as u64 {
+            return Err(ctx(Error::new(
+                ErrorKind::Rejected,
+                "sequence numbers above i64::MAX do not fit a CQL bigint",
+            )
+            .with_operation("write_events")));
+        }
+
+        // 1. all_persistence_ids, with the id's first event.
+        let known = inner.known_ids.lock().unwrap().contains(&pid);
+        if lowest == 1 || !known {
+            inner
+                .exec(
+                    "write_events",
+                    &inner.stmts.insert_persistence_id,
+                    (pid.as_str(),),
+                )
+                .await
+                .map_err(ctx)?;
+            let mut ids = inner.known_ids.lock().unwrap();
+            if ids.len() >= CACHE_LIMIT {
+                ids.clear();
+            }
+            ids.insert(pid.clone());
+        }
+
+        // 2. + 3. The events, in one partition, guarded.
+        let partition_nr = inner.partition_of(lowest);
+        let bucket_size = inner.config.tag_time_bucket;
+        let stamps: Vec<CqlTimeuuid> = write.events().iter().map(|_| timeuuid::now()).collect();
+        let buckets: Vec<i64> = stamps
+            .iter()
+            .map(|t| bucket_size.bucket_of(timeuuid::millis_of(t.as_ref())))
+            .collect();
+        let message_rows =
+            write
+                .events()
+                .iter()
+                .zip(stamps.iter().zip(&buckets))
+                .map(|(e, (ts, bucket))| MessageRow {
+                    persistence_id: &pid,
+                    partition_nr,
+                    sequence_nr: e.sequence_nr as i64,
+                    timestamp: *ts,
+                    timebucket: *bucket,
+                    writer_uuid: &e.writer_id,
+                    ser_id: &e.payload.serializer_id,
+                    ser_manifest: &e.payload.manifest,
+                    event_manifest: &e.event_manifest,
+                    event: &e.payload.bytes,
+                    meta_ser_id: e.metadata.as_ref().map(|m| m.serializer_id.as_str()),
+                    meta_ser_manifest: e.metadata.as_ref().map(|m| m.manifest.as_str()),
+                    meta: e.metadata.as_ref().map(|m| &m.bytes[..]),
+                    tags: (!e.tags.is_empty()).then_some(&e.tags[..]),
+                    event_time: e.timestamp.as_millis(),
+                });
+        let first_in_partition = (lowest - 1).is_multiple_of(inner.config.target_partition_size);
+        if inner.config.overwrite_guard {
+            let mut use_new = first_in_partition;
+            loop {
+                let (stmt, guard) = if use_new {
+                    let row = UsedRow {
+                        used: highest as i64,
+                        persistence_id: &pid,
+                        partition_nr,
+                    };
+                    (&inner.stmts.guard_new, BatchRow::Used(row))
+                } else {
+                    let row = GuardRow {
+                        used: highest as i64,
+                        persistence_id: &pid,
+                        partition_nr,
+                        lowest: lowest as i64,
+                    };
+                    (&inner.stmts.guard_below, BatchRow::Guard(row))
+                };
+                let values: Vec<BatchRow> = std::iter::once(guard)
+                    .chain(message_rows.clone().map(BatchRow::Message))
+                    .collect();
+                let batch = self.batch(BatchType::Logged, stmt, values.len() - 1);
+                let result = inner
+                    .session
+                    .batch(&batch, &values)
+                    .await
+                    .op("write_events")
+                    .map_err(ctx)?;
+                let (applied, used) = Inner::lwt_outcome("write_events", result).map_err(ctx)?;
+                if applied {
+                    break;
+                }
+                match used {
+                    // `used < lowest` cannot hold for a partition never written: try as its first write.
+                    None if !use_new => use_new = true,
+                    _ => {
+                        return Err(ctx(Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "sequence number {lowest} is already taken: the partition's highest is {}",
+                                used.map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+                            ),
+                        )
+                        .with_operation("write_events")));
+                    }
+                }
+            }
+        } else {
+            let used = UsedRow {
+                used: highest as i64,
+                persistence_id: &pid,
+                partition_nr,
+            };
+            let values: Vec<BatchRow> = std::iter::once(BatchRow::Used(used))
+                .chain(message_rows.map(BatchRow::Message))
+                .collect();
+            let batch = self.batch(BatchType::Unlogged, &inner.stmts.set_used, values.len() - 1);
+            inner
+                .session
+                .batch(&batch, &values)
+                .await
+                .op("write_events")
+                .map_err(ctx)?;
+        }
+
+        // 4. Tags.
+        if write.events().iter().any(|e| !e.tags.is_empty()) {
+            self.write_tags(&pid, write, &stamps, &buckets)
+                .await
+                .map_err(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn batch(
+        &self,
+        kind: BatchType,
+        first: &scylla::statement::prepared::PreparedStatement,
+        messages: usize,
+    ) -> Batch {
+        let stmts = &self.inner.stmts;
+        let mut batch = Batch::new(kind);
+        batch.append_statement(first.clone());
+        for _ in 0..messages {
+            batch.append_statement(stmts.insert_message.clone());
+        }
+        if let Some(c) = stmts.insert_message.get_consistency() {
+            batch.set_consistency(c);
+        }
+        batch.set_serial_consistency(stmts.insert_message.get_serial_consistency());
+        batch
+    }
+
+    /// The next tag sequence numbers of `pid` for each tag in `tags`, reserved.
+    async fn reserve_tag_seqs(
+        &self,
+        pid: &str,
+        counts: &BTreeMap<String, u64>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let inner = &*self.inner;
+        let cached = inner.tag_seqs.lock().unwrap().contains_key(pid);
+        if !cached {
+            #[derive(DeserializeRow)]
+            struct Progress {
+                tag: String,
+                tag_pid_sequence_nr: Option<i64>,
+            }
+            let rows: Vec<Progress> = inner
+                .fetch_all("write_events", &inner.stmts.select_tag_progress, (pid,))
+                .await?;
+            let loaded: HashMap<String, u64> = rows
+                .into_iter()
+                .map(|r| (r.tag, r.tag_pid_sequence_nr.unwrap_or(0).max(0) as u64))
+                .collect();
+            let mut map = inner.tag_seqs.lock().unwrap();
+            if map.len() >= CACHE_LIMIT {
+                map.clear();
+            }
+            map.entry(pid.to_owned()).or_insert(loaded);
+        }
+        let mut map = inner.tag_seqs.lock().unwrap();
+        let per_tag = map.entry(pid.to_owned()).or_default();
+        let mut first = BTreeMap::new();
+        for (tag, n) in counts {
+            let last = per_tag.entry(tag.clone()).or_insert(0);
+            first.insert(tag.clone(), *last + 1);
+            *last += n;
+        }
+        Ok(first)
+    }
+
+    /// Registers `bucket` as a first bucket of `tag` unless an earlier one is known.
+    async fn register_bucket(&self, tag: &str, bucket: i64) -> Result<()> {
+        let inner = &*self.inner;
+        let known = inner.tag_first_bucket.lock().unwrap().get(tag).copied();
+        let known = match known {
+            Some(k) => Some(k),
+            None => {
+                let result = inner
+                    .exec("write_events", &inner.stmts.select_tag_buckets, (tag,))
+                    .await?;
+                let row: Option<(Option<Vec<i64>>,)> = Inner::first_row("write_events", result)?;
+                row.and_then(|r| r.0).and_then(|v| v.into_iter().min())
+            }
+        };
+        if known.is_none_or(|k| bucket < k) {
+            inner
+                .exec(
+                    "write_events",
+                    &inner.stmts.add_tag_bucket,
+                    (vec![bucket], tag),
+                )
+                .await?;
+        }
+        let mut map = inner.tag_first_bucket.lock().unwrap();
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        let entry = map.entry(tag.to_owned()).or_insert(bucket);
+        *entry = (*entry).min(known.unwrap_or(bucket)).min(bucket);
+        Ok(())
+    }
+
+    async fn write_tags(
+        &self,
+        pid: &str,
+        write: &AtomicWrite,
+        stamps: &[CqlTimeuuid],
+        buckets: &[i64],
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for e in write.events() {
+            for tag in &e.tags {
+                *counts.entry(inner.tag_key(tag)).or_default() += 1;
+            }
+        }
+        let first_bucket = buckets[0];
+        for tag in counts.keys() {
+            self.register_bucket(tag, first_bucket).await?;
+        }
+        let mut next = self.reserve_tag_seqs(pid, &counts).await?;
+        let keys: Vec<Vec<String>> = write
+            .events()
+            .iter()
+            .map(|e| e.tags.iter().map(|t| inner.tag_key(t)).collect())
+            .collect();
+        // (tag, bucket) -> rows
+        let mut groups: BTreeMap<(&str, i64), Vec<TagViewRow>> = BTreeMap::new();
+        let mut progress: BTreeMap<&str, (i64, i64, CqlTimeuuid)> = BTreeMap::new();
+        for (((e, ts), bucket), keys) in write.events().iter().zip(stamps).zip(buckets).zip(&keys) {
+            for key in keys {
+                let seq = next.get_mut(key).expect("reserved above");
+                let tag_seq = *seq as i64;
+                *seq += 1;
+                progress.insert(key, (e.sequence_nr as i64, tag_seq, *ts));
+                groups.entry((key, *bucket)).or_default().push(TagViewRow {
+                    tag_name: key,
+                    timebucket: *bucket,
+                    timestamp: *ts,
+                    persistence_id: pid,
+                    tag_pid_sequence_nr: tag_seq,
+                    sequence_nr: e.sequence_nr as i64,
+                    writer_uuid: &e.writer_id,
+                    ser_id: &e.payload.serializer_id,
+                    ser_manifest: &e.payload.manifest,
+                    event_manifest: &e.event_manifest,
+                    event: &e.payload.bytes,
+                    meta_ser_id: e.metadata.as_ref().map(|m| m.serializer_id.as_str()),
+                    meta_ser_manifest: e.metadata.as_ref().map(|m| m.manifest.as_str()),
+                    meta: e.metadata.as_ref().map(|m| &m.bytes[..]),
+                    tags: Some(&e.tags[..]),
+                    event_time: e.timestamp.as_millis(),
+                });
+            }
+        }
+        let result = try_join_all(groups.values().map(|rows| {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            for _ in 0..rows.len() {
+                batch.append_statement(inner.stmts.insert_tag_view.clone());
+            }
+            if let Some(c) = inner.stmts.insert_tag_view.get_consistency() {
+                batch.set_consistency(c);
+            }
+            batch.set_is_idempotent(true);
+            async move { inner.session.batch(&batch, rows).await.op("write_tags") }
+        }))
+        .await;
+        if let Err(e) = result {
+            // The numbers reserved may or may not be stored: re-read them next time.
+            inner.forget_tag_seqs(pid);
+            return Err(e);
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::new();
+        for (tag, (seq, tag_seq, ts)) in &progress {
+            batch.append_statement(inner.stmts.insert_tag_progress.clone());
+            values.push((pid, *tag, *seq, *tag_seq, *ts));
+        }
+        if let Some(c) = inner.stmts.insert_tag_progress.get_consistency() {
+            batch.set_consistency(c);
+        }
+        inner
+            .session
+            .batch(&batch, &values)
+            .await
+            .op("write_tags")?;
+        inner
+            .exec(
+                "write_tags",
+                &inner.stmts.insert_tag_scanning,
+                (pid, write.highest_sequence_nr() as i64),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Streams the events of `pid_key` with `from <= seq <= to` (at most `max`), partition
+/// after partition, page by page; skips anything at or below `deleted_to` and repeats.
+pub(crate) fn event_stream(
+    inner: Arc<Inner>,
+    persistence_id: PersistenceId,
+    from: SequenceNr,
+    to: SequenceNr,
+    max: u64,
+    deleted_to: u64,
+) -> EventStream {
+    let from = from.max(deleted_to.saturating_add(1)).max(1);
+    Box::pin(async_stream::try_stream! {
+        if from <= to && max > 0 {
+            let pid = inner.pid_key(&persistence_id);
+            let first = inner.partition_of(from);
+            // A write spilling over a boundary keeps its events in the previous partition.
+            let mut nr = (first - 1).max(0);
+            let last = inner.partition_of(to);
+            let mut delivered = 0u64;
+            let mut last_seq = from - 1;
+            'partitions: while nr <= last {
+                let pager = inner
+                    .session
+                    .execute_iter(
+                        inner.stmts.select_messages.clone(),
+                        (pid.as_str(), nr, from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64),
+                    )
+                    .await
+                    .op("replay")?;
+                let mut rows = pager
+                    .rows_stream::<EventRow>()
+                    .map_err(|e| unexpected("replay", e))?;
+                while let Some(row) = rows.next().await {
+                    let row = row.op("replay")?;
+                    let Some(seq) = row.sequence_nr else { continue };
+                    let seq = seq.max(0) as u64;
+                    if seq <= last_seq {
+                        continue;
+                    }
+                    last_seq = seq;
+                    yield row.into_event(persistence_id.clone());
+                    delivered += 1;
+                    if delivered >= max || seq >= to {
+                        break 'partitions;
+                    }
+                }
+                nr += 1;
+            }
+        }
+    })
+}
+
+#[async_trait]
+impl Journal for CassandraJournal {
+    fn capabilities(&self) -> Capabilities {
+        capabilities(&self.inner)
+    }
+
+    async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
+        // Writes of one id in order; different ids concurrently.
+        let mut by_id: BTreeMap<&PersistenceId, Vec<usize>> = BTreeMap::new();
+        for (i, w) in writes.iter().enumerate() {
+            by_id.entry(w.persistence_id()).or_default().push(i);
+        }
+        let mut results: Vec<Option<Result<()>>> = (0..writes.len()).map(|_| None).collect();
+        let outcomes = futures::future::join_all(by_id.into_values().map(|indices| {
+            let writes = &writes;
+            async move {
+                let mut out = Vec::with_capacity(indices.len());
+                for i in indices {
+                    out.push((i, self.write_one(&writes[i]).await));
+                }
+                out
+            }
+        }))
+        .await;
+        for (i, r) in outcomes.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every write answered"))
+            .collect())
+    }
+
+    async fn replay(
+        &self,
+        persistence_id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        max: u64,
+    ) -> Result<Replay> {
+        let pid = self.inner.pid_key(persistence_id);
+        // A replay starts a (new) writer's incarnation: its tag numbers come from the table.
+        self.inner.forget_tag_seqs(&pid);
+        let (highest, deleted_to) = self
+            .inner
+            .highest_and_deleted_to(&pid)
+            .await
+            .map_err(|e| e.with_persistence_id(persistence_id.as_str()))?;
+        Ok(Replay {
+            highest_sequence_nr: highest,
+            events: event_stream(
+                self.inner.clone(),
+                persistence_id.clone(),
+                from,
+                to.min(highest),
+                max,
+                deleted_to,
+            ),
+        })
+    }
+
+    async fn highest_sequence_nr(&self, persistence_id: &PersistenceId) -> Result<SequenceNr> {
+        let pid = self.inner.pid_key(persistence_id);
+        self.inner.forget_tag_seqs(&pid);
+        let (highest, _) = self
+            .inner
+            .highest_and_deleted_to(&pid)
+            .await
+            .map_err(|e| e.with_persistence_id(persistence_id.as_str()))?;
+        Ok(highest)
+    }
+
+    async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()> {
+        let inner = &*self.inner;
+        let pid = inner.pid_key(persistence_id);
+        let ctx = |e: Error| e.with_persistence_id(persistence_id.as_str());
+        let (highest, deleted_to) = inner.highest_and_deleted_to(&pid).await.map_err(ctx)?;
+        let to = to.min(highest);
+        if to <= deleted_to {
+            return Ok(());
+        }
+        // The low-water mark first: deleted events never replay, even if the range
+        // deletes below fail half-way.
+        inner
+            .exec(
+                "delete_events_to",
+                &inner.stmts.insert_deleted_to,
+                (pid.as_str(), to as i64),
+            )
+            .await
+            .map_err(ctx)?;
+        let first = (inner.partition_of(deleted_to.max(1)) - 1).max(0);
+        let last = inner.partition_of(to);
+        for nr in first..=last {
+            inner
+                .exec(
+                    "delete_events_to",
+                    &inner.stmts.delete_messages_to,
+                    (pid.as_str(), nr, to as i64),
+                )
+                .await
+                .map_err(ctx)?;
+        }
+        Ok(())
+    }
+}

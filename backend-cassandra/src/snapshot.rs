@@ -1,0 +1,237 @@
+//! The snapshot store: one row per `(persistence_id, sequence_nr)`, newest first.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use persistence_api::{
+    Capabilities, Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot,
+    SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
+};
+use scylla::{DeserializeRow, SerializeRow};
+
+use crate::error::{unexpected, ResultExt};
+use crate::store::Inner;
+
+/// The largest snapshot ([`persistence_api::Payload::stored_size`]) the driver stores: one
+/// row, one mutation, well below Cassandra's mutation limit (half the commit-log segment).
+pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(SerializeRow)]
+struct SnapshotRow<'a> {
+    persistence_id: &'a str,
+    sequence_nr: i64,
+    timestamp: i64,
+    ser_id: &'a str,
+    ser_manifest: &'a str,
+    snapshot_data: &'a [u8],
+    meta_ser_id: Option<&'a str>,
+    meta_ser_manifest: Option<&'a str>,
+    meta: Option<&'a [u8]>,
+}
+
+#[derive(DeserializeRow)]
+struct LoadedRow {
+    sequence_nr: i64,
+    timestamp: Option<i64>,
+    ser_id: Option<String>,
+    ser_manifest: Option<String>,
+    snapshot_data: Option<Vec<u8>>,
+    meta_ser_id: Option<String>,
+    meta_ser_manifest: Option<String>,
+    meta: Option<Vec<u8>>,
+}
+
+fn clamp(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
+}
+
+/// The Cassandra snapshot store.
+pub struct CassandraSnapshotStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl CassandraSnapshotStore {
+    /// `(sequence_nr, timestamp)` of the snapshots of `pid` matching `criteria`, newest first.
+    async fn matching(
+        &self,
+        pid: &str,
+        criteria: &SnapshotSelectionCriteria,
+    ) -> Result<Vec<(i64, i64)>> {
+        if criteria.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Option<i64>)> = self
+            .inner
+            .fetch_all(
+                "delete_snapshots",
+                &self.inner.stmts.select_snapshot_timestamps,
+                (
+                    pid,
+                    clamp(criteria.max_sequence_nr),
+                    clamp(criteria.min_sequence_nr),
+                ),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, ts)| (seq, ts.unwrap_or(0)))
+            .filter(|(seq, ts)| criteria.matches(*seq as u64, Timestamp::from_millis(*ts)))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for CassandraSnapshotStore {
+    fn capabilities(&self) -> Capabilities {
+        crate::journal::capabilities(&self.inner)
+    }
+
+    async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
+        let size =
+            snapshot.stored_size() + metadata.metadata.as_ref().map_or(0, |m| m.stored_size());
+        let ctx = |e: Error| {
+            e.with_persistence_id(metadata.persistence_id.as_str())
+                .with_sequence_range(metadata.sequence_nr, metadata.sequence_nr)
+        };
+        if size > MAX_SNAPSHOT_BYTES {
+            return Err(ctx(Error::new(
+                ErrorKind::Rejected,
+                format!("a snapshot of {size} bytes is larger than {MAX_SNAPSHOT_BYTES} bytes"),
+            )
+            .with_operation("save_snapshot")));
+        }
+        let pid = self.inner.pid_key(&metadata.persistence_id);
+        let meta = metadata.metadata.as_ref();
+        let row = SnapshotRow {
+            persistence_id: &pid,
+            sequence_nr: clamp(metadata.sequence_nr),
+            timestamp: metadata.timestamp.as_millis(),
+            ser_id: &snapshot.serializer_id,
+            ser_manifest: &snapshot.manifest,
+            snapshot_data: &snapshot.bytes,
+            meta_ser_id: meta.map(|m| m.serializer_id.as_str()),
+            meta_ser_manifest: meta.map(|m| m.manifest.as_str()),
+            meta: meta.map(|m| &m.bytes[..]),
+        };
+        self.inner
+            .exec("save_snapshot", &self.inner.stmts.insert_snapshot, row)
+            .await
+            .map_err(ctx)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(
+        &self,
+        persistence_id: &PersistenceId,
+        criteria: SnapshotSelectionCriteria,
+    ) -> Result<Option<SelectedSnapshot>> {
+        if criteria.is_empty() {
+            return Ok(None);
+        }
+        let pid = self.inner.pid_key(persistence_id);
+        let ctx = |e: Error| e.with_persistence_id(persistence_id.as_str());
+        let pager = self
+            .inner
+            .session
+            .execute_iter(
+                self.inner.stmts.select_snapshots.clone(),
+                (
+                    pid.as_str(),
+                    clamp(criteria.max_sequence_nr),
+                    clamp(criteria.min_sequence_nr),
+                ),
+            )
+            .await
+            .op("load_snapshot")
+            .map_err(ctx)?;
+        let mut rows = pager
+            .rows_stream::<LoadedRow>()
+            .map_err(|e| ctx(unexpected("load_snapshot", e)))?;
+        // Newest first (CLUSTERING ORDER BY sequence_nr DESC): the first match wins.
+        while let Some(row) = rows.next().await {
+            let row = row.op("load_snapshot").map_err(ctx)?;
+            let timestamp = Timestamp::from_millis(row.timestamp.unwrap_or(0));
+            let seq = row.sequence_nr.max(0) as u64;
+            if !criteria.matches(seq, timestamp) {
+                continue;
+            }
+            let metadata = row.meta.map(|bytes| {
+                Payload::new(
+                    row.meta_ser_id.unwrap_or_default(),
+                    row.meta_ser_manifest.unwrap_or_default(),
+                    bytes,
+                )
+            });
+            return Ok(Some(SelectedSnapshot {
+                metadata: SnapshotMetadata {
+                    persistence_id: persistence_id.clone(),
+                    sequence_nr: seq,
+                    timestamp,
+                    metadata,
+                },
+                snapshot: Payload::new(
+                    row.ser_id.unwrap_or_default(),
+                    row.ser_manifest.unwrap_or_default(),
+                    row.snapshot_data.unwrap_or_default(),
+                ),
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()> {
+        let pid = self.inner.pid_key(&metadata.persistence_id);
+        let seq = clamp(metadata.sequence_nr);
+        let ctx = |e: Error| {
+            e.with_persistence_id(metadata.persistence_id.as_str())
+                .with_sequence_range(metadata.sequence_nr, metadata.sequence_nr)
+        };
+        if metadata.timestamp != Timestamp::MIN {
+            let rows: Vec<(i64, Option<i64>)> = self
+                .inner
+                .fetch_all(
+                    "delete_snapshot",
+                    &self.inner.stmts.select_snapshot_timestamps,
+                    (pid.as_str(), seq, seq),
+                )
+                .await
+                .map_err(ctx)?;
+            if !rows
+                .iter()
+                .any(|(_, ts)| ts.unwrap_or(0) == metadata.timestamp.as_millis())
+            {
+                return Ok(());
+            }
+        }
+        self.inner
+            .exec(
+                "delete_snapshot",
+                &self.inner.stmts.delete_snapshot,
+                (pid.as_str(), seq),
+            )
+            .await
+            .map_err(ctx)?;
+        Ok(())
+    }
+
+    async fn delete_snapshots(
+        &self,
+        persistence_id: &PersistenceId,
+        criteria: SnapshotSelectionCriteria,
+    ) -> Result<()> {
+        let pid = self.inner.pid_key(persistence_id);
+        let ctx = |e: Error| e.with_persistence_id(persistence_id.as_str());
+        for (seq, _) in self.matching(&pid, &criteria).await.map_err(ctx)? {
+            self.inner
+                .exec(
+                    "delete_snapshots",
+                    &self.inner.stmts.delete_snapshot,
+                    (pid.as_str(), seq),
+                )
+                .await
+                .map_err(ctx)?;
+        }
+        Ok(())
+    }
+}

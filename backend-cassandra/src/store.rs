@@ -1,0 +1,456 @@
+//! The shared core: one session, the prepared statements, the key mapping and small caches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use persistence_api::{Error, ErrorKind, PersistenceId, Result};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::CqlValue;
+
+use crate::config::{CassandraConfig, ConsistencyLevel};
+use crate::error::{unexpected, DriverError, ResultExt};
+use crate::schema;
+
+/// Separates the namespace from the id or tag in stored keys. A control character, which a
+/// valid persistence id never contains, so namespaced keys cannot collide with plain ones.
+pub(crate) const NS_SEP: char = '\u{1f}';
+
+/// The columns read back for an event, from `messages` and from `tag_views` alike.
+pub(crate) const EVENT_COLUMNS: &str = "sequence_nr, timestamp, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time";
+
+/// Every prepared statement the driver uses.
+pub(crate) struct Statements {
+    pub insert_message: PreparedStatement,
+    pub guard_below: PreparedStatement,
+    pub guard_new: PreparedStatement,
+    pub set_used: PreparedStatement,
+    pub select_used: PreparedStatement,
+    pub select_messages: PreparedStatement,
+    pub select_message_tags: PreparedStatement,
+    pub delete_messages_to: PreparedStatement,
+    pub delete_partition: PreparedStatement,
+    pub select_deleted_to: PreparedStatement,
+    pub insert_deleted_to: PreparedStatement,
+    pub delete_metadata: PreparedStatement,
+    pub insert_persistence_id: PreparedStatement,
+    pub select_persistence_ids: PreparedStatement,
+    pub delete_persistence_id: PreparedStatement,
+    pub insert_tag_view: PreparedStatement,
+    pub select_tag_views: PreparedStatement,
+    pub delete_tag_view: PreparedStatement,
+    pub select_tag_progress: PreparedStatement,
+    pub insert_tag_progress: PreparedStatement,
+    pub delete_tag_progress: PreparedStatement,
+    pub insert_tag_scanning: PreparedStatement,
+    pub delete_tag_scanning: PreparedStatement,
+    pub select_tag_buckets: PreparedStatement,
+    pub add_tag_bucket: PreparedStatement,
+    pub insert_snapshot: PreparedStatement,
+    pub select_snapshots: PreparedStatement,
+    pub select_snapshot_timestamps: PreparedStatement,
+    pub delete_snapshot: PreparedStatement,
+    pub delete_all_snapshots: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, config: &CassandraConfig) -> Result<Statements> {
+        let ks = &config.keyspace;
+        let t = &config.tables;
+        let m = format!("{ks}.{}", t.messages);
+        let tv = format!("{ks}.{}", t.tag_views);
+        let tp = format!("{ks}.{}", t.tag_write_progress);
+        let ts = format!("{ks}.{}", t.tag_scanning);
+        let tb = format!("{ks}.{}", t.tag_buckets);
+        let md = format!("{ks}.{}", t.metadata);
+        let ids = format!("{ks}.{}", t.all_persistence_ids);
+        let sn = format!("{ks}.{}", t.snapshots);
+        let (consistency, serial) = match config.consistency {
+            ConsistencyLevel::Quorum => (Consistency::Quorum, SerialConsistency::Serial),
+            ConsistencyLevel::LocalQuorum => {
+                (Consistency::LocalQuorum, SerialConsistency::LocalSerial)
+            }
+            ConsistencyLevel::One => (Consistency::One, SerialConsistency::LocalSerial),
+        };
+        let page_size = config.page_size;
+        let prep = |cql: String| async move {
+            let mut p = session.prepare(cql).await.op("prepare")?;
+            p.set_consistency(consistency);
+            p.set_serial_consistency(Some(serial));
+            p.set_page_size(page_size);
+            Ok::<_, Error>(p)
+        };
+        let idempotent = |mut p: PreparedStatement| {
+            p.set_is_idempotent(true);
+            p
+        };
+        Ok(Statements {
+            insert_message: idempotent(prep(format!(
+                "INSERT INTO {m} (persistence_id, partition_nr, sequence_nr, timestamp, timebucket, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time) VALUES (:persistence_id, :partition_nr, :sequence_nr, :timestamp, :timebucket, :writer_uuid, :ser_id, :ser_manifest, :event_manifest, :event, :meta_ser_id, :meta_ser_manifest, :meta, :tags, :event_time)"
+            )).await?),
+            guard_below: prep(format!(
+                "UPDATE {m} SET used = :used WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr IF used < :lowest"
+            )).await?,
+            guard_new: prep(format!(
+                "UPDATE {m} SET used = :used WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr IF used = null"
+            )).await?,
+            set_used: prep(format!(
+                "UPDATE {m} SET used = :used WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
+            )).await?,
+            select_used: idempotent(prep(format!(
+                "SELECT used FROM {m} WHERE persistence_id = ? AND partition_nr = ? LIMIT 1"
+            )).await?),
+            select_messages: idempotent(prep(format!(
+                "SELECT {EVENT_COLUMNS} FROM {m} WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr >= ? AND sequence_nr <= ?"
+            )).await?),
+            select_message_tags: idempotent(prep(format!(
+                "SELECT sequence_nr, timestamp, tags FROM {m} WHERE persistence_id = ? AND partition_nr = ?"
+            )).await?),
+            delete_messages_to: idempotent(prep(format!(
+                "DELETE FROM {m} WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr <= ?"
+            )).await?),
+            delete_partition: idempotent(prep(format!(
+                "DELETE FROM {m} WHERE persistence_id = ? AND partition_nr = ?"
+            )).await?),
+            select_deleted_to: idempotent(prep(format!(
+                "SELECT deleted_to FROM {md} WHERE persistence_id = ?"
+            )).await?),
+            insert_deleted_to: idempotent(prep(format!(
+                "INSERT INTO {md} (persistence_id, deleted_to) VALUES (?, ?)"
+            )).await?),
+            delete_metadata: idempotent(prep(format!(
+                "DELETE FROM {md} WHERE persistence_id = ?"
+            )).await?),
+            insert_persistence_id: idempotent(prep(format!(
+                "INSERT INTO {ids} (persistence_id) VALUES (?)"
+            )).await?),
+            select_persistence_ids: idempotent(prep(format!(
+                "SELECT persistence_id FROM {ids}"
+            )).await?),
+            delete_persistence_id: idempotent(prep(format!(
+                "DELETE FROM {ids} WHERE persistence_id = ?"
+            )).await?),
+            insert_tag_view: idempotent(prep(format!(
+                "INSERT INTO {tv} (tag_name, timebucket, timestamp, persistence_id, tag_pid_sequence_nr, sequence_nr, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time) VALUES (:tag_name, :timebucket, :timestamp, :persistence_id, :tag_pid_sequence_nr, :sequence_nr, :writer_uuid, :ser_id, :ser_manifest, :event_manifest, :event, :meta_ser_id, :meta_ser_manifest, :meta, :tags, :event_time)"
+            )).await?),
+            select_tag_views: idempotent(prep(format!(
+                "SELECT persistence_id, tag_pid_sequence_nr, {EVENT_COLUMNS} FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp > ? AND timestamp <= ?"
+            )).await?),
+            delete_tag_view: idempotent(prep(format!(
+                "DELETE FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp = ?"
+            )).await?),
+            select_tag_progress: idempotent(prep(format!(
+                "SELECT tag, tag_pid_sequence_nr FROM {tp} WHERE persistence_id = ?"
+            )).await?),
+            insert_tag_progress: idempotent(prep(format!(
+                "INSERT INTO {tp} (persistence_id, tag, sequence_nr, tag_pid_sequence_nr, offset) VALUES (?, ?, ?, ?, ?)"
+            )).await?),
+            delete_tag_progress: idempotent(prep(format!(
+                "DELETE FROM {tp} WHERE persistence_id = ?"
+            )).await?),
+            insert_tag_scanning: idempotent(prep(format!(
+                "INSERT INTO {ts} (persistence_id, sequence_nr) VALUES (?, ?)"
+            )).await?),
+            delete_tag_scanning: idempotent(prep(format!(
+                "DELETE FROM {ts} WHERE persistence_id = ?"
+            )).await?),
+            select_tag_buckets: idempotent(prep(format!(
+                "SELECT first_buckets FROM {tb} WHERE tag_name = ?"
+            )).await?),
+            add_tag_bucket: idempotent(prep(format!(
+                "UPDATE {tb} SET first_buckets = first_buckets + ? WHERE tag_name = ?"
+            )).await?),
+            insert_snapshot: idempotent(prep(format!(
+                "INSERT INTO {sn} (persistence_id, sequence_nr, timestamp, ser_id, ser_manifest, snapshot_data, meta_ser_id, meta_ser_manifest, meta) VALUES (:persistence_id, :sequence_nr, :timestamp, :ser_id, :ser_manifest, :snapshot_data, :meta_ser_id, :meta_ser_manifest, :meta)"
+            )).await?),
+            select_snapshots: idempotent(prep(format!(
+                "SELECT sequence_nr, timestamp, ser_id, ser_manifest, snapshot_data, meta_ser_id, meta_ser_manifest, meta FROM {sn} WHERE persistence_id = ? AND sequence_nr <= ? AND sequence_nr >= ?"
+            )).await?),
+            select_snapshot_timestamps: idempotent(prep(format!(
+                "SELECT sequence_nr, timestamp FROM {sn} WHERE persistence_id = ? AND sequence_nr <= ? AND sequence_nr >= ?"
+            )).await?),
+            delete_snapshot: idempotent(prep(format!(
+                "DELETE FROM {sn} WHERE persistence_id = ? AND sequence_nr = ?"
+            )).await?),
+            delete_all_snapshots: idempotent(prep(format!(
+                "DELETE FROM {sn} WHERE persistence_id = ?"
+            )).await?),
+        })
+    }
+}
+
+/// What the journal, snapshot store and read journal of one namespace share.
+pub(crate) struct Inner {
+    pub session: Arc<Session>,
+    pub stmts: Arc<Statements>,
+    pub config: CassandraConfig,
+    /// Ids this process knows to be in `all_persistence_ids`.
+    pub known_ids: Mutex<HashSet<String>>,
+    /// Per stored id: per stored tag, the last tag sequence number written.
+    pub tag_seqs: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// Per stored tag: the earliest bucket known to be registered in `tag_buckets`.
+    pub tag_first_bucket: Mutex<HashMap<String, i64>>,
+}
+
+/// Caches stay bounded: past this many entries they are cleared and refilled from the tables.
+pub(crate) const CACHE_LIMIT: usize = 100_000;
+
+impl Inner {
+    pub fn new(session: Arc<Session>, stmts: Arc<Statements>, config: CassandraConfig) -> Self {
+        Inner {
+            session,
+            stmts,
+            config,
+            known_ids: Mutex::new(HashSet::new()),
+            tag_seqs: Mutex::new(HashMap::new()),
+            tag_first_bucket: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The stored form of a persistence id (namespace-prefixed when a namespace is set).
+    pub fn pid_key(&self, id: &PersistenceId) -> String {
+        self.key(id.as_str())
+    }
+
+    /// The stored form of a tag.
+    pub fn tag_key(&self, tag: &str) -> String {
+        self.key(tag)
+    }
+
+    fn key(&self, s: &str) -> String {
+        if self.config.namespace.is_empty() {
+            s.to_owned()
+        } else {
+            format!("{}{NS_SEP}{s}", self.config.namespace)
+        }
+    }
+
+    /// The persistence id of a stored key, if it belongs to this namespace.
+    pub fn pid_of_key(&self, key: &str) -> Option<Result<PersistenceId>> {
+        let plain = if self.config.namespace.is_empty() {
+            if key.contains(NS_SEP) {
+                return None;
+            }
+            key
+        } else {
+            let rest = key.strip_prefix(self.config.namespace.as_str())?;
+            rest.strip_prefix(NS_SEP)?
+        };
+        Some(PersistenceId::new(plain).map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("stored persistence id {key:?} is invalid: {e}"),
+            )
+        }))
+    }
+
+    pub fn partition_of(&self, sequence_nr: u64) -> i64 {
+        (sequence_nr.saturating_sub(1) / self.config.target_partition_size) as i64
+    }
+
+    /// Executes `stmt` unpaged and maps the error.
+    pub async fn exec(
+        &self,
+        operation: &'static str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult> {
+        self.session
+            .execute_unpaged(stmt, values)
+            .await
+            .op(operation)
+    }
+
+    /// Executes `stmt` and collects every row (use only for bounded results) as typed rows.
+    pub async fn fetch_all<R>(
+        &self,
+        operation: &'static str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        let pager = self
+            .session
+            .execute_iter(stmt.clone(), values)
+            .await
+            .op(operation)?;
+        let mut stream = pager
+            .rows_stream::<R>()
+            .map_err(|e| unexpected(operation, e))?;
+        let mut out = Vec::new();
+        while let Some(row) = stream.next().await {
+            out.push(row.op(operation)?);
+        }
+        Ok(out)
+    }
+
+    /// The first row of an unpaged result, typed.
+    pub fn first_row<R>(operation: &'static str, result: QueryResult) -> Result<Option<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| unexpected(operation, e))?;
+        let mut iter = rows.rows::<R>().map_err(|e| unexpected(operation, e))?;
+        match iter.next() {
+            None => Ok(None),
+            Some(r) => Ok(Some(r.map_err(|e| unexpected(operation, e))?)),
+        }
+    }
+
+    /// Reads an LWT answer: whether it applied, and the current `used` value if returned.
+    pub fn lwt_outcome(
+        operation: &'static str,
+        result: QueryResult,
+    ) -> Result<(bool, Option<i64>)> {
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| unexpected(operation, e))?;
+        let specs: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|s| s.name().to_owned())
+            .collect();
+        let mut iter = rows
+            .rows::<scylla::value::Row>()
+            .map_err(|e| unexpected(operation, e))?;
+        let Some(row) = iter.next() else {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                "a lightweight transaction answered no row",
+            )
+            .with_operation(operation));
+        };
+        let row = row.map_err(|e| unexpected(operation, e))?;
+        let mut applied = None;
+        let mut used = None;
+        for (name, value) in specs.iter().zip(row.columns) {
+            match (name.as_str(), value) {
+                ("[applied]", Some(CqlValue::Boolean(b))) => applied = Some(b),
+                ("used", Some(CqlValue::BigInt(u))) => used = Some(u),
+                _ => {}
+            }
+        }
+        let applied = applied.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unexpected,
+                "a lightweight transaction answered without [applied]",
+            )
+            .with_operation(operation)
+        })?;
+        Ok((applied, used))
+    }
+
+    /// The stored `deleted_to` of an id (0 when none).
+    pub async fn deleted_to(&self, pid_key: &str) -> Result<u64> {
+        let result = self
+            .exec("read_deleted_to", &self.stmts.select_deleted_to, (pid_key,))
+            .await?;
+        let row: Option<(Option<i64>,)> = Self::first_row("read_deleted_to", result)?;
+        Ok(row.and_then(|r| r.0).unwrap_or(0).max(0) as u64)
+    }
+
+    /// The highest sequence number stored in partition `nr`: `None` when the partition was
+    /// never written.
+    pub async fn partition_highest(&self, pid_key: &str, nr: i64) -> Result<Option<u64>> {
+        let result = self
+            .exec("read_highest", &self.stmts.select_used, (pid_key, nr))
+            .await?;
+        let row: Option<(Option<i64>,)> = Self::first_row("read_highest", result)?;
+        Ok(row.and_then(|r| r.0).map(|u| u.max(0) as u64))
+    }
+
+    /// The highest sequence number of an id and its `deleted_to`: walks the partitions
+    /// from the one holding `deleted_to` (one before it, in case a write spilled over the
+    /// boundary) and stops at an empty partition that no earlier write can have skipped:
+    /// after an empty partition `e` the walk goes on only while the highest seen reaches
+    /// past `e`'s range (a write spilling over a boundary can leave a partition empty).
+    pub async fn highest_and_deleted_to(&self, pid_key: &str) -> Result<(u64, u64)> {
+        let deleted_to = self.deleted_to(pid_key).await?;
+        let size = self.config.target_partition_size;
+        let mut nr = if deleted_to == 0 {
+            0
+        } else {
+            (self.partition_of(deleted_to) - 1).max(0)
+        };
+        let mut highest = deleted_to;
+        loop {
+            match self.partition_highest(pid_key, nr).await? {
+                Some(h) => highest = highest.max(h),
+                // A later partition holds events only if a write's first sequence number
+                // lies in its range, so its predecessor (in an earlier partition) reached
+                // past this empty one.
+                None if highest < (nr as u64 + 1).saturating_mul(size) => break,
+                None => {}
+            }
+            nr += 1;
+        }
+        Ok((highest, deleted_to))
+    }
+
+    /// Forgets what this process cached about an id's tags (it may have a new writer).
+    pub fn forget_tag_seqs(&self, pid_key: &str) {
+        self.tag_seqs.lock().unwrap().remove(pid_key);
+    }
+}
+
+/// Connects a session as the configuration says and, when switched on, creates the schema.
+pub(crate) async fn connect(config: &CassandraConfig) -> Result<(Arc<Session>, Arc<Statements>)> {
+    config.validate()?;
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.local_datacenter {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(policy.build())
+        .request_timeout(Some(config.request_timeout))
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.contact_points)
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some(user) = &config.username {
+        builder = builder.user(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    let session = builder.build().await.map_err(|e| {
+        let msg = format!(
+            "cassandra: cannot connect to {:?}: {e}",
+            config.contact_points
+        );
+        Error::new(e.kind(), msg)
+            .with_operation("connect")
+            .with_source(e)
+    })?;
+    if config.keyspace_autocreate {
+        tracing::warn!(
+            keyspace = %config.keyspace,
+            "keyspace_autocreate is on: creating the keyspace if missing. Do not use this in production; concurrent schema changes break Cassandra's schema agreement"
+        );
+        session
+            .query_unpaged(schema::create_keyspace(config), ())
+            .await
+            .op("create_keyspace")?;
+    }
+    if config.tables_autocreate {
+        tracing::warn!(
+            keyspace = %config.keyspace,
+            "tables_autocreate is on: creating the tables if missing. Do not use this in production; concurrent schema changes break Cassandra's schema agreement"
+        );
+        for cql in schema::create_tables(config) {
+            session.query_unpaged(cql, ()).await.op("create_table")?;
+        }
+    }
+    let stmts = Statements::prepare(&session, config).await?;
+    Ok((Arc::new(session), Arc::new(stmts)))
+}

@@ -1,0 +1,54 @@
+//! The conformance kit against a real Cassandra node.
+//!
+//! `source .servers/cassandra/env` (after `bash scripts/servers/cassandra.sh start`), then
+//! `cargo test -p backend-cassandra --test tck`. One keyspace (`persistence_tck`, created if
+//! missing) serves every run; each case gets its own namespace inside it, so no schema change
+//! happens per case (see the README for why).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use backend_cassandra::{CassandraConfig, CassandraPersistence, ConsistencyLevel};
+use persistence_api::{Result, Stores};
+
+struct Factory {
+    base: CassandraPersistence,
+}
+
+#[persistence_api::async_trait]
+impl tck::StoreFactory for Factory {
+    async fn create(&self, namespace: &str) -> Result<Stores> {
+        Ok(self.base.with_namespace(namespace)?.stores())
+    }
+}
+
+/// The test configuration: the node from the environment, short delays so live queries
+/// deliver within the kit's 2 s, and the development autocreate switches on.
+fn config(contact_points: String, local_datacenter: Option<String>) -> CassandraConfig {
+    CassandraConfig {
+        contact_points: contact_points
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect(),
+        local_datacenter,
+        keyspace: "persistence_tck".into(),
+        keyspace_autocreate: true,
+        tables_autocreate: true,
+        consistency: ConsistencyLevel::Quorum,
+        eventual_consistency_delay: Duration::from_millis(400),
+        poll_interval: Duration::from_millis(200),
+        gap_timeout: Duration::from_secs(3),
+        ..CassandraConfig::default()
+    }
+}
+
+fn main() -> ExitCode {
+    let Some(contact_points) = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS") else {
+        return ExitCode::SUCCESS;
+    };
+    let dc = std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok();
+    tck::run_main("cassandra", move || async move {
+        let base = CassandraPersistence::connect(config(contact_points, dc)).await?;
+        Ok(Factory { base })
+    })
+}
