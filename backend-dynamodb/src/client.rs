@@ -1,0 +1,257 @@
+//! The SDK client, built from [`DynamoDbConfig`], and the request helpers every store uses.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::Client;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use persistence_api::{Error, Result};
+
+use crate::config::DynamoDbConfig;
+use crate::error::{unprocessed_error, RetryPolicy};
+use crate::item::Item;
+use crate::schema::{Keys, MAX_BATCH_WRITE};
+
+/// The HTTP client the backend gives the SDK: plain HTTP (hyper), plus HTTPS through
+/// rustls when the crate feature `tls` is on. Tests wrap it to inject faults.
+pub fn http_client(config: &DynamoDbConfig) -> Result<SharedHttpClient> {
+    let https = config
+        .endpoint
+        .as_deref()
+        .is_none_or(|e| e.starts_with("https:"));
+    #[cfg(feature = "tls")]
+    {
+        let _ = https;
+        use aws_smithy_http_client::tls;
+        Ok(aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https())
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        if https {
+            return Err(Error::config(
+                "dynamodb: HTTPS endpoints (and so the real AWS endpoints) need the crate feature `tls` \
+                 of backend-dynamodb; without it only plain http:// endpoints such as DynamoDB Local work",
+            ));
+        }
+        Ok(aws_smithy_http_client::Builder::new().build_http())
+    }
+}
+
+/// The SDK client configuration the backend uses: the standard region and credential
+/// chains (overridden by the config's values), the endpoint override, the timeouts, our
+/// HTTP client, and the SDK's own retries turned off (the backend retries itself, see
+/// README). Tests add interceptors or another HTTP client to it.
+pub async fn sdk_config(config: &DynamoDbConfig) -> Result<aws_sdk_dynamodb::config::Builder> {
+    config.validate()?;
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client(config)?)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+                .operation_attempt_timeout(Duration::from_millis(config.attempt_timeout_ms))
+                .build(),
+        );
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        loader = loader.credentials_provider(Credentials::new(
+            id.clone(),
+            secret.clone(),
+            config.session_token.clone(),
+            None,
+            "persistence-config",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        if config.endpoint.is_some() {
+            builder = builder.region(Region::new("us-east-1"));
+        } else {
+            return Err(Error::config(
+                "dynamodb: no region configured (set dynamodb.region or AWS_REGION)",
+            ));
+        }
+    }
+    Ok(builder)
+}
+
+/// What the three stores share: the client, the settings, and small caches.
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: DynamoDbConfig,
+    pub(crate) keys: Keys,
+    pub(crate) retry: RetryPolicy,
+    /// Ids whose registry item is known to exist (so writes need not carry it again).
+    known_ids: Mutex<HashSet<String>>,
+    /// `(tag, bucket)` pairs whose bucket registry item is known to exist.
+    known_buckets: Mutex<HashSet<(String, i64)>>,
+    /// The last tag token time handed out, so tokens of this process never go back in time.
+    clock: AtomicI64,
+}
+
+const CACHE_LIMIT: usize = 100_000;
+
+impl Inner {
+    pub(crate) fn new(client: Client, config: DynamoDbConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Inner {
+            client,
+            keys: Keys::new(&config),
+            retry: RetryPolicy {
+                max_retries: config.max_retries,
+                base: Duration::from_millis(config.retry_base_delay_ms),
+                cap: Duration::from_millis(config.retry_max_delay_ms),
+            },
+            config,
+            known_ids: Mutex::new(HashSet::new()),
+            known_buckets: Mutex::new(HashSet::new()),
+            clock: AtomicI64::new(0),
+        })
+    }
+
+    pub(crate) fn journal_table(&self) -> &str {
+        &self.config.journal_table
+    }
+
+    pub(crate) fn snapshot_table(&self) -> &str {
+        &self.config.snapshot_table
+    }
+
+    pub(crate) fn consistent(&self) -> bool {
+        self.config.consistent_reads
+    }
+
+    pub(crate) fn id_known(&self, pid: &str) -> bool {
+        self.known_ids
+            .lock()
+            .map(|s| s.contains(pid))
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn mark_id_known(&self, pid: &str) {
+        if let Ok(mut s) = self.known_ids.lock() {
+            if s.len() >= CACHE_LIMIT {
+                s.clear();
+            }
+            s.insert(pid.to_owned());
+        }
+    }
+
+    pub(crate) fn bucket_known(&self, tag: &str, bucket: i64) -> bool {
+        self.known_buckets
+            .lock()
+            .map(|s| s.contains(&(tag.to_owned(), bucket)))
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn mark_bucket_known(&self, tag: &str, bucket: i64) {
+        if let Ok(mut s) = self.known_buckets.lock() {
+            if s.len() >= CACHE_LIMIT {
+                s.clear();
+            }
+            s.insert((tag.to_owned(), bucket));
+        }
+    }
+
+    /// The write time for new tag tokens: the wall clock, never below an earlier one.
+    pub(crate) fn token_time(&self) -> i64 {
+        let now = now_ms();
+        let prev = self.clock.fetch_max(now, Ordering::SeqCst);
+        prev.max(now)
+    }
+
+    /// Deletes `keys` from `table` in batches of 25, several at once, retrying unprocessed
+    /// items with backoff until none is left.
+    pub(crate) async fn batch_delete(
+        &self,
+        operation: &'static str,
+        table: &str,
+        keys: Vec<Item>,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let batches: Vec<Vec<Item>> = keys.chunks(MAX_BATCH_WRITE).map(|c| c.to_vec()).collect();
+        let results: Vec<Result<()>> = futures::stream::iter(batches)
+            .map(|batch| self.batch_delete_one(operation, table, batch))
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn batch_delete_one(
+        &self,
+        operation: &'static str,
+        table: &str,
+        keys: Vec<Item>,
+    ) -> Result<()> {
+        let mut pending: Vec<WriteRequest> = keys
+            .into_iter()
+            .map(|k| {
+                let del = DeleteRequest::builder()
+                    .set_key(Some(k))
+                    .build()
+                    .map_err(|e| {
+                        Error::new(persistence_api::ErrorKind::Unexpected, e.to_string())
+                    })?;
+                Ok(WriteRequest::builder().delete_request(del).build())
+            })
+            .collect::<Result<_>>()?;
+        self.batch_write(operation, table, &mut pending).await
+    }
+
+    /// Sends `pending` with `BatchWriteItem`, retrying what DynamoDB leaves unprocessed.
+    pub(crate) async fn batch_write(
+        &self,
+        operation: &'static str,
+        table: &str,
+        pending: &mut Vec<WriteRequest>,
+    ) -> Result<()> {
+        let mut round = 0u32;
+        while !pending.is_empty() {
+            let req = self
+                .client
+                .batch_write_item()
+                .request_items(table, std::mem::take(pending));
+            let out = self
+                .retry
+                .run(operation, || req.clone().send())
+                .await
+                .map_err(|f| f.into_error(operation))?;
+            if let Some(left) = out.unprocessed_items().and_then(|m| m.get(table)) {
+                if !left.is_empty() {
+                    if round >= self.retry.max_retries {
+                        return Err(unprocessed_error(operation, left.len(), round + 1));
+                    }
+                    tokio::time::sleep(self.retry.delay(round)).await;
+                    round += 1;
+                    *pending = left.clone();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,221 @@
+//! [`DynamoDbConfig`]: every setting of the DynamoDB backend, with defaults.
+
+use std::fmt;
+use std::time::Duration;
+
+use persistence_api::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The configuration of the DynamoDB backend (the facade's `[dynamodb]` section).
+///
+/// Every field has a default (`#[serde(default)]`), so an empty section is valid and talks
+/// to the real AWS endpoint of the region found by the standard AWS chain. Credentials set
+/// here are hidden from `Debug`; leave them out to use the standard credential chain
+/// (environment, profile, web identity, ECS, IMDS).
+///
+/// ```
+/// use backend_dynamodb::DynamoDbConfig;
+/// let c: DynamoDbConfig = toml::from_str(r#"
+///     endpoint = "http://127.0.0.1:8000"
+///     journal_name = "orders"
+///     secret_access_key = "s3cr3t"
+/// "#).unwrap();
+/// assert_eq!(c.journal_table, "persistence_journal");
+/// assert!(c.consistent_reads);
+/// assert!(!format!("{c:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DynamoDbConfig {
+    /// Endpoint URL override, e.g. `http://127.0.0.1:8000` for DynamoDB Local. `None`: the
+    /// region's AWS endpoint (which needs the crate feature `tls`).
+    pub endpoint: Option<String>,
+    /// The region; `None` uses the standard chain (`AWS_REGION`, profile, IMDS), falling
+    /// back to `us-east-1` when an endpoint is set.
+    pub region: Option<String>,
+    /// Static access key id; `None` uses the standard credential chain.
+    pub access_key_id: Option<String>,
+    /// Static secret access key (hidden from `Debug`).
+    pub secret_access_key: Option<String>,
+    /// Static session token (hidden from `Debug`).
+    pub session_token: Option<String>,
+    /// The table holding events, the highest/deleted-to item per id, the persistence-id
+    /// registry and the tag index.
+    pub journal_table: String,
+    /// The table holding snapshots and their chunks.
+    pub snapshot_table: String,
+    /// The journal name: the prefix of every key this journal writes, so several journals
+    /// (services, namespaces, test runs) share one pair of tables. `[A-Za-z0-9_.-]`, 1 to
+    /// 64 characters.
+    pub journal_name: String,
+    /// Strongly consistent reads for replay, queries and snapshots (the default; turning it
+    /// off halves read cost but may replay a stale history).
+    pub consistent_reads: bool,
+    /// Items per `Query` page (DynamoDB also stops a page at 1 MB).
+    pub page_size: u32,
+    /// How many sequence-number ranges of one replay are fetched concurrently, ahead of
+    /// the caller (memory: about `replay_parallelism + 1` pages).
+    pub replay_parallelism: usize,
+    /// Shards of each tag's index partitions: a busy tag spreads its writes over this many
+    /// partition keys per time bucket (an id always lands in the same shard).
+    pub tag_shards: u32,
+    /// Length of one tag-index time bucket, in seconds.
+    pub tag_bucket_secs: u64,
+    /// Shards of the persistence-id registry.
+    pub id_shards: u32,
+    /// How often live queries poll, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How far behind the wall clock live events-by-tag queries stay, in milliseconds, so a
+    /// tagged write still in flight when the query polls is not passed over (see README).
+    pub tag_settle_delay_ms: u64,
+    /// How long a live query waits for an unfinished multi-transaction atomic write before
+    /// treating it as abandoned, in milliseconds.
+    pub large_write_timeout_ms: u64,
+    /// TCP connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Timeout of one HTTP attempt, in milliseconds.
+    pub attempt_timeout_ms: u64,
+    /// Retries after the first attempt of a throttled or transiently failed request.
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles per retry, with full jitter.
+    pub retry_base_delay_ms: u64,
+    /// The cap of the retry delay, in milliseconds.
+    pub retry_max_delay_ms: u64,
+    /// Whether [`crate::open`] creates missing tables (on-demand billing).
+    pub create_tables: bool,
+}
+
+impl Default for DynamoDbConfig {
+    fn default() -> Self {
+        DynamoDbConfig {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            journal_table: "persistence_journal".into(),
+            snapshot_table: "persistence_snapshot".into(),
+            journal_name: "default".into(),
+            consistent_reads: true,
+            page_size: 1000,
+            replay_parallelism: 4,
+            tag_shards: 4,
+            tag_bucket_secs: 3600,
+            id_shards: 8,
+            poll_interval_ms: 200,
+            tag_settle_delay_ms: 1000,
+            large_write_timeout_ms: 30_000,
+            connect_timeout_ms: 3_000,
+            attempt_timeout_ms: 5_000,
+            max_retries: 8,
+            retry_base_delay_ms: 20,
+            retry_max_delay_ms: 2_000,
+            create_tables: false,
+        }
+    }
+}
+
+impl fmt::Debug for DynamoDbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
+        f.debug_struct("DynamoDbConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("journal_table", &self.journal_table)
+            .field("snapshot_table", &self.snapshot_table)
+            .field("journal_name", &self.journal_name)
+            .field("consistent_reads", &self.consistent_reads)
+            .field("page_size", &self.page_size)
+            .field("replay_parallelism", &self.replay_parallelism)
+            .field("tag_shards", &self.tag_shards)
+            .field("tag_bucket_secs", &self.tag_bucket_secs)
+            .field("id_shards", &self.id_shards)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("tag_settle_delay_ms", &self.tag_settle_delay_ms)
+            .field("large_write_timeout_ms", &self.large_write_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("attempt_timeout_ms", &self.attempt_timeout_ms)
+            .field("max_retries", &self.max_retries)
+            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
+            .field("retry_max_delay_ms", &self.retry_max_delay_ms)
+            .field("create_tables", &self.create_tables)
+            .finish()
+    }
+}
+
+impl DynamoDbConfig {
+    /// A configuration for DynamoDB Local (or any endpoint) at `endpoint`, otherwise default.
+    pub fn local(endpoint: impl Into<String>) -> Self {
+        DynamoDbConfig {
+            endpoint: Some(endpoint.into()),
+            ..DynamoDbConfig::default()
+        }
+    }
+
+    /// Checks the values; [`crate::open`] calls it.
+    pub fn validate(&self) -> Result<()> {
+        let name_ok = !self.journal_name.is_empty()
+            && self.journal_name.len() <= 64
+            && self
+                .journal_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !name_ok {
+            return Err(Error::config(format!(
+                "dynamodb.journal_name {:?} must be 1 to 64 characters of [A-Za-z0-9_.-]",
+                self.journal_name
+            )));
+        }
+        for (key, table) in [
+            ("journal_table", &self.journal_table),
+            ("snapshot_table", &self.snapshot_table),
+        ] {
+            let ok = (3..=255).contains(&table.len())
+                && table
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !ok {
+                return Err(Error::config(format!(
+                    "dynamodb.{key} {table:?} is not a valid DynamoDB table name (3 to 255 of [A-Za-z0-9_.-])"
+                )));
+            }
+        }
+        if self.journal_table == self.snapshot_table {
+            return Err(Error::config(
+                "dynamodb.journal_table and dynamodb.snapshot_table must differ",
+            ));
+        }
+        for (key, v) in [
+            ("page_size", self.page_size as u64),
+            ("replay_parallelism", self.replay_parallelism as u64),
+            ("tag_shards", self.tag_shards as u64),
+            ("tag_bucket_secs", self.tag_bucket_secs),
+            ("id_shards", self.id_shards as u64),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("attempt_timeout_ms", self.attempt_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::config(format!("dynamodb.{key} must be at least 1")));
+            }
+        }
+        if self.tag_shards > 1000 || self.id_shards > 1000 {
+            return Err(Error::config(
+                "dynamodb.tag_shards and dynamodb.id_shards must be at most 1000",
+            ));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(Error::config(
+                "dynamodb.access_key_id and dynamodb.secret_access_key are set together or not at all",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}

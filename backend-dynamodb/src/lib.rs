@@ -1,0 +1,119 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod client;
+mod config;
+mod error;
+mod item;
+mod journal;
+mod query;
+mod schema;
+mod snapshot;
+
+use std::sync::Arc;
+
+use persistence_api::{Capabilities, Result, Stores};
+
+pub use client::{http_client, sdk_config};
+pub use config::DynamoDbConfig;
+pub use journal::{DynamoDbJournal, MAX_EVENT_SIZE, MAX_TAG_BYTES};
+pub use query::DynamoDbReadJournal;
+pub use schema::{create_tables, delete_tables, PK, SK};
+pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
+
+/// The SDK crate this backend is built on, re-exported so callers name the same version.
+pub use aws_sdk_dynamodb;
+
+/// A connected DynamoDB backend: one client and configuration shared by the journal, the
+/// snapshot store and the read journal.
+#[derive(Clone)]
+pub struct DynamoDb {
+    inner: Arc<client::Inner>,
+}
+
+impl std::fmt::Debug for DynamoDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoDb")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoDb {
+    /// Builds the SDK client from `config` (standard AWS chains, endpoint override,
+    /// timeouts). Sends no request.
+    pub async fn connect(config: DynamoDbConfig) -> Result<Self> {
+        let builder = sdk_config(&config).await?;
+        let client = aws_sdk_dynamodb::Client::from_conf(builder.build());
+        Self::with_client(client, config)
+    }
+
+    /// Uses a client you built (for instance from [`sdk_config`] plus interceptors). Its
+    /// SDK-level retries should be off ([`sdk_config`] does that): the backend retries
+    /// itself with the policy in `config`.
+    pub fn with_client(client: aws_sdk_dynamodb::Client, config: DynamoDbConfig) -> Result<Self> {
+        Ok(DynamoDb {
+            inner: Arc::new(client::Inner::new(client, config)?),
+        })
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.inner.client
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DynamoDbConfig {
+        &self.inner.config
+    }
+
+    /// What this backend supports.
+    pub fn capabilities(&self) -> Capabilities {
+        journal::capabilities(&self.inner)
+    }
+
+    /// Creates the tables if missing (see [`create_tables`]).
+    pub async fn create_tables(&self) -> Result<()> {
+        create_tables(&self.inner.client, &self.inner.config).await
+    }
+
+    /// The journal alone.
+    pub fn journal(&self) -> DynamoDbJournal {
+        DynamoDbJournal {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The snapshot store alone.
+    pub fn snapshot_store(&self) -> DynamoDbSnapshotStore {
+        DynamoDbSnapshotStore {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The read journal alone.
+    pub fn read_journal(&self) -> DynamoDbReadJournal {
+        DynamoDbReadJournal {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The three stores behind the API's checking and tracing layer.
+    pub fn stores(&self) -> Stores {
+        Stores::new(
+            Arc::new(self.journal()),
+            Arc::new(self.snapshot_store()),
+            Arc::new(self.read_journal()),
+        )
+    }
+}
+
+/// Connects with `config`, creates the tables when `config.create_tables` is set, and
+/// returns the stores.
+pub async fn open(config: DynamoDbConfig) -> Result<Stores> {
+    let db = DynamoDb::connect(config).await?;
+    if db.config().create_tables {
+        db.create_tables().await?;
+    }
+    Ok(db.stores())
+}

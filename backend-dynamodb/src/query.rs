@@ -1,0 +1,371 @@
+//! [`DynamoDbReadJournal`]: persistence ids from the registry, events by id from the
+//! journal, events by tag from the tag index; live forms poll.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use async_stream::try_stream;
+use futures::StreamExt;
+use persistence_api::{
+    Capabilities, EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
+    ReadJournal, Result, SequenceNr,
+};
+
+use crate::client::{now_ms, Inner};
+use crate::item::{decode_event, decode_tag_entry, event_seq, large_write, s, sk_str, Item};
+use crate::journal::{range_stream, LargeWrites};
+use crate::schema::{bucket_sk, token_time, token_upper};
+
+/// The read journal on DynamoDB. Build it with [`crate::DynamoDb`].
+#[derive(Clone)]
+pub struct DynamoDbReadJournal {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DynamoDbReadJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoDbReadJournal")
+            .field("table", &self.inner.config.journal_table)
+            .field("journal_name", &self.inner.config.journal_name)
+            .finish()
+    }
+}
+
+impl ReadJournal for DynamoDbReadJournal {
+    fn capabilities(&self) -> Capabilities {
+        crate::journal::capabilities(&self.inner)
+    }
+
+    fn current_persistence_ids(&self) -> PersistenceIdStream {
+        Box::pin(ids_stream(self.inner.clone(), false))
+    }
+
+    fn persistence_ids(&self) -> PersistenceIdStream {
+        Box::pin(ids_stream(self.inner.clone(), true))
+    }
+
+    fn current_events_by_persistence_id(
+        &self,
+        persistence_id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> EnvelopeStream {
+        Box::pin(by_id(self.inner.clone(), persistence_id, from, to, false))
+    }
+
+    fn events_by_persistence_id(
+        &self,
+        persistence_id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> EnvelopeStream {
+        Box::pin(by_id(self.inner.clone(), persistence_id, from, to, true))
+    }
+
+    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+        Box::pin(by_tag(self.inner.clone(), tag, offset, false))
+    }
+
+    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+        Box::pin(by_tag(self.inner.clone(), tag, offset, true))
+    }
+}
+
+/// One page of a `Query` on the journal table.
+async fn query_page(
+    inner: &Inner,
+    operation: &'static str,
+    condition: &'static str,
+    values: Vec<(&'static str, String)>,
+    start: Option<Item>,
+) -> Result<(Vec<Item>, Option<Item>)> {
+    let mut req = inner
+        .client
+        .query()
+        .table_name(inner.journal_table())
+        .key_condition_expression(condition)
+        .limit(inner.config.page_size as i32)
+        .consistent_read(inner.consistent())
+        .set_exclusive_start_key(start);
+    for (name, value) in values {
+        req = req.expression_attribute_values(name, s(value));
+    }
+    let out = inner
+        .retry
+        .run(operation, || req.clone().send())
+        .await
+        .map_err(|f| f.into_error(operation))?;
+    let last = out.last_evaluated_key().cloned();
+    Ok((out.items.unwrap_or_default(), last))
+}
+
+fn ids_stream(
+    inner: Arc<Inner>,
+    live: bool,
+) -> impl futures::Stream<Item = Result<PersistenceId>> + Send + 'static {
+    let operation = if live {
+        "persistence_ids"
+    } else {
+        "current_persistence_ids"
+    };
+    try_stream! {
+        let mut seen: HashSet<String> = HashSet::new();
+        loop {
+            for shard in 0..inner.keys.id_shards() {
+                let mut start = None;
+                loop {
+                    let (items, next) = query_page(
+                        &inner,
+                        operation,
+                        "pk = :pk",
+                        vec![(":pk", inner.keys.ids_pk(shard))],
+                        start,
+                    )
+                    .await?;
+                    for item in items {
+                        let pid = sk_str(&item).to_owned();
+                        if live && !seen.insert(pid.clone()) {
+                            continue;
+                        }
+                        yield PersistenceId::new(pid)?;
+                    }
+                    match next {
+                        Some(k) => start = Some(k),
+                        None => break,
+                    }
+                }
+            }
+            if !live {
+                break;
+            }
+            tokio::time::sleep(inner.config.poll_interval()).await;
+        }
+    }
+}
+
+fn envelope(event: persistence_api::PersistentEvent) -> EventEnvelope {
+    EventEnvelope {
+        offset: Offset::Sequence(event.sequence_nr),
+        event,
+    }
+}
+
+fn by_id(
+    inner: Arc<Inner>,
+    pid: PersistenceId,
+    from: SequenceNr,
+    to: SequenceNr,
+    live: bool,
+) -> impl futures::Stream<Item = Result<EventEnvelope>> + Send + 'static {
+    let operation = if live {
+        "events_by_persistence_id"
+    } else {
+        "current_events_by_persistence_id"
+    };
+    try_stream! {
+        let (highest, meta) = futures::try_join!(inner.highest(pid.as_str()), inner.meta(pid.as_str()))?;
+        let start = from.max(meta.deleted_to.saturating_add(1)).max(1);
+        let end = to.min(highest);
+        if start <= end {
+            let events = range_stream(inner.clone(), pid.clone(), start, end, u64::MAX);
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                yield envelope(event?);
+            }
+        }
+        if live {
+            let mut next = start.max(end.saturating_add(1));
+            let mut large = LargeWrites::new();
+            while next <= to {
+                let items = inner
+                    .query_events(operation, pid.as_str(), next, to, Some(inner.config.page_size as i32))
+                    .await?;
+                let full = items.len() >= inner.config.page_size as usize;
+                let mut waiting = false;
+                let mut finished = false;
+                for item in items {
+                    let seq = event_seq(&item)?;
+                    if let Some(lw) = large_write(&item) {
+                        match large.check(&inner, pid.as_str(), lw, true).await? {
+                            Some(true) => {}
+                            Some(false) => {
+                                next = seq + 1;
+                                continue;
+                            }
+                            None => {
+                                waiting = true;
+                                break;
+                            }
+                        }
+                    }
+                    next = seq.saturating_add(1);
+                    yield envelope(decode_event(pid.clone(), seq, &item)?);
+                    if seq >= to {
+                        finished = true;
+                        break;
+                    }
+                }
+                if finished || next > to {
+                    break;
+                }
+                if waiting || !full {
+                    tokio::time::sleep(inner.config.poll_interval()).await;
+                }
+            }
+        }
+    }
+}
+
+struct Cursor {
+    pk: String,
+    buf: VecDeque<Item>,
+    next: Option<Item>,
+    done: bool,
+}
+
+fn by_tag(
+    inner: Arc<Inner>,
+    tag: String,
+    offset: Offset,
+    live: bool,
+) -> impl futures::Stream<Item = Result<EventEnvelope>> + Send + 'static {
+    let operation = if live {
+        "events_by_tag"
+    } else {
+        "current_events_by_tag"
+    };
+    // A current query ends at the moment it was asked for.
+    let started = inner.token_time();
+    try_stream! {
+        let mut after: Option<String> = match offset {
+            Offset::NoOffset | Offset::Sequence(0) => None,
+            Offset::Token(t) => {
+                if token_time(&t).is_none() {
+                    Err(Error::invalid_input(format!("{t:?} is not an offset of this backend")).with_operation(operation))?;
+                }
+                Some(t)
+            }
+            other => {
+                Err(Error::invalid_input(format!(
+                    "the DynamoDB backend's offsets are Offset::Token values, got {other:?}"
+                ))
+                .with_operation(operation))?;
+                None
+            }
+        };
+        let settle = inner.config.tag_settle_delay_ms as i64;
+        let mut large = LargeWrites::new();
+        loop {
+            let upper_ms = if live { now_ms() - settle } else { started };
+            let hi = token_upper(upper_ms);
+            let from_bucket = after
+                .as_deref()
+                .and_then(token_time)
+                .map(|t| inner.keys.bucket_of(t))
+                .unwrap_or(0);
+            let to_bucket = inner.keys.bucket_of(upper_ms);
+            let mut buckets = Vec::new();
+            if from_bucket <= to_bucket {
+                let mut start = None;
+                loop {
+                    let (items, next) = query_page(
+                        &inner,
+                        operation,
+                        "pk = :pk AND sk BETWEEN :a AND :b",
+                        vec![
+                            (":pk", inner.keys.tag_buckets_pk(&tag)),
+                            (":a", bucket_sk(from_bucket)),
+                            (":b", bucket_sk(to_bucket)),
+                        ],
+                        start,
+                    )
+                    .await?;
+                    for item in items {
+                        if let Ok(b) = sk_str(&item).parse::<i64>() {
+                            buckets.push(b);
+                        }
+                    }
+                    match next {
+                        Some(k) => start = Some(k),
+                        None => break,
+                    }
+                }
+            }
+            'pass: for bucket in buckets {
+                let lo = after.clone().unwrap_or_else(|| "0".to_owned());
+                if lo >= hi {
+                    // The offset is ahead of what this pass may read (a live query's settle delay).
+                    break 'pass;
+                }
+                let mut cursors: Vec<Cursor> = (0..inner.keys.tag_shards())
+                    .map(|shard| Cursor {
+                        pk: inner.keys.tag_pk(&tag, bucket, shard),
+                        buf: VecDeque::new(),
+                        next: None,
+                        done: false,
+                    })
+                    .collect();
+                loop {
+                    let needs: Vec<usize> = cursors
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.buf.is_empty() && !c.done)
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !needs.is_empty() {
+                        let pages = futures::future::join_all(needs.iter().map(|&i| {
+                            query_page(
+                                &inner,
+                                operation,
+                                "pk = :pk AND sk BETWEEN :a AND :b",
+                                vec![
+                                    (":pk", cursors[i].pk.clone()),
+                                    (":a", lo.clone()),
+                                    (":b", hi.clone()),
+                                ],
+                                cursors[i].next.clone(),
+                            )
+                        }))
+                        .await;
+                        for (i, page) in needs.into_iter().zip(pages) {
+                            let (items, next) = page?;
+                            let c = &mut cursors[i];
+                            c.done = next.is_none();
+                            c.next = next;
+                            c.buf.extend(items.into_iter().filter(|it| sk_str(it) != lo));
+                        }
+                        continue;
+                    }
+                    let best = cursors
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| c.buf.front().map(|it| (i, sk_str(it).to_owned())))
+                        .min_by(|a, b| a.1.cmp(&b.1))
+                        .map(|(i, _)| i);
+                    let Some(i) = best else { break };
+                    let Some(item) = cursors[i].buf.pop_front() else { break };
+                    let (event, token) = decode_tag_entry(&item)?;
+                    if let Some(lw) = large_write(&item) {
+                        match large.check(&inner, event.persistence_id.as_str(), lw, live).await? {
+                            Some(true) => {}
+                            Some(false) => {
+                                after = Some(token);
+                                continue;
+                            }
+                            None => break 'pass,
+                        }
+                    }
+                    after = Some(token.clone());
+                    yield EventEnvelope {
+                        offset: Offset::Token(token),
+                        event,
+                    };
+                }
+            }
+            if !live {
+                break;
+            }
+            tokio::time::sleep(inner.config.poll_interval()).await;
+        }
+    }
+}
