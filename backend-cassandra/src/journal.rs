@@ -281,6 +281,25 @@ impl CassandraJournal {
         if inner.config.overwrite_guard {
             let mut use_new = first_in_partition;
             loop {
+                if use_new && partition_nr > 0 {
+                    // The first write into a partition: an earlier write may have spilled
+                    // over the boundary and taken `lowest` in the previous partition. That
+                    // partition is closed (its writer moved on), so a read suffices outside
+                    // a truly concurrent race at the boundary (see the README).
+                    if let Some(prev) = inner
+                        .partition_highest(&pid, partition_nr - 1)
+                        .await
+                        .map_err(ctx)?
+                    {
+                        if prev >= lowest {
+                            return Err(ctx(Error::new(
+                                ErrorKind::Conflict,
+                                format!("sequence number {lowest} is already taken: the previous partition holds up to {prev}"),
+                            )
+                            .with_operation("write_events")));
+                        }
+                    }
+                }
                 let (stmt, guard) = if use_new {
                     let row = UsedRow {
                         used: highest as i64,
