@@ -13,9 +13,7 @@ use persistence_api::{
 };
 
 async fn backend(target_partition_size: u64) -> Option<CassandraPersistence> {
-    let Some(contact_points) = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS") else {
-        return None;
-    };
+    let contact_points = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS")?;
     let config = CassandraConfig {
         contact_points: contact_points.split(',').map(str::to_owned).collect(),
         local_datacenter: std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok(),
