@@ -8,7 +8,13 @@ use serde::de::DeserializeOwned;
 /// The prefix of the environment variables [`Config::from_env`] reads.
 pub const ENV_PREFIX: &str = "PERSISTENCE_";
 
-/// The backend used when the configuration names none.
+/// The backend used when the configuration names none: SQLite (a file, `persistence.db`
+/// unless `[sqlite] path` says otherwise) when the `sqlite` feature is on, else memory.
+#[cfg(feature = "sqlite")]
+pub const DEFAULT_BACKEND: &str = "sqlite";
+/// The backend used when the configuration names none: SQLite when the `sqlite` feature
+/// is on, else memory.
+#[cfg(not(feature = "sqlite"))]
 pub const DEFAULT_BACKEND: &str = "memory";
 
 /// Which backend to open and its settings: a top-level `backend` key and one table per

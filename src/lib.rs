@@ -10,11 +10,19 @@ pub use persistence_api::*;
 #[cfg(feature = "memory")]
 pub use backend_memory as memory;
 
+/// The SQL backends: PostgreSQL (cargo feature `postgres`) and SQLite (`sqlite`, on by default).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use backend_sql as sql;
+
 /// The names of the backends compiled into this build, by cargo feature.
 pub fn compiled_backends() -> Vec<&'static str> {
     [
         #[cfg(feature = "memory")]
         "memory",
+        #[cfg(feature = "sqlite")]
+        "sqlite",
+        #[cfg(feature = "postgres")]
+        "postgres",
     ]
     .to_vec()
 }
@@ -50,6 +58,10 @@ pub async fn open(config: &Config) -> Result<Stores> {
             let section: backend_memory::MemoryConfig = config.section("memory")?;
             Ok(backend_memory::MemoryBackend::new(section).stores())
         }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => backend_sql::open_sqlite(config.section("sqlite")?).await,
+        #[cfg(feature = "postgres")]
+        "postgres" => backend_sql::open_postgres(config.section("postgres")?).await,
         other => Err(unknown_backend(other)),
     }
 }

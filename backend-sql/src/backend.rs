@@ -129,6 +129,7 @@ pub(crate) fn encode_tags(tags: &[String]) -> String {
 }
 
 /// The distinct tags of every event of `write`, sorted (the lock order).
+#[cfg(feature = "postgres")]
 pub(crate) fn distinct_tags(write: &AtomicWrite) -> Vec<&str> {
     let mut tags: Vec<&str> = write
         .events()
