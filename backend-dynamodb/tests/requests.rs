@@ -1,0 +1,524 @@
+//! Request counts and injected faults, against DynamoDB Local.
+//!
+//! Two seams of the SDK, both configured here, none in the driver: an interceptor counts
+//! every attempt by operation (`X-Amz-Target`), and a wrapping HTTP client answers chosen
+//! operations with throttling, 5xx, transaction-conflict or unprocessed-items responses a
+//! given number of times before it lets requests through (DynamoDB Local never throttles).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_dynamodb::error::BoxError;
+use aws_smithy_runtime_api::client::http::{
+    http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_types::body::SdkBody;
+use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
+use persistence_api::{
+    AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// 400 ThrottlingException, before the request reaches the server.
+    Throttle,
+    /// 400 ProvisionedThroughputExceededException, before the server.
+    Provisioned,
+    /// 500 InternalServerError, before the server.
+    ServerError,
+    /// 500 InternalServerError after the server applied the request.
+    ServerErrorAfterApply,
+    /// TransactionCanceledException with reason TransactionConflict, before the server.
+    TxConflict,
+    /// BatchWriteItem answered with every item unprocessed, before the server.
+    Unprocessed,
+}
+
+#[derive(Default, Debug)]
+struct State {
+    /// Attempts per operation, counted by the interceptor.
+    attempts: HashMap<String, usize>,
+    /// Faults still to inject, per operation.
+    faults: HashMap<String, (Fault, usize)>,
+}
+
+#[derive(Clone, Default, Debug)]
+struct Shared(Arc<Mutex<State>>);
+
+impl Shared {
+    fn inject(&self, op: &str, fault: Fault, times: usize) {
+        self.0
+            .lock()
+            .unwrap()
+            .faults
+            .insert(op.into(), (fault, times));
+    }
+    fn reset(&self) {
+        let mut s = self.0.lock().unwrap();
+        s.attempts.clear();
+        s.faults.clear();
+    }
+    fn attempts(&self) -> HashMap<String, usize> {
+        self.0.lock().unwrap().attempts.clone()
+    }
+    fn count(&self, op: &str) -> usize {
+        self.attempts().get(op).copied().unwrap_or(0)
+    }
+    fn total(&self) -> usize {
+        self.attempts().values().sum()
+    }
+    fn take(&self, op: &str) -> Option<Fault> {
+        let mut s = self.0.lock().unwrap();
+        let (fault, left) = s.faults.get_mut(op)?;
+        if *left == 0 {
+            return None;
+        }
+        *left -= 1;
+        Some(*fault)
+    }
+}
+
+fn operation(headers: &aws_smithy_runtime_api::http::Headers) -> String {
+    headers
+        .get("x-amz-target")
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+#[derive(Debug)]
+struct Counter(Shared);
+
+impl Intercept for Counter {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = operation(context.request().headers());
+        *self.0 .0.lock().unwrap().attempts.entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Faulty {
+    inner: SharedHttpConnector,
+    shared: Shared,
+}
+
+fn response(status: u16, body: String) -> HttpResponse {
+    let mut r = HttpResponse::new(status.try_into().unwrap(), SdkBody::from(body));
+    r.headers_mut()
+        .insert("content-type", "application/x-amz-json-1.0");
+    r
+}
+
+fn error_body(kind: &str, extra: &str) -> String {
+    format!(
+        r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{kind}","message":"injected by the test"{extra}}}"#
+    )
+}
+
+impl HttpConnector for Faulty {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let op = operation(request.headers());
+        let Some(fault) = self.shared.take(&op) else {
+            return self.inner.call(request);
+        };
+        let ready = |r| HttpConnectorFuture::ready(Ok(r));
+        match fault {
+            Fault::Throttle => ready(response(400, error_body("ThrottlingException", ""))),
+            Fault::Provisioned => ready(response(
+                400,
+                error_body("ProvisionedThroughputExceededException", ""),
+            )),
+            Fault::ServerError => ready(response(500, error_body("InternalServerError", ""))),
+            Fault::TxConflict => ready(response(
+                400,
+                error_body(
+                    "TransactionCanceledException",
+                    r#","CancellationReasons":[{"Code":"TransactionConflict","Message":"injected"}]"#,
+                ),
+            )),
+            Fault::Unprocessed => {
+                let body: serde_json::Value =
+                    serde_json::from_slice(request.body().bytes().unwrap_or(b"{}")).unwrap();
+                let out = serde_json::json!({ "UnprocessedItems": body["RequestItems"] });
+                ready(response(200, out.to_string()))
+            }
+            Fault::ServerErrorAfterApply => {
+                let inner = self.inner.clone();
+                HttpConnectorFuture::new(async move {
+                    let _applied = inner.call(request).await?;
+                    Ok(response(500, error_body("InternalServerError", "")))
+                })
+            }
+        }
+    }
+}
+
+struct Env {
+    stores: Stores,
+    shared: Shared,
+    db: DynamoDb,
+}
+
+async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
+    let endpoint = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT")?;
+    let mut config = DynamoDbConfig {
+        journal_table: "requests_journal".into(),
+        snapshot_table: "requests_snapshot".into(),
+        journal_name: format!("r{}", uuid::Uuid::new_v4().simple()),
+        retry_base_delay_ms: 1,
+        retry_max_delay_ms: 5,
+        ..DynamoDbConfig::local(endpoint)
+    };
+    tweak(&mut config);
+    let shared = Shared::default();
+    let base = backend_dynamodb::http_client(&config).unwrap();
+    let faults = shared.clone();
+    let http = http_client_fn(move |settings, components| {
+        SharedHttpConnector::new(Faulty {
+            inner: aws_smithy_runtime_api::client::http::HttpClient::http_connector(
+                &base, settings, components,
+            ),
+            shared: faults.clone(),
+        })
+    });
+    let sdk = backend_dynamodb::sdk_config(&config)
+        .await
+        .unwrap()
+        .http_client(http)
+        .interceptor(Counter(shared.clone()))
+        .build();
+    let db = DynamoDb::with_client(aws_sdk_dynamodb::Client::from_conf(sdk), config).unwrap();
+    db.create_tables().await.unwrap();
+    shared.reset();
+    Some(Env {
+        stores: db.stores(),
+        shared,
+        db,
+    })
+}
+
+fn pid(name: &str) -> PersistenceId {
+    PersistenceId::new(name).unwrap()
+}
+
+fn event(id: &PersistenceId, seq: u64, tags: &[&str]) -> PersistentEvent {
+    PersistentEvent::new(
+        id.clone(),
+        seq,
+        Payload::raw(format!("{id}#{seq}").into_bytes()),
+    )
+    .with_writer_id("w1")
+    .with_tags(tags.iter().copied())
+}
+
+fn write(id: &PersistenceId, from: u64, to: u64, tags: &[&str]) -> AtomicWrite {
+    AtomicWrite::new((from..=to).map(|s| event(id, s, tags)).collect()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_write_of_100_items_is_one_request() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("a");
+    // The first write of an id (and of a tag in a time bucket) also carries a registry item.
+    e.stores
+        .journal
+        .write(write(&id, 1, 1, &["t"]))
+        .await
+        .unwrap();
+    e.shared.reset();
+    // 50 events with one tag each: 100 items, one TransactWriteItems.
+    e.stores
+        .journal
+        .write(write(&id, 2, 51, &["t"]))
+        .await
+        .unwrap();
+    assert_eq!(e.shared.count("TransactWriteItems"), 1);
+    assert_eq!(e.shared.total(), 1, "{:?}", e.shared.attempts());
+    // 100 untagged events: one request too.
+    e.shared.reset();
+    e.stores
+        .journal
+        .write(write(&id, 52, 151, &[]))
+        .await
+        .unwrap();
+    assert_eq!(e.shared.total(), 1, "{:?}", e.shared.attempts());
+    // A single untagged event: one conditional PutItem.
+    e.shared.reset();
+    e.stores
+        .journal
+        .write(write(&id, 152, 152, &[]))
+        .await
+        .unwrap();
+    assert_eq!(e.shared.count("PutItem"), 1);
+    assert_eq!(e.shared.total(), 1);
+    // 101 items no longer fit one transaction: two, and the write is still whole.
+    e.shared.reset();
+    e.stores
+        .journal
+        .write(write(&id, 153, 253, &[]))
+        .await
+        .unwrap();
+    assert_eq!(e.shared.count("TransactWriteItems"), 2);
+    let all = e.stores.journal.replay_all(&id).await.unwrap();
+    assert_eq!(all.len(), 253);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn highest_is_one_request_and_replay_one_per_page() {
+    let Some(e) = env(|c| c.page_size = 500).await else {
+        return;
+    };
+    let id = pid("h");
+    // The id's first write carries its registry item: keep it small, so the 100-event
+    // writes after it each fit one transaction.
+    e.stores.journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    for from in (2..=2000).step_by(100) {
+        e.stores
+            .journal
+            .write(write(&id, from, (from + 99).min(2000), &[]))
+            .await
+            .unwrap();
+    }
+    e.shared.reset();
+    assert_eq!(
+        e.stores.journal.highest_sequence_nr(&id).await.unwrap(),
+        2000
+    );
+    assert_eq!(e.shared.total(), 1, "{:?}", e.shared.attempts());
+    e.shared.reset();
+    let all = e.stores.journal.replay_all(&id).await.unwrap();
+    assert_eq!(all.len(), 2000);
+    // Highest (Query) + deleted-to (GetItem) + 2000 / 500 pages.
+    assert_eq!(e.shared.count("GetItem"), 1);
+    assert_eq!(e.shared.count("Query"), 1 + 4, "{:?}", e.shared.attempts());
+    // After deleting everything the highest still costs one request.
+    e.stores
+        .journal
+        .delete_events_to(&id, u64::MAX)
+        .await
+        .unwrap();
+    e.shared.reset();
+    assert_eq!(
+        e.stores.journal.highest_sequence_nr(&id).await.unwrap(),
+        2000
+    );
+    assert_eq!(e.shared.total(), 1, "{:?}", e.shared.attempts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_writes_are_retried_then_stored() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("t");
+    e.stores.journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    e.shared.reset();
+    e.shared.inject("PutItem", Fault::Throttle, 3);
+    e.stores.journal.write(write(&id, 2, 2, &[])).await.unwrap();
+    assert_eq!(e.shared.count("PutItem"), 4);
+    e.shared.inject("TransactWriteItems", Fault::Provisioned, 2);
+    e.stores.journal.write(write(&id, 3, 4, &[])).await.unwrap();
+    e.shared.inject("TransactWriteItems", Fault::TxConflict, 2);
+    e.stores
+        .journal
+        .write(write(&id, 5, 6, &["x"]))
+        .await
+        .unwrap();
+    e.shared.inject("Query", Fault::ServerError, 2);
+    e.shared.inject("GetItem", Fault::Throttle, 2);
+    let all = e.stores.journal.replay_all(&id).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.sequence_nr).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_last_retry_the_error_is_retryable_and_nothing_is_stored() {
+    let Some(e) = env(|c| c.max_retries = 3).await else {
+        return;
+    };
+    let id = pid("g");
+    e.stores.journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    e.shared.reset();
+    e.shared.inject("PutItem", Fault::Throttle, 100);
+    let err = e
+        .stores
+        .journal
+        .write(write(&id, 2, 2, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(err.persistence_id(), Some("g"));
+    // The first attempt and max_retries = 3 retries.
+    assert_eq!(e.shared.count("PutItem"), 1 + 3);
+    e.shared
+        .inject("TransactWriteItems", Fault::ServerError, 100);
+    let err = e
+        .stores
+        .journal
+        .write(write(&id, 2, 3, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable());
+    e.shared.reset();
+    assert_eq!(e.stores.journal.replay_all(&id).await.unwrap().len(), 1);
+    e.shared.inject("Query", Fault::Throttle, 100);
+    let err = e.stores.journal.highest_sequence_nr(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert!(err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_applied_before_a_5xx_is_not_reported_as_a_conflict() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("amb");
+    e.stores.journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    e.shared.inject("PutItem", Fault::ServerErrorAfterApply, 1);
+    e.stores.journal.write(write(&id, 2, 2, &[])).await.unwrap();
+    e.shared
+        .inject("TransactWriteItems", Fault::ServerErrorAfterApply, 1);
+    e.stores
+        .journal
+        .write(write(&id, 3, 4, &["t"]))
+        .await
+        .unwrap();
+    assert_eq!(e.stores.journal.replay_all(&id).await.unwrap().len(), 4);
+    // A real second writer still gets a conflict.
+    let mut other = write(&id, 4, 4, &[]).into_events();
+    other[0].writer_id = "w2".into();
+    let err = e
+        .stores
+        .journal
+        .write(AtomicWrite::new(other).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprocessed_batch_items_are_retried_not_dropped() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("u");
+    e.stores
+        .journal
+        .write(write(&id, 1, 60, &["t"]))
+        .await
+        .unwrap();
+    e.shared.inject("BatchWriteItem", Fault::Unprocessed, 3);
+    e.stores.journal.delete_events_to(&id, 60).await.unwrap();
+    assert!(e.shared.count("BatchWriteItem") > 3);
+    // Physically gone: events and tag entries.
+    let left = e
+        .db
+        .client()
+        .scan()
+        .table_name(&e.db.config().journal_table)
+        .filter_expression("begins_with(pk, :j)")
+        .expression_attribute_values(
+            ":j",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("{}|", e.db.config().journal_name)),
+        )
+        .send()
+        .await
+        .unwrap();
+    let kinds: Vec<String> = left
+        .items()
+        .iter()
+        .map(|i| {
+            i["pk"]
+                .as_s()
+                .unwrap()
+                .split('|')
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        kinds.iter().all(|k| k != "t"),
+        "tag entries left: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "e").count(),
+        1,
+        "only the highest/deleted-to item: {kinds:?}"
+    );
+    // With no retries left, the caller gets a retryable error.
+    e.stores
+        .journal
+        .write(write(&id, 61, 70, &[]))
+        .await
+        .unwrap();
+    e.shared.inject("BatchWriteItem", Fault::Unprocessed, 1000);
+    let err = e
+        .stores
+        .journal
+        .delete_events_to(&id, 70)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert!(err.is_retryable());
+    // The deleted-to mark was written first: nothing deleted replays.
+    e.shared.reset();
+    assert!(e.stores.journal.replay_all(&id).await.unwrap().is_empty());
+    assert_eq!(e.stores.journal.highest_sequence_nr(&id).await.unwrap(), 70);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_snapshots_are_chunked_and_a_half_written_one_is_never_loaded() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("s");
+    let big = Payload::raw(vec![42u8; 3 * 1024 * 1024 + 17]);
+    let meta = persistence_api::SnapshotMetadata::new(id.clone(), 10);
+    e.stores
+        .snapshots
+        .save_snapshot(meta.clone(), Payload::raw(b"small".to_vec()))
+        .await
+        .unwrap();
+    let meta20 = persistence_api::SnapshotMetadata::new(id.clone(), 20);
+    // The chunk writes fail for good: no head is written, so the older snapshot loads.
+    e.shared.inject("BatchWriteItem", Fault::Unprocessed, 1000);
+    let err = e
+        .stores
+        .snapshots
+        .save_snapshot(meta20.clone(), big.clone())
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    e.shared.reset();
+    let loaded = e
+        .stores
+        .snapshots
+        .load_snapshot(&id, persistence_api::SnapshotSelectionCriteria::latest())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.metadata.sequence_nr, 10);
+    e.stores
+        .snapshots
+        .save_snapshot(meta20, big.clone())
+        .await
+        .unwrap();
+    let loaded = e
+        .stores
+        .snapshots
+        .load_snapshot(&id, persistence_api::SnapshotSelectionCriteria::latest())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.metadata.sequence_nr, 20);
+    assert_eq!(loaded.snapshot, big);
+}
