@@ -1,2 +1,568 @@
-//! Benchmark (placeholder).
-fn main() {}
+//! Events/s of the Cassandra driver against a real node, each beside the same statements
+//! issued directly with the scylla driver (the bound) in the same run, plus the cost of the
+//! overwrite guard and of creating a schema (why the TCK shares one keyspace).
+//!
+//! ```text
+//! bash scripts/servers/cassandra.sh start && source .servers/cassandra/env
+//! cargo bench -p backend-cassandra --bench cassandra
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_cassandra::scylla::client::session::Session;
+use backend_cassandra::scylla::statement::batch::{Batch, BatchType};
+use backend_cassandra::scylla::statement::prepared::PreparedStatement;
+use backend_cassandra::scylla::statement::{Consistency, SerialConsistency};
+use backend_cassandra::scylla::value::{CqlTimeuuid, Row};
+use backend_cassandra::{CassandraConfig, CassandraPersistence};
+use futures::StreamExt;
+use persistence_api::{AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent};
+
+const EVENTS: u64 = 10_000;
+/// Ids written concurrently by the single-event workload (each id's writes in order).
+const SINGLE_IDS: u64 = 16;
+/// Ids written concurrently by the 100-event workload.
+const BATCH_IDS: u64 = 4;
+const PAYLOAD: usize = 100;
+
+struct Raw {
+    session: Arc<Session>,
+    guarded_first: PreparedStatement,
+    guarded_next: PreparedStatement,
+    plain_used: PreparedStatement,
+    insert: PreparedStatement,
+    insert_tag: PreparedStatement,
+    select: PreparedStatement,
+    select_tag: PreparedStatement,
+}
+
+async fn prepare(session: &Session, cql: String) -> PreparedStatement {
+    let mut p = session.prepare(cql).await.expect("prepare");
+    p.set_consistency(Consistency::Quorum);
+    p.set_serial_consistency(Some(SerialConsistency::Serial));
+    p.set_page_size(1000);
+    p
+}
+
+impl Raw {
+    async fn new(session: Arc<Session>, ks: &str) -> Raw {
+        let m = format!("{ks}.messages");
+        let tv = format!("{ks}.tag_views");
+        Raw {
+            guarded_first: prepare(&session, format!("UPDATE {m} SET used = ? WHERE persistence_id = ? AND partition_nr = ? IF used = null")).await,
+            guarded_next: prepare(&session, format!("UPDATE {m} SET used = ? WHERE persistence_id = ? AND partition_nr = ? IF used < ?")).await,
+            plain_used: prepare(&session, format!("UPDATE {m} SET used = ? WHERE persistence_id = ? AND partition_nr = ?")).await,
+            insert: prepare(&session, format!("INSERT INTO {m} (persistence_id, partition_nr, sequence_nr, timestamp, timebucket, writer_uuid, ser_id, ser_manifest, event_manifest, event, tags, event_time) VALUES (?, 0, ?, ?, ?, 'w', 'raw', 'm', '', ?, ?, ?)")).await,
+            insert_tag: prepare(&session, format!("INSERT INTO {tv} (tag_name, timebucket, timestamp, persistence_id, tag_pid_sequence_nr, sequence_nr, writer_uuid, ser_id, ser_manifest, event_manifest, event, tags, event_time) VALUES (?, ?, ?, ?, ?, ?, 'w', 'raw', 'm', '', ?, ?, ?)")).await,
+            select: prepare(&session, format!("SELECT sequence_nr, timestamp, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time FROM {m} WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr >= ? AND sequence_nr <= ?")).await,
+            select_tag: prepare(&session, format!("SELECT persistence_id, tag_pid_sequence_nr, sequence_nr, timestamp, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp > ? AND timestamp <= ?")).await,
+            session,
+        }
+    }
+
+    /// One atomic write of `from..=to` as the driver issues it: the guard (or the plain
+    /// `used` update) and the inserts in one single-partition batch.
+    async fn write(&self, id: &str, from: i64, to: i64, guarded: bool, tag: Option<&str>) {
+        let mut batch = Batch::new(if guarded {
+            BatchType::Logged
+        } else {
+            BatchType::Unlogged
+        });
+        batch.set_consistency(Consistency::Quorum);
+        batch.set_serial_consistency(Some(SerialConsistency::Serial));
+        let mut values: Vec<Vec<backend_cassandra::scylla::value::CqlValue>> = Vec::new();
+        use backend_cassandra::scylla::value::CqlValue as V;
+        let first = if !guarded {
+            batch.append_statement(self.plain_used.clone());
+            vec![V::BigInt(to), V::Text(id.into()), V::BigInt(0)]
+        } else if from == 1 {
+            batch.append_statement(self.guarded_first.clone());
+            vec![V::BigInt(to), V::Text(id.into()), V::BigInt(0)]
+        } else {
+            batch.append_statement(self.guarded_next.clone());
+            vec![
+                V::BigInt(to),
+                V::Text(id.into()),
+                V::BigInt(0),
+                V::BigInt(from),
+            ]
+        };
+        values.push(first);
+        let now = now_millis();
+        let bucket = now - now % 3_600_000;
+        let mut stamps = Vec::new();
+        for seq in from..=to {
+            let ts = timeuuid(seq);
+            stamps.push(ts);
+            batch.append_statement(self.insert.clone());
+            values.push(vec![
+                V::Text(id.into()),
+                V::BigInt(seq),
+                V::Timeuuid(ts),
+                V::BigInt(bucket),
+                V::Blob(vec![b'x'; PAYLOAD]),
+                V::List(tag.iter().map(|t| V::Text(t.to_string())).collect()),
+                V::BigInt(now),
+            ]);
+        }
+        let result = self
+            .session
+            .batch(&batch, &values)
+            .await
+            .expect("raw batch");
+        if guarded {
+            let rows = result.into_rows_result().expect("lwt rows");
+            let row = rows.first_row::<Row>().expect("an LWT answer");
+            assert!(
+                matches!(row.columns.first(), Some(Some(V::Boolean(true)))),
+                "raw guarded write applied"
+            );
+        }
+        if let Some(tag) = tag {
+            let mut tb = Batch::new(BatchType::Unlogged);
+            tb.set_consistency(Consistency::Quorum);
+            let mut tvals = Vec::new();
+            for (i, seq) in (from..=to).enumerate() {
+                tb.append_statement(self.insert_tag.clone());
+                tvals.push(vec![
+                    V::Text(tag.into()),
+                    V::BigInt(bucket),
+                    V::Timeuuid(stamps[i]),
+                    V::Text(id.into()),
+                    V::BigInt(seq),
+                    V::BigInt(seq),
+                    V::Blob(vec![b'x'; PAYLOAD]),
+                    V::List(vec![V::Text(tag.into())]),
+                    V::BigInt(now),
+                ]);
+            }
+            self.session
+                .batch(&tb, &tvals)
+                .await
+                .expect("raw tag batch");
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A version-1 UUID for now; `salt` keeps those of one millisecond apart.
+fn timeuuid(salt: i64) -> CqlTimeuuid {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ticks = (now_millis() as u64) * 10_000 + 0x01B2_1DD2_1381_4000 + (n % 10_000);
+    let msb = ((ticks & 0xffff_ffff) << 32)
+        | (((ticks >> 32) & 0xffff) << 16)
+        | ((ticks >> 48) & 0x0fff)
+        | 0x1000;
+    CqlTimeuuid::from_u64_pair(
+        msb,
+        0x8000_0000_0000_0000 | (salt as u64 & 0x3fff_ffff_ffff),
+    )
+}
+
+fn event(id: &PersistenceId, seq: u64, tag: Option<&str>) -> PersistentEvent {
+    let e = PersistentEvent::new(
+        id.clone(),
+        seq,
+        Payload::new("raw", "m", vec![b'x'; PAYLOAD]),
+    )
+    .with_writer_id("w");
+    match tag {
+        Some(t) => e.with_tags([t]),
+        None => e,
+    }
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+struct Line {
+    name: &'static str,
+    driver: f64,
+    raw: f64,
+}
+
+/// Runs `ids` tasks concurrently; task `i` runs `f(i)`.
+async fn concurrently<F, Fut>(ids: u64, f: F) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    futures::future::join_all((0..ids).map(f)).await;
+    start.elapsed()
+}
+
+fn main() {
+    let Some(contact_points) = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(contact_points));
+}
+
+async fn run(contact_points: String) {
+    let ks = "persistence_bench";
+    let config = |guard: bool| CassandraConfig {
+        contact_points: contact_points.split(',').map(str::to_owned).collect(),
+        local_datacenter: std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok(),
+        keyspace: ks.into(),
+        keyspace_autocreate: true,
+        tables_autocreate: true,
+        overwrite_guard: guard,
+        eventual_consistency_delay: Duration::ZERO,
+        ..CassandraConfig::default()
+    };
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let base = CassandraPersistence::connect(config(true))
+        .await
+        .expect("connect");
+    let guarded = base.with_namespace(&format!("b{run_id}")).unwrap().stores();
+    let unguarded_base = CassandraPersistence::connect(config(false))
+        .await
+        .expect("connect");
+    let unguarded = unguarded_base
+        .with_namespace(&format!("u{run_id}"))
+        .unwrap()
+        .stores();
+    let raw = Raw::new(base.session().clone(), ks).await;
+    let mut lines = Vec::new();
+    let per_single = EVENTS / SINGLE_IDS;
+
+    // Warm-up (connections, JIT of the node).
+    for i in 0..200 {
+        let id = PersistenceId::new(format!("warm{}", i % 4)).unwrap();
+        guarded
+            .journal
+            .write(AtomicWrite::single(event(&id, i / 4 + 1, None)).unwrap())
+            .await
+            .unwrap();
+        raw.write(
+            &format!("rawwarm{run_id}{}", i % 4),
+            (i / 4 + 1) as i64,
+            (i / 4 + 1) as i64,
+            true,
+            None,
+        )
+        .await;
+    }
+
+    // 1. Single-event writes, guarded (default) and not.
+    let d = concurrently(SINGLE_IDS, |w| {
+        let j = guarded.journal.clone();
+        async move {
+            let id = PersistenceId::new(format!("single{w}")).unwrap();
+            for s in 1..=per_single {
+                j.write(AtomicWrite::single(event(&id, s, None)).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+    .await;
+    let r = concurrently(SINGLE_IDS, |w| {
+        let raw = &raw;
+        async move {
+            let id = format!("rawsingle{run_id}{w}");
+            for s in 1..=per_single as i64 {
+                raw.write(&id, s, s, true, None).await;
+            }
+        }
+    })
+    .await;
+    lines.push(Line {
+        name: "10,000 single-event writes (guarded, default)",
+        driver: rate(EVENTS, d),
+        raw: rate(EVENTS, r),
+    });
+    let d = concurrently(SINGLE_IDS, |w| {
+        let j = unguarded.journal.clone();
+        async move {
+            let id = PersistenceId::new(format!("single{w}")).unwrap();
+            for s in 1..=per_single {
+                j.write(AtomicWrite::single(event(&id, s, None)).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+    .await;
+    let r = concurrently(SINGLE_IDS, |w| {
+        let raw = &raw;
+        async move {
+            let id = format!("rawplain{run_id}{w}");
+            for s in 1..=per_single as i64 {
+                raw.write(&id, s, s, false, None).await;
+            }
+        }
+    })
+    .await;
+    lines.push(Line {
+        name: "10,000 single-event writes (overwrite_guard = false)",
+        driver: rate(EVENTS, d),
+        raw: rate(EVENTS, r),
+    });
+
+    // 2. 100-event atomic writes (one id gets all 10,000 for the replay below).
+    let per_batch = EVENTS / BATCH_IDS;
+    let d = concurrently(BATCH_IDS, |w| {
+        let j = guarded.journal.clone();
+        async move {
+            let id = PersistenceId::new(format!("batch{w}")).unwrap();
+            let mut s = 1;
+            while s <= per_batch {
+                let w =
+                    AtomicWrite::new((s..s + 100).map(|n| event(&id, n, None)).collect()).unwrap();
+                j.write(w).await.unwrap();
+                s += 100;
+            }
+        }
+    })
+    .await;
+    let r = concurrently(BATCH_IDS, |w| {
+        let raw = &raw;
+        async move {
+            let id = format!("rawbatch{run_id}{w}");
+            let mut s = 1;
+            while s <= per_batch as i64 {
+                raw.write(&id, s, s + 99, true, None).await;
+                s += 100;
+            }
+        }
+    })
+    .await;
+    lines.push(Line {
+        name: "10,000 events in 100-event atomic writes (guarded)",
+        driver: rate(EVENTS, d),
+        raw: rate(EVENTS, r),
+    });
+    let d = concurrently(BATCH_IDS, |w| {
+        let j = unguarded.journal.clone();
+        async move {
+            let id = PersistenceId::new(format!("batch{w}")).unwrap();
+            let mut s = 1;
+            while s <= per_batch {
+                let w =
+                    AtomicWrite::new((s..s + 100).map(|n| event(&id, n, None)).collect()).unwrap();
+                j.write(w).await.unwrap();
+                s += 100;
+            }
+        }
+    })
+    .await;
+    let r = concurrently(BATCH_IDS, |w| {
+        let raw = &raw;
+        async move {
+            let id = format!("rawbatchplain{run_id}{w}");
+            let mut s = 1;
+            while s <= per_batch as i64 {
+                raw.write(&id, s, s + 99, false, None).await;
+                s += 100;
+            }
+        }
+    })
+    .await;
+    lines.push(Line {
+        name: "10,000 events in 100-event atomic writes (unguarded)",
+        driver: rate(EVENTS, d),
+        raw: rate(EVENTS, r),
+    });
+
+    // 3. Replay of 10,000 events of one id.
+    let long = PersistenceId::new("long").unwrap();
+    let mut s = 1;
+    while s <= EVENTS {
+        guarded
+            .journal
+            .write(AtomicWrite::new((s..s + 100).map(|n| event(&long, n, None)).collect()).unwrap())
+            .await
+            .unwrap();
+        raw.write(
+            &format!("rawlong{run_id}"),
+            s as i64,
+            s as i64 + 99,
+            true,
+            None,
+        )
+        .await;
+        s += 100;
+    }
+    let mut best_d = Duration::MAX;
+    let mut best_r = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let replay = guarded
+            .journal
+            .replay(&long, 1, u64::MAX, u64::MAX)
+            .await
+            .unwrap();
+        let n = replay
+            .events
+            .fold(0u64, |n, e| async move {
+                e.unwrap();
+                n + 1
+            })
+            .await;
+        assert_eq!(n, EVENTS);
+        best_d = best_d.min(start.elapsed());
+        let start = Instant::now();
+        let pager = raw
+            .session
+            .execute_iter(
+                raw.select.clone(),
+                (format!("rawlong{run_id}"), 0i64, 1i64, EVENTS as i64),
+            )
+            .await
+            .unwrap();
+        let n = pager
+            .rows_stream::<Row>()
+            .unwrap()
+            .fold(0u64, |n, r| async move {
+                r.unwrap();
+                n + 1
+            })
+            .await;
+        assert_eq!(n, EVENTS);
+        best_r = best_r.min(start.elapsed());
+    }
+    lines.push(Line {
+        name: "replay of 10,000 events (best of 3)",
+        driver: rate(EVENTS, best_d),
+        raw: rate(EVENTS, best_r),
+    });
+
+    // 4. A tag query over 10,000 tagged events (written by 4 ids in 100-event writes).
+    let tag = "benchtag";
+    let raw_tag = format!("rawtag{run_id}");
+    let t_write = concurrently(BATCH_IDS, |w| {
+        let j = guarded.journal.clone();
+        async move {
+            let id = PersistenceId::new(format!("tagged{w}")).unwrap();
+            let mut s = 1;
+            while s <= per_batch {
+                let w = AtomicWrite::new((s..s + 100).map(|n| event(&id, n, Some(tag))).collect())
+                    .unwrap();
+                j.write(w).await.unwrap();
+                s += 100;
+            }
+        }
+    })
+    .await;
+    let t_raw_write = concurrently(BATCH_IDS, |w| {
+        let raw = &raw;
+        let raw_tag = raw_tag.clone();
+        async move {
+            let id = format!("rawtagged{run_id}{w}");
+            let mut s = 1;
+            while s <= per_batch as i64 {
+                raw.write(&id, s, s + 99, true, Some(&raw_tag)).await;
+                s += 100;
+            }
+        }
+    })
+    .await;
+    lines.push(Line {
+        name: "10,000 tagged events in 100-event atomic writes",
+        driver: rate(EVENTS, t_write),
+        raw: rate(EVENTS, t_raw_write),
+    });
+    let mut best_d = Duration::MAX;
+    let mut best_r = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let n = guarded
+            .read_journal
+            .current_events_by_tag(tag.into(), Offset::NoOffset)
+            .fold(0u64, |n, e| async move {
+                e.unwrap();
+                n + 1
+            })
+            .await;
+        assert_eq!(n, EVENTS);
+        best_d = best_d.min(start.elapsed());
+        let start = Instant::now();
+        let now = now_millis();
+        let mut n = 0u64;
+        // The raw bound reads the same buckets (the current and, near a boundary, the last).
+        for bucket in [now - now % 3_600_000 - 3_600_000, now - now % 3_600_000] {
+            let pager = raw
+                .session
+                .execute_iter(
+                    raw.select_tag.clone(),
+                    (
+                        raw_tag.as_str(),
+                        bucket,
+                        CqlTimeuuid::from_u64_pair(0x1000, 0x8080_8080_8080_8080),
+                        timeuuid(0),
+                    ),
+                )
+                .await
+                .unwrap();
+            n += pager
+                .rows_stream::<Row>()
+                .unwrap()
+                .fold(0u64, |n, r| async move {
+                    r.unwrap();
+                    n + 1
+                })
+                .await;
+        }
+        assert_eq!(n, EVENTS);
+        best_r = best_r.min(start.elapsed());
+    }
+    lines.push(Line {
+        name: "current events by tag over 10,000 events (best of 3)",
+        driver: rate(EVENTS, best_d),
+        raw: rate(EVENTS, best_r),
+    });
+
+    // The cost of a schema: a keyspace and the 8 tables (what a keyspace per TCK case costs).
+    let probe = format!("ddl_probe_{run_id}");
+    let mut probe_config = config(true);
+    probe_config.keyspace = probe.clone();
+    let start = Instant::now();
+    base.session()
+        .query_unpaged(backend_cassandra::create_keyspace(&probe_config), ())
+        .await
+        .unwrap();
+    for cql in backend_cassandra::create_tables(&probe_config) {
+        base.session().query_unpaged(cql, ()).await.unwrap();
+    }
+    let ddl = start.elapsed();
+    base.session()
+        .query_unpaged(format!("DROP KEYSPACE {probe}"), ())
+        .await
+        .unwrap();
+
+    println!("\nbackend-cassandra against {contact_points} ({PAYLOAD}-byte payloads, QUORUM, single-event writes from {SINGLE_IDS} ids concurrently, atomic writes from {BATCH_IDS} ids)\n");
+    println!("| workload | driver events/s | raw scylla events/s (bound) | driver / bound |");
+    println!("|---|---:|---:|---:|");
+    for l in &lines {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            l.name,
+            l.driver,
+            l.raw,
+            l.driver / l.raw
+        );
+    }
+    println!(
+        "\noverwrite guard cost: single-event writes {:.2}x slower guarded than unguarded (driver), {:.2}x (raw); 100-event writes {:.2}x (driver), {:.2}x (raw)",
+        lines[1].driver / lines[0].driver,
+        lines[1].raw / lines[0].raw,
+        lines[3].driver / lines[2].driver,
+        lines[3].raw / lines[2].raw,
+    );
+    println!("schema of a keyspace and 8 tables: {:.2} s (per TCK case that would be {:.0} s for 72 cases)", ddl.as_secs_f64(), ddl.as_secs_f64() * 72.0);
+}

@@ -92,7 +92,7 @@ impl Replication {
 
 /// The names of the tables, all in [`CassandraConfig::keyspace`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TableNames {
     /// The events, partitioned by `(persistence_id, partition_nr)`.
     pub messages: String,
@@ -136,12 +136,14 @@ impl Default for TableNames {
 ///     local_datacenter = "eu-west"
 ///     consistency = "LOCAL_QUORUM"
 ///     tag_time_bucket = "Minute"
+///     eventual_consistency_delay_ms = 5000
 /// "#).unwrap();
+/// assert_eq!(config.eventual_consistency_delay, std::time::Duration::from_secs(5));
 /// assert_eq!(config.keyspace, "pekko");
 /// assert_eq!(config.target_partition_size, 500_000);
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CassandraConfig {
     /// `host:port` of one or more nodes (default `["127.0.0.1:9042"]`).
     pub contact_points: Vec<String>,
@@ -180,20 +182,20 @@ pub struct CassandraConfig {
     pub replication: Replication,
     /// How long events-by-tag waits before reading a stretch of time, so that writes still
     /// in flight (and writers' clock skew) land first (default 2 s).
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "eventual_consistency_delay_ms")]
     pub eventual_consistency_delay: Duration,
     /// How often live queries look for new events (default 1 s).
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// How long events-by-tag keeps looking for a missing tagged event (a gap in an id's tag
     /// sequence numbers) before it fails the stream (default 10 s).
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "gap_timeout_ms")]
     pub gap_timeout: Duration,
     /// How far before a gap events-by-tag looks back for the missing events (default 1 min).
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "gap_lookback_ms")]
     pub gap_lookback: Duration,
     /// The client-side timeout of one request (default 12 s).
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "request_timeout_ms")]
     pub request_timeout: Duration,
 }
 

@@ -100,10 +100,18 @@ pub(crate) struct TagViewRow<'a> {
     pub event_time: i64,
 }
 
+#[derive(SerializeRow)]
+pub(crate) struct PendingRow<'a> {
+    pub pending: Vec<i64>,
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+}
+
 /// One statement's values in a batch whose statements differ.
 pub(crate) enum BatchRow<'a> {
     Guard(GuardRow<'a>),
     Used(UsedRow<'a>),
+    Pending(PendingRow<'a>),
     Message(MessageRow<'a>),
 }
 
@@ -116,6 +124,7 @@ impl SerializeRow for BatchRow<'_> {
         match self {
             BatchRow::Guard(r) => r.serialize(ctx, writer),
             BatchRow::Used(r) => r.serialize(ctx, writer),
+            BatchRow::Pending(r) => r.serialize(ctx, writer),
             BatchRow::Message(r) => r.serialize(ctx, writer),
         }
     }
@@ -278,6 +287,32 @@ impl CassandraJournal {
                     event_time: e.timestamp.as_millis(),
                 });
         let first_in_partition = (lowest - 1).is_multiple_of(inner.config.target_partition_size);
+        // A tagged write marks itself pending in the same batch; the mark goes once all its
+        // tag rows are written, and a crash in between is repaired (`repair_tags`).
+        let tagged = write.events().iter().any(|e| !e.tags.is_empty());
+        if tagged && !inner.tag_seqs.lock().unwrap().contains_key(&pid) {
+            let mut pending = Vec::new();
+            for nr in [partition_nr - 1, partition_nr] {
+                if nr >= 0 {
+                    let (_, p) = inner.partition_state(&pid, nr).await.map_err(ctx)?;
+                    if !p.is_empty() {
+                        pending.push((nr, p));
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                self.repair_tags(&pid, &pending).await.map_err(ctx)?;
+            }
+        }
+        let pending_row = || {
+            tagged.then(|| {
+                BatchRow::Pending(PendingRow {
+                    pending: vec![lowest as i64],
+                    persistence_id: &pid,
+                    partition_nr,
+                })
+            })
+        };
         if inner.config.overwrite_guard {
             let mut use_new = first_in_partition;
             loop {
@@ -317,9 +352,10 @@ impl CassandraJournal {
                     (&inner.stmts.guard_below, BatchRow::Guard(row))
                 };
                 let values: Vec<BatchRow> = std::iter::once(guard)
+                    .chain(pending_row())
                     .chain(message_rows.clone().map(BatchRow::Message))
                     .collect();
-                let batch = self.batch(BatchType::Logged, stmt, values.len() - 1);
+                let batch = self.batch(BatchType::Logged, stmt, tagged, write.len());
                 let result = inner
                     .session
                     .batch(&batch, &values)
@@ -352,9 +388,15 @@ impl CassandraJournal {
                 partition_nr,
             };
             let values: Vec<BatchRow> = std::iter::once(BatchRow::Used(used))
+                .chain(pending_row())
                 .chain(message_rows.map(BatchRow::Message))
                 .collect();
-            let batch = self.batch(BatchType::Unlogged, &inner.stmts.set_used, values.len() - 1);
+            let batch = self.batch(
+                BatchType::Unlogged,
+                &inner.stmts.set_used,
+                tagged,
+                write.len(),
+            );
             inner
                 .session
                 .batch(&batch, &values)
@@ -364,8 +406,16 @@ impl CassandraJournal {
         }
 
         // 4. Tags.
-        if write.events().iter().any(|e| !e.tags.is_empty()) {
+        if tagged {
             self.write_tags(&pid, write, &stamps, &buckets)
+                .await
+                .map_err(ctx)?;
+            inner
+                .exec(
+                    "write_tags",
+                    &inner.stmts.remove_tag_pending,
+                    (vec![lowest as i64], pid.as_str(), partition_nr),
+                )
                 .await
                 .map_err(ctx)?;
         }
@@ -376,11 +426,15 @@ impl CassandraJournal {
         &self,
         kind: BatchType,
         first: &scylla::statement::prepared::PreparedStatement,
+        tagged: bool,
         messages: usize,
     ) -> Batch {
         let stmts = &self.inner.stmts;
         let mut batch = Batch::new(kind);
         batch.append_statement(first.clone());
+        if tagged {
+            batch.append_statement(stmts.add_tag_pending.clone());
+        }
         for _ in 0..messages {
             batch.append_statement(stmts.insert_message.clone());
         }
@@ -389,6 +443,107 @@ impl CassandraJournal {
         }
         batch.set_serial_consistency(stmts.insert_message.get_serial_consistency());
         batch
+    }
+
+    /// Per stored tag: `(sequence_nr, tag_pid_sequence_nr)` of the last tag row written.
+    async fn load_progress(&self, pid: &str) -> Result<HashMap<String, (u64, u64)>> {
+        #[derive(DeserializeRow)]
+        struct Progress {
+            tag: String,
+            sequence_nr: Option<i64>,
+            tag_pid_sequence_nr: Option<i64>,
+        }
+        let inner = &*self.inner;
+        let rows: Vec<Progress> = inner
+            .fetch_all("write_events", &inner.stmts.select_tag_progress, (pid,))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let seq = r.sequence_nr.unwrap_or(0).max(0) as u64;
+                (
+                    r.tag,
+                    (seq, r.tag_pid_sequence_nr.unwrap_or(0).max(0) as u64),
+                )
+            })
+            .collect())
+    }
+
+    /// Writes the tag rows that writes marked pending may have left out (a crash or a
+    /// failure between the events and their tag rows). The rows come out exactly as the
+    /// failed attempt would have written them (the event's own timestamp, the next tag
+    /// sequence number after the recorded progress), so rewriting one that did land is a
+    /// no-op.
+    pub(crate) async fn repair_tags(&self, pid: &str, pending: &[(i64, Vec<u64>)]) -> Result<()> {
+        let inner = &*self.inner;
+        let mut progress = self.load_progress(pid).await?;
+        let id = inner
+            .pid_of_key(pid)
+            .unwrap_or_else(|| PersistenceId::new(pid))?;
+        for (nr, firsts) in pending {
+            let from = firsts.iter().copied().min().unwrap_or(1);
+            let rows: Vec<EventRow> = inner
+                .fetch_all(
+                    "repair_tags",
+                    &inner.stmts.select_messages,
+                    (pid, *nr, from as i64, i64::MAX),
+                )
+                .await?;
+            let events: Vec<(PersistentEvent, CqlTimeuuid)> = rows
+                .into_iter()
+                .filter_map(|r| {
+                    let ts = r.timestamp?;
+                    Some((r.into_event(id.clone()), ts))
+                })
+                .filter(|(e, _)| !e.tags.is_empty())
+                .collect();
+            let keys: Vec<Vec<String>> = events
+                .iter()
+                .map(|(e, _)| e.tags.iter().map(|t| inner.tag_key(t)).collect())
+                .collect();
+            let mut rows = Vec::new();
+            let mut last: BTreeMap<&str, (i64, i64, CqlTimeuuid)> = BTreeMap::new();
+            let mut first_buckets: BTreeMap<&str, i64> = BTreeMap::new();
+            for ((e, ts), keys) in events.iter().zip(&keys) {
+                let bucket = inner
+                    .config
+                    .tag_time_bucket
+                    .bucket_of(timeuuid::millis_of(ts.as_ref()));
+                for key in keys {
+                    let p = progress.entry(key.clone()).or_insert((0, 0));
+                    if e.sequence_nr <= p.0 {
+                        continue;
+                    }
+                    *p = (e.sequence_nr, p.1 + 1);
+                    last.insert(key, (e.sequence_nr as i64, p.1 as i64, *ts));
+                    let b = first_buckets.entry(key).or_insert(bucket);
+                    *b = (*b).min(bucket);
+                    rows.push(tag_view_row(key, bucket, *ts, pid, p.1 as i64, e));
+                }
+            }
+            for (tag, bucket) in &first_buckets {
+                self.register_bucket(tag, *bucket).await?;
+            }
+            if !rows.is_empty() {
+                tracing::warn!(persistence_id = %id, rows = rows.len(), "repairing tag rows a failed write left out");
+                let highest = events.last().map_or(0, |(e, _)| e.sequence_nr);
+                self.write_tag_rows(pid, rows, last, highest).await?;
+            }
+            let firsts: Vec<i64> = firsts.iter().map(|f| *f as i64).collect();
+            inner
+                .exec(
+                    "repair_tags",
+                    &inner.stmts.remove_tag_pending,
+                    (firsts, pid, *nr),
+                )
+                .await?;
+        }
+        let mut map = inner.tag_seqs.lock().unwrap();
+        map.insert(
+            pid.to_owned(),
+            progress.into_iter().map(|(t, (_, n))| (t, n)).collect(),
+        );
+        Ok(())
     }
 
     /// The next tag sequence numbers of `pid` for each tag in `tags`, reserved.
@@ -400,17 +555,11 @@ impl CassandraJournal {
         let inner = &*self.inner;
         let cached = inner.tag_seqs.lock().unwrap().contains_key(pid);
         if !cached {
-            #[derive(DeserializeRow)]
-            struct Progress {
-                tag: String,
-                tag_pid_sequence_nr: Option<i64>,
-            }
-            let rows: Vec<Progress> = inner
-                .fetch_all("write_events", &inner.stmts.select_tag_progress, (pid,))
-                .await?;
-            let loaded: HashMap<String, u64> = rows
+            let loaded: HashMap<String, u64> = self
+                .load_progress(pid)
+                .await?
                 .into_iter()
-                .map(|r| (r.tag, r.tag_pid_sequence_nr.unwrap_or(0).max(0) as u64))
+                .map(|(tag, (_, n))| (tag, n))
                 .collect();
             let mut map = inner.tag_seqs.lock().unwrap();
             if map.len() >= CACHE_LIMIT {
@@ -485,8 +634,7 @@ impl CassandraJournal {
             .iter()
             .map(|e| e.tags.iter().map(|t| inner.tag_key(t)).collect())
             .collect();
-        // (tag, bucket) -> rows
-        let mut groups: BTreeMap<(&str, i64), Vec<TagViewRow>> = BTreeMap::new();
+        let mut rows = Vec::new();
         let mut progress: BTreeMap<&str, (i64, i64, CqlTimeuuid)> = BTreeMap::new();
         for (((e, ts), bucket), keys) in write.events().iter().zip(stamps).zip(buckets).zip(&keys) {
             for key in keys {
@@ -494,27 +642,38 @@ impl CassandraJournal {
                 let tag_seq = *seq as i64;
                 *seq += 1;
                 progress.insert(key, (e.sequence_nr as i64, tag_seq, *ts));
-                groups.entry((key, *bucket)).or_default().push(TagViewRow {
-                    tag_name: key,
-                    timebucket: *bucket,
-                    timestamp: *ts,
-                    persistence_id: pid,
-                    tag_pid_sequence_nr: tag_seq,
-                    sequence_nr: e.sequence_nr as i64,
-                    writer_uuid: &e.writer_id,
-                    ser_id: &e.payload.serializer_id,
-                    ser_manifest: &e.payload.manifest,
-                    event_manifest: &e.event_manifest,
-                    event: &e.payload.bytes,
-                    meta_ser_id: e.metadata.as_ref().map(|m| m.serializer_id.as_str()),
-                    meta_ser_manifest: e.metadata.as_ref().map(|m| m.manifest.as_str()),
-                    meta: e.metadata.as_ref().map(|m| &m.bytes[..]),
-                    tags: Some(&e.tags[..]),
-                    event_time: e.timestamp.as_millis(),
-                });
+                rows.push(tag_view_row(key, *bucket, *ts, pid, tag_seq, e));
             }
         }
-        let result = try_join_all(groups.values().map(|rows| {
+        if let Err(e) = self
+            .write_tag_rows(pid, rows, progress, write.highest_sequence_nr())
+            .await
+        {
+            // The numbers reserved may or may not be stored: re-read them next time.
+            inner.forget_tag_seqs(pid);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes tag rows (one unlogged batch per `tag_views` partition, concurrently), then
+    /// the progress per tag and `tag_scanning`.
+    async fn write_tag_rows(
+        &self,
+        pid: &str,
+        rows: Vec<TagViewRow<'_>>,
+        progress: BTreeMap<&str, (i64, i64, CqlTimeuuid)>,
+        scanned_to: u64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let mut groups: BTreeMap<(&str, i64), Vec<&TagViewRow>> = BTreeMap::new();
+        for r in &rows {
+            groups
+                .entry((r.tag_name, r.timebucket))
+                .or_default()
+                .push(r);
+        }
+        try_join_all(groups.values().map(|rows| {
             let mut batch = Batch::new(BatchType::Unlogged);
             for _ in 0..rows.len() {
                 batch.append_statement(inner.stmts.insert_tag_view.clone());
@@ -525,12 +684,7 @@ impl CassandraJournal {
             batch.set_is_idempotent(true);
             async move { inner.session.batch(&batch, rows).await.op("write_tags") }
         }))
-        .await;
-        if let Err(e) = result {
-            // The numbers reserved may or may not be stored: re-read them next time.
-            inner.forget_tag_seqs(pid);
-            return Err(e);
-        }
+        .await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::new();
         for (tag, (seq, tag_seq, ts)) in &progress {
@@ -549,10 +703,38 @@ impl CassandraJournal {
             .exec(
                 "write_tags",
                 &inner.stmts.insert_tag_scanning,
-                (pid, write.highest_sequence_nr() as i64),
+                (pid, scanned_to as i64),
             )
             .await?;
         Ok(())
+    }
+}
+
+fn tag_view_row<'a>(
+    tag_name: &'a str,
+    timebucket: i64,
+    timestamp: CqlTimeuuid,
+    pid: &'a str,
+    tag_pid_sequence_nr: i64,
+    e: &'a PersistentEvent,
+) -> TagViewRow<'a> {
+    TagViewRow {
+        tag_name,
+        timebucket,
+        timestamp,
+        persistence_id: pid,
+        tag_pid_sequence_nr,
+        sequence_nr: e.sequence_nr as i64,
+        writer_uuid: &e.writer_id,
+        ser_id: &e.payload.serializer_id,
+        ser_manifest: &e.payload.manifest,
+        event_manifest: &e.event_manifest,
+        event: &e.payload.bytes,
+        meta_ser_id: e.metadata.as_ref().map(|m| m.serializer_id.as_str()),
+        meta_ser_manifest: e.metadata.as_ref().map(|m| m.manifest.as_str()),
+        meta: e.metadata.as_ref().map(|m| &m.bytes[..]),
+        tags: Some(&e.tags[..]),
+        event_time: e.timestamp.as_millis(),
     }
 }
 
@@ -649,13 +831,15 @@ impl Journal for CassandraJournal {
         max: u64,
     ) -> Result<Replay> {
         let pid = self.inner.pid_key(persistence_id);
-        // A replay starts a (new) writer's incarnation: its tag numbers come from the table.
+        let ctx = |e: Error| e.with_persistence_id(persistence_id.as_str());
+        // A replay starts a (new) writer's incarnation: its tag numbers come from the table,
+        // and tag rows an earlier incarnation failed to write are written now.
         self.inner.forget_tag_seqs(&pid);
-        let (highest, deleted_to) = self
-            .inner
-            .highest_and_deleted_to(&pid)
-            .await
-            .map_err(|e| e.with_persistence_id(persistence_id.as_str()))?;
+        let walk = self.inner.walk(&pid).await.map_err(ctx)?;
+        if !walk.pending.is_empty() {
+            self.repair_tags(&pid, &walk.pending).await.map_err(ctx)?;
+        }
+        let (highest, deleted_to) = (walk.highest, walk.deleted_to);
         Ok(Replay {
             highest_sequence_nr: highest,
             events: event_stream(

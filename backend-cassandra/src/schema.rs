@@ -21,7 +21,9 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
     vec![
         // The journal. `used` (static) is the highest sequence number written to the
         // partition: the overwrite guard's compare-and-set target and the marker the
-        // highest-sequence-number walk reads (it survives range deletes).
+        // highest-sequence-number walk reads (it survives range deletes). `tag_pending`
+        // (static) holds the first sequence numbers of writes whose tag rows are not yet
+        // all written; it commits with the events, so a crash between the two is repaired.
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.{messages} (
     persistence_id text,
@@ -40,6 +42,7 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
     tags list<text>,
     event_time bigint,
     used bigint static,
+    tag_pending set<bigint> static,
     PRIMARY KEY ((persistence_id, partition_nr), sequence_nr, timestamp))
     WITH gc_grace_seconds = 864000
     AND compaction = {{'class': 'SizeTieredCompactionStrategy'}}",

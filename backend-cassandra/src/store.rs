@@ -33,6 +33,8 @@ pub(crate) struct Statements {
     pub guard_new: PreparedStatement,
     pub set_used: PreparedStatement,
     pub select_used: PreparedStatement,
+    pub add_tag_pending: PreparedStatement,
+    pub remove_tag_pending: PreparedStatement,
     pub select_messages: PreparedStatement,
     pub select_message_tags: PreparedStatement,
     pub delete_messages_to: PreparedStatement,
@@ -105,7 +107,13 @@ impl Statements {
                 "UPDATE {m} SET used = :used WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
             )).await?,
             select_used: idempotent(prep(format!(
-                "SELECT used FROM {m} WHERE persistence_id = ? AND partition_nr = ? LIMIT 1"
+                "SELECT used, tag_pending FROM {m} WHERE persistence_id = ? AND partition_nr = ? LIMIT 1"
+            )).await?),
+            add_tag_pending: prep(format!(
+                "UPDATE {m} SET tag_pending = tag_pending + :pending WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
+            )).await?,
+            remove_tag_pending: idempotent(prep(format!(
+                "UPDATE {m} SET tag_pending = tag_pending - ? WHERE persistence_id = ? AND partition_nr = ?"
             )).await?),
             select_messages: idempotent(prep(format!(
                 "SELECT {EVENT_COLUMNS} FROM {m} WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr >= ? AND sequence_nr <= ?"
@@ -147,7 +155,7 @@ impl Statements {
                 "DELETE FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp = ?"
             )).await?),
             select_tag_progress: idempotent(prep(format!(
-                "SELECT tag, tag_pid_sequence_nr FROM {tp} WHERE persistence_id = ?"
+                "SELECT tag, sequence_nr, tag_pid_sequence_nr FROM {tp} WHERE persistence_id = ?"
             )).await?),
             insert_tag_progress: idempotent(prep(format!(
                 "INSERT INTO {tp} (persistence_id, tag, sequence_nr, tag_pid_sequence_nr, offset) VALUES (?, ?, ?, ?, ?)"
@@ -197,6 +205,14 @@ pub(crate) struct Inner {
     pub tag_seqs: Mutex<HashMap<String, HashMap<String, u64>>>,
     /// Per stored tag: the earliest bucket known to be registered in `tag_buckets`.
     pub tag_first_bucket: Mutex<HashMap<String, i64>>,
+}
+
+/// What [`Inner::walk`] found.
+pub(crate) struct Walk {
+    pub highest: u64,
+    pub deleted_to: u64,
+    /// `(partition, first sequence numbers)` of writes whose tag rows may be missing.
+    pub pending: Vec<(i64, Vec<u64>)>,
 }
 
 /// Caches stay bounded: past this many entries they are cleared and refilled from the tables.
@@ -360,22 +376,43 @@ impl Inner {
         Ok(row.and_then(|r| r.0).unwrap_or(0).max(0) as u64)
     }
 
-    /// The highest sequence number stored in partition `nr`: `None` when the partition was
-    /// never written.
-    pub async fn partition_highest(&self, pid_key: &str, nr: i64) -> Result<Option<u64>> {
+    /// The highest sequence number stored in partition `nr` (`None` when the partition was
+    /// never written) and its pending tag writes.
+    pub async fn partition_state(&self, pid_key: &str, nr: i64) -> Result<(Option<u64>, Vec<u64>)> {
         let result = self
             .exec("read_highest", &self.stmts.select_used, (pid_key, nr))
             .await?;
-        let row: Option<(Option<i64>,)> = Self::first_row("read_highest", result)?;
-        Ok(row.and_then(|r| r.0).map(|u| u.max(0) as u64))
+        let row: Option<(Option<i64>, Option<Vec<i64>>)> = Self::first_row("read_highest", result)?;
+        Ok(match row {
+            None => (None, Vec::new()),
+            Some((used, pending)) => (
+                used.map(|u| u.max(0) as u64),
+                pending
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| p.max(0) as u64)
+                    .collect(),
+            ),
+        })
     }
 
-    /// The highest sequence number of an id and its `deleted_to`: walks the partitions
-    /// from the one holding `deleted_to` (one before it, in case a write spilled over the
-    /// boundary) and stops at an empty partition that no earlier write can have skipped:
-    /// after an empty partition `e` the walk goes on only while the highest seen reaches
-    /// past `e`'s range (a write spilling over a boundary can leave a partition empty).
+    /// The highest sequence number stored in partition `nr`, `None` if never written.
+    pub async fn partition_highest(&self, pid_key: &str, nr: i64) -> Result<Option<u64>> {
+        Ok(self.partition_state(pid_key, nr).await?.0)
+    }
+
+    /// The highest sequence number of an id and its `deleted_to`.
     pub async fn highest_and_deleted_to(&self, pid_key: &str) -> Result<(u64, u64)> {
+        let walk = self.walk(pid_key).await?;
+        Ok((walk.highest, walk.deleted_to))
+    }
+
+    /// Walks the partitions of an id from the one holding `deleted_to` (one before it, in
+    /// case a write spilled over the boundary) and stops at an empty partition that no
+    /// earlier write can have skipped: after an empty partition `e` the walk goes on only
+    /// while the highest seen reaches past `e`'s range (a write spilling over a boundary can
+    /// leave a partition empty).
+    pub async fn walk(&self, pid_key: &str) -> Result<Walk> {
         let deleted_to = self.deleted_to(pid_key).await?;
         let size = self.config.target_partition_size;
         let mut nr = if deleted_to == 0 {
@@ -383,19 +420,28 @@ impl Inner {
         } else {
             (self.partition_of(deleted_to) - 1).max(0)
         };
-        let mut highest = deleted_to;
+        let mut walk = Walk {
+            highest: deleted_to,
+            deleted_to,
+            pending: Vec::new(),
+        };
         loop {
-            match self.partition_highest(pid_key, nr).await? {
-                Some(h) => highest = highest.max(h),
+            match self.partition_state(pid_key, nr).await? {
+                (Some(h), pending) => {
+                    walk.highest = walk.highest.max(h);
+                    if !pending.is_empty() {
+                        walk.pending.push((nr, pending));
+                    }
+                }
                 // A later partition holds events only if a write's first sequence number
                 // lies in its range, so its predecessor (in an earlier partition) reached
                 // past this empty one.
-                None if highest < (nr as u64 + 1).saturating_mul(size) => break,
-                None => {}
+                (None, _) if walk.highest < (nr as u64 + 1).saturating_mul(size) => break,
+                (None, _) => {}
             }
             nr += 1;
         }
-        Ok((highest, deleted_to))
+        Ok(walk)
     }
 
     /// Forgets what this process cached about an id's tags (it may have a new writer).

@@ -245,3 +245,82 @@ async fn tag_gap_is_looked_back_or_fails() {
         .unwrap();
     assert_eq!(reader.await.unwrap(), vec![1, 2, 3]);
 }
+
+/// A write whose events landed but whose tag rows did not (a crash in between) is marked
+/// pending in its partition; the next incarnation's replay, or its first tagged write,
+/// writes the missing tag rows, so tag readers see every event without a gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_rows_of_a_crashed_write_are_repaired() {
+    let Some(b) = backend(500_000).await else {
+        return;
+    };
+    let id = PersistenceId::new("r").unwrap();
+    let tagged = |seq| AtomicWrite::single(event(&id, seq, &["t"])).unwrap();
+    b.stores().journal.write(tagged(1)).await.unwrap();
+    // Event 2 as a crashed writer leaves it: in `messages`, marked pending, no tag row.
+    let ks = &b.config().keyspace;
+    let pid_key = format!("{}\u{1f}r", b.config().namespace);
+    b.session()
+        .query_unpaged(
+            format!("INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp, timebucket, writer_uuid, ser_id, ser_manifest, event_manifest, event, tags, event_time) VALUES (?, 0, 2, now(), 0, '', '', '', '', 0x72, ['t'], 1)"),
+            (pid_key.as_str(),),
+        )
+        .await
+        .unwrap();
+    b.session()
+        .query_unpaged(
+            format!("UPDATE {ks}.messages SET used = 2, tag_pending = tag_pending + {{2}} WHERE persistence_id = ? AND partition_nr = 0"),
+            (pid_key.as_str(),),
+        )
+        .await
+        .unwrap();
+    let by_tag = |b: CassandraPersistence| async move {
+        b.stores()
+            .read_journal
+            .current_events_by_tag("t".into(), Offset::NoOffset)
+            .map(|r| r.map(|e| e.event.sequence_nr))
+            .collect::<Vec<_>>()
+            .await
+    };
+    assert!(
+        by_tag(b.clone())
+            .await
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| *s == 1)),
+        "before the repair only event 1 is tagged"
+    );
+    // A new incarnation (fresh caches) writes event 3 without replaying first.
+    let fresh = b.with_namespace(&b.config().namespace).unwrap();
+    fresh.stores().journal.write(tagged(3)).await.unwrap();
+    let got: Vec<u64> = by_tag(fresh.clone())
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got, vec![1, 2, 3]);
+    // Event 4 crashes the same way; this time the next incarnation's replay repairs it.
+    b.session()
+        .query_unpaged(
+            format!("INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp, timebucket, writer_uuid, ser_id, ser_manifest, event_manifest, event, tags, event_time) VALUES (?, 0, 4, now(), 0, '', '', '', '', 0x72, ['t'], 1)"),
+            (pid_key.as_str(),),
+        )
+        .await
+        .unwrap();
+    b.session()
+        .query_unpaged(
+            format!("UPDATE {ks}.messages SET used = 4, tag_pending = tag_pending + {{4}} WHERE persistence_id = ? AND partition_nr = 0"),
+            (pid_key.as_str(),),
+        )
+        .await
+        .unwrap();
+    let again = fresh.with_namespace(&fresh.config().namespace).unwrap();
+    assert_eq!(seqs(&again, &id, 1).await, (vec![1, 2, 3, 4], 4));
+    assert_eq!(
+        by_tag(again)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+}
