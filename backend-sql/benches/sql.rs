@@ -1,3 +1,709 @@
-//! Benchmark of the SQL backend (being written).
+//! Throughput of the SQL backend beside the same statements issued directly through sqlx
+//! in the same run (the bound), on SQLite and, when `PERSISTENCE_POSTGRES_URL` is set, on
+//! PostgreSQL.
+//!
+//! ```text
+//! cargo bench -p backend-sql --bench sql                      # SQLite only
+//! bash scripts/servers/postgres.sh start && source .servers/postgres/env
+//! cargo bench -p backend-sql --bench sql                      # SQLite and PostgreSQL
+//! ```
+//!
+//! Workloads (10,000 events each): single-event writes one after the other, 100-event
+//! atomic writes, a replay of 10,000 events, a tag query over 10,000 events. Each prints
+//! events/s through the stores, through raw sqlx with the same statements, and the ratio.
+//! `BENCH_ROUNDS` (default 3) rounds per figure; the median is printed. `BENCH_ONLY=sqlite`
+//! or `BENCH_ONLY=postgres` runs one database. A last section
+//! measures what the PostgreSQL tag-order lock costs 16 concurrent writers of one tag, and
+//! how many events a resuming reader misses without it.
 
-fn main() {}
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use backend_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
+use futures::StreamExt;
+use persistence_api::{
+    AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+const EVENTS: u64 = 10_000;
+const BATCH: u64 = 100;
+const PAGE: i64 = 500;
+
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+fn event(id: &PersistenceId, seq: u64, tag: Option<&str>) -> PersistentEvent {
+    let e = PersistentEvent::new(
+        id.clone(),
+        seq,
+        Payload::new("bench", "bench.Event/v1", vec![7u8; 100]),
+    )
+    .with_writer_id("bench-writer");
+    match tag {
+        Some(t) => e.with_tags([t]),
+        None => e,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn rate(events: u64, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64()
+}
+
+fn row(db: &str, workload: &str, driver: f64, raw: f64) {
+    println!(
+        "| {db:<10} | {workload:<32} | {driver:>12.0} | {raw:>12.0} | {:>5.2} |",
+        driver / raw
+    );
+}
+
+// ---------------------------------------------------------------- through the stores
+
+async fn driver_single(stores: &Stores, id: &PersistenceId) -> f64 {
+    let start = Instant::now();
+    for seq in 1..=EVENTS {
+        stores
+            .journal
+            .write(AtomicWrite::single(event(id, seq, None)).unwrap())
+            .await
+            .unwrap();
+    }
+    rate(EVENTS, start.elapsed())
+}
+
+async fn driver_batches(stores: &Stores, id: &PersistenceId, tag: Option<&str>) -> f64 {
+    let start = Instant::now();
+    let mut seq = 1;
+    while seq <= EVENTS {
+        let events = (seq..seq + BATCH).map(|s| event(id, s, tag)).collect();
+        stores
+            .journal
+            .write(AtomicWrite::new(events).unwrap())
+            .await
+            .unwrap();
+        seq += BATCH;
+    }
+    rate(EVENTS, start.elapsed())
+}
+
+async fn driver_replay(stores: &Stores, id: &PersistenceId) -> f64 {
+    let start = Instant::now();
+    let replay = stores
+        .journal
+        .replay(id, 1, u64::MAX, u64::MAX)
+        .await
+        .unwrap();
+    let n = replay
+        .events
+        .fold(0u64, |n, e| async move {
+            e.unwrap();
+            n + 1
+        })
+        .await;
+    assert_eq!(n, EVENTS);
+    rate(EVENTS, start.elapsed())
+}
+
+async fn driver_tag(stores: &Stores, tag: &str) -> f64 {
+    let start = Instant::now();
+    let n = stores
+        .read_journal
+        .current_events_by_tag(tag.to_string(), Offset::NoOffset)
+        .fold(0u64, |n, e| async move {
+            e.unwrap();
+            n + 1
+        })
+        .await;
+    assert_eq!(n, EVENTS);
+    rate(EVENTS, start.elapsed())
+}
+
+/// Reads every column of an event row, as the driver does.
+type RawEvent = (
+    i64,
+    String,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    String,
+);
+
+const COLUMNS: &str = "ordering, persistence_id, sequence_nr, writer_id, write_timestamp, \
+    event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload, tags";
+
+fn e_columns() -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------- SQLite
+
+mod sqlite_raw {
+    use super::*;
+    use sqlx::SqlitePool;
+
+    pub const INSERT: &str = "INSERT INTO event_journal (persistence_id, sequence_nr, writer_id, \
+        write_timestamp, event_manifest, ser_id, ser_manifest, payload, meta_ser_id, \
+        meta_ser_manifest, meta_payload, tags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+        ?11, ?12) RETURNING ordering";
+    pub const UPSERT: &str = "INSERT INTO journal_ids (persistence_id, highest_sequence_nr) \
+        VALUES (?1, ?2) ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = \
+        max(highest_sequence_nr, excluded.highest_sequence_nr) RETURNING deleted_to";
+
+    async fn insert(
+        tx: &mut sqlx::SqliteConnection,
+        id: &str,
+        e: &PersistentEvent,
+    ) -> sqlx::Result<i64> {
+        sqlx::query_scalar(INSERT)
+            .bind(id)
+            .bind(e.sequence_nr as i64)
+            .bind(e.writer_id.as_str())
+            .bind(e.timestamp.as_millis())
+            .bind(e.event_manifest.as_str())
+            .bind(e.payload.serializer_id.as_str())
+            .bind(e.payload.manifest.as_str())
+            .bind(e.payload.bytes.as_ref())
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&[u8]>)
+            .bind("[]")
+            .fetch_one(tx)
+            .await
+    }
+
+    pub async fn write(pool: &SqlitePool, id: &PersistenceId, events: &[PersistentEvent]) {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let _: i64 = sqlx::query_scalar(UPSERT)
+            .bind(id.as_str())
+            .bind(events.last().unwrap().sequence_nr as i64)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        for e in events {
+            insert(&mut tx, id.as_str(), e).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    pub async fn single(pool: &SqlitePool, id: &PersistenceId) -> f64 {
+        let start = Instant::now();
+        for seq in 1..=EVENTS {
+            write(pool, id, &[event(id, seq, None)]).await;
+        }
+        rate(EVENTS, start.elapsed())
+    }
+
+    pub async fn batches(pool: &SqlitePool, id: &PersistenceId) -> f64 {
+        let start = Instant::now();
+        let mut seq = 1;
+        while seq <= EVENTS {
+            let events: Vec<_> = (seq..seq + BATCH).map(|s| event(id, s, None)).collect();
+            write(pool, id, &events).await;
+            seq += BATCH;
+        }
+        rate(EVENTS, start.elapsed())
+    }
+
+    pub async fn replay(pool: &SqlitePool, id: &PersistenceId) -> f64 {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM event_journal WHERE persistence_id = ?1 AND sequence_nr >= ?2 \
+             AND sequence_nr <= ?3 ORDER BY sequence_nr LIMIT ?4"
+        );
+        let start = Instant::now();
+        let mut next = 1i64;
+        let mut n = 0;
+        loop {
+            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                .bind(id.as_str())
+                .bind(next)
+                .bind(i64::MAX)
+                .bind(PAGE)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            n += rows.len() as u64;
+            let Some(last) = rows.last() else { break };
+            next = last.2 + 1;
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        assert_eq!(n, EVENTS);
+        rate(EVENTS, start.elapsed())
+    }
+
+    pub async fn tag(pool: &SqlitePool, tag: &str) -> f64 {
+        let sql = format!(
+            "SELECT {} FROM event_tag t JOIN event_journal e ON e.ordering = t.ordering \
+             WHERE t.tag = ?1 AND t.ordering > ?2 AND t.ordering <= ?3 ORDER BY t.ordering LIMIT ?4",
+            e_columns()
+        );
+        let start = Instant::now();
+        let upto: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(ordering), 0) FROM event_tag WHERE tag = ?1")
+                .bind(tag)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let mut after = 0i64;
+        let mut n = 0;
+        loop {
+            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                .bind(tag)
+                .bind(after)
+                .bind(upto)
+                .bind(PAGE)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            n += rows.len() as u64;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        assert_eq!(n, EVENTS);
+        rate(EVENTS, start.elapsed())
+    }
+}
+
+async fn bench_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path().join("bench.db"));
+    println!(
+        "\nSQLite (bundled libsqlite3), file in {}, synchronous = {:?}, WAL, page size {}",
+        dir.path().display(),
+        config.synchronous,
+        config.page_size
+    );
+    let opened = SqliteStores::open(config).await.unwrap();
+    let stores = opened.stores();
+    let pool = opened.pool().clone();
+    let mut r = vec![Vec::new(); 8];
+    for round in 0..rounds() {
+        let id = |what: &str| PersistenceId::new(format!("{what}-{round}")).unwrap();
+        r[0].push(driver_single(&stores, &id("d-single")).await);
+        r[1].push(sqlite_raw::single(&pool, &id("r-single")).await);
+        r[2].push(driver_batches(&stores, &id("d-batch"), None).await);
+        r[3].push(sqlite_raw::batches(&pool, &id("r-batch")).await);
+        r[4].push(driver_replay(&stores, &id("d-batch")).await);
+        r[5].push(sqlite_raw::replay(&pool, &id("d-batch")).await);
+        let tag = format!("tag-{round}");
+        driver_batches(&stores, &id("tagged"), Some(&tag)).await;
+        r[6].push(driver_tag(&stores, &tag).await);
+        r[7].push(sqlite_raw::tag(&pool, &tag).await);
+    }
+    print_table("sqlite", r);
+    opened.close().await;
+}
+
+fn print_table(db: &str, r: Vec<Vec<f64>>) {
+    let m: Vec<f64> = r.into_iter().map(median).collect();
+    println!(
+        "| database   | workload (10,000 events)         | stores ev/s  | sqlx ev/s    | ratio |"
+    );
+    println!(
+        "|------------|----------------------------------|--------------|--------------|-------|"
+    );
+    row(db, "single-event writes", m[0], m[1]);
+    row(db, "100-event atomic writes", m[2], m[3]);
+    row(db, "replay", m[4], m[5]);
+    row(db, "current events by tag", m[6], m[7]);
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+mod pg_raw {
+    use super::*;
+    use sqlx::PgPool;
+
+    pub struct Sql {
+        pub upsert: String,
+        pub insert: String,
+        pub insert_many: String,
+        pub replay: String,
+        pub tag: String,
+        pub max_tag: String,
+        pub channel: String,
+    }
+
+    impl Sql {
+        pub fn new(schema: &str) -> Sql {
+            let ev = format!("\"{schema}\".event_journal");
+            let ids = format!("\"{schema}\".journal_ids");
+            let tags = format!("\"{schema}\".event_tag");
+            Sql {
+                upsert: format!(
+                    "INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) VALUES ($1, $2) \
+                     ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = \
+                     GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
+                     RETURNING i.deleted_to, i.id_ordering IS NULL, (SELECT 1 FROM pg_notify($3, '')), \
+                     (SELECT count(pg_advisory_xact_lock(k)) FROM \
+                     (SELECT k FROM UNNEST($4::bigint[]) AS u(k) ORDER BY k) AS l)"
+                ),
+                insert: format!(
+                    "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
+                     event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
+                     meta_payload, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ),
+                insert_many: format!(
+                    "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
+                     event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
+                     meta_payload, tags) \
+                     SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
+                     FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+                     $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
+                     WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n) \
+                     ORDER BY u.n"
+                ),
+                replay: format!(
+                    "SELECT {COLUMNS} FROM {ev} WHERE persistence_id = $1 AND sequence_nr >= $2 \
+                     AND sequence_nr <= $3 ORDER BY sequence_nr LIMIT $4"
+                ),
+                tag: format!(
+                    "SELECT {} FROM {tags} t JOIN {ev} e ON e.ordering = t.ordering \
+                     WHERE t.tag = $1 AND t.ordering > $2 AND t.ordering <= $3 \
+                     ORDER BY t.ordering LIMIT $4",
+                    e_columns()
+                ),
+                max_tag: format!(
+                    "SELECT COALESCE(MAX(ordering), 0)::bigint FROM {tags} WHERE tag = $1"
+                ),
+                channel: "bench_raw".to_string(),
+            }
+        }
+    }
+
+    async fn upsert(sql: &Sql, tx: &mut sqlx::PgConnection, id: &str, highest: i64) {
+        sqlx::query(AssertSqlSafe(sql.upsert.clone()))
+            .bind(id)
+            .bind(highest)
+            .bind(sql.channel.as_str())
+            .bind(Vec::<i64>::new())
+            .fetch_one(tx)
+            .await
+            .unwrap();
+    }
+
+    pub async fn single(pool: &PgPool, sql: &Sql, id: &PersistenceId) -> f64 {
+        let start = Instant::now();
+        for seq in 1..=EVENTS {
+            let e = event(id, seq, None);
+            let mut tx = pool.begin().await.unwrap();
+            upsert(sql, &mut tx, id.as_str(), seq as i64).await;
+            sqlx::query(AssertSqlSafe(sql.insert.clone()))
+                .bind(id.as_str())
+                .bind(seq as i64)
+                .bind(e.writer_id.as_str())
+                .bind(e.timestamp.as_millis())
+                .bind(e.event_manifest.as_str())
+                .bind(e.payload.serializer_id.as_str())
+                .bind(e.payload.manifest.as_str())
+                .bind(e.payload.bytes.as_ref())
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(None::<&[u8]>)
+                .bind("[]")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        rate(EVENTS, start.elapsed())
+    }
+
+    pub async fn batches(pool: &PgPool, sql: &Sql, id: &PersistenceId) -> f64 {
+        let start = Instant::now();
+        let mut seq = 1;
+        while seq <= EVENTS {
+            let events: Vec<_> = (seq..seq + BATCH).map(|s| event(id, s, None)).collect();
+            let mut tx = pool.begin().await.unwrap();
+            upsert(sql, &mut tx, id.as_str(), (seq + BATCH - 1) as i64).await;
+            sqlx::query(AssertSqlSafe(sql.insert_many.clone()))
+                .bind(id.as_str())
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.sequence_nr as i64)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.writer_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.timestamp.as_millis())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.event_manifest.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.payload.serializer_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.payload.manifest.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    events
+                        .iter()
+                        .map(|e| e.payload.bytes.as_ref())
+                        .collect::<Vec<&[u8]>>(),
+                )
+                .bind(vec![None::<&str>; events.len()])
+                .bind(vec![None::<&str>; events.len()])
+                .bind(vec![None::<&[u8]>; events.len()])
+                .bind(vec!["[]"; events.len()])
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            seq += BATCH;
+        }
+        rate(EVENTS, start.elapsed())
+    }
+
+    pub async fn replay(pool: &PgPool, sql: &Sql, id: &PersistenceId) -> f64 {
+        let start = Instant::now();
+        let mut next = 1i64;
+        let mut n = 0;
+        loop {
+            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.replay.clone()))
+                .bind(id.as_str())
+                .bind(next)
+                .bind(i64::MAX)
+                .bind(PAGE)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            n += rows.len() as u64;
+            let Some(last) = rows.last() else { break };
+            next = last.2 + 1;
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        assert_eq!(n, EVENTS);
+        rate(EVENTS, start.elapsed())
+    }
+
+    pub async fn tag(pool: &PgPool, sql: &Sql, tag: &str) -> f64 {
+        let start = Instant::now();
+        let upto: i64 = sqlx::query_scalar(AssertSqlSafe(sql.max_tag.clone()))
+            .bind(tag)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let mut after = 0i64;
+        let mut n = 0;
+        loop {
+            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.tag.clone()))
+                .bind(tag)
+                .bind(after)
+                .bind(upto)
+                .bind(PAGE)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            n += rows.len() as u64;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        assert_eq!(n, EVENTS);
+        rate(EVENTS, start.elapsed())
+    }
+}
+
+fn unique_schema(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{:x}", nanos & 0xffff_ffff_ffff)
+}
+
+async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn bench_postgres(url: &str) {
+    let schema = unique_schema("bench");
+    let config = PostgresConfig::new(url).with_schema(&schema);
+    let opened = PostgresStores::open(config.clone()).await.unwrap();
+    let stores = opened.stores();
+    let pool = opened.pool().clone();
+    let settings: Vec<(String, String)> = sqlx::query(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'server_version')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    println!(
+        "\nPostgreSQL on loopback, {settings:?}, pool of {}, page size {}",
+        config.max_connections, config.page_size
+    );
+    let sql = pg_raw::Sql::new(&schema);
+    let mut r = vec![Vec::new(); 8];
+    for round in 0..rounds() {
+        let id = |what: &str| PersistenceId::new(format!("{what}-{round}")).unwrap();
+        r[0].push(driver_single(&stores, &id("d-single")).await);
+        r[1].push(pg_raw::single(&pool, &sql, &id("r-single")).await);
+        r[2].push(driver_batches(&stores, &id("d-batch"), None).await);
+        r[3].push(pg_raw::batches(&pool, &sql, &id("r-batch")).await);
+        r[4].push(driver_replay(&stores, &id("d-batch")).await);
+        r[5].push(pg_raw::replay(&pool, &sql, &id("d-batch")).await);
+        let tag = format!("tag-{round}");
+        driver_batches(&stores, &id("tagged"), Some(&tag)).await;
+        r[6].push(driver_tag(&stores, &tag).await);
+        r[7].push(pg_raw::tag(&pool, &sql, &tag).await);
+    }
+    print_table("postgres", r);
+    drop_schema(&pool, &schema).await;
+    opened.close().await;
+
+    tag_lock_cost(url).await;
+}
+
+/// 16 concurrent writers of one tag, 100 single-event writes each, with and without the
+/// tag-order lock; a reader resumes current tag queries from its offset meanwhile and
+/// counts what it never saw.
+async fn tag_lock_cost(url: &str) {
+    const WRITERS: u64 = 16;
+    const EACH: u64 = 100;
+    println!("\nPostgreSQL tag-order lock: {WRITERS} concurrent writers of one tag, {EACH} single-event writes each, a resuming reader");
+    println!("| tag_order_lock | events/s | events the resuming reader missed |");
+    println!("|----------------|----------|-----------------------------------|");
+    for round in 0..rounds() {
+        for lock in [true, false] {
+            let schema = unique_schema(if lock { "lock_on" } else { "lock_off" });
+            let mut config = PostgresConfig::new(url).with_schema(&schema);
+            config.tag_order_lock = lock;
+            config.max_connections = (WRITERS + 4) as u32;
+            let opened = PostgresStores::open(config).await.unwrap();
+            let stores = opened.stores();
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reader = {
+                let stores = stores.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut seen = HashSet::new();
+                    let mut offset = Offset::NoOffset;
+                    loop {
+                        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                        let page: Vec<_> = stores
+                            .read_journal
+                            .current_events_by_tag("hot".into(), offset.clone())
+                            .collect()
+                            .await;
+                        for e in page {
+                            let e = e.unwrap();
+                            offset = e.offset.clone();
+                            seen.insert((e.event.persistence_id.to_string(), e.event.sequence_nr));
+                        }
+                        if finished {
+                            return seen.len() as u64;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+            };
+            let start = Instant::now();
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let stores = stores.clone();
+                    tokio::spawn(async move {
+                        let id = PersistenceId::new(format!("w{w}")).unwrap();
+                        for seq in 1..=EACH {
+                            stores
+                                .journal
+                                .write(AtomicWrite::single(event(&id, seq, Some("hot"))).unwrap())
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.await.unwrap();
+            }
+            let elapsed = start.elapsed();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let seen = reader.await.unwrap();
+            println!(
+                "| {:<14} | {:>8.0} | {:>33} |",
+                if lock { "on" } else { "off" },
+                rate(WRITERS * EACH, elapsed),
+                WRITERS * EACH - seen
+            );
+            drop_schema(opened.pool(), &schema).await;
+            opened.close().await;
+        }
+        let _ = round;
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // BENCH_ONLY=sqlite or BENCH_ONLY=postgres runs one database.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    runtime.block_on(async {
+        if only.is_empty() || only == "sqlite" {
+            bench_sqlite().await;
+        }
+        if only.is_empty() || only == "postgres" {
+            match std::env::var("PERSISTENCE_POSTGRES_URL") {
+                Ok(url) if !url.trim().is_empty() => bench_postgres(&url).await,
+                _ => println!("\nPostgreSQL skipped: PERSISTENCE_POSTGRES_URL is not set"),
+            }
+        }
+    });
+}

@@ -63,9 +63,9 @@ struct Statements {
     upsert_id: Sql,
     assign_id_ordering: Sql,
     insert_event: Sql,
+    insert_event_tagged: Sql,
     insert_events: Sql,
-    insert_tag: Sql,
-    insert_tags: Sql,
+    insert_events_tagged: Sql,
     id_state: Sql,
     events: Sql,
     raise_deleted_to: Sql,
@@ -98,9 +98,27 @@ impl Statements {
         // The notification rides on a statement the write sends anyway (no extra round
         // trip); PostgreSQL delivers it at commit, and not at all on rollback.
         let notify = if notify {
-            ", (SELECT 1 FROM pg_notify($3, ''))"
+            "(SELECT 1 FROM pg_notify($3, ''))"
         } else {
-            ""
+            "$3::text"
+        };
+        let columns = "persistence_id, sequence_nr, writer_id, write_timestamp, event_manifest, \
+                       ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload, tags";
+        let one_event = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        let many_events =
+            "SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
+             FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+             $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
+             WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n) ORDER BY u.n";
+        // The tag rows come from the tags column of the rows just inserted.
+        let with_tags = |source: &str| {
+            format!(
+                "WITH e AS (INSERT INTO {ev} ({columns}) {source} \
+                 RETURNING ordering, sequence_nr, tags) \
+                 INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
+                 SELECT DISTINCT t.tag, e.ordering, $1, e.sequence_nr \
+                 FROM e CROSS JOIN LATERAL json_array_elements_text(e.tags::json) AS t(tag)"
+            )
         };
         Statements {
             lock: s("SELECT pg_advisory_xact_lock($1)".into()),
@@ -108,36 +126,17 @@ impl Statements {
                 "INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) VALUES ($1, $2) \
                  ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = \
                  GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
-                 RETURNING i.deleted_to, i.id_ordering IS NULL{notify}"
+                 RETURNING i.deleted_to, i.id_ordering IS NULL, {notify}, \
+                 (SELECT count(pg_advisory_xact_lock(k)) FROM \
+                 (SELECT k FROM UNNEST($4::bigint[]) AS u(k) ORDER BY k) AS l)"
             )),
             assign_id_ordering: s(format!(
                 "UPDATE {ids} SET id_ordering = nextval('{seq}') WHERE persistence_id = $1"
             )),
-            insert_event: s(format!(
-                "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
-                 event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
-                 meta_payload, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 RETURNING ordering"
-            )),
-            insert_events: s(format!(
-                "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
-                 event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
-                 meta_payload, tags) \
-                 SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
-                 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
-                 $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
-                 WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n) \
-                 ORDER BY u.n RETURNING ordering, sequence_nr"
-            )),
-            insert_tag: s(format!(
-                "INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
-                 VALUES ($1, $2, $3, $4)"
-            )),
-            insert_tags: s(format!(
-                "INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
-                 SELECT u.t, u.o, $3, u.s FROM UNNEST($1::text[], $2::bigint[], $4::bigint[]) \
-                 AS u(t, o, s)"
-            )),
+            insert_event: s(format!("INSERT INTO {ev} ({columns}) {one_event}")),
+            insert_event_tagged: s(with_tags(one_event)),
+            insert_events: s(format!("INSERT INTO {ev} ({columns}) {many_events}")),
+            insert_events_tagged: s(with_tags(many_events)),
             id_state: s(format!(
                 "SELECT highest_sequence_nr, deleted_to FROM {ids} WHERE persistence_id = $1"
             )),
@@ -399,26 +398,25 @@ impl PgBackend {
 
     async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
         let id = write.persistence_id().as_str();
-        let mut tx = self.pool.begin().await?;
         let tags = distinct_tags(write);
-        if self.config.tag_order_lock && !tags.is_empty() {
+        let lock_keys: Vec<i64> = if self.config.tag_order_lock {
             let mut keys: Vec<i64> = tags.iter().map(|t| self.tag_lock_key(t)).collect();
             keys.sort_unstable();
             keys.dedup();
-            for key in keys {
-                sqlx::query(q(&self.sql.lock))
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        let mut upsert = sqlx::query(q(&self.sql.upsert_id))
+            keys
+        } else {
+            Vec::new()
+        };
+        let mut tx = self.pool.begin().await?;
+        // One round trip: the id row (its lock, highest, deleted-to), the notification, and
+        // the tag locks, taken in key order after the row lock and before any ordering.
+        let row = sqlx::query(q(&self.sql.upsert_id))
             .bind(id)
-            .bind(clamp(write.highest_sequence_nr()));
-        if self.config.notify {
-            upsert = upsert.bind(self.channel.as_str());
-        }
-        let row = upsert.fetch_one(&mut *tx).await?;
+            .bind(clamp(write.highest_sequence_nr()))
+            .bind(self.channel.as_str())
+            .bind(lock_keys)
+            .fetch_one(&mut *tx)
+            .await?;
         let deleted_to: i64 = row.try_get(0)?;
         let new_id: bool = row.try_get(1)?;
         if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
@@ -426,12 +424,18 @@ impl PgBackend {
             return Err(WriteError::Deleted);
         }
 
+        // One round trip: the events (taking their orderings) and, in the same statement,
+        // their tag rows.
         let events = write.events();
-        // (ordering, sequence_nr) of every event, to fill the tag table.
-        let mut orderings: Vec<(i64, i64)> = Vec::with_capacity(events.len());
+        let tagged = !tags.is_empty();
         if let [event] = events {
             let meta = event.metadata.as_ref();
-            let ordering: i64 = sqlx::query_scalar(q(&self.sql.insert_event))
+            let sql = if tagged {
+                &self.sql.insert_event_tagged
+            } else {
+                &self.sql.insert_event
+            };
+            sqlx::query(q(sql))
                 .bind(id)
                 .bind(clamp(event.sequence_nr))
                 .bind(event.writer_id.as_str())
@@ -444,14 +448,18 @@ impl PgBackend {
                 .bind(meta.map(|m| m.manifest.as_str()))
                 .bind(meta.map(|m| m.bytes.as_ref()))
                 .bind(encode_tags(&event.tags))
-                .fetch_one(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-            orderings.push((ordering, clamp(event.sequence_nr)));
         } else {
             let col = |f: &dyn Fn(&PersistentEvent) -> Option<&str>| -> Vec<Option<&str>> {
                 events.iter().map(f).collect()
             };
-            let rows = sqlx::query(q(&self.sql.insert_events))
+            let sql = if tagged {
+                &self.sql.insert_events_tagged
+            } else {
+                &self.sql.insert_events
+            };
+            sqlx::query(q(sql))
                 .bind(id)
                 .bind(
                     events
@@ -491,45 +499,8 @@ impl PgBackend {
                         .map(|e| encode_tags(&e.tags))
                         .collect::<Vec<_>>(),
                 )
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-            for row in rows {
-                orderings.push((row.try_get(0)?, row.try_get(1)?));
-            }
-            orderings.sort_unstable_by_key(|&(_, seq)| seq);
-        }
-
-        if !tags.is_empty() {
-            let mut tag_col: Vec<&str> = Vec::new();
-            let mut ordering_col: Vec<i64> = Vec::new();
-            let mut seq_col: Vec<i64> = Vec::new();
-            for (event, &(ordering, seq)) in events.iter().zip(&orderings) {
-                let mut event_tags: Vec<&str> = event.tags.iter().map(String::as_str).collect();
-                event_tags.sort_unstable();
-                event_tags.dedup();
-                for tag in event_tags {
-                    tag_col.push(tag);
-                    ordering_col.push(ordering);
-                    seq_col.push(seq);
-                }
-            }
-            if tag_col.len() == 1 {
-                sqlx::query(q(&self.sql.insert_tag))
-                    .bind(tag_col[0])
-                    .bind(ordering_col[0])
-                    .bind(id)
-                    .bind(seq_col[0])
-                    .execute(&mut *tx)
-                    .await?;
-            } else {
-                sqlx::query(q(&self.sql.insert_tags))
-                    .bind(tag_col)
-                    .bind(ordering_col)
-                    .bind(id)
-                    .bind(seq_col)
-                    .execute(&mut *tx)
-                    .await?;
-            }
         }
 
         if new_id {
