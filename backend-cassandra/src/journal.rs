@@ -102,7 +102,7 @@ pub(crate) struct TagViewRow<'a> {
 
 #[derive(SerializeRow)]
 pub(crate) struct PendingRow<'a> {
-    pub pending: Vec<i64>,
+    pub pending: i64,
     pub persistence_id: &'a str,
     pub partition_nr: i64,
 }
@@ -287,8 +287,10 @@ impl CassandraJournal {
                     event_time: e.timestamp.as_millis(),
                 });
         let first_in_partition = (lowest - 1).is_multiple_of(inner.config.target_partition_size);
-        // A tagged write marks itself pending in the same batch; the mark goes once all its
-        // tag rows are written, and a crash in between is repaired (`repair_tags`).
+        // A tagged write records its first sequence number in the partition's static
+        // `tag_pending`, in the same batch as its events. Before the first tagged write of an
+        // incarnation (and at each replay) `repair_tags` checks the events from there against
+        // `tag_write_progress` and writes what a failed write left out.
         let tagged = write.events().iter().any(|e| !e.tags.is_empty());
         if tagged && !inner.tag_seqs.lock().unwrap().contains_key(&pid) {
             let mut pending = Vec::new();
@@ -307,7 +309,7 @@ impl CassandraJournal {
         let pending_row = || {
             tagged.then(|| {
                 BatchRow::Pending(PendingRow {
-                    pending: vec![lowest as i64],
+                    pending: lowest as i64,
                     persistence_id: &pid,
                     partition_nr,
                 })
@@ -410,14 +412,6 @@ impl CassandraJournal {
             self.write_tags(&pid, write, &stamps, &buckets)
                 .await
                 .map_err(ctx)?;
-            inner
-                .exec(
-                    "write_tags",
-                    &inner.stmts.remove_tag_pending,
-                    (vec![lowest as i64], pid.as_str(), partition_nr),
-                )
-                .await
-                .map_err(ctx)?;
         }
         Ok(())
     }
@@ -433,7 +427,7 @@ impl CassandraJournal {
         let mut batch = Batch::new(kind);
         batch.append_statement(first.clone());
         if tagged {
-            batch.append_statement(stmts.add_tag_pending.clone());
+            batch.append_statement(stmts.set_tag_pending.clone());
         }
         for _ in 0..messages {
             batch.append_statement(stmts.insert_message.clone());
@@ -469,8 +463,9 @@ impl CassandraJournal {
             .collect())
     }
 
-    /// Writes the tag rows that writes marked pending may have left out (a crash or a
-    /// failure between the events and their tag rows). The rows come out exactly as the
+    /// Writes the tag rows that the latest tagged writes of the given partitions may have
+    /// left out (a crash or a failure between the events and their tag rows): every tagged
+    /// event from there on beyond the recorded progress of its tag. The rows come out exactly as the
     /// failed attempt would have written them (the event's own timestamp, the next tag
     /// sequence number after the recorded progress), so rewriting one that did land is a
     /// no-op.
@@ -529,14 +524,6 @@ impl CassandraJournal {
                 let highest = events.last().map_or(0, |(e, _)| e.sequence_nr);
                 self.write_tag_rows(pid, rows, last, highest).await?;
             }
-            let firsts: Vec<i64> = firsts.iter().map(|f| *f as i64).collect();
-            inner
-                .exec(
-                    "repair_tags",
-                    &inner.stmts.remove_tag_pending,
-                    (firsts, pid, *nr),
-                )
-                .await?;
         }
         let mut map = inner.tag_seqs.lock().unwrap();
         map.insert(
@@ -694,18 +681,15 @@ impl CassandraJournal {
         if let Some(c) = inner.stmts.insert_tag_progress.get_consistency() {
             batch.set_consistency(c);
         }
-        inner
-            .session
-            .batch(&batch, &values)
-            .await
-            .op("write_tags")?;
-        inner
-            .exec(
+        // Both only after every tag row landed: progress is what repairs trust.
+        futures::try_join!(
+            async { inner.session.batch(&batch, &values).await.op("write_tags") },
+            inner.exec(
                 "write_tags",
                 &inner.stmts.insert_tag_scanning,
                 (pid, scanned_to as i64),
-            )
-            .await?;
+            ),
+        )?;
         Ok(())
     }
 }

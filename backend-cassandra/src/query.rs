@@ -276,7 +276,12 @@ fn tag_stream(inner: Arc<Inner>, tag: String, offset: Offset, live: bool) -> Env
                                 }
                             }
                         }
-                        seen.insert(row.persistence_id.clone(), n);
+                        match seen.get_mut(&row.persistence_id) {
+                            Some(s) => *s = n,
+                            None => {
+                                seen.insert(row.persistence_id.clone(), n);
+                            }
+                        }
                         let off = delivered_to.map_or(row.timestamp(), |d| d.max(row.timestamp()));
                         delivered_to = Some(off);
                         yield envelope(&inner, row, off)?;

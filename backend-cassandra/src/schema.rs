@@ -22,8 +22,8 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
         // The journal. `used` (static) is the highest sequence number written to the
         // partition: the overwrite guard's compare-and-set target and the marker the
         // highest-sequence-number walk reads (it survives range deletes). `tag_pending`
-        // (static) holds the first sequence numbers of writes whose tag rows are not yet
-        // all written; it commits with the events, so a crash between the two is repaired.
+        // (static) is the first sequence number of the partition's latest tagged write; it
+        // commits with the events, so tag rows a crash left out are found and repaired.
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.{messages} (
     persistence_id text,
@@ -42,7 +42,7 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
     tags list<text>,
     event_time bigint,
     used bigint static,
-    tag_pending set<bigint> static,
+    tag_pending bigint static,
     PRIMARY KEY ((persistence_id, partition_nr), sequence_nr, timestamp))
     WITH gc_grace_seconds = 864000
     AND compaction = {{'class': 'SizeTieredCompactionStrategy'}}",
@@ -142,4 +142,16 @@ pub fn schema_cql(config: &CassandraConfig) -> String {
         out.push_str(";\n\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_shows_the_schema() {
+        let cql = super::schema_cql(&Default::default());
+        assert!(
+            include_str!("../README.md").contains(cql.trim_end()),
+            "README.md must show schema_cql() of the default configuration verbatim:\n{cql}"
+        );
+    }
 }

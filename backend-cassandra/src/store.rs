@@ -33,8 +33,7 @@ pub(crate) struct Statements {
     pub guard_new: PreparedStatement,
     pub set_used: PreparedStatement,
     pub select_used: PreparedStatement,
-    pub add_tag_pending: PreparedStatement,
-    pub remove_tag_pending: PreparedStatement,
+    pub set_tag_pending: PreparedStatement,
     pub select_messages: PreparedStatement,
     pub select_message_tags: PreparedStatement,
     pub delete_messages_to: PreparedStatement,
@@ -109,12 +108,9 @@ impl Statements {
             select_used: idempotent(prep(format!(
                 "SELECT used, tag_pending FROM {m} WHERE persistence_id = ? AND partition_nr = ? LIMIT 1"
             )).await?),
-            add_tag_pending: prep(format!(
-                "UPDATE {m} SET tag_pending = tag_pending + :pending WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
+            set_tag_pending: prep(format!(
+                "UPDATE {m} SET tag_pending = :pending WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
             )).await?,
-            remove_tag_pending: idempotent(prep(format!(
-                "UPDATE {m} SET tag_pending = tag_pending - ? WHERE persistence_id = ? AND partition_nr = ?"
-            )).await?),
             select_messages: idempotent(prep(format!(
                 "SELECT {EVENT_COLUMNS} FROM {m} WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr >= ? AND sequence_nr <= ?"
             )).await?),
@@ -211,7 +207,8 @@ pub(crate) struct Inner {
 pub(crate) struct Walk {
     pub highest: u64,
     pub deleted_to: u64,
-    /// `(partition, first sequence numbers)` of writes whose tag rows may be missing.
+    /// `(partition, first sequence number of its latest tagged write)`: where tag rows a
+    /// failed write left out would be.
     pub pending: Vec<(i64, Vec<u64>)>,
 }
 
@@ -377,21 +374,17 @@ impl Inner {
     }
 
     /// The highest sequence number stored in partition `nr` (`None` when the partition was
-    /// never written) and its pending tag writes.
+    /// never written) and the first sequence number of its latest tagged write (if any).
     pub async fn partition_state(&self, pid_key: &str, nr: i64) -> Result<(Option<u64>, Vec<u64>)> {
         let result = self
             .exec("read_highest", &self.stmts.select_used, (pid_key, nr))
             .await?;
-        let row: Option<(Option<i64>, Option<Vec<i64>>)> = Self::first_row("read_highest", result)?;
+        let row: Option<(Option<i64>, Option<i64>)> = Self::first_row("read_highest", result)?;
         Ok(match row {
             None => (None, Vec::new()),
             Some((used, pending)) => (
                 used.map(|u| u.max(0) as u64),
-                pending
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| p.max(0) as u64)
-                    .collect(),
+                pending.into_iter().map(|p| p.max(0) as u64).collect(),
             ),
         })
     }

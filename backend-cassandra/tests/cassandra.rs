@@ -269,7 +269,7 @@ async fn tag_rows_of_a_crashed_write_are_repaired() {
         .unwrap();
     b.session()
         .query_unpaged(
-            format!("UPDATE {ks}.messages SET used = 2, tag_pending = tag_pending + {{2}} WHERE persistence_id = ? AND partition_nr = 0"),
+            format!("UPDATE {ks}.messages SET used = 2, tag_pending = 2 WHERE persistence_id = ? AND partition_nr = 0"),
             (pid_key.as_str(),),
         )
         .await
@@ -308,7 +308,7 @@ async fn tag_rows_of_a_crashed_write_are_repaired() {
         .unwrap();
     b.session()
         .query_unpaged(
-            format!("UPDATE {ks}.messages SET used = 4, tag_pending = tag_pending + {{4}} WHERE persistence_id = ? AND partition_nr = 0"),
+            format!("UPDATE {ks}.messages SET used = 4, tag_pending = 4 WHERE persistence_id = ? AND partition_nr = 0"),
             (pid_key.as_str(),),
         )
         .await
