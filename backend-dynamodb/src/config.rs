@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// assert!(!format!("{c:?}").contains("s3cr3t"));
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DynamoDbConfig {
     /// Endpoint URL override, e.g. `http://127.0.0.1:8000` for DynamoDB Local. `None`: the
     /// region's AWS endpoint (which needs the crate feature `tls`).

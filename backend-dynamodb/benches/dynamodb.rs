@@ -1,0 +1,631 @@
+//! The issue's five workloads against DynamoDB Local, each beside the same requests sent
+//! with the raw aws-sdk client in the same run (the bound the driver can reach), plus the
+//! layout experiments the table design was chosen by.
+//!
+//! ```text
+//! bash scripts/servers/dynamodb.sh start && source .servers/dynamodb/env
+//! cargo bench -p backend-dynamodb --bench dynamodb          # BENCH_EVENTS=10000 by default
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::Client;
+use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
+use futures::StreamExt;
+use persistence_api::{
+    AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
+};
+
+type Item = HashMap<String, AttributeValue>;
+
+const PAYLOAD: usize = 100;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// The item the driver writes for an untagged event, built by hand.
+fn raw_event(pk: &str, seq: u64) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), s(pk)),
+        ("sk".to_owned(), s(format!("{seq:020}"))),
+        (
+            "p".to_owned(),
+            AttributeValue::B(Blob::new(vec![b'x'; PAYLOAD])),
+        ),
+        ("ps".to_owned(), s("bench")),
+        ("pm".to_owned(), s("bench.Event/v1")),
+        ("w".to_owned(), s("w1")),
+        ("ts".to_owned(), n(1_700_000_000_000i64)),
+    ])
+}
+
+fn event(id: &PersistenceId, seq: u64, tags: &[&str]) -> PersistentEvent {
+    PersistentEvent::new(
+        id.clone(),
+        seq,
+        Payload::new("bench", "bench.Event/v1", vec![b'x'; PAYLOAD]),
+    )
+    .with_writer_id("w1")
+    .with_tags(tags.iter().copied())
+}
+
+struct Row {
+    name: String,
+    events: u64,
+    driver: Duration,
+    raw: Duration,
+}
+
+impl Row {
+    fn print(&self) {
+        let d = self.events as f64 / self.driver.as_secs_f64();
+        let r = self.events as f64 / self.raw.as_secs_f64();
+        println!(
+            "| {:<44} | {:>6} | {:>10.0} | {:>10.0} | {:>5.2} |",
+            self.name,
+            self.events,
+            d,
+            r,
+            d / r
+        );
+    }
+}
+
+async fn put(client: &Client, table: &str, item: Item) {
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await
+        .expect("raw put");
+}
+
+async fn transact(client: &Client, table: &str, items: Vec<Item>) {
+    let actions = items
+        .into_iter()
+        .map(|i| {
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(table)
+                        .set_item(Some(i))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        })
+        .collect();
+    client
+        .transact_write_items()
+        .set_transact_items(Some(actions))
+        .send()
+        .await
+        .expect("raw transaction");
+}
+
+/// All items of one partition key, `Query` page after page (optionally from/to sort keys).
+async fn query_all(client: &Client, table: &str, pk: &str, limit: Option<i32>) -> usize {
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true)
+            .set_limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("raw query");
+        count += out.items().len();
+        match out.last_evaluated_key() {
+            Some(k) => start = Some(k.clone()),
+            None => return count,
+        }
+    }
+}
+
+struct Bench {
+    client: Client,
+    stores: Stores,
+    config: DynamoDbConfig,
+    events: u64,
+}
+
+impl Bench {
+    fn table(&self) -> &str {
+        &self.config.journal_table
+    }
+
+    fn raw_pk(&self, name: &str) -> String {
+        format!("{}raw|e|{name}", self.config.journal_name)
+    }
+
+    fn pid(&self, name: &str) -> PersistenceId {
+        PersistenceId::new(name).unwrap()
+    }
+
+    /// `events` single-event writes to one id.
+    async fn single_writes(&self, round: u32, driver: bool) -> (u64, Duration) {
+        let name = format!("single-{round}");
+        let t = Instant::now();
+        if driver {
+            let id = self.pid(&name);
+            for seq in 1..=self.events {
+                self.stores
+                    .journal
+                    .write(AtomicWrite::single(event(&id, seq, &[])).unwrap())
+                    .await
+                    .unwrap();
+            }
+        } else {
+            let pk = self.raw_pk(&name);
+            for seq in 1..=self.events {
+                put(&self.client, self.table(), raw_event(&pk, seq)).await;
+            }
+        }
+        (self.events, t.elapsed())
+    }
+
+    /// The same spread over 16 ids, one task each.
+    async fn concurrent_writes(&self, round: u32, driver: bool) -> (u64, Duration) {
+        let per = self.events / 16;
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..16 {
+            let name = format!("conc-{round}-{task}");
+            if driver {
+                let journal = self.stores.journal.clone();
+                let id = self.pid(&name);
+                tasks.push(tokio::spawn(async move {
+                    for seq in 1..=per {
+                        journal
+                            .write(AtomicWrite::single(event(&id, seq, &[])).unwrap())
+                            .await
+                            .unwrap();
+                    }
+                }));
+            } else {
+                let client = self.client.clone();
+                let table = self.table().to_owned();
+                let pk = self.raw_pk(&name);
+                tasks.push(tokio::spawn(async move {
+                    for seq in 1..=per {
+                        put(&client, &table, raw_event(&pk, seq)).await;
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (per * 16, t.elapsed())
+    }
+
+    /// 100-event atomic writes.
+    async fn atomic_writes(&self, round: u32, driver: bool) -> (u64, Duration) {
+        let writes = self.events / 100;
+        let name = format!("atomic-{round}");
+        if driver {
+            let id = self.pid(&name);
+            // The id's first write also carries its registry item; keep it out of the timing
+            // (the raw side writes its first event alike).
+            self.stores
+                .journal
+                .write(AtomicWrite::single(event(&id, 1, &[])).unwrap())
+                .await
+                .unwrap();
+            let t = Instant::now();
+            for w in 0..writes {
+                let events = (1..=100)
+                    .map(|i| event(&id, 1 + w * 100 + i, &[]))
+                    .collect();
+                self.stores
+                    .journal
+                    .write(AtomicWrite::new(events).unwrap())
+                    .await
+                    .unwrap();
+            }
+            (writes * 100, t.elapsed())
+        } else {
+            let pk = self.raw_pk(&name);
+            put(&self.client, self.table(), raw_event(&pk, 1)).await;
+            let t = Instant::now();
+            for w in 0..writes {
+                let items = (1..=100).map(|i| raw_event(&pk, 1 + w * 100 + i)).collect();
+                transact(&self.client, self.table(), items).await;
+            }
+            (writes * 100, t.elapsed())
+        }
+    }
+
+    /// Replays what the driver's atomic-write workload stored; the raw side sends the
+    /// driver's requests (highest, deleted-to, page-sized ranges `replay_parallelism` at a
+    /// time) on the same items.
+    async fn replay(&self, _round: u32, driver: bool) -> (u64, Duration) {
+        let id = self.pid("atomic-0");
+        let t = Instant::now();
+        let count = if driver {
+            self.stores.journal.replay_all(&id).await.unwrap().len() as u64
+        } else {
+            let pk = format!("{}|e|atomic-0", self.config.journal_name);
+            let (hi, _meta) = futures::join!(
+                self.client
+                    .query()
+                    .table_name(self.table())
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(&pk))
+                    .scan_index_forward(false)
+                    .limit(1)
+                    .consistent_read(true)
+                    .send(),
+                self.client
+                    .get_item()
+                    .table_name(self.table())
+                    .key("pk", s(&pk))
+                    .key("sk", s("#"))
+                    .consistent_read(true)
+                    .send()
+            );
+            let hi: u64 = hi.unwrap().items()[0]["sk"]
+                .as_s()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let page = self.config.page_size as u64;
+            let ranges: Vec<(u64, u64)> = (0..hi.div_ceil(page))
+                .map(|i| (1 + i * page, ((i + 1) * page).min(hi)))
+                .collect();
+            let counts: Vec<usize> = futures::stream::iter(ranges)
+                .map(|(a, b)| range_query(&self.client, self.table(), &pk, a, b))
+                .buffered(self.config.replay_parallelism)
+                .collect()
+                .await;
+            counts.iter().sum::<usize>() as u64
+        };
+        (count, t.elapsed())
+    }
+
+    async fn tag_query(&self, _round: u32, driver: bool) -> (u64, Duration) {
+        let tag = "bench-tag";
+        let t = Instant::now();
+        let count = if driver {
+            self.stores
+                .read_journal
+                .current_events_by_tag(tag.into(), Offset::NoOffset)
+                .fold(0u64, |acc, e| async move {
+                    e.unwrap();
+                    acc + 1
+                })
+                .await
+        } else {
+            // The driver's requests: the tag's bucket list, then every shard of each bucket,
+            // all shards at once, page after page.
+            let bucket_list = format!("{}|b|{tag}", self.config.journal_name);
+            let buckets = self
+                .client
+                .query()
+                .table_name(self.table())
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(&bucket_list))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            let mut count = 0u64;
+            for b in buckets.items() {
+                let bucket = b["sk"].as_s().unwrap();
+                let shards = (0..self.config.tag_shards).map(|shard| {
+                    let pk = format!("{}|t|{bucket}|{shard:03}|{tag}", self.config.journal_name);
+                    let client = self.client.clone();
+                    let table = self.table().to_owned();
+                    let limit = self.config.page_size as i32;
+                    async move { query_all(&client, &table, &pk, Some(limit)).await }
+                });
+                count += futures::future::join_all(shards)
+                    .await
+                    .iter()
+                    .sum::<usize>() as u64;
+            }
+            count
+        };
+        (count, t.elapsed())
+    }
+
+    /// Writes the tagged events the tag query reads: atomic writes of 50 events with one
+    /// tag (100 items, one transaction each).
+    async fn write_tagged(&self) -> u64 {
+        let tag = "bench-tag";
+        let id = self.pid("tagged");
+        self.stores
+            .journal
+            .write(AtomicWrite::single(event(&id, 1, &[tag])).unwrap())
+            .await
+            .unwrap();
+        let writes = self.events / 50 - 1;
+        for w in 0..writes {
+            let events = (1..=50)
+                .map(|i| event(&id, 1 + w * 50 + i, &[tag]))
+                .collect();
+            self.stores
+                .journal
+                .write(AtomicWrite::new(events).unwrap())
+                .await
+                .unwrap();
+        }
+        1 + writes * 50
+    }
+}
+
+async fn range_query(client: &Client, table: &str, pk: &str, a: u64, b: u64) -> usize {
+    client
+        .query()
+        .table_name(table)
+        .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+        .expression_attribute_values(":pk", s(pk))
+        .expression_attribute_values(":a", s(format!("{a:020}")))
+        .expression_attribute_values(":b", s(format!("{b:020}")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .items()
+        .len()
+}
+
+/// Runs a workload twice each way, alternating which side goes first (raw, driver, driver,
+/// raw), so neither gains from the server warming up or its tables growing.
+async fn compare<'a, F, Fut>(name: &str, f: F) -> Row
+where
+    F: Fn(u32, bool) -> Fut,
+    Fut: std::future::Future<Output = (u64, Duration)> + 'a,
+{
+    let mut row = Row {
+        name: name.into(),
+        events: 0,
+        driver: Duration::ZERO,
+        raw: Duration::ZERO,
+    };
+    for (round, order) in [(0, [false, true]), (1, [true, false])] {
+        for driver in order {
+            let (events, took) = f(round, driver).await;
+            if driver {
+                row.driver += took;
+                row.events += events;
+            } else {
+                row.raw += took;
+            }
+        }
+    }
+    row.events /= 2;
+    row.driver /= 2;
+    row.raw /= 2;
+    row
+}
+
+/// Layout experiments, raw SDK only: how the candidate layouts replay and write.
+async fn layouts(client: &Client, table: &str, prefix: &str, events: u64) {
+    println!("\nLayout experiments (raw aws-sdk, {events} events of {PAYLOAD} B):");
+    // A: one partition per id (sk = seq), written in 100-item transactions.
+    let by_id = format!("{prefix}lay|e|one");
+    for w in 0..events / 100 {
+        let items = (1..=100).map(|i| raw_event(&by_id, w * 100 + i)).collect();
+        transact(client, table, items).await;
+    }
+    // B: the 1.x plugin's partitions of 100 sequence numbers (pk = id-seq/100).
+    for w in 0..events / 100 {
+        let pk = format!("{prefix}lay|e|hundreds-{w}");
+        let items = (1..=100).map(|i| raw_event(&pk, w * 100 + i)).collect();
+        transact(client, table, items).await;
+    }
+    let rate = |d: Duration| events as f64 / d.as_secs_f64();
+    let t = Instant::now();
+    let c = query_all(client, table, &by_id, None).await;
+    assert_eq!(c as u64, events);
+    println!(
+        "  by id, sequential 1 MB pages:                {:>8.0} events/s",
+        rate(t.elapsed())
+    );
+    for (page, par) in [(1000u64, 1usize), (1000, 4), (500, 8)] {
+        let t = Instant::now();
+        let ranges: Vec<(u64, u64)> = (0..events.div_ceil(page))
+            .map(|i| (1 + i * page, ((i + 1) * page).min(events)))
+            .collect();
+        let counts: Vec<usize> = futures::stream::iter(ranges)
+            .map(|(a, b)| {
+                let client = client.clone();
+                let by_id = by_id.clone();
+                let table = table.to_owned();
+                async move {
+                    client
+                        .query()
+                        .table_name(table)
+                        .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+                        .expression_attribute_values(":pk", s(by_id))
+                        .expression_attribute_values(":a", s(format!("{a:020}")))
+                        .expression_attribute_values(":b", s(format!("{b:020}")))
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .unwrap()
+                        .items()
+                        .len()
+                }
+            })
+            .buffered(par)
+            .collect()
+            .await;
+        assert_eq!(counts.iter().sum::<usize>() as u64, events);
+        println!(
+            "  by id, ranges of {page:>4}, {par} in parallel:       {:>8.0} events/s",
+            rate(t.elapsed())
+        );
+    }
+    for par in [1usize, 4, 8] {
+        let t = Instant::now();
+        let counts: Vec<usize> = futures::stream::iter(0..events / 100)
+            .map(|w| {
+                let client = client.clone();
+                let table = table.to_owned();
+                let pk = format!("{prefix}lay|e|hundreds-{w}");
+                async move { query_all(&client, &table, &pk, None).await }
+            })
+            .buffered(par)
+            .collect()
+            .await;
+        assert_eq!(counts.iter().sum::<usize>() as u64, events);
+        println!(
+            "  1.x partitions of 100, {par} in parallel:        {:>8.0} events/s",
+            rate(t.elapsed())
+        );
+    }
+    // Write cost of keeping a highest item current in every write.
+    let k = 1000u64.min(events);
+    let t = Instant::now();
+    for seq in 1..=k {
+        put(client, table, raw_event(&format!("{prefix}lay|e|put"), seq)).await;
+    }
+    let plain = t.elapsed();
+    let t = Instant::now();
+    for seq in 1..=k {
+        let pk = format!("{prefix}lay|e|puthi");
+        let mut hi = HashMap::from([("pk".to_owned(), s(&pk)), ("sk".to_owned(), s("#"))]);
+        hi.insert("hi".into(), n(seq));
+        let actions = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(table)
+                        .set_item(Some(raw_event(&pk, seq)))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(table)
+                        .set_item(Some(hi))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        ];
+        client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+            .unwrap();
+    }
+    let with_hi = t.elapsed();
+    println!(
+        "  single event, conditional PutItem:           {:>8.0} events/s",
+        k as f64 / plain.as_secs_f64()
+    );
+    println!(
+        "  single event + highest item, 2-item tx:      {:>8.0} events/s",
+        k as f64 / with_hi.as_secs_f64()
+    );
+}
+
+fn main() {
+    let Ok(endpoint) = std::env::var("PERSISTENCE_DYNAMODB_ENDPOINT") else {
+        eprintln!("PERSISTENCE_DYNAMODB_ENDPOINT is not set: start DynamoDB Local with scripts/servers/dynamodb.sh start and source .servers/dynamodb/env");
+        return;
+    };
+    let events: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let only_layouts = std::env::args().any(|a| a == "--layouts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let config = DynamoDbConfig {
+            journal_table: "bench_journal".into(),
+            snapshot_table: "bench_snapshot".into(),
+            journal_name: format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            ..DynamoDbConfig::local(endpoint)
+        };
+        let db = DynamoDb::connect(config.clone()).await.unwrap();
+        db.create_tables().await.unwrap();
+        let bench = Arc::new(Bench {
+            client: db.client().clone(),
+            stores: db.stores(),
+            config: config.clone(),
+            events,
+        });
+        // Warm up DynamoDB Local's JIT and the connection pool before anything is timed.
+        let warm = format!("{}warm|e|w", config.journal_name);
+        for seq in 1..=1500u64 {
+            put(&bench.client, bench.table(), raw_event(&warm, seq)).await;
+        }
+        for w in 0..15u64 {
+            let items = (1..=100)
+                .map(|i| raw_event(&warm, 10_000 + w * 100 + i))
+                .collect();
+            transact(&bench.client, bench.table(), items).await;
+        }
+        for _ in 0..5 {
+            query_all(&bench.client, bench.table(), &warm, None).await;
+        }
+        if !only_layouts {
+            println!(
+                "backend-dynamodb against {} ({} events of {PAYLOAD} B per workload; events/s)\n",
+                config.endpoint.as_deref().unwrap_or(""),
+                events
+            );
+            println!(
+                "| {:<44} | {:>6} | {:>10} | {:>10} | {:>5} |",
+                "workload", "events", "driver", "raw sdk", "ratio"
+            );
+            println!(
+                "|{:-<46}|{:->8}|{:->12}|{:->12}|{:->7}|",
+                "", "", "", "", ""
+            );
+            let b = &bench;
+            compare("single-event writes, one id", |r, d| b.single_writes(r, d))
+                .await
+                .print();
+            compare("single-event writes, 16 ids concurrently", |r, d| {
+                b.concurrent_writes(r, d)
+            })
+            .await
+            .print();
+            compare("100-event atomic writes", |r, d| b.atomic_writes(r, d))
+                .await
+                .print();
+            compare("replay", |r, d| b.replay(r, d)).await.print();
+            let tagged = b.write_tagged().await;
+            let row = compare("tag query", |r, d| b.tag_query(r, d)).await;
+            assert_eq!(row.events, tagged);
+            row.print();
+            let t = Instant::now();
+            let pk = format!("{}|e|atomic-0", config.journal_name);
+            let c = query_all(&b.client, b.table(), &pk, None).await;
+            println!(
+                "\nReference: replay as sequential 1 MB Query pages (raw): {:.0} events/s",
+                c as f64 / t.elapsed().as_secs_f64()
+            );
+        }
+        layouts(&bench.client, bench.table(), &config.journal_name, events).await;
+    });
+}
