@@ -31,8 +31,8 @@ pub const DEFAULT_BACKEND: &str = "memory";
 /// The same as environment variables: `PERSISTENCE_BACKEND=dynamodb`,
 /// `PERSISTENCE_DYNAMODB_ENDPOINT=http://127.0.0.1:8000`,
 /// `PERSISTENCE_DYNAMODB_JOURNAL_TABLE=journal` (the part after the backend name is the
-/// key, lower-cased; values are read as TOML numbers or booleans where they parse, else as
-/// strings).
+/// key, lower-cased; values are read as TOML numbers, booleans or `[arrays]` where they
+/// parse, else as strings).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     table: toml::Table,
@@ -194,6 +194,10 @@ mod tests {
             ),
             ("PERSISTENCE_MEMORY_PAGE_SIZE".to_string(), "20".to_string()),
             ("OTHER_VAR".to_string(), "x".to_string()),
+            (
+                "PERSISTENCE_CASSANDRA_CONTACT_POINTS".to_string(),
+                "[\"a:1\", \"b:2\"]".to_string(),
+            ),
         ])
         .unwrap();
         assert_eq!(c.backend(), "dynamodb");
@@ -201,6 +205,12 @@ mod tests {
         assert_eq!(t["endpoint"].as_str(), Some("http://127.0.0.1:8000"));
         assert_eq!(t["consistent_reads"].as_bool(), Some(false));
         assert_eq!(c.table["memory"]["page_size"].as_integer(), Some(20));
+        assert_eq!(
+            c.table["cassandra"]["contact_points"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]

@@ -14,6 +14,14 @@ pub use backend_memory as memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use backend_sql as sql;
 
+/// The DynamoDB backend (cargo feature `dynamodb`).
+#[cfg(feature = "dynamodb")]
+pub use backend_dynamodb as dynamodb;
+
+/// The Cassandra backend (cargo feature `cassandra`).
+#[cfg(feature = "cassandra")]
+pub use backend_cassandra as cassandra;
+
 /// The names of the backends compiled into this build, by cargo feature.
 pub fn compiled_backends() -> Vec<&'static str> {
     [
@@ -23,6 +31,10 @@ pub fn compiled_backends() -> Vec<&'static str> {
         "sqlite",
         #[cfg(feature = "postgres")]
         "postgres",
+        #[cfg(feature = "dynamodb")]
+        "dynamodb",
+        #[cfg(feature = "cassandra")]
+        "cassandra",
     ]
     .to_vec()
 }
@@ -62,6 +74,10 @@ pub async fn open(config: &Config) -> Result<Stores> {
         "sqlite" => backend_sql::open_sqlite(config.section("sqlite")?).await,
         #[cfg(feature = "postgres")]
         "postgres" => backend_sql::open_postgres(config.section("postgres")?).await,
+        #[cfg(feature = "dynamodb")]
+        "dynamodb" => backend_dynamodb::open(config.section("dynamodb")?).await,
+        #[cfg(feature = "cassandra")]
+        "cassandra" => backend_cassandra::connect(config.section("cassandra")?).await,
         other => Err(unknown_backend(other)),
     }
 }
