@@ -163,18 +163,23 @@ fn by_id(
         "current_events_by_persistence_id"
     };
     try_stream! {
-        let (highest, meta) = futures::try_join!(inner.highest(pid.as_str()), inner.meta(pid.as_str()))?;
-        let start = from.max(meta.deleted_to.saturating_add(1)).max(1);
-        let end = to.min(highest);
-        if start <= end {
-            let events = range_stream(inner.clone(), pid.clone(), start, end, u64::MAX);
-            futures::pin_mut!(events);
-            while let Some(event) = events.next().await {
-                yield envelope(event?);
+        if !live {
+            let (highest, meta) =
+                futures::try_join!(inner.highest(pid.as_str()), inner.meta(pid.as_str()))?;
+            let start = from.max(meta.deleted_to.saturating_add(1)).max(1);
+            let end = to.min(highest);
+            if start <= end {
+                let events = range_stream(inner.clone(), pid.clone(), start, end, u64::MAX);
+                futures::pin_mut!(events);
+                while let Some(event) = events.next().await {
+                    yield envelope(event?);
+                }
             }
-        }
-        if live {
-            let mut next = start.max(end.saturating_add(1));
+        } else {
+            // Page by page from the start, so an atomic write still being stored over several
+            // transactions is waited for instead of dropped.
+            let meta = inner.meta(pid.as_str()).await?;
+            let mut next = from.max(meta.deleted_to.saturating_add(1)).max(1);
             let mut large = LargeWrites::new();
             while next <= to {
                 let items = inner

@@ -239,10 +239,22 @@ impl SnapshotStore for DynamoDbSnapshotStore {
             // 16 chunks of 350 KB keep each request under BatchWriteItem's 16 MB.
             for batch in requests.chunks(16) {
                 let mut pending = batch.to_vec();
-                inner
+                if let Err(e) = inner
                     .batch_write("save_snapshot", inner.snapshot_table(), &mut pending)
                     .await
-                    .map_err(ctx)?;
+                {
+                    // No head names these chunks, so nothing can load them; remove them.
+                    let keys = (0..chunks.len())
+                        .map(|i| skey(inner.keys.chunk_pk(&version), i as u64))
+                        .collect();
+                    if let Err(re) = inner
+                        .batch_delete("save_snapshot", inner.snapshot_table(), keys)
+                        .await
+                    {
+                        tracing::warn!(error = %re, "could not remove the chunks of a failed snapshot save");
+                    }
+                    return Err(ctx(e));
+                }
             }
             head.insert(VERSION.into(), s(version));
             head.insert(CHUNKS.into(), n(chunks.len()));

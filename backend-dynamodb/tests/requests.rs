@@ -17,6 +17,7 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_types::body::SdkBody;
 use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
+use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
 };
@@ -41,8 +42,8 @@ enum Fault {
 struct State {
     /// Attempts per operation, counted by the interceptor.
     attempts: HashMap<String, usize>,
-    /// Faults still to inject, per operation.
-    faults: HashMap<String, (Fault, usize)>,
+    /// Faults to inject, per operation: (fault, attempts to let through first, times).
+    faults: HashMap<String, (Fault, usize, usize)>,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -50,11 +51,14 @@ struct Shared(Arc<Mutex<State>>);
 
 impl Shared {
     fn inject(&self, op: &str, fault: Fault, times: usize) {
+        self.inject_after(op, fault, 0, times);
+    }
+    fn inject_after(&self, op: &str, fault: Fault, skip: usize, times: usize) {
         self.0
             .lock()
             .unwrap()
             .faults
-            .insert(op.into(), (fault, times));
+            .insert(op.into(), (fault, skip, times));
     }
     fn reset(&self) {
         let mut s = self.0.lock().unwrap();
@@ -72,7 +76,11 @@ impl Shared {
     }
     fn take(&self, op: &str) -> Option<Fault> {
         let mut s = self.0.lock().unwrap();
-        let (fault, left) = s.faults.get_mut(op)?;
+        let (fault, skip, left) = s.faults.get_mut(op)?;
+        if *skip > 0 {
+            *skip -= 1;
+            return None;
+        }
         if *left == 0 {
             return None;
         }
@@ -521,4 +529,93 @@ async fn large_snapshots_are_chunked_and_a_half_written_one_is_never_loaded() {
         .unwrap();
     assert_eq!(loaded.metadata.sequence_nr, 20);
     assert_eq!(loaded.snapshot, big);
+    // A head whose chunks are not all there (deleted under it) is never loaded in part:
+    // the load falls back to the older snapshot.
+    let config = e.db.config();
+    let head =
+        e.db.client()
+            .get_item()
+            .table_name(&config.snapshot_table)
+            .key("pk", S(format!("{}|s|s", config.journal_name)))
+            .key(
+                "sk",
+                aws_sdk_dynamodb::types::AttributeValue::N("20".into()),
+            )
+            .send()
+            .await
+            .unwrap();
+    let version = head.item().unwrap()["cv"].as_s().unwrap().clone();
+    e.db.client()
+        .delete_item()
+        .table_name(&config.snapshot_table)
+        .key("pk", S(format!("{}|c|{version}", config.journal_name)))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::N("3".into()))
+        .send()
+        .await
+        .unwrap();
+    let loaded = e
+        .stores
+        .snapshots
+        .load_snapshot(&id, persistence_api::SnapshotSelectionCriteria::latest())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.metadata.sequence_nr, 10);
+}
+
+use aws_sdk_dynamodb::types::AttributeValue::S;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_large_atomic_write_is_never_replayed_or_queried() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("lw");
+    e.stores
+        .journal
+        .write(write(&id, 1, 1, &["t"]))
+        .await
+        .unwrap();
+    // 250 tagged events: 500 items, 5 transactions. The third fails for good, and so does
+    // the clean-up of the first two: their items stay behind.
+    e.shared
+        .inject_after("TransactWriteItems", Fault::ServerError, 2, 100);
+    e.shared.inject("BatchWriteItem", Fault::Unprocessed, 1000);
+    let err = e
+        .stores
+        .journal
+        .write(write(&id, 2, 251, &["t"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    e.shared.reset();
+    let replayed = e.stores.journal.replay_all(&id).await.unwrap();
+    assert_eq!(
+        replayed.iter().map(|e| e.sequence_nr).collect::<Vec<_>>(),
+        vec![1]
+    );
+    let by_tag: Vec<u64> = e
+        .stores
+        .read_journal
+        .current_events_by_tag("t".into(), persistence_api::Offset::NoOffset)
+        .map(|e| e.unwrap().event.sequence_nr)
+        .collect()
+        .await;
+    assert_eq!(by_tag, vec![1]);
+    let by_id: Vec<u64> = e
+        .stores
+        .read_journal
+        .current_events_by_persistence_id(id.clone(), 0, u64::MAX)
+        .map(|e| e.unwrap().event.sequence_nr)
+        .collect()
+        .await;
+    assert_eq!(by_id, vec![1]);
+    // A complete large write replays whole.
+    let highest = e.stores.journal.highest_sequence_nr(&id).await.unwrap();
+    e.stores
+        .journal
+        .write(write(&id, highest + 1, highest + 250, &["t"]))
+        .await
+        .unwrap();
+    let replayed = e.stores.journal.replay_all(&id).await.unwrap();
+    assert_eq!(replayed.len(), 251);
+    assert_eq!(replayed.last().unwrap().sequence_nr, highest + 250);
 }
