@@ -166,7 +166,10 @@ fn parse_env_value(value: &str) -> toml::Value {
     match probe.parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
             Some(
-                v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+                v @ (toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Array(_)),
             ) => v,
             _ => toml::Value::String(value.to_string()),
         },
