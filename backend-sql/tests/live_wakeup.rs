@@ -1,0 +1,133 @@
+//! Live queries wake on writes instead of waiting for the next poll.
+//!
+//! - PostgreSQL: a write through one opened database wakes a live query of *another*
+//!   (separate pool, as in another process) through `LISTEN/NOTIFY`, with a poll interval
+//!   of 60 s that would otherwise hold it back.
+//! - SQLite: a write through the same opened database wakes its live queries in-process;
+//!   writes from another opened database (another process) are found by polling.
+//!
+//! PostgreSQL cases need `PERSISTENCE_POSTGRES_URL` (skipped loudly without it, a failure
+//! with `CI=true`).
+
+use std::time::{Duration, Instant};
+
+use backend_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
+use futures::StreamExt;
+use persistence_api::{AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent};
+
+const SLOW_POLL: Duration = Duration::from_secs(60);
+
+fn event(id: &str, seq: u64) -> AtomicWrite {
+    let id = PersistenceId::new(id).unwrap();
+    AtomicWrite::single(
+        PersistentEvent::new(id, seq, Payload::raw(vec![1, 2, 3])).with_tags(["live"]),
+    )
+    .unwrap()
+}
+
+/// Writes through `write` after the live query of `read` has caught up, and returns how
+/// long the event took to arrive.
+async fn delay(
+    read: &persistence_api::Stores,
+    write: &persistence_api::Stores,
+    id: &str,
+) -> Duration {
+    let mut live = read
+        .read_journal
+        .events_by_tag("live".into(), Offset::NoOffset);
+    let mut persistence_ids = read.read_journal.persistence_ids();
+    // Let both queries reach their waiting point.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), live.next())
+            .await
+            .is_err(),
+        "nothing written yet"
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(100), persistence_ids.next()).await;
+    let start = Instant::now();
+    write.journal.write(event(id, 1)).await.unwrap();
+    let env = tokio::time::timeout(Duration::from_secs(10), live.next())
+        .await
+        .expect("the live tag query was not woken")
+        .unwrap()
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(env.event.persistence_id.as_str(), id);
+    let new_id = tokio::time::timeout(Duration::from_secs(10), persistence_ids.next())
+        .await
+        .expect("the live persistence-ids query was not woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(new_id.as_str(), id);
+    elapsed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_other_instances() {
+    let url = match std::env::var("PERSISTENCE_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+                "PERSISTENCE_POSTGRES_URL is not set and CI=true"
+            );
+            eprintln!("*** SKIPPED: PERSISTENCE_POSTGRES_URL is not set ***");
+            return;
+        }
+    };
+    let schema = format!("live_{}", std::process::id());
+    let mut config = PostgresConfig::new(url).with_schema(&schema);
+    config.poll_interval = SLOW_POLL;
+    let reader = PostgresStores::open(config.clone()).await.unwrap();
+    let writer = PostgresStores::open(config).await.unwrap();
+    let took = delay(&reader.stores(), &writer.stores(), "pg-a").await;
+    eprintln!("postgres: delivered {took:?} after the write (poll interval {SLOW_POLL:?})");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(reader.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wakes_in_process_and_polls_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/live.db");
+    let mut config = SqliteConfig::new(&path);
+    config.poll_interval = SLOW_POLL;
+    let one = SqliteStores::open(config.clone()).await.unwrap();
+    assert!(path.exists(), "the file and its directories are created");
+    let took = delay(&one.stores(), &one.stores(), "lite-a").await;
+    eprintln!("sqlite, same stores: delivered {took:?} after the write");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // Another opened database on the same file stands for another process: polling.
+    config.poll_interval = Duration::from_millis(200);
+    let reader = SqliteStores::open(config.clone()).await.unwrap();
+    let writer = SqliteStores::open(config).await.unwrap();
+    let mut live = reader
+        .stores()
+        .read_journal
+        .events_by_tag("live".into(), Offset::NoOffset);
+    let first = live.next().await.unwrap().unwrap();
+    assert_eq!(first.event.persistence_id.as_str(), "lite-a");
+    let start = Instant::now();
+    writer
+        .stores()
+        .journal
+        .write(event("lite-b", 1))
+        .await
+        .unwrap();
+    let env = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .expect("polling finds the other process's write")
+        .unwrap()
+        .unwrap();
+    assert_eq!(env.event.persistence_id.as_str(), "lite-b");
+    eprintln!(
+        "sqlite, other stores: delivered {:?} after the write",
+        start.elapsed()
+    );
+}
