@@ -32,7 +32,7 @@ use scylla::serialize::row::{RowSerializationContext, SerializeRow};
 use scylla::serialize::writers::RowWriter;
 use scylla::serialize::SerializationError;
 use scylla::statement::batch::{Batch, BatchType};
-use scylla::value::CqlTimeuuid;
+use scylla::value::{CqlTimeuuid, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
 
 use crate::error::{unexpected, ResultExt};
@@ -46,6 +46,12 @@ pub const MAX_ATOMIC_WRITE_BYTES: usize = 8 * 1024 * 1024;
 /// The largest event the driver declares ([`Capabilities::max_event_size`]).
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
+/// Absent optional columns are left unset, not bound to null: an event row is written once,
+/// and a null would store a tombstone per column and event.
+fn unset_none<T>(v: Option<T>) -> MaybeUnset<T> {
+    v.map_or(MaybeUnset::Unset, MaybeUnset::Set)
+}
+
 #[derive(SerializeRow)]
 pub(crate) struct MessageRow<'a> {
     pub persistence_id: &'a str,
@@ -58,10 +64,10 @@ pub(crate) struct MessageRow<'a> {
     pub ser_manifest: &'a str,
     pub event_manifest: &'a str,
     pub event: &'a [u8],
-    pub meta_ser_id: Option<&'a str>,
-    pub meta_ser_manifest: Option<&'a str>,
-    pub meta: Option<&'a [u8]>,
-    pub tags: Option<&'a [String]>,
+    pub meta_ser_id: MaybeUnset<&'a str>,
+    pub meta_ser_manifest: MaybeUnset<&'a str>,
+    pub meta: MaybeUnset<&'a [u8]>,
+    pub tags: MaybeUnset<&'a [String]>,
     pub event_time: i64,
 }
 
@@ -93,10 +99,10 @@ pub(crate) struct TagViewRow<'a> {
     pub ser_manifest: &'a str,
     pub event_manifest: &'a str,
     pub event: &'a [u8],
-    pub meta_ser_id: Option<&'a str>,
-    pub meta_ser_manifest: Option<&'a str>,
-    pub meta: Option<&'a [u8]>,
-    pub tags: Option<&'a [String]>,
+    pub meta_ser_id: MaybeUnset<&'a str>,
+    pub meta_ser_manifest: MaybeUnset<&'a str>,
+    pub meta: MaybeUnset<&'a [u8]>,
+    pub tags: MaybeUnset<&'a [String]>,
     pub event_time: i64,
 }
 
@@ -280,10 +286,10 @@ impl CassandraJournal {
                     ser_manifest: &e.payload.manifest,
                     event_manifest: &e.event_manifest,
                     event: &e.payload.bytes,
-                    meta_ser_id: e.metadata.as_ref().map(|m| m.serializer_id.as_str()),
-                    meta_ser_manifest: e.metadata.as_ref().map(|m| m.manifest.as_str()),
-                    meta: e.metadata.as_ref().map(|m| &m.bytes[..]),
-                    tags: (!e.tags.is_empty()).then_some(&e.tags[..]),
+                    meta_ser_id: unset_none(e.metadata.as_ref().map(|m| m.serializer_id.as_str())),
+                    meta_ser_manifest: unset_none(e.metadata.as_ref().map(|m| m.manifest.as_str())),
+                    meta: unset_none(e.metadata.as_ref().map(|m| &m.bytes[..])),
+                    tags: unset_none((!e.tags.is_empty()).then_some(&e.tags[..])),
                     event_time: e.timestamp.as_millis(),
                 });
         let first_in_partition = (lowest - 1).is_multiple_of(inner.config.target_partition_size);
@@ -714,10 +720,10 @@ fn tag_view_row<'a>(
         ser_manifest: &e.payload.manifest,
         event_manifest: &e.event_manifest,
         event: &e.payload.bytes,
-        meta_ser_id: e.metadata.as_ref().map(|m| m.serializer_id.as_str()),
-        meta_ser_manifest: e.metadata.as_ref().map(|m| m.manifest.as_str()),
-        meta: e.metadata.as_ref().map(|m| &m.bytes[..]),
-        tags: Some(&e.tags[..]),
+        meta_ser_id: unset_none(e.metadata.as_ref().map(|m| m.serializer_id.as_str())),
+        meta_ser_manifest: unset_none(e.metadata.as_ref().map(|m| m.manifest.as_str())),
+        meta: unset_none(e.metadata.as_ref().map(|m| &m.bytes[..])),
+        tags: MaybeUnset::Set(&e.tags[..]),
         event_time: e.timestamp.as_millis(),
     }
 }
