@@ -194,6 +194,12 @@ where
         if self.class.retryable() {
             message.push_str(&format!(" (gave up after {} attempts)", self.attempts));
         }
+        if self.class == Class::NotFound {
+            message.push_str(
+                "; create the tables with backend_dynamodb::create_tables, `create_tables = true`, \
+                 or the schema in the backend-dynamodb README",
+            );
+        }
         let kind = self.class.kind();
         Error::new(kind, message)
             .with_operation(operation)

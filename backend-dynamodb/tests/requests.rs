@@ -619,3 +619,45 @@ async fn an_incomplete_large_atomic_write_is_never_replayed_or_queried() {
     assert_eq!(replayed.len(), 251);
     assert_eq!(replayed.last().unwrap().sequence_nr, highest + 250);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_is_a_configuration_error_that_says_what_to_do() {
+    let Some(endpoint) = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let config = DynamoDbConfig {
+        journal_table: format!("missing_{}", uuid::Uuid::new_v4().simple()),
+        ..DynamoDbConfig::local(endpoint)
+    };
+    let stores = backend_dynamodb::open(config).await.unwrap();
+    let err = stores
+        .journal
+        .highest_sequence_nr(&pid("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+    assert!(err.to_string().contains("create_tables"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_item_limit_is_rejected_by_the_driver_before_any_request() {
+    use persistence_api::Journal;
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("big");
+    // The driver on its own, without the checking layer of `Stores`.
+    let journal = e.db.journal();
+    journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    e.shared.reset();
+    let mut events = write(&id, 2, 3, &["t"]).into_events();
+    events[1].payload.bytes = vec![0u8; 400 * 1024].into();
+    let err = journal
+        .write(AtomicWrite::new(events).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert_eq!(err.persistence_id(), Some("big"));
+    assert_eq!(err.sequence_range(), Some((3, 3)));
+    assert!(err.to_string().contains("event 3 of big is 4"), "{err}");
+    assert_eq!(e.shared.total(), 0, "no request was sent");
+    assert_eq!(journal.highest_sequence_nr(&id).await.unwrap(), 1);
+}
