@@ -349,9 +349,8 @@ mod pg_raw {
     use sqlx::PgPool;
 
     pub struct Sql {
-        pub upsert: String,
-        pub insert: String,
-        pub insert_many: String,
+        pub write_one: String,
+        pub write_many: String,
         pub replay: String,
         pub tag: String,
         pub max_tag: String,
@@ -359,34 +358,44 @@ mod pg_raw {
     }
 
     impl Sql {
+        /// The statements the driver sends, written out again.
         pub fn new(schema: &str) -> Sql {
             let ev = format!("\"{schema}\".event_journal");
             let ids = format!("\"{schema}\".journal_ids");
             let tags = format!("\"{schema}\".event_tag");
+            let columns =
+                "persistence_id, sequence_nr, writer_id, write_timestamp, event_manifest, \
+                ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload, tags";
+            let one = "SELECT $1, v.s, v.w, v.ts, v.em, v.si, v.sm, v.p, v.msi, v.msm, v.mp, v.t \
+                FROM (VALUES ($2::bigint, $3::text, $4::bigint, $5::text, $6::text, $7::text, \
+                $8::bytea, $9::text, $10::text, $11::bytea, $12::text)) \
+                AS v(s, w, ts, em, si, sm, p, msi, msm, mp, t), id_row, locks \
+                WHERE id_row.deleted_to < $14";
+            let many = "SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
+                FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+                $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
+                WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n), id_row, locks \
+                WHERE id_row.deleted_to < $14 ORDER BY u.n";
+            let write = |source: &str| {
+                format!(
+                    "WITH id_row AS (INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) \
+                     VALUES ($1, $13) ON CONFLICT (persistence_id) DO UPDATE SET \
+                     highest_sequence_nr = GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
+                     RETURNING i.deleted_to, i.id_ordering IS NULL AS new_id), \
+                     locks AS (SELECT count(pg_advisory_xact_lock(l.k)) AS n FROM id_row, \
+                     (SELECT k FROM UNNEST($15::bigint[]) AS u(k) ORDER BY k) AS l), \
+                     e AS (INSERT INTO {ev} ({columns}) {source} \
+                     RETURNING ordering, sequence_nr, tags), \
+                     t AS (INSERT INTO {tags} (tag, ordering, persistence_id, sequence_nr) \
+                     SELECT DISTINCT x.tag, e.ordering, $1, e.sequence_nr \
+                     FROM e CROSS JOIN LATERAL json_array_elements_text(e.tags::json) AS x(tag)) \
+                     SELECT id_row.deleted_to, id_row.new_id, (SELECT 1 FROM pg_notify($16, '')) \
+                     FROM id_row"
+                )
+            };
             Sql {
-                upsert: format!(
-                    "INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) VALUES ($1, $2) \
-                     ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = \
-                     GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
-                     RETURNING i.deleted_to, i.id_ordering IS NULL, (SELECT 1 FROM pg_notify($3, '')), \
-                     (SELECT count(pg_advisory_xact_lock(k)) FROM \
-                     (SELECT k FROM UNNEST($4::bigint[]) AS u(k) ORDER BY k) AS l)"
-                ),
-                insert: format!(
-                    "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
-                     event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
-                     meta_payload, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ),
-                insert_many: format!(
-                    "INSERT INTO {ev} (persistence_id, sequence_nr, writer_id, write_timestamp, \
-                     event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
-                     meta_payload, tags) \
-                     SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
-                     FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
-                     $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
-                     WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n) \
-                     ORDER BY u.n"
-                ),
+                write_one: write(one),
+                write_many: write(many),
                 replay: format!(
                     "SELECT {COLUMNS} FROM {ev} WHERE persistence_id = $1 AND sequence_nr >= $2 \
                      AND sequence_nr <= $3 ORDER BY sequence_nr LIMIT $4"
@@ -405,24 +414,12 @@ mod pg_raw {
         }
     }
 
-    async fn upsert(sql: &Sql, tx: &mut sqlx::PgConnection, id: &str, highest: i64) {
-        sqlx::query(AssertSqlSafe(sql.upsert.clone()))
-            .bind(id)
-            .bind(highest)
-            .bind(sql.channel.as_str())
-            .bind(Vec::<i64>::new())
-            .fetch_one(tx)
-            .await
-            .unwrap();
-    }
-
     pub async fn single(pool: &PgPool, sql: &Sql, id: &PersistenceId) -> f64 {
         let start = Instant::now();
         for seq in 1..=EVENTS {
             let e = event(id, seq, None);
             let mut tx = pool.begin().await.unwrap();
-            upsert(sql, &mut tx, id.as_str(), seq as i64).await;
-            sqlx::query(AssertSqlSafe(sql.insert.clone()))
+            sqlx::query(AssertSqlSafe(sql.write_one.clone()))
                 .bind(id.as_str())
                 .bind(seq as i64)
                 .bind(e.writer_id.as_str())
@@ -435,7 +432,11 @@ mod pg_raw {
                 .bind(None::<&str>)
                 .bind(None::<&[u8]>)
                 .bind("[]")
-                .execute(&mut *tx)
+                .bind(seq as i64)
+                .bind(seq as i64)
+                .bind(Vec::<i64>::new())
+                .bind(sql.channel.as_str())
+                .fetch_one(&mut *tx)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();
@@ -449,8 +450,7 @@ mod pg_raw {
         while seq <= EVENTS {
             let events: Vec<_> = (seq..seq + BATCH).map(|s| event(id, s, None)).collect();
             let mut tx = pool.begin().await.unwrap();
-            upsert(sql, &mut tx, id.as_str(), (seq + BATCH - 1) as i64).await;
-            sqlx::query(AssertSqlSafe(sql.insert_many.clone()))
+            sqlx::query(AssertSqlSafe(sql.write_many.clone()))
                 .bind(id.as_str())
                 .bind(
                     events
@@ -498,7 +498,11 @@ mod pg_raw {
                 .bind(vec![None::<&str>; events.len()])
                 .bind(vec![None::<&[u8]>; events.len()])
                 .bind(vec!["[]"; events.len()])
-                .execute(&mut *tx)
+                .bind((seq + BATCH - 1) as i64)
+                .bind(seq as i64)
+                .bind(Vec::<i64>::new())
+                .bind(sql.channel.as_str())
+                .fetch_one(&mut *tx)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

@@ -60,12 +60,9 @@ fn fnv1a(text: &str) -> u64 {
 /// The statements, rendered once for the schema and table prefix.
 struct Statements {
     lock: Sql,
-    upsert_id: Sql,
+    write_one: Sql,
+    write_many: Sql,
     assign_id_ordering: Sql,
-    insert_event: Sql,
-    insert_event_tagged: Sql,
-    insert_events: Sql,
-    insert_events_tagged: Sql,
     id_state: Sql,
     events: Sql,
     raise_deleted_to: Sql,
@@ -95,48 +92,57 @@ impl Statements {
             .map(|c| format!("e.{}", c.trim()))
             .collect::<Vec<_>>()
             .join(", ");
-        // The notification rides on a statement the write sends anyway (no extra round
-        // trip); PostgreSQL delivers it at commit, and not at all on rollback.
+        // The notification rides on the write's statement (no extra round trip);
+        // PostgreSQL delivers it at commit, and not at all on rollback.
         let notify = if notify {
-            "(SELECT 1 FROM pg_notify($3, ''))"
+            "(SELECT 1 FROM pg_notify($16, ''))"
         } else {
-            "$3::text"
+            "$16::text"
         };
         let columns = "persistence_id, sequence_nr, writer_id, write_timestamp, event_manifest, \
                        ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload, tags";
-        let one_event = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        let one_event =
+            "SELECT $1, v.s, v.w, v.ts, v.em, v.si, v.sm, v.p, v.msi, v.msm, v.mp, v.t \
+             FROM (VALUES ($2::bigint, $3::text, $4::bigint, $5::text, $6::text, $7::text, \
+             $8::bytea, $9::text, $10::text, $11::bytea, $12::text)) \
+             AS v(s, w, ts, em, si, sm, p, msi, msm, mp, t), id_row, locks \
+             WHERE id_row.deleted_to < $14";
         let many_events =
             "SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
              FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
              $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
-             WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n) ORDER BY u.n";
-        // The tag rows come from the tags column of the rows just inserted.
-        let with_tags = |source: &str| {
+             WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n), id_row, locks \
+             WHERE id_row.deleted_to < $14 ORDER BY u.n";
+        // A whole atomic write in one statement, each step depending on the one before:
+        // 1. `id_row` upserts the id's row (row lock, highest, deleted-to);
+        // 2. `locks` reads `id_row`, then takes the tag locks in key order (an aggregate,
+        //    so all of them before it yields its row);
+        // 3. `e` joins `locks`, so every ordering is taken after the locks, and inserts the
+        //    events unless the first sequence number is at or below deleted-to;
+        // 4. `t` inserts the tag rows of the events just inserted.
+        let write = |source: &str| {
             format!(
-                "WITH e AS (INSERT INTO {ev} ({columns}) {source} \
-                 RETURNING ordering, sequence_nr, tags) \
-                 INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
-                 SELECT DISTINCT t.tag, e.ordering, $1, e.sequence_nr \
-                 FROM e CROSS JOIN LATERAL json_array_elements_text(e.tags::json) AS t(tag)"
+                "WITH id_row AS (INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) \
+                 VALUES ($1, $13) ON CONFLICT (persistence_id) DO UPDATE SET \
+                 highest_sequence_nr = GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
+                 RETURNING i.deleted_to, i.id_ordering IS NULL AS new_id), \
+                 locks AS (SELECT count(pg_advisory_xact_lock(l.k)) AS n FROM id_row, \
+                 (SELECT k FROM UNNEST($15::bigint[]) AS u(k) ORDER BY k) AS l), \
+                 e AS (INSERT INTO {ev} ({columns}) {source} \
+                 RETURNING ordering, sequence_nr, tags), \
+                 t AS (INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
+                 SELECT DISTINCT x.tag, e.ordering, $1, e.sequence_nr \
+                 FROM e CROSS JOIN LATERAL json_array_elements_text(e.tags::json) AS x(tag)) \
+                 SELECT id_row.deleted_to, id_row.new_id, {notify} FROM id_row"
             )
         };
         Statements {
             lock: s("SELECT pg_advisory_xact_lock($1)".into()),
-            upsert_id: s(format!(
-                "INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) VALUES ($1, $2) \
-                 ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = \
-                 GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
-                 RETURNING i.deleted_to, i.id_ordering IS NULL, {notify}, \
-                 (SELECT count(pg_advisory_xact_lock(k)) FROM \
-                 (SELECT k FROM UNNEST($4::bigint[]) AS u(k) ORDER BY k) AS l)"
-            )),
+            write_one: s(write(one_event)),
+            write_many: s(write(many_events)),
             assign_id_ordering: s(format!(
                 "UPDATE {ids} SET id_ordering = nextval('{seq}') WHERE persistence_id = $1"
             )),
-            insert_event: s(format!("INSERT INTO {ev} ({columns}) {one_event}")),
-            insert_event_tagged: s(with_tags(one_event)),
-            insert_events: s(format!("INSERT INTO {ev} ({columns}) {many_events}")),
-            insert_events_tagged: s(with_tags(many_events)),
             id_state: s(format!(
                 "SELECT highest_sequence_nr, deleted_to FROM {ids} WHERE persistence_id = $1"
             )),
@@ -407,35 +413,12 @@ impl PgBackend {
         } else {
             Vec::new()
         };
-        let mut tx = self.pool.begin().await?;
-        // One round trip: the id row (its lock, highest, deleted-to), the notification, and
-        // the tag locks, taken in key order after the row lock and before any ordering.
-        let row = sqlx::query(q(&self.sql.upsert_id))
-            .bind(id)
-            .bind(clamp(write.highest_sequence_nr()))
-            .bind(self.channel.as_str())
-            .bind(lock_keys)
-            .fetch_one(&mut *tx)
-            .await?;
-        let deleted_to: i64 = row.try_get(0)?;
-        let new_id: bool = row.try_get(1)?;
-        if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
-            tx.rollback().await?;
-            return Err(WriteError::Deleted);
-        }
-
-        // One round trip: the events (taking their orderings) and, in the same statement,
-        // their tag rows.
         let events = write.events();
-        let tagged = !tags.is_empty();
-        if let [event] = events {
+        let mut tx = self.pool.begin().await?;
+        // One round trip for the whole write (see `Statements::new`).
+        let query = if let [event] = events {
             let meta = event.metadata.as_ref();
-            let sql = if tagged {
-                &self.sql.insert_event_tagged
-            } else {
-                &self.sql.insert_event
-            };
-            sqlx::query(q(sql))
+            sqlx::query(q(&self.sql.write_one))
                 .bind(id)
                 .bind(clamp(event.sequence_nr))
                 .bind(event.writer_id.as_str())
@@ -448,18 +431,11 @@ impl PgBackend {
                 .bind(meta.map(|m| m.manifest.as_str()))
                 .bind(meta.map(|m| m.bytes.as_ref()))
                 .bind(encode_tags(&event.tags))
-                .execute(&mut *tx)
-                .await?;
         } else {
             let col = |f: &dyn Fn(&PersistentEvent) -> Option<&str>| -> Vec<Option<&str>> {
                 events.iter().map(f).collect()
             };
-            let sql = if tagged {
-                &self.sql.insert_events_tagged
-            } else {
-                &self.sql.insert_events
-            };
-            sqlx::query(q(sql))
+            sqlx::query(q(&self.sql.write_many))
                 .bind(id)
                 .bind(
                     events
@@ -499,8 +475,20 @@ impl PgBackend {
                         .map(|e| encode_tags(&e.tags))
                         .collect::<Vec<_>>(),
                 )
-                .execute(&mut *tx)
-                .await?;
+        };
+        let row = query
+            .bind(clamp(write.highest_sequence_nr()))
+            .bind(clamp(write.lowest_sequence_nr()))
+            .bind(lock_keys)
+            .bind(self.channel.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let deleted_to: i64 = row.try_get(0)?;
+        let new_id: bool = row.try_get(1)?;
+        if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
+            // Nothing was inserted; undo the raised highest.
+            tx.rollback().await?;
+            return Err(WriteError::Deleted);
         }
 
         if new_id {
