@@ -387,9 +387,9 @@ async fn range_query(client: &Client, table: &str, pk: &str, a: u64, b: u64) -> 
         .len()
 }
 
-/// Runs a workload twice each way, alternating which side goes first (raw, driver, driver,
-/// raw), so neither gains from the server warming up or its tables growing.
-async fn compare<'a, F, Fut>(name: &str, f: F) -> Row
+/// Runs a workload `rounds` times each way, alternating which side goes first (raw, driver,
+/// driver, raw, ...), so neither gains from the server warming up or its tables growing.
+async fn compare<'a, F, Fut>(name: &str, rounds: u32, f: F) -> Row
 where
     F: Fn(u32, bool) -> Fut,
     Fut: std::future::Future<Output = (u64, Duration)> + 'a,
@@ -400,7 +400,12 @@ where
         driver: Duration::ZERO,
         raw: Duration::ZERO,
     };
-    for (round, order) in [(0, [false, true]), (1, [true, false])] {
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for driver in order {
             let (events, took) = f(round, driver).await;
             if driver {
@@ -411,9 +416,9 @@ where
             }
         }
     }
-    row.events /= 2;
-    row.driver /= 2;
-    row.raw /= 2;
+    row.events /= rounds as u64;
+    row.driver /= rounds;
+    row.raw /= rounds;
     row
 }
 
@@ -602,20 +607,22 @@ fn main() {
                 "", "", "", "", ""
             );
             let b = &bench;
-            compare("single-event writes, one id", |r, d| b.single_writes(r, d))
-                .await
-                .print();
-            compare("single-event writes, 16 ids concurrently", |r, d| {
+            compare("single-event writes, one id", 2, |r, d| {
+                b.single_writes(r, d)
+            })
+            .await
+            .print();
+            compare("single-event writes, 16 ids concurrently", 2, |r, d| {
                 b.concurrent_writes(r, d)
             })
             .await
             .print();
-            compare("100-event atomic writes", |r, d| b.atomic_writes(r, d))
+            compare("100-event atomic writes", 2, |r, d| b.atomic_writes(r, d))
                 .await
                 .print();
-            compare("replay", |r, d| b.replay(r, d)).await.print();
+            compare("replay", 10, |r, d| b.replay(r, d)).await.print();
             let tagged = b.write_tagged().await;
-            let row = compare("tag query", |r, d| b.tag_query(r, d)).await;
+            let row = compare("tag query", 10, |r, d| b.tag_query(r, d)).await;
             assert_eq!(row.events, tagged);
             row.print();
             let t = Instant::now();

@@ -221,11 +221,34 @@ fn by_id(
     }
 }
 
+type Page = Result<(Vec<Item>, Option<Item>)>;
+
 struct Cursor {
     pk: String,
     buf: VecDeque<Item>,
-    next: Option<Item>,
-    done: bool,
+    /// The next page, being fetched.
+    pending: Option<tokio::task::JoinHandle<Page>>,
+}
+
+/// Fetches one page of tag index entries of `pk` with `lo <= sk <= hi` in a task.
+fn spawn_page(
+    inner: Arc<Inner>,
+    operation: &'static str,
+    pk: String,
+    lo: String,
+    hi: String,
+    start: Option<Item>,
+) -> tokio::task::JoinHandle<Page> {
+    tokio::spawn(async move {
+        query_page(
+            &inner,
+            operation,
+            "pk = :pk AND sk BETWEEN :a AND :b",
+            vec![(":pk", pk), (":a", lo), (":b", hi)],
+            start,
+        )
+        .await
+    })
 }
 
 fn by_tag(
@@ -302,51 +325,49 @@ fn by_tag(
                     // The offset is ahead of what this pass may read (a live query's settle delay).
                     break 'pass;
                 }
+                // One cursor per shard; each fetches its next page in a task as soon as
+                // the previous one arrives, so the network overlaps the caller's work.
                 let mut cursors: Vec<Cursor> = (0..inner.keys.tag_shards())
-                    .map(|shard| Cursor {
-                        pk: inner.keys.tag_pk(&tag, bucket, shard),
-                        buf: VecDeque::new(),
-                        next: None,
-                        done: false,
+                    .map(|shard| {
+                        let pk = inner.keys.tag_pk(&tag, bucket, shard);
+                        Cursor {
+                            pending: Some(spawn_page(inner.clone(), operation, pk.clone(), lo.clone(), hi.clone(), None)),
+                            pk,
+                            buf: VecDeque::new(),
+                        }
                     })
                     .collect();
                 loop {
-                    let needs: Vec<usize> = cursors
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| c.buf.is_empty() && !c.done)
-                        .map(|(i, _)| i)
-                        .collect();
-                    if !needs.is_empty() {
-                        let pages = futures::future::join_all(needs.iter().map(|&i| {
-                            query_page(
-                                &inner,
-                                operation,
-                                "pk = :pk AND sk BETWEEN :a AND :b",
-                                vec![
-                                    (":pk", cursors[i].pk.clone()),
-                                    (":a", lo.clone()),
-                                    (":b", hi.clone()),
-                                ],
-                                cursors[i].next.clone(),
-                            )
-                        }))
-                        .await;
-                        for (i, page) in needs.into_iter().zip(pages) {
-                            let (items, next) = page?;
-                            let c = &mut cursors[i];
-                            c.done = next.is_none();
-                            c.next = next;
-                            c.buf.extend(items.into_iter().filter(|it| sk_str(it) != lo));
+                    let mut fetched = false;
+                    for c in cursors.iter_mut() {
+                        if c.buf.is_empty() {
+                            if let Some(pending) = c.pending.take() {
+                                let (items, next) = pending
+                                    .await
+                                    .map_err(|e| Error::new(persistence_api::ErrorKind::Unexpected, e.to_string()))??;
+                                if let Some(next) = next {
+                                    c.pending = Some(spawn_page(inner.clone(), operation, c.pk.clone(), lo.clone(), hi.clone(), Some(next)));
+                                }
+                                c.buf.extend(items.into_iter().filter(|it| sk_str(it) != lo));
+                                fetched = true;
+                            }
                         }
+                    }
+                    if fetched {
                         continue;
                     }
-                    let best = cursors
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, c)| c.buf.front().map(|it| (i, sk_str(it).to_owned())))
-                        .min_by(|a, b| a.1.cmp(&b.1))
-                        .map(|(i, _)| i);
+                    let mut best: Option<usize> = None;
+                    for (i, c) in cursors.iter().enumerate() {
+                        if let Some(it) = c.buf.front() {
+                            let better = match best {
+                                None => true,
+                                Some(b) => cursors[b].buf.front().is_some_and(|bt| sk_str(it) < sk_str(bt)),
+                            };
+                            if better {
+                                best = Some(i);
+                            }
+                        }
+                    }
                     let Some(i) = best else { break };
                     let Some(item) = cursors[i].buf.pop_front() else { break };
                     let (event, token) = decode_tag_entry(&item)?;
