@@ -661,3 +661,85 @@ async fn an_event_over_the_item_limit_is_rejected_by_the_driver_before_any_reque
     assert_eq!(e.shared.total(), 0, "no request was sent");
     assert_eq!(journal.highest_sequence_nr(&id).await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_queries_merge_shards_and_time_buckets_and_resume_exactly() {
+    use persistence_api::{EventEnvelope, Offset};
+    let Some(e) = env(|c| {
+        c.tag_bucket_secs = 1;
+        c.tag_shards = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let ids: Vec<PersistenceId> = (0..5).map(|i| pid(&format!("id-{i}"))).collect();
+    // Five writers, 40 events each, spread over about two seconds: several buckets.
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let journal = e.stores.journal.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=40u64 {
+                let tags: &[&str] = if seq % 4 == 0 {
+                    &["all", "other"]
+                } else {
+                    &["all"]
+                };
+                journal.write(write(&id, seq, seq, tags)).await.unwrap();
+                if seq % 10 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all: Vec<EventEnvelope> = e
+        .stores
+        .read_journal
+        .current_events_by_tag("all".into(), Offset::NoOffset)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(all.len(), 200);
+    for id in &ids {
+        let seqs: Vec<u64> = all
+            .iter()
+            .filter(|e| e.persistence_id() == id)
+            .map(|e| e.sequence_nr())
+            .collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "order of {id}");
+    }
+    let offsets: Vec<&Offset> = all.iter().map(|e| &e.offset).collect();
+    let mut sorted = offsets.clone();
+    sorted.sort_by_key(|o| match o {
+        Offset::Token(t) => t.clone(),
+        _ => panic!("token offsets"),
+    });
+    assert_eq!(offsets, sorted, "offsets ascend");
+    for from in (0..all.len()).step_by(23) {
+        let rest: Vec<(String, u64)> = e
+            .stores
+            .read_journal
+            .current_events_by_tag("all".into(), all[from].offset.clone())
+            .map(|e| {
+                let e = e.unwrap();
+                (e.persistence_id().to_string(), e.sequence_nr())
+            })
+            .collect()
+            .await;
+        let expected: Vec<(String, u64)> = all[from + 1..]
+            .iter()
+            .map(|e| (e.persistence_id().to_string(), e.sequence_nr()))
+            .collect();
+        assert_eq!(rest, expected, "resumed after envelope {from}");
+    }
+    let other = e
+        .stores
+        .read_journal
+        .current_events_by_tag("other".into(), Offset::NoOffset)
+        .count()
+        .await;
+    assert_eq!(other, 50);
+}
