@@ -27,6 +27,6 @@ pub use types::{
 /// Re-exported so backends and users name the same versions.
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
-pub use futures;
 /// The CBOR library, for writing upcasters over `ciborium::Value`.
 pub use ciborium;
+pub use futures;
