@@ -95,6 +95,12 @@ impl PostgresConfig {
 
     /// Checks the values that end up in SQL text or pool settings.
     pub fn validate(&self) -> Result<()> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(Error::config(format!(
+                "postgres.url must start with postgres:// or postgresql:// (got {:?})",
+                redact_url(&self.url)
+            )));
+        }
         check_identifier("schema", &self.schema, false)?;
         check_identifier("table_prefix", &self.table_prefix, true)?;
         check_common(self.max_connections, self.page_size, self.poll_interval)

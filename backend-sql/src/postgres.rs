@@ -227,6 +227,7 @@ pub(crate) struct PgBackend {
 }
 
 fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
+    config.validate()?;
     let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
         Error::config(format!(
             "postgres.url {:?} is not a PostgreSQL URL",
