@@ -15,7 +15,8 @@ use crate::client::{now_ms, Inner};
 use crate::error::Class;
 use crate::item::{
     self, decode_event, event_attrs, event_seq, get_u64, item_size, key, large_write, n, s, Item,
-    LargeWrite, DELETED_TO, HIGHEST, PAYLOAD, PID, SEQ, TAGS, TIMESTAMP, TOKEN_TIME, WRITER,
+    LargeWrite, AW_FROM, AW_TIME, DELETED_TO, HIGHEST, PAYLOAD, PID, SEQ, TAGS, TIMESTAMP,
+    TOKEN_TIME, WRITER,
 };
 use crate::schema::{
     bucket_sk, seq_sk, token, MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK,
@@ -298,6 +299,12 @@ impl DynamoDbJournal {
         }
         for (k, chunk) in chunks.iter().enumerate() {
             if let Err(e) = self.transact(chunk).await {
+                // A transaction that failed ambiguously (timeout, 5xx) may still have been
+                // applied: remove its events first, each only if it is ours, the last event
+                // (the commit mark) before anything else; then the earlier transactions.
+                if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable) {
+                    self.remove_own(chunk).await;
+                }
                 if k > 0 {
                     let written: Vec<Item> = chunks[..k]
                         .iter()
@@ -317,6 +324,48 @@ impl DynamoDbJournal {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the events of `chunk` that this write stored (conditioned on its large-write
+    /// marker), last event first, then its tag entries (their keys hold this write's time).
+    async fn remove_own(&self, chunk: &[(Item, Kind)]) {
+        let inner = &self.inner;
+        for (item, _) in chunk.iter().rev().filter(|(_, k)| *k == Kind::Event) {
+            let (Some(from), Some(time)) = (item.get(AW_FROM), item.get(AW_TIME)) else {
+                continue;
+            };
+            let req = inner
+                .client
+                .delete_item()
+                .table_name(inner.journal_table())
+                .set_key(Some(item::key_of(item)))
+                .condition_expression("af = :f AND aw = :t AND w = :w")
+                .expression_attribute_values(":f", from.clone())
+                .expression_attribute_values(":t", time.clone())
+                .expression_attribute_values(
+                    ":w",
+                    item.get(WRITER).cloned().unwrap_or_else(|| s("")),
+                );
+            match inner.retry.run("write_events", || req.clone().send()).await {
+                Ok(_) => {}
+                Err(f) if f.class == Class::Conflict => {}
+                Err(f) => {
+                    tracing::warn!(error = %f.into_error("write_events"), "could not remove an event of a failed atomic write");
+                    return;
+                }
+            }
+        }
+        let entries: Vec<Item> = chunk
+            .iter()
+            .filter(|(_, k)| *k == Kind::TagEntry)
+            .map(|(i, _)| item::key_of(i))
+            .collect();
+        if let Err(e) = inner
+            .batch_delete("write_events", inner.journal_table(), entries)
+            .await
+        {
+            tracing::warn!(error = %e, "could not remove the tag entries of a failed atomic write");
+        }
     }
 
     /// After an attempt that may have been applied, whether the stored item is ours.

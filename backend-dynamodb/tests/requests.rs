@@ -428,24 +428,21 @@ async fn unprocessed_batch_items_are_retried_not_dropped() {
     e.shared.inject("BatchWriteItem", Fault::Unprocessed, 3);
     e.stores.journal.delete_events_to(&id, 60).await.unwrap();
     assert!(e.shared.count("BatchWriteItem") > 3);
-    // Physically gone: events and tag entries.
-    let left = e
-        .db
-        .client()
-        .scan()
-        .table_name(&e.db.config().journal_table)
-        .filter_expression("begins_with(pk, :j)")
-        .expression_attribute_values(
-            ":j",
-            aws_sdk_dynamodb::types::AttributeValue::S(format!("{}|", e.db.config().journal_name)),
-        )
-        .send()
-        .await
-        .unwrap();
-    let kinds: Vec<String> = left
-        .items()
-        .iter()
-        .map(|i| {
+    // Physically gone: events and tag entries (a full scan of this journal name's items).
+    let mut kinds: Vec<String> = Vec::new();
+    let mut start = None;
+    loop {
+        let page =
+            e.db.client()
+                .scan()
+                .table_name(&e.db.config().journal_table)
+                .filter_expression("begins_with(pk, :j)")
+                .expression_attribute_values(":j", S(format!("{}|", e.db.config().journal_name)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+        kinds.extend(page.items().iter().map(|i| {
             i["pk"]
                 .as_s()
                 .unwrap()
@@ -453,8 +450,12 @@ async fn unprocessed_batch_items_are_retried_not_dropped() {
                 .nth(1)
                 .unwrap()
                 .to_owned()
-        })
-        .collect();
+        }));
+        match page.last_evaluated_key() {
+            Some(k) => start = Some(k.clone()),
+            None => break,
+        }
+    }
     assert!(
         kinds.iter().all(|k| k != "t"),
         "tag entries left: {kinds:?}"
@@ -742,4 +743,45 @@ async fn tag_queries_merge_shards_and_time_buckets_and_resume_exactly() {
         .count()
         .await;
     assert_eq!(other, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_whose_last_transaction_fails_ambiguously_is_removed_whole() {
+    let Some(e) = env(|c| c.max_retries = 2).await else {
+        return;
+    };
+    let id = pid("amb-large");
+    e.stores
+        .journal
+        .write(write(&id, 1, 1, &["t"]))
+        .await
+        .unwrap();
+    // 250 tagged events: 5 transactions. The last one is applied every time it is sent but
+    // answered with a 5xx, so the write fails although its commit mark was stored.
+    e.shared
+        .inject_after("TransactWriteItems", Fault::ServerErrorAfterApply, 4, 100);
+    let err = e
+        .stores
+        .journal
+        .write(write(&id, 2, 251, &["t"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    e.shared.reset();
+    let replayed = e.stores.journal.replay_all(&id).await.unwrap();
+    assert_eq!(replayed.len(), 1, "nothing of the failed write replays");
+    let tagged = e
+        .stores
+        .read_journal
+        .current_events_by_tag("t".into(), persistence_api::Offset::NoOffset)
+        .count()
+        .await;
+    assert_eq!(tagged, 1);
+    // It was removed, not just hidden: the same sequence numbers can be written again.
+    e.stores
+        .journal
+        .write(write(&id, 2, 251, &["t"]))
+        .await
+        .unwrap();
+    assert_eq!(e.stores.journal.replay_all(&id).await.unwrap().len(), 251);
 }
