@@ -97,8 +97,13 @@ impl DynamoDbJournal {
         let mut items = Vec::new();
         let mut buckets: Vec<(String, i64)> = Vec::new();
         if !inner.id_known(pid) {
+            let shard = keys.id_shard(pid);
+            items.push((key(keys.ids_pk(shard), pid.to_owned()), Kind::Marker));
             items.push((
-                key(keys.ids_pk(keys.id_shard(pid)), pid.to_owned()),
+                key(
+                    keys.ids_feed_pk(keys.bucket_of(time), shard),
+                    crate::query::feed_sk(time, pid),
+                ),
                 Kind::Marker,
             ));
         }

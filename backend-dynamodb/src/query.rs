@@ -108,39 +108,94 @@ fn ids_stream(
     } else {
         "current_persistence_ids"
     };
+    // A live query follows the new-id feed from a little before it started.
+    let started = inner.token_time();
     try_stream! {
         let mut seen: HashSet<String> = HashSet::new();
-        loop {
-            for shard in 0..inner.keys.id_shards() {
-                let mut start = None;
-                loop {
-                    let (items, next) = query_page(
-                        &inner,
-                        operation,
-                        "pk = :pk",
-                        vec![(":pk", inner.keys.ids_pk(shard))],
-                        start,
-                    )
-                    .await?;
-                    for item in items {
-                        let pid = sk_str(&item).to_owned();
-                        if live && !seen.insert(pid.clone()) {
-                            continue;
-                        }
-                        yield PersistenceId::new(pid)?;
+        // Every id once, from the registry.
+        for shard in 0..inner.keys.id_shards() {
+            let mut start = None;
+            loop {
+                let (items, next) = query_page(
+                    &inner,
+                    operation,
+                    "pk = :pk",
+                    vec![(":pk", inner.keys.ids_pk(shard))],
+                    start,
+                )
+                .await?;
+                for item in items {
+                    let pid = sk_str(&item).to_owned();
+                    if live {
+                        seen.insert(pid.clone());
                     }
-                    match next {
-                        Some(k) => start = Some(k),
-                        None => break,
+                    yield PersistenceId::new(pid)?;
+                }
+                match next {
+                    Some(k) => start = Some(k),
+                    None => break,
+                }
+            }
+        }
+        if live {
+            // Then new ids from the time-ordered feed, per shard from where the last poll
+            // ended, staying `tag_settle_delay_ms` behind the clock like live tag queries.
+            let settle = inner.config.tag_settle_delay_ms as i64;
+            let shards = inner.keys.id_shards();
+            let mut lo: Vec<String> = vec![feed_sk(started - settle - 1, ""); shards as usize];
+            loop {
+                tokio::time::sleep(inner.config.poll_interval()).await;
+                let upper = now_ms() - settle;
+                let hi = token_upper(upper);
+                for shard in 0..shards {
+                    let s = shard as usize;
+                    if lo[s] >= hi {
+                        continue;
+                    }
+                    let from = token_time(&lo[s]).unwrap_or(upper);
+                    let mut bucket = inner.keys.bucket_of(from);
+                    while bucket <= upper {
+                        let mut start = None;
+                        loop {
+                            let (items, next) = query_page(
+                                &inner,
+                                operation,
+                                "pk = :pk AND sk BETWEEN :a AND :b",
+                                vec![
+                                    (":pk", inner.keys.ids_feed_pk(bucket, shard)),
+                                    (":a", lo[s].clone()),
+                                    (":b", hi.clone()),
+                                ],
+                                start,
+                            )
+                            .await?;
+                            for item in items {
+                                let sk = sk_str(&item);
+                                if sk == lo[s] {
+                                    continue;
+                                }
+                                lo[s] = sk.to_owned();
+                                let pid = sk.get(14..).unwrap_or("").to_owned();
+                                if seen.insert(pid.clone()) {
+                                    yield PersistenceId::new(pid)?;
+                                }
+                            }
+                            match next {
+                                Some(k) => start = Some(k),
+                                None => break,
+                            }
+                        }
+                        bucket += inner.keys.bucket_ms();
                     }
                 }
             }
-            if !live {
-                break;
-            }
-            tokio::time::sleep(inner.config.poll_interval()).await;
         }
     }
+}
+
+/// The sort key of a new-id feed entry: write time (13 digits), `|`, the id.
+pub(crate) fn feed_sk(time_ms: i64, pid: &str) -> String {
+    format!("{time_ms:013}|{pid}")
 }
 
 fn envelope(event: persistence_api::PersistentEvent) -> EventEnvelope {

@@ -8,6 +8,7 @@
 //! | event | `<j>\|e\|<persistence id>` | sequence number, 20 digits |
 //! | highest / deleted-to of an id | `<j>\|e\|<persistence id>` | `#` (sorts below every event) |
 //! | persistence-id registry | `<j>\|p\|<shard>` | persistence id |
+//! | new-id feed | `<j>\|n\|<bucket start ms, 13 digits>\|<shard, 3 digits>` | `<write time ms, 13 digits>\|<id>` |
 //! | tag index entry (a copy of the event) | `<j>\|t\|<bucket start ms, 13 digits>\|<shard, 3 digits>\|<tag>` | offset token |
 //! | tag bucket registry | `<j>\|b\|<tag>` | bucket start ms, 13 digits |
 //!
@@ -76,6 +77,14 @@ impl Keys {
 
     pub(crate) fn id_shard(&self, pid: &str) -> u32 {
         (fnv1a(pid.as_bytes()) % self.id_shards as u64) as u32
+    }
+
+    pub(crate) fn ids_feed_pk(&self, bucket: i64, shard: u32) -> String {
+        format!("{}|n|{bucket:013}|{shard:03}", self.j)
+    }
+
+    pub(crate) fn bucket_ms(&self) -> i64 {
+        self.bucket_ms
     }
 
     pub(crate) fn id_shards(&self) -> u32 {

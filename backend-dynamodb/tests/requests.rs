@@ -785,3 +785,42 @@ async fn a_large_write_whose_last_transaction_fails_ambiguously_is_removed_whole
         .unwrap();
     assert_eq!(e.stores.journal.replay_all(&id).await.unwrap().len(), 251);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_persistence_ids_follow_the_feed_once_per_id_across_processes() {
+    use std::time::Duration;
+    let Some(e) = env(|c| {
+        c.poll_interval_ms = 50;
+        c.tag_settle_delay_ms = 300;
+    })
+    .await
+    else {
+        return;
+    };
+    e.stores
+        .journal
+        .write(write(&pid("a"), 1, 1, &[]))
+        .await
+        .unwrap();
+    let mut live = e.stores.read_journal.persistence_ids();
+    let first = tokio::time::timeout(Duration::from_secs(5), live.next()).await;
+    assert_eq!(first.unwrap().unwrap().unwrap().as_str(), "a");
+    // Another process (empty caches) writes to "a" again, registering it again, and
+    // creates "b".
+    let other = DynamoDb::with_client(e.db.client().clone(), e.db.config().clone()).unwrap();
+    let other = other.stores();
+    other
+        .journal
+        .write(write(&pid("a"), 2, 2, &[]))
+        .await
+        .unwrap();
+    other
+        .journal
+        .write(write(&pid("b"), 1, 1, &[]))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), live.next()).await;
+    assert_eq!(next.unwrap().unwrap().unwrap().as_str(), "b");
+    let none = tokio::time::timeout(Duration::from_millis(1500), live.next()).await;
+    assert!(none.is_err(), "nothing more: {none:?}");
+}
