@@ -265,6 +265,28 @@ impl CassandraJournal {
         // 2. + 3. The events, in one partition, guarded.
         let partition_nr = inner.partition_of(lowest);
         let bucket_size = inner.config.tag_time_bucket;
+        // A new incarnation's first tagged write: repair what a failed write left out, load
+        // the tag numbers, and move this process's clock past the id's last tag row, so a
+        // new writer whose clock is behind the old one's still writes after it.
+        let tagged = write.events().iter().any(|e| !e.tags.is_empty());
+        if tagged && !inner.tag_seqs.lock().unwrap().contains_key(&pid) {
+            let mut pending = Vec::new();
+            for nr in [partition_nr - 1, partition_nr] {
+                if nr >= 0 {
+                    let (_, p) = inner.partition_state(&pid, nr).await.map_err(ctx)?;
+                    if !p.is_empty() {
+                        pending.push((nr, p));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                self.reserve_tag_seqs(&pid, &BTreeMap::new())
+                    .await
+                    .map_err(ctx)?;
+            } else {
+                self.repair_tags(&pid, &pending).await.map_err(ctx)?;
+            }
+        }
         let stamps: Vec<CqlTimeuuid> = write.events().iter().map(|_| timeuuid::now()).collect();
         let buckets: Vec<i64> = stamps
             .iter()
@@ -297,21 +319,6 @@ impl CassandraJournal {
         // `tag_pending`, in the same batch as its events. Before the first tagged write of an
         // incarnation (and at each replay) `repair_tags` checks the events from there against
         // `tag_write_progress` and writes what a failed write left out.
-        let tagged = write.events().iter().any(|e| !e.tags.is_empty());
-        if tagged && !inner.tag_seqs.lock().unwrap().contains_key(&pid) {
-            let mut pending = Vec::new();
-            for nr in [partition_nr - 1, partition_nr] {
-                if nr >= 0 {
-                    let (_, p) = inner.partition_state(&pid, nr).await.map_err(ctx)?;
-                    if !p.is_empty() {
-                        pending.push((nr, p));
-                    }
-                }
-            }
-            if !pending.is_empty() {
-                self.repair_tags(&pid, &pending).await.map_err(ctx)?;
-            }
-        }
         let pending_row = || {
             tagged.then(|| {
                 BatchRow::Pending(PendingRow {
@@ -452,11 +459,15 @@ impl CassandraJournal {
             tag: String,
             sequence_nr: Option<i64>,
             tag_pid_sequence_nr: Option<i64>,
+            offset: Option<CqlTimeuuid>,
         }
         let inner = &*self.inner;
         let rows: Vec<Progress> = inner
             .fetch_all("write_events", &inner.stmts.select_tag_progress, (pid,))
             .await?;
+        for offset in rows.iter().filter_map(|r| r.offset) {
+            timeuuid::advance_past(offset);
+        }
         Ok(rows
             .into_iter()
             .map(|r| {

@@ -151,7 +151,7 @@ impl Statements {
                 "DELETE FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp = ?"
             )).await?),
             select_tag_progress: idempotent(prep(format!(
-                "SELECT tag, sequence_nr, tag_pid_sequence_nr FROM {tp} WHERE persistence_id = ?"
+                "SELECT tag, sequence_nr, tag_pid_sequence_nr, offset FROM {tp} WHERE persistence_id = ?"
             )).await?),
             insert_tag_progress: idempotent(prep(format!(
                 "INSERT INTO {tp} (persistence_id, tag, sequence_nr, tag_pid_sequence_nr, offset) VALUES (?, ?, ?, ?, ?)"

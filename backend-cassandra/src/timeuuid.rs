@@ -57,6 +57,13 @@ pub(crate) fn now() -> CqlTimeuuid {
     }
 }
 
+/// Moves this process's clock past `u`: every UUID made from now on is greater.
+pub(crate) fn advance_past(u: CqlTimeuuid) {
+    let b = u.as_ref().as_bytes();
+    let ticks = u64::from_be_bytes([b[6] & 0x0f, b[7], b[4], b[5], b[0], b[1], b[2], b[3]]);
+    LAST.fetch_max(ticks, Ordering::SeqCst);
+}
+
 /// The smallest time-based UUID of the millisecond `millis`, in Cassandra's order.
 pub(crate) fn min_of_millis(millis: i64) -> CqlTimeuuid {
     from_ticks(ticks_of_millis(millis), MIN_LSB)
@@ -99,5 +106,8 @@ mod tests {
         assert_eq!(millis_of(min_of_millis(ms).as_ref()), ms);
         assert_eq!(millis_of(max_of_millis(ms).as_ref()), ms);
         assert_eq!(a.as_ref().get_version_num(), 1);
+        let ahead = min_of_millis(now_millis() + 5_000);
+        advance_past(ahead);
+        assert!(now() > ahead);
     }
 }
