@@ -187,6 +187,12 @@ fn ids_stream(
                         }
                         bucket += inner.keys.bucket_ms();
                     }
+                    // Everything up to `upper` is read: the next poll starts there even if
+                    // nothing was new (so an idle feed costs one query per shard and poll).
+                    let floor = token_upper(upper - 1);
+                    if floor > lo[s] {
+                        lo[s] = floor;
+                    }
                 }
             }
         }
