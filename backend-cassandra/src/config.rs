@@ -137,7 +137,12 @@ impl Default for TableNames {
 ///     consistency = "LOCAL_QUORUM"
 ///     tag_time_bucket = "Minute"
 ///     eventual_consistency_delay_ms = 5000
+///     replication = { class = "NetworkTopologyStrategy", data_centers = [["eu-west", 3]] }
 /// "#).unwrap();
+/// assert_eq!(
+///     config.replication.to_cql(),
+///     "{'class': 'NetworkTopologyStrategy', 'eu-west': 3}"
+/// );
 /// assert_eq!(config.eventual_consistency_delay, std::time::Duration::from_secs(5));
 /// assert_eq!(config.keyspace, "pekko");
 /// assert_eq!(config.target_partition_size, 500_000);
