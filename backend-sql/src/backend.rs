@@ -39,6 +39,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Stores one atomic write in one transaction.
     async fn write(&self, write: &AtomicWrite) -> Result<()>;
+    /// Stores several atomic writes, each all or nothing, in order, one result each; an
+    /// outer `Err` when the whole call failed. By default one transaction per write.
+    async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(self.write(write).await);
+        }
+        Ok(results)
+    }
     /// The highest and deleted-to of `id`, `None` if it never wrote.
     async fn id_state(&self, id: &PersistenceId) -> Result<Option<IdState>>;
     /// Events of `id` with `from <= sequence_nr <= to`, ascending, at most `limit`.

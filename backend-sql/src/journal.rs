@@ -21,14 +21,11 @@ impl<B: Backend> Journal for SqlJournal<B> {
         self.backend.capabilities()
     }
 
-    /// Each atomic write is one transaction, applied in the given order; a failed one does
-    /// not stop the others.
+    /// Atomic writes are applied in the given order, each all or nothing; a failed one does
+    /// not stop the others (PostgreSQL: a transaction each; SQLite: one transaction with a
+    /// savepoint each).
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
-        let mut results = Vec::with_capacity(writes.len());
-        for write in &writes {
-            results.push(self.backend.write(write).await);
-        }
-        Ok(results)
+        self.backend.write_all(&writes).await
     }
 
     async fn replay(

@@ -264,17 +264,20 @@ impl SqliteBackend {
         &self.pool
     }
 
-    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+    /// The statements of one atomic write, inside the caller's transaction; on `Err` the
+    /// caller rolls back (the transaction or the write's savepoint).
+    async fn write_rows(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        write: &AtomicWrite,
+    ) -> std::result::Result<(), WriteError> {
         let id = write.persistence_id().as_str();
-        let _turn = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let deleted_to: i64 = sqlx::query_scalar(q(&self.sql.upsert_id))
             .bind(id)
             .bind(clamp(write.highest_sequence_nr()))
             .fetch_one(&mut *tx)
             .await?;
         if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
-            tx.rollback().await?;
             return Err(WriteError::Deleted);
         }
         for event in write.events() {
@@ -307,8 +310,61 @@ impl SqliteBackend {
                     .await?;
             }
         }
-        tx.commit().await?;
         Ok(())
+    }
+
+    /// One atomic write in one transaction.
+    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+        let _turn = self.write_lock.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        match self.write_rows(&mut tx, write).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(())
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Several atomic writes in one transaction (one sync to disk), each inside a savepoint
+    /// so a refused one leaves nothing behind and does not stop the others.
+    async fn write_batch_tx(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
+        let run = async {
+            let _turn = self.write_lock.lock().await;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                if let Err(e) = check_write_fits(write) {
+                    results.push(Err(e));
+                    continue;
+                }
+                sqlx::query("SAVEPOINT atomic_write")
+                    .execute(&mut *tx)
+                    .await?;
+                match self.write_rows(&mut tx, write).await {
+                    Ok(()) => results.push(Ok(())),
+                    Err(e) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT atomic_write")
+                            .execute(&mut *tx)
+                            .await?;
+                        results.push(Err(e.into_public(write)));
+                    }
+                }
+                sqlx::query("RELEASE SAVEPOINT atomic_write")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(results)
+        };
+        let results = run.await.map_err(err("write_events"))?;
+        if results.iter().any(Result::is_ok) {
+            backend::wake(&self.wake);
+        }
+        Ok(results)
     }
 }
 
@@ -366,6 +422,13 @@ impl Backend for SqliteBackend {
                 Ok(())
             }
             Err(e) => Err(e.into_public(write)),
+        }
+    }
+
+    async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
+        match writes {
+            [write] => Ok(vec![self.write(write).await]),
+            _ => self.write_batch_tx(writes).await,
         }
     }
 

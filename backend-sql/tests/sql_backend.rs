@@ -223,3 +223,51 @@ async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
     .await
     .unwrap();
 }
+
+async fn batch_with_a_conflict_in_the_middle(stores: &Stores) {
+    let (a, b, c) = (
+        PersistenceId::new("batch-a").unwrap(),
+        PersistenceId::new("batch-b").unwrap(),
+        PersistenceId::new("batch-c").unwrap(),
+    );
+    stores.journal.write(write(&b, 1, 1)).await.unwrap();
+    let results = stores
+        .journal
+        .write_events(vec![
+            write(&a, 1, 2),
+            write(&b, 1, 2),
+            write(&c, 1, 1),
+            write(&a, 3, 3),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        results[0].is_ok() && results[2].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    assert_eq!(results[1].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(stores.journal.replay_all(&a).await.unwrap().len(), 3);
+    assert_eq!(stores.journal.replay_all(&b).await.unwrap().len(), 1);
+    assert_eq!(stores.journal.highest_sequence_nr(&b).await.unwrap(), 1);
+    assert_eq!(stores.journal.replay_all(&c).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_batch_with_a_conflict_in_the_middle() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = open_sqlite(SqliteConfig::new(dir.path().join("b.db")))
+        .await
+        .unwrap();
+    batch_with_a_conflict_in_the_middle(&stores).await;
+}
+
+#[tokio::test]
+async fn postgres_batch_with_a_conflict_in_the_middle() {
+    let Some(url) = postgres_url() else { return };
+    let schema = format!("batch_{}", std::process::id());
+    let opened = PostgresStores::open(PostgresConfig::new(url).with_schema(&schema))
+        .await
+        .unwrap();
+    batch_with_a_conflict_in_the_middle(&opened.stores()).await;
+    drop_schema(opened.pool(), &schema).await;
+}
