@@ -3,13 +3,15 @@
 //! `source .servers/cassandra/env` (after `bash scripts/servers/cassandra.sh start`), then
 //! `cargo test -p backend-cassandra --test tck`. One keyspace (`persistence_tck`, created if
 //! missing) serves every run; each case gets its own namespace inside it, so no schema change
-//! happens per case (see the README for why).
+//! happens per case (see the README for why), and afterwards deletes what it stored with the
+//! driver's cleanup.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use backend_cassandra::{CassandraConfig, CassandraPersistence, ConsistencyLevel};
-use persistence_api::{Result, Stores};
+use persistence_api::futures::TryStreamExt;
+use persistence_api::{PersistenceId, ReadJournal, Result, Stores};
 
 struct Factory {
     base: CassandraPersistence,
@@ -19,6 +21,19 @@ struct Factory {
 impl tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         Ok(self.base.with_namespace(namespace)?.stores())
+    }
+
+    /// Deletes what the case stored, with the driver's own cleanup (so every case also
+    /// exercises it).
+    async fn cleanup(&self, namespace: &str) -> Result<()> {
+        let backend = self.base.with_namespace(namespace)?;
+        let ids: Vec<PersistenceId> = backend
+            .read_journal()
+            .current_persistence_ids()
+            .try_collect()
+            .await?;
+        backend.cleanup(&ids, false).await?;
+        Ok(())
     }
 }
 
