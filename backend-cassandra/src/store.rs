@@ -406,20 +406,27 @@ impl Inner {
     /// while the highest seen reaches past `e`'s range (a write spilling over a boundary can
     /// leave a partition empty).
     pub async fn walk(&self, pid_key: &str) -> Result<Walk> {
-        let deleted_to = self.deleted_to(pid_key).await?;
+        // Partition 0 is where almost every walk starts: read it beside `deleted_to`.
+        let (deleted_to, first) =
+            futures::try_join!(self.deleted_to(pid_key), self.partition_state(pid_key, 0))?;
         let size = self.config.target_partition_size;
         let mut nr = if deleted_to == 0 {
             0
         } else {
             (self.partition_of(deleted_to) - 1).max(0)
         };
+        let mut first = (nr == 0).then_some(first);
         let mut walk = Walk {
             highest: deleted_to,
             deleted_to,
             pending: Vec::new(),
         };
         loop {
-            match self.partition_state(pid_key, nr).await? {
+            let state = match first.take() {
+                Some(state) => state,
+                None => self.partition_state(pid_key, nr).await?,
+            };
+            match state {
                 (Some(h), pending) => {
                     walk.highest = walk.highest.max(h);
                     if !pending.is_empty() {
