@@ -133,38 +133,47 @@ pub(crate) fn large_write(item: &Item) -> Option<LargeWrite> {
     })
 }
 
-/// Decodes an event's attributes (the id and sequence number come from the caller).
-pub(crate) fn decode_event(pid: PersistenceId, seq: u64, item: &Item) -> Result<PersistentEvent> {
-    let tags = match item.get(TAGS) {
+/// Decodes an event's attributes (the id and sequence number come from the caller),
+/// moving the values out of the item instead of copying them.
+pub(crate) fn decode_event(
+    pid: PersistenceId,
+    seq: u64,
+    mut item: Item,
+) -> Result<PersistentEvent> {
+    let mut take_str = |name: &str| match item.remove(name) {
+        Some(AttributeValue::S(v)) => v,
+        _ => String::new(),
+    };
+    let serializer = take_str(SERIALIZER);
+    let manifest = take_str(MANIFEST);
+    let event_manifest = take_str(EVENT_MANIFEST);
+    let writer_id = take_str(WRITER);
+    let meta_serializer = take_str(META_SERIALIZER);
+    let meta_manifest = take_str(META_MANIFEST);
+    let mut take_bytes = |name: &str| match item.remove(name) {
+        Some(AttributeValue::B(v)) => Some(v.into_inner()),
+        _ => None,
+    };
+    let payload = take_bytes(PAYLOAD).unwrap_or_default();
+    let metadata =
+        take_bytes(META_BYTES).map(|bytes| Payload::new(meta_serializer, meta_manifest, bytes));
+    let tags = match item.remove(TAGS) {
         Some(AttributeValue::L(l)) => l
-            .iter()
+            .into_iter()
             .map(|v| match v {
-                AttributeValue::S(t) => Ok(t.clone()),
+                AttributeValue::S(t) => Ok(t),
                 _ => Err(corrupt(format!("event {pid}/{seq}: a tag is not a string"))),
             })
             .collect::<Result<Vec<_>>>()?,
         _ => Vec::new(),
     };
-    let metadata = if item.contains_key(META_BYTES) {
-        Some(Payload::new(
-            get_str(item, META_SERIALIZER),
-            get_str(item, META_MANIFEST),
-            get_bytes(item, META_BYTES),
-        ))
-    } else {
-        None
-    };
     Ok(PersistentEvent {
         persistence_id: pid,
         sequence_nr: seq,
-        payload: Payload::new(
-            get_str(item, SERIALIZER),
-            get_str(item, MANIFEST),
-            get_bytes(item, PAYLOAD),
-        ),
-        event_manifest: get_str(item, EVENT_MANIFEST).to_owned(),
-        writer_id: get_str(item, WRITER).to_owned(),
-        timestamp: Timestamp::from_millis(get_i64(item, TIMESTAMP).unwrap_or(0)),
+        payload: Payload::new(serializer, manifest, payload),
+        event_manifest,
+        writer_id,
+        timestamp: Timestamp::from_millis(get_i64(&item, TIMESTAMP).unwrap_or(0)),
         tags,
         metadata,
     })
@@ -178,11 +187,11 @@ pub(crate) fn event_seq(item: &Item) -> Result<u64> {
 }
 
 /// Decodes a tag index entry: the event and its token.
-pub(crate) fn decode_tag_entry(item: &Item) -> Result<(PersistentEvent, String)> {
-    let pid = PersistenceId::new(get_str(item, PID))
+pub(crate) fn decode_tag_entry(item: Item) -> Result<(PersistentEvent, String)> {
+    let pid = PersistenceId::new(get_str(&item, PID))
         .map_err(|e| corrupt(format!("tag entry with a bad persistence id: {e}")))?;
-    let seq = get_u64(item, SEQ).ok_or_else(|| corrupt("tag entry without a sequence number"))?;
-    let token = sk_str(item).to_owned();
+    let seq = get_u64(&item, SEQ).ok_or_else(|| corrupt("tag entry without a sequence number"))?;
+    let token = sk_str(&item).to_owned();
     Ok((decode_event(pid, seq, item)?, token))
 }
 

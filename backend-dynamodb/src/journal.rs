@@ -764,7 +764,7 @@ pub(crate) fn range_stream(
                         }
                     }
                     let seq = event_seq(&item)?;
-                    events.push(decode_event(pid.clone(), seq, &item)?);
+                    events.push(decode_event(pid.clone(), seq, item)?);
                     left -= 1;
                 }
                 Ok::<_, Error>(events)

@@ -265,7 +265,7 @@ fn by_id(
                         }
                     }
                     next = seq.saturating_add(1);
-                    yield envelope(decode_event(pid.clone(), seq, &item)?);
+                    yield envelope(decode_event(pid.clone(), seq, item)?);
                     if seq >= to {
                         finished = true;
                         break;
@@ -431,8 +431,9 @@ fn by_tag(
                     }
                     let Some(i) = best else { break };
                     let Some(item) = cursors[i].buf.pop_front() else { break };
-                    let (event, token) = decode_tag_entry(&item)?;
-                    if let Some(lw) = large_write(&item) {
+                    let lw = large_write(&item);
+                    let (event, token) = decode_tag_entry(item)?;
+                    if let Some(lw) = lw {
                         match large.check(&inner, event.persistence_id.as_str(), lw, live).await? {
                             Some(true) => {}
                             Some(false) => {
