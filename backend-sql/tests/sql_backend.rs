@@ -271,3 +271,30 @@ async fn postgres_batch_with_a_conflict_in_the_middle() {
     batch_with_a_conflict_in_the_middle(&opened.stores()).await;
     drop_schema(opened.pool(), &schema).await;
 }
+
+#[tokio::test]
+async fn postgres_without_notify_or_tag_lock_still_writes_and_reads() {
+    let Some(url) = postgres_url() else { return };
+    let schema = format!("plain_{}", std::process::id());
+    let mut config = PostgresConfig::new(url).with_schema(&schema);
+    config.notify = false;
+    config.tag_order_lock = false;
+    config.poll_interval = Duration::from_millis(50);
+    let opened = PostgresStores::open(config).await.unwrap();
+    let stores = opened.stores();
+    let id = PersistenceId::new("plain").unwrap();
+    let mut live = stores
+        .read_journal
+        .events_by_tag("t".into(), persistence_api::Offset::NoOffset);
+    stores.journal.write(write(&id, 1, 1)).await.unwrap();
+    stores.journal.write(write(&id, 2, 4)).await.unwrap();
+    for seq in 1..=4 {
+        let env = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("polling delivers")
+            .unwrap()
+            .unwrap();
+        assert_eq!(env.event.sequence_nr, seq);
+    }
+    drop_schema(opened.pool(), &schema).await;
+}
