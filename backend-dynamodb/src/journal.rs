@@ -729,7 +729,8 @@ pub(crate) fn range_stream(
     end: u64,
     max: u64,
 ) -> impl Stream<Item = Result<PersistentEvent>> + Send + 'static {
-    let page = inner.config.page_size.max(1) as u64;
+    // Ranges no longer than `max`, so a small `max` reads no more than it needs.
+    let page = (inner.config.page_size as u64).min(max).max(1);
     let needed_ranges = max.div_ceil(page).max(1);
     let parallelism = (inner.config.replay_parallelism as u64)
         .min(needed_ranges)

@@ -311,6 +311,12 @@ async fn highest_is_one_request_and_replay_one_per_page() {
     // Highest (Query) + deleted-to (GetItem) + 2000 / 500 pages.
     assert_eq!(e.shared.count("GetItem"), 1);
     assert_eq!(e.shared.count("Query"), 1 + 4, "{:?}", e.shared.attempts());
+    // A small `max` reads one small range, not a page.
+    e.shared.reset();
+    let replay = e.stores.journal.replay(&id, 1, u64::MAX, 10).await.unwrap();
+    let first: Vec<_> = replay.events.collect().await;
+    assert_eq!(first.len(), 10);
+    assert_eq!(e.shared.count("Query"), 1 + 1, "{:?}", e.shared.attempts());
     // After deleting everything the highest still costs one request.
     e.stores
         .journal
