@@ -1,6 +1,6 @@
 //! The SDK client, built from [`DynamoDbConfig`], and the request helpers every store uses.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -101,7 +101,7 @@ pub(crate) struct Inner {
     /// Ids whose registry item is known to exist (so writes need not carry it again).
     known_ids: Mutex<HashSet<String>>,
     /// `(tag, bucket)` pairs whose bucket registry item is known to exist.
-    known_buckets: Mutex<HashSet<(String, i64)>>,
+    known_buckets: Mutex<HashMap<String, HashSet<i64>>>,
     /// The last tag token time handed out, so tokens of this process never go back in time.
     clock: AtomicI64,
 }
@@ -121,7 +121,7 @@ impl Inner {
             },
             config,
             known_ids: Mutex::new(HashSet::new()),
-            known_buckets: Mutex::new(HashSet::new()),
+            known_buckets: Mutex::new(HashMap::new()),
             clock: AtomicI64::new(0),
         })
     }
@@ -147,6 +147,9 @@ impl Inner {
 
     pub(crate) fn mark_id_known(&self, pid: &str) {
         if let Ok(mut s) = self.known_ids.lock() {
+            if s.contains(pid) {
+                return;
+            }
             if s.len() >= CACHE_LIMIT {
                 s.clear();
             }
@@ -157,16 +160,16 @@ impl Inner {
     pub(crate) fn bucket_known(&self, tag: &str, bucket: i64) -> bool {
         self.known_buckets
             .lock()
-            .map(|s| s.contains(&(tag.to_owned(), bucket)))
+            .map(|m| m.get(tag).is_some_and(|s| s.contains(&bucket)))
             .unwrap_or(false)
     }
 
     pub(crate) fn mark_bucket_known(&self, tag: &str, bucket: i64) {
-        if let Ok(mut s) = self.known_buckets.lock() {
-            if s.len() >= CACHE_LIMIT {
-                s.clear();
+        if let Ok(mut m) = self.known_buckets.lock() {
+            if m.len() >= CACHE_LIMIT {
+                m.clear();
             }
-            s.insert((tag.to_owned(), bucket));
+            m.entry(tag.to_owned()).or_default().insert(bucket);
         }
     }
 

@@ -228,12 +228,16 @@ impl DynamoDbJournal {
             .client
             .put_item()
             .table_name(inner.journal_table())
-            .set_item(Some(item.clone()))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)");
         match inner.retry.run("write_events", || req.clone().send()).await {
             Ok(_) => Ok(()),
             Err(f) if f.class == Class::Conflict => {
-                if f.ambiguous && self.is_ours(&item).await {
+                let ours = match req.get_item() {
+                    Some(item) if f.ambiguous => self.is_ours(item).await,
+                    _ => false,
+                };
+                if ours {
                     Ok(())
                 } else {
                     Err(conflict())
@@ -406,8 +410,13 @@ impl Journal for DynamoDbJournal {
         capabilities(&self.inner)
     }
 
-    async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
+    async fn write_events(&self, mut writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         let count = writes.len();
+        if count == 1 {
+            if let Some(write) = writes.pop() {
+                return Ok(vec![self.write_one(write).await]);
+            }
+        }
         // Writes of one id run in order; different ids run concurrently.
         let mut groups: Vec<Vec<(usize, AtomicWrite)>> = Vec::new();
         let mut by_id: HashMap<String, usize> = HashMap::new();
