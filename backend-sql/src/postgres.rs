@@ -60,6 +60,7 @@ fn fnv1a(text: &str) -> u64 {
 /// The statements, rendered once for the schema and table prefix.
 struct Statements {
     lock: Sql,
+    lock_all: Sql,
     write_one: Sql,
     write_many: Sql,
     assign_id_ordering: Sql,
@@ -105,29 +106,32 @@ impl Statements {
             "SELECT $1, v.s, v.w, v.ts, v.em, v.si, v.sm, v.p, v.msi, v.msm, v.mp, v.t \
              FROM (VALUES ($2::bigint, $3::text, $4::bigint, $5::text, $6::text, $7::text, \
              $8::bytea, $9::text, $10::text, $11::bytea, $12::text)) \
-             AS v(s, w, ts, em, si, sm, p, msi, msm, mp, t), id_row, locks \
+             AS v(s, w, ts, em, si, sm, p, msi, msm, mp, t), id_row \
              WHERE id_row.deleted_to < $14";
         let many_events =
             "SELECT $1, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
              FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
              $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::text[]) \
-             WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n), id_row, locks \
+             WITH ORDINALITY AS u(s, w, ts, em, si, sm, p, msi, msm, mp, t, n), id_row \
              WHERE id_row.deleted_to < $14 ORDER BY u.n";
-        // A whole atomic write in one statement, each step depending on the one before:
-        // 1. `id_row` upserts the id's row (row lock, highest, deleted-to);
-        // 2. `locks` reads `id_row`, then takes the tag locks in key order (an aggregate,
-        //    so all of them before it yields its row);
-        // 3. `e` joins `locks`, so every ordering is taken after the locks, and inserts the
+        // A whole atomic write in one statement, each step depending on the one before.
+        // Locks are always taken in the order tag locks, then id rows, then the ids lock
+        // (here and in batches), so writers never wait on each other in a cycle.
+        // 1. `locks` takes the tag locks in key order (an aggregate over the sorted keys, so
+        //    all of them before it yields its row);
+        // 2. `id_row` reads `locks`, then upserts the id's row (row lock, highest,
+        //    deleted-to);
+        // 3. `e` joins `id_row`, so every ordering is taken after the locks, and inserts the
         //    events unless the first sequence number is at or below deleted-to;
         // 4. `t` inserts the tag rows of the events just inserted.
         let write = |source: &str| {
             format!(
-                "WITH id_row AS (INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) \
-                 VALUES ($1, $13) ON CONFLICT (persistence_id) DO UPDATE SET \
+                "WITH locks AS (SELECT count(pg_advisory_xact_lock(l.k)) AS n FROM \
+                 (SELECT k FROM UNNEST($15::bigint[]) AS u(k) ORDER BY k) AS l), \
+                 id_row AS (INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) \
+                 SELECT $1, $13 FROM locks ON CONFLICT (persistence_id) DO UPDATE SET \
                  highest_sequence_nr = GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
                  RETURNING i.deleted_to, i.id_ordering IS NULL AS new_id), \
-                 locks AS (SELECT count(pg_advisory_xact_lock(l.k)) AS n FROM id_row, \
-                 (SELECT k FROM UNNEST($15::bigint[]) AS u(k) ORDER BY k) AS l), \
                  e AS (INSERT INTO {ev} ({columns}) {source} \
                  RETURNING ordering, sequence_nr, tags), \
                  t AS (INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
@@ -138,10 +142,14 @@ impl Statements {
         };
         Statements {
             lock: s("SELECT pg_advisory_xact_lock($1)".into()),
+            lock_all: s("SELECT count(pg_advisory_xact_lock(l.k)) FROM \
+                 (SELECT k FROM UNNEST($1::bigint[]) AS u(k) ORDER BY k) AS l"
+                .into()),
             write_one: s(write(one_event)),
             write_many: s(write(many_events)),
             assign_id_ordering: s(format!(
-                "UPDATE {ids} SET id_ordering = nextval('{seq}') WHERE persistence_id = $1"
+                "UPDATE {ids} SET id_ordering = nextval('{seq}') \
+                 WHERE persistence_id = ANY($1::text[]) AND id_ordering IS NULL"
             )),
             id_state: s(format!(
                 "SELECT highest_sequence_nr, deleted_to FROM {ids} WHERE persistence_id = $1"
@@ -403,19 +411,31 @@ impl PgBackend {
         *slot = Some(ListenerTask(task));
     }
 
-    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+    /// The sorted, distinct tag-lock keys of `writes` (none with `tag_order_lock = false`).
+    fn lock_keys<'a>(&self, writes: impl IntoIterator<Item = &'a AtomicWrite>) -> Vec<i64> {
+        if !self.config.tag_order_lock {
+            return Vec::new();
+        }
+        let mut keys: Vec<i64> = writes
+            .into_iter()
+            .flat_map(distinct_tags)
+            .map(|t| self.tag_lock_key(t))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Runs the one statement of `write` (taking the tag locks of `lock_keys` first) and
+    /// answers whether the id is new. On `Err` the caller rolls back.
+    async fn write_statement(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        write: &AtomicWrite,
+        lock_keys: Vec<i64>,
+    ) -> std::result::Result<bool, WriteError> {
         let id = write.persistence_id().as_str();
-        let tags = distinct_tags(write);
-        let lock_keys: Vec<i64> = if self.config.tag_order_lock {
-            let mut keys: Vec<i64> = tags.iter().map(|t| self.tag_lock_key(t)).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            keys
-        } else {
-            Vec::new()
-        };
         let events = write.events();
-        let mut tx = self.pool.begin().await?;
         // One round trip for the whole write (see `Statements::new`).
         let query = if let [event] = events {
             let meta = event.metadata.as_ref();
@@ -482,30 +502,108 @@ impl PgBackend {
             .bind(clamp(write.lowest_sequence_nr()))
             .bind(lock_keys)
             .bind(self.channel.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
         let deleted_to: i64 = row.try_get(0)?;
         let new_id: bool = row.try_get(1)?;
         if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
-            // Nothing was inserted; undo the raised highest.
-            tx.rollback().await?;
+            // Nothing was inserted; the caller rolls back the raised highest.
             return Err(WriteError::Deleted);
         }
+        Ok(new_id)
+    }
 
-        if new_id {
-            // The first write of this id: give it its position in the persistence-ids
-            // queries under the ids lock, so positions also commit in order.
-            sqlx::query(q(&self.sql.lock))
-                .bind(self.ids_lock_key)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(q(&self.sql.assign_id_ordering))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+    /// Gives new ids their positions in the persistence-ids queries under the ids lock, so
+    /// positions also commit in order. Taken last: its holders wait for nothing else.
+    async fn assign_id_orderings(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ids: Vec<&str>,
+    ) -> std::result::Result<(), WriteError> {
+        if ids.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
+        sqlx::query(q(&self.sql.lock))
+            .bind(self.ids_lock_key)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(q(&self.sql.assign_id_ordering))
+            .bind(ids)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
+    }
+
+    /// One atomic write in one transaction: `BEGIN`, one statement, `COMMIT`.
+    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+        let keys = self.lock_keys([write]);
+        let mut tx = self.pool.begin().await?;
+        let result = match self.write_statement(&mut tx, write, keys).await {
+            Ok(true) => {
+                self.assign_id_orderings(&mut tx, vec![write.persistence_id().as_str()])
+                    .await
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(())
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Several atomic writes in one transaction (one commit, one WAL flush): every tag
+    /// lock of the batch first, in key order, then the writes ordered by persistence id
+    /// (each id's writes keep their order), so concurrent batches take their locks in
+    /// the same order. `None` when one write failed: the transaction is rolled back and
+    /// the caller writes them one by one, each getting its own result.
+    async fn write_batch_tx(&self, writes: &[&AtomicWrite]) -> Option<Result<()>> {
+        let run = async {
+            let mut order: Vec<&AtomicWrite> = writes.to_vec();
+            order.sort_by(|a, b| a.persistence_id().cmp(b.persistence_id()));
+            let keys = self.lock_keys(order.iter().copied());
+            let mut tx = self.pool.begin().await?;
+            if !keys.is_empty() {
+                sqlx::query(q(&self.sql.lock_all))
+                    .bind(keys)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut new_ids = Vec::new();
+            for write in order {
+                match self.write_statement(&mut tx, write, Vec::new()).await {
+                    Ok(true) => new_ids.push(write.persistence_id().as_str()),
+                    Ok(false) => {}
+                    Err(_) => {
+                        tx.rollback().await?;
+                        return Ok(false);
+                    }
+                }
+            }
+            new_ids.dedup();
+            match self.assign_id_orderings(&mut tx, new_ids).await {
+                Ok(()) => {}
+                Err(WriteError::Sql(e)) => return Err(e),
+                Err(WriteError::Deleted) => {
+                    return Err(SqlError::Corrupt(
+                        "deleted-to while assigning positions".into(),
+                    ))
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, SqlError>(true)
+        };
+        match run.await {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(crate::error::to_public(e, "write_events"))),
+        }
     }
 
     /// The pool.
@@ -581,6 +679,36 @@ impl Backend for PgBackend {
             }
             Err(e) => Err(e.into_public(write)),
         }
+    }
+
+    async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Option<Result<()>>> = writes
+            .iter()
+            .map(|w| check_write_fits(w).err().map(Err))
+            .collect();
+        let fitting: Vec<&AtomicWrite> = writes
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|(w, _)| w)
+            .collect();
+        if fitting.len() > 1 {
+            match self.write_batch_tx(&fitting).await {
+                Some(Ok(())) => {
+                    backend::wake(&self.wake);
+                    return Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect());
+                }
+                Some(Err(e)) => return Err(e),
+                // One write was refused: write them one by one for their own results.
+                None => {}
+            }
+        }
+        for (write, slot) in writes.iter().zip(results.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(self.write(write).await);
+            }
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
     }
 
     async fn id_state(&self, id: &PersistenceId) -> Result<Option<IdState>> {

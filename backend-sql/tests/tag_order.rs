@@ -1,7 +1,8 @@
 //! The visibility-gap trap of events by tag, on both databases.
 //!
-//! 1. `many_writers_*`: 16 concurrent writers of one tag (plus writers of other tags and
-//!    untagged events that leave holes in the global ordering), a live tag query and a
+//! 1. `many_writers_*`: 16 concurrent writers of one tag, 4 more that write two ids per
+//!    call with two tags per event (in either order), plus writers of other tags and
+//!    untagged events that leave holes in the global ordering; a live tag query and a
 //!    reader that keeps resuming current queries from its last offset: both must see every
 //!    event exactly once, each id in sequence order.
 //! 2. `postgres_commit_order_*`: a deterministic replay of the trap. A writer is held in the
@@ -25,6 +26,10 @@ use persistence_api::{
 
 const WRITERS: usize = 16;
 const WRITES_PER_WRITER: u64 = 40;
+/// Tasks that write two ids per call (one transaction for the call on both databases).
+const BATCH_WRITERS: usize = 4;
+/// Every id of tag "hot".
+const HOT_IDS: usize = WRITERS + 2 * BATCH_WRITERS;
 
 fn postgres_url() -> Option<String> {
     match std::env::var("PERSISTENCE_POSTGRES_URL") {
@@ -87,7 +92,7 @@ fn check_exactly_once(seen: &[EventEnvelope], expected_per_id: u64, ids: usize, 
 
 async fn many_writers(stores: Stores) {
     let tag = "hot".to_string();
-    let total = WRITERS as u64 * WRITES_PER_WRITER;
+    let total = HOT_IDS as u64 * WRITES_PER_WRITER;
 
     // A live query started before anything is written.
     let mut live = stores
@@ -157,6 +162,32 @@ async fn many_writers(stores: Stores) {
             }
         }));
     }
+    // Writers of two ids per call, with two tags per event in either order.
+    for w in 0..BATCH_WRITERS {
+        let stores = stores.clone();
+        writers.push(tokio::spawn(async move {
+            let a = PersistenceId::new(format!("batch-{w}-a")).unwrap();
+            let b = PersistenceId::new(format!("batch-{w}-b")).unwrap();
+            let tags: &[&str] = if w % 2 == 0 {
+                &["hot", "cold"]
+            } else {
+                &["cold", "hot"]
+            };
+            for seq in 1..=WRITES_PER_WRITER {
+                let results = stores
+                    .journal
+                    .write_events(vec![
+                        AtomicWrite::single(event(&a, seq, tags)).unwrap(),
+                        AtomicWrite::single(event(&b, seq, tags)).unwrap(),
+                    ])
+                    .await
+                    .expect("write call");
+                for r in results {
+                    r.expect("write");
+                }
+            }
+        }));
+    }
     // Writers of other tags and untagged events: holes in the global ordering.
     for w in 0..4 {
         let stores = stores.clone();
@@ -177,12 +208,12 @@ async fn many_writers(stores: Stores) {
     }
 
     let live_seen = live_task.await.expect("live reader");
-    check_exactly_once(&live_seen, WRITES_PER_WRITER, WRITERS, "live query");
+    check_exactly_once(&live_seen, WRITES_PER_WRITER, HOT_IDS, "live query");
     let resumed = resuming_task.await.expect("resuming reader");
     check_exactly_once(
         &resumed,
         WRITES_PER_WRITER,
-        WRITERS,
+        HOT_IDS,
         "resumed current queries",
     );
     // And a final current query from the start agrees.
@@ -192,7 +223,7 @@ async fn many_writers(stores: Stores) {
         .map(|e| e.expect("current"))
         .collect()
         .await;
-    check_exactly_once(&all, WRITES_PER_WRITER, WRITERS, "final current query");
+    check_exactly_once(&all, WRITES_PER_WRITER, HOT_IDS, "final current query");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
