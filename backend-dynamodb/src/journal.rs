@@ -12,7 +12,7 @@ use persistence_api::{
 };
 
 use crate::client::{now_ms, Inner};
-use crate::error::Class;
+use crate::error::{Cancellation, Class};
 use crate::item::{
     self, decode_event, event_attrs, event_seq, get_u64, item_size, key, large_write, n, s, Item,
     LargeWrite, AW_FROM, AW_TIME, DELETED_TO, HIGHEST, PAYLOAD, PID, SEQ, TAGS, TIMESTAMP,
@@ -240,7 +240,8 @@ impl DynamoDbJournal {
                 if ours {
                     Ok(())
                 } else {
-                    Err(conflict())
+                    let seq = req.get_item().as_ref().and_then(|i| event_seq(i).ok());
+                    Err(conflict(seq))
                 }
             }
             Err(f) => Err(f.into_error("write_events")),
@@ -274,7 +275,19 @@ impl DynamoDbJournal {
                 let first = items.iter().find(|(_, k)| *k == Kind::Event);
                 match first {
                     Some((first, _)) if f.ambiguous && self.is_ours(first).await => Ok(()),
-                    _ => Err(conflict()),
+                    _ => {
+                        // The cancellation reasons are in item order: name the taken one.
+                        let taken = f
+                            .err
+                            .as_service_error()
+                            .map(|e| e.cancellation_codes())
+                            .and_then(|codes| {
+                                codes.iter().position(|c| c == "ConditionalCheckFailed")
+                            })
+                            .and_then(|i| items.get(i))
+                            .and_then(|(item, _)| event_seq(item).ok());
+                        Err(conflict(taken))
+                    }
                 }
             }
             Err(f) => Err(f.into_error("write_events")),
@@ -397,11 +410,14 @@ impl DynamoDbJournal {
     }
 }
 
-fn conflict() -> Error {
-    Error::new(
-        ErrorKind::Conflict,
-        "a sequence number of this atomic write is already taken; nothing was stored",
-    )
+fn conflict(taken: Option<u64>) -> Error {
+    let message = match taken {
+        Some(seq) => format!(
+            "sequence number {seq} is already taken by another write; nothing of this atomic write was stored"
+        ),
+        None => "a sequence number of this atomic write is already taken; nothing was stored".into(),
+    };
+    Error::new(ErrorKind::Conflict, message)
 }
 
 #[async_trait]

@@ -420,6 +420,28 @@ async fn a_write_applied_before_a_5xx_is_not_reported_as_a_conflict() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("sequence number 4 is"), "{err}");
+    // In a transaction, the error names the first taken sequence number.
+    let mut other = write(&id, 5, 7, &["t"]).into_events();
+    e.stores
+        .journal
+        .write(AtomicWrite::new(other.clone()).unwrap())
+        .await
+        .unwrap();
+    other.iter_mut().for_each(|e| e.writer_id = "w2".into());
+    let mut more = write(&id, 8, 8, &[]).into_events();
+    more[0].writer_id = "w2".into();
+    let mut racing: Vec<PersistentEvent> = other.split_off(1);
+    racing.extend(more);
+    let err = e
+        .stores
+        .journal
+        .write(AtomicWrite::new(racing).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("sequence number 6 is"), "{err}");
+    assert_eq!(e.stores.journal.highest_sequence_nr(&id).await.unwrap(), 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
