@@ -11,7 +11,8 @@
 //! Workloads (10,000 events each): single-event writes one after the other, 100-event
 //! atomic writes, a replay of 10,000 events, a tag query over 10,000 events. Each prints
 //! events/s through the stores, through raw sqlx with the same statements, and the ratio.
-//! In each round the stores and raw sqlx take turns going first.
+//! In each round the stores and raw sqlx take turns going first. A last row, stores only:
+//! 10,000 single-event atomic writes of 10 ids, 100 per `write_events` call.
 //! `BENCH_ROUNDS` (default 4) rounds per figure; the median is printed. `BENCH_ONLY=sqlite`
 //! or `BENCH_ONLY=postgres` runs one database. A last section
 //! measures what the PostgreSQL tag-order lock costs 16 concurrent writers of one tag, and
@@ -93,6 +94,28 @@ async fn driver_batches(stores: &Stores, id: &PersistenceId, tag: Option<&str>) 
             .await
             .unwrap();
         seq += BATCH;
+    }
+    rate(EVENTS, start.elapsed())
+}
+
+/// Single-event atomic writes of 10 ids, 100 atomic writes per call (10 per id).
+async fn driver_calls(stores: &Stores, prefix: &str) -> f64 {
+    let ids: Vec<PersistenceId> = (0..10)
+        .map(|i| PersistenceId::new(format!("{prefix}-{i}")).unwrap())
+        .collect();
+    let start = Instant::now();
+    let mut seq = 1;
+    while seq <= EVENTS / 10 {
+        let writes = (seq..seq + 10)
+            .flat_map(|s| {
+                ids.iter()
+                    .map(move |id| AtomicWrite::single(event(id, s, None)).unwrap())
+            })
+            .collect();
+        for r in stores.journal.write_events(writes).await.unwrap() {
+            r.unwrap();
+        }
+        seq += 10;
     }
     rate(EVENTS, start.elapsed())
 }
@@ -290,6 +313,15 @@ mod sqlite_raw {
     }
 }
 
+/// Folds the WAL into the database file, so reads after 20,000 fresh writes do not
+/// depend on where SQLite's automatic checkpoint happened to run.
+async fn checkpoint(pool: &sqlx::SqlitePool) {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 async fn bench_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let config = SqliteConfig::new(dir.path().join("bench.db"));
@@ -302,7 +334,7 @@ async fn bench_sqlite() {
     let opened = SqliteStores::open(config).await.unwrap();
     let stores = opened.stores();
     let pool = opened.pool().clone();
-    let mut r = vec![Vec::new(); 8];
+    let mut r = vec![Vec::new(); 9];
     for round in 0..rounds() {
         let id = |what: &str| PersistenceId::new(format!("{what}-{round}")).unwrap();
         let tag = format!("tag-{round}");
@@ -314,11 +346,14 @@ async fn bench_sqlite() {
             if turn {
                 r[0].push(driver_single(&stores, &id("d-single")).await);
                 r[2].push(driver_batches(&stores, &id("d-batch"), None).await);
+                checkpoint(&pool).await;
                 r[4].push(driver_replay(&stores, &id("read")).await);
                 r[6].push(driver_tag(&stores, &tag).await);
+                r[8].push(driver_calls(&stores, &format!("calls-{round}")).await);
             } else {
                 r[1].push(sqlite_raw::single(&pool, &id("r-single")).await);
                 r[3].push(sqlite_raw::batches(&pool, &id("r-batch")).await);
+                checkpoint(&pool).await;
                 r[5].push(sqlite_raw::replay(&pool, &id("read")).await);
                 r[7].push(sqlite_raw::tag(&pool, &tag).await);
             }
@@ -328,7 +363,8 @@ async fn bench_sqlite() {
     opened.close().await;
 }
 
-fn print_table(db: &str, r: Vec<Vec<f64>>) {
+fn print_table(db: &str, mut r: Vec<Vec<f64>>) {
+    let calls = r.pop().map(median).unwrap_or(0.0);
     let m: Vec<f64> = r.into_iter().map(median).collect();
     println!(
         "| database   | workload (10,000 events)         | stores ev/s  | sqlx ev/s    | ratio |"
@@ -340,6 +376,10 @@ fn print_table(db: &str, r: Vec<Vec<f64>>) {
     row(db, "100-event atomic writes", m[2], m[3]);
     row(db, "replay", m[4], m[5]);
     row(db, "current events by tag", m[6], m[7]);
+    println!(
+        "| {db:<10} | {:<32} | {calls:>12.0} |              |       |",
+        "1-event writes, 100 per call"
+    );
 }
 
 // ---------------------------------------------------------------- PostgreSQL
@@ -602,7 +642,7 @@ async fn bench_postgres(url: &str) {
         config.max_connections, config.page_size
     );
     let sql = pg_raw::Sql::new(&schema);
-    let mut r = vec![Vec::new(); 8];
+    let mut r = vec![Vec::new(); 9];
     for round in 0..rounds() {
         let id = |what: &str| PersistenceId::new(format!("{what}-{round}")).unwrap();
         let tag = format!("tag-{round}");
@@ -616,6 +656,7 @@ async fn bench_postgres(url: &str) {
                 r[2].push(driver_batches(&stores, &id("d-batch"), None).await);
                 r[4].push(driver_replay(&stores, &id("read")).await);
                 r[6].push(driver_tag(&stores, &tag).await);
+                r[8].push(driver_calls(&stores, &format!("calls-{round}")).await);
             } else {
                 r[1].push(pg_raw::single(&pool, &sql, &id("r-single")).await);
                 r[3].push(pg_raw::batches(&pool, &sql, &id("r-batch")).await);
