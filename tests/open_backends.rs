@@ -118,7 +118,7 @@ async fn cassandra_opens_from_configuration() {
         return;
     };
     let mut config = Config::for_backend("cassandra");
-    let points: Vec<String> = points.split(',').map(|p| p.trim().to_string()).collect();
+    // The comma-separated string the server script exports, as an environment variable gives it.
     config.set("cassandra", "contact_points", points);
     if let Ok(dc) = std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER") {
         config.set("cassandra", "local_datacenter", dc);

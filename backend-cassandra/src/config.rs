@@ -151,6 +151,7 @@ impl Default for TableNames {
 #[serde(default, deny_unknown_fields)]
 pub struct CassandraConfig {
     /// `host:port` of one or more nodes (default `["127.0.0.1:9042"]`).
+    #[serde(deserialize_with = "one_or_many")]
     pub contact_points: Vec<String>,
     /// The data centre whose nodes are preferred (token-aware within it); `None` for any.
     pub local_datacenter: Option<String>,
@@ -328,5 +329,40 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// Accepts `["a:9042", "b:9042"]` or one string `"a:9042,b:9042"` (as an environment
+/// variable such as `PERSISTENCE_CASSANDRA_CONTACT_POINTS` gives it).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod contact_points_tests {
+    use super::CassandraConfig;
+
+    #[test]
+    fn contact_points_from_a_list_or_a_comma_separated_string() {
+        let a: CassandraConfig = toml::from_str(r#"contact_points = "h1:9042, h2:9043""#).unwrap();
+        let b: CassandraConfig =
+            toml::from_str(r#"contact_points = ["h1:9042", "h2:9043"]"#).unwrap();
+        assert_eq!(a.contact_points, vec!["h1:9042", "h2:9043"]);
+        assert_eq!(a.contact_points, b.contact_points);
     }
 }
