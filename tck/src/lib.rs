@@ -37,6 +37,7 @@
 
 mod cases;
 mod context;
+pub mod fault;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
