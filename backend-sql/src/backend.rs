@@ -231,6 +231,23 @@ impl EventRow {
     }
 }
 
+/// Reads an event row (ordering and event) inside sqlx's row mapping.
+pub(crate) fn decode_event<R>(row: &R) -> std::result::Result<(u64, PersistentEvent), sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    EventRow::decode(row)
+        .and_then(EventRow::into_event)
+        .map_err(|e| match e {
+            SqlError::Sqlx(e) => e,
+            other => sqlx::Error::Decode(Box::new(other)),
+        })
+}
+
 /// One snapshot row as read from either database.
 pub(crate) struct SnapshotRow {
     pub persistence_id: String,

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{
-    self, check_write_fits, clamp, distinct_tags, encode_tags, unsigned, Backend, EventRow,
+    self, check_write_fits, clamp, decode_event, distinct_tags, encode_tags, unsigned, Backend,
     IdState, SnapshotRow, EVENT_COLUMNS, SNAPSHOT_COLUMNS,
 };
 use crate::config::{redact_url, PostgresConfig};
@@ -739,17 +739,13 @@ impl Backend for PgBackend {
             .bind(clamp(from))
             .bind(clamp(to))
             .bind(limit as i64)
+            // Each row becomes an event as it arrives, so a page never holds the raw rows
+            // and the events at once.
+            .try_map(|row: sqlx::postgres::PgRow| decode_event(&row).map(|(_, e)| e))
             .fetch_all(&self.pool)
             .await
             .map_err(err("replay"))?;
-        rows.iter()
-            .map(|row| {
-                EventRow::decode(row)
-                    .and_then(EventRow::into_event)
-                    .map(|(_, e)| e)
-            })
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err("replay"))
+        Ok(rows)
     }
 
     async fn delete_to(&self, id: &PersistenceId, to: SequenceNr) -> Result<()> {
@@ -801,13 +797,11 @@ impl Backend for PgBackend {
             .bind(clamp(after))
             .bind(clamp(upto))
             .bind(limit as i64)
+            .try_map(|row: sqlx::postgres::PgRow| decode_event(&row))
             .fetch_all(&self.pool)
             .await
             .map_err(err("events_by_tag"))?;
-        rows.iter()
-            .map(|row| EventRow::decode(row).and_then(EventRow::into_event))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err("events_by_tag"))
+        Ok(rows)
     }
 
     async fn max_id_ordering(&self) -> Result<u64> {

@@ -21,8 +21,8 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{watch, Mutex};
 
 use crate::backend::{
-    self, check_write_fits, clamp, encode_tags, unsigned, Backend, EventRow, IdState, SnapshotRow,
-    EVENT_COLUMNS, SNAPSHOT_COLUMNS,
+    self, check_write_fits, clamp, decode_event, encode_tags, unsigned, Backend, IdState,
+    SnapshotRow, EVENT_COLUMNS, SNAPSHOT_COLUMNS,
 };
 use crate::config::{SqliteConfig, SqliteSync};
 use crate::error::{err, SqlError};
@@ -460,17 +460,13 @@ impl Backend for SqliteBackend {
             .bind(clamp(from))
             .bind(clamp(to))
             .bind(limit as i64)
+            // Each row becomes an event as it arrives, so a page never holds the raw rows
+            // and the events at once.
+            .try_map(|row: sqlx::sqlite::SqliteRow| decode_event(&row).map(|(_, e)| e))
             .fetch_all(&self.pool)
             .await
             .map_err(err("replay"))?;
-        rows.iter()
-            .map(|row| {
-                EventRow::decode(row)
-                    .and_then(EventRow::into_event)
-                    .map(|(_, e)| e)
-            })
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err("replay"))
+        Ok(rows)
     }
 
     async fn delete_to(&self, id: &PersistenceId, to: SequenceNr) -> Result<()> {
@@ -523,13 +519,11 @@ impl Backend for SqliteBackend {
             .bind(clamp(after))
             .bind(clamp(upto))
             .bind(limit as i64)
+            .try_map(|row: sqlx::sqlite::SqliteRow| decode_event(&row))
             .fetch_all(&self.pool)
             .await
             .map_err(err("events_by_tag"))?;
-        rows.iter()
-            .map(|row| EventRow::decode(row).and_then(EventRow::into_event))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err("events_by_tag"))
+        Ok(rows)
     }
 
     async fn max_id_ordering(&self) -> Result<u64> {
