@@ -118,7 +118,9 @@ async fn env(shape: &str) -> Option<Env> {
     direct.max_connections = 2;
     let direct = PostgresStores::open(direct).await.expect("direct store");
     let mut via = PostgresConfig::new(via_url).with_schema(schema.clone());
-    via.max_connections = 2;
+    // One connection: every write runs on it (prepared statements cached), so each cut
+    // write sends the same bytes as the calibration.
+    via.max_connections = 1;
     via.acquire_timeout = Duration::from_secs(2);
     via.migrate = false;
     let via = PostgresStores::open(via).await.expect("proxied store");
@@ -271,7 +273,7 @@ async fn run(shape: Shape) {
     // Calibrate: the same write uncut, to learn its size in bytes.
     let (result, size) = cut_write(&env, shape, CALIBRATE, None).await;
     result.expect("the uncut write succeeds");
-    for k in ["k001", "k002"] { let (r, s) = cut_write(&env, shape, k, None).await; r.unwrap(); eprintln!("DIAG {} {k} {s}", shape.name); }
+    for k in ["k001", "k002", "k003", "k004"] { let (r, s) = cut_write(&env, shape, k, None).await; r.unwrap(); eprintln!("DIAG {} {k} {s}", shape.name); }
     eprintln!("DIAG {} k000 {size}", shape.name);
     assert!(
         size > COMMIT_BYTES,
