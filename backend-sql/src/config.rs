@@ -10,7 +10,7 @@ use std::time::Duration;
 use persistence_api::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the PostgreSQL backend (`[persistence.postgres]` in a config file).
+/// Settings of the PostgreSQL backend (the `[postgres]` section of the facade's configuration).
 ///
 /// ```
 /// use backend_sql::PostgresConfig;
@@ -140,7 +140,7 @@ pub enum SqliteSync {
     Off,
 }
 
-/// Settings of the SQLite backend (`[persistence.sqlite]` in a config file).
+/// Settings of the SQLite backend (the `[sqlite]` section of the facade's configuration).
 ///
 /// ```
 /// use backend_sql::SqliteConfig;
