@@ -56,6 +56,8 @@ struct Env {
     proxy: FaultProxy,
     /// Through the proxy.
     via: Stores,
+    /// Its pool (one connection).
+    via_pool: sqlx::PgPool,
     /// Straight to the server, same schema: the judge.
     direct: Stores,
     admin: sqlx::PgPool,
@@ -127,6 +129,7 @@ async fn env(shape: &str) -> Option<Env> {
     Some(Env {
         proxy,
         via: via.stores(),
+        via_pool: via.pool().clone(),
         direct: direct.stores(),
         admin,
         schema,
@@ -255,6 +258,11 @@ async fn cut_write(
         .write(batch(&pid, 1, 1, tag))
         .await
         .unwrap_or_else(|e| panic!("{case}: the write of event 1 failed: {e:?}"));
+    // The server process of the pool's one connection, which the cut write will use.
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&env.via_pool)
+        .await
+        .expect("the backend pid");
     let before = env.proxy.forwarded();
     if let Some(n) = cut {
         env.proxy.cut_after(n);
@@ -265,7 +273,29 @@ async fn cut_write(
         .write(batch(&pid, 2, shape.events, tag))
         .await;
     env.proxy.restore();
-    (result, env.proxy.forwarded() - before)
+    let sent = env.proxy.forwarded() - before;
+    if cut.is_some() {
+        // The server may still be working on what reached it (a COMMIT sent but not yet
+        // executed commits a moment later): judge only once its process has ended.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(backend)
+                    .fetch_one(&env.admin)
+                    .await
+                    .expect("pg_stat_activity");
+            if alive == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{case}: the server process of the cut connection is still alive after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    (result, sent)
 }
 
 async fn run(shape: Shape) {
