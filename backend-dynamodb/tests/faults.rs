@@ -81,6 +81,20 @@ struct Env {
     direct: Stores,
 }
 
+/// [`tck::server_env`] (unset: skip, with `CI=true`: exit with failure), plus the skip
+/// written straight to stderr, which libtest does not capture, so it shows.
+fn server_env(var: &str) -> Option<String> {
+    let value = tck::server_env(var);
+    if value.is_none() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** SKIPPED fault test: {var} is not set (start the server with scripts/servers/*.sh) ***"
+        );
+    }
+    value
+}
+
 fn unique() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -89,7 +103,7 @@ fn unique() -> u128 {
 }
 
 async fn env(shape: &str) -> Option<Env> {
-    let endpoint = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT")?;
+    let endpoint = server_env("PERSISTENCE_DYNAMODB_ENDPOINT")?;
     let target = endpoint
         .trim_end_matches('/')
         .rsplit("://")
