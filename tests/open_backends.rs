@@ -36,6 +36,10 @@ async fn exercise(stores: &Stores, backend: &str) {
     assert_eq!(env.persistence_id(), &id, "{backend}");
 }
 
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "dynamodb", feature = "cassandra")),
+    allow(dead_code)
+)]
 fn server(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),

@@ -388,22 +388,51 @@ struct CheckedReadJournal {
     caps: Capabilities,
 }
 
-fn failing<T: Send + 'static>(
-    error: Error,
-) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>> {
+fn failing<T: Send + 'static>(error: Error) -> BoxedStream<T> {
     Box::pin(stream::once(async move { Err(error) }))
 }
 
+/// The three kinds of query, for the capability check.
+#[derive(Clone, Copy)]
+enum QueryKind {
+    PersistenceIds,
+    EventsById,
+    EventsByTag,
+}
+
+type BoxedStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>;
+
 impl CheckedReadJournal {
-    fn check(&self, operation: &'static str, query: bool, what: &str, live: bool) -> Result<()> {
-        if !query {
-            return Err(unsupported(operation, what));
+    /// Runs `query` if the backend supports `kind` (and live queries when `live`); else a
+    /// stream of one `Unsupported` error.
+    fn guard<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        kind: QueryKind,
+        live: bool,
+        query: impl FnOnce(&dyn ReadJournal) -> BoxedStream<T>,
+    ) -> BoxedStream<T> {
+        let (supported, what) = match kind {
+            QueryKind::PersistenceIds => {
+                (self.caps.query_persistence_ids, "persistence id queries")
+            }
+            QueryKind::EventsById => (
+                self.caps.query_events_by_persistence_id,
+                "events-by-persistence-id queries",
+            ),
+            QueryKind::EventsByTag => (
+                self.caps.query_events_by_tag && self.caps.tags,
+                "events-by-tag queries",
+            ),
+        };
+        if !supported {
+            return failing(unsupported(operation, what));
         }
         if live && !self.caps.live_queries {
-            return Err(unsupported(operation, "live queries"));
+            return failing(unsupported(operation, "live queries"));
         }
         tracing::info!(target: "persistence", operation, "query started");
-        Ok(())
+        query(self.inner.as_ref())
     }
 }
 
@@ -413,91 +442,75 @@ impl ReadJournal for CheckedReadJournal {
     }
 
     fn current_persistence_ids(&self) -> PersistenceIdStream {
-        match self.check(
+        self.guard(
             "current_persistence_ids",
-            self.caps.query_persistence_ids,
-            "persistence id queries",
+            QueryKind::PersistenceIds,
             false,
-        ) {
-            Ok(()) => self.inner.current_persistence_ids(),
-            Err(e) => failing(e),
-        }
+            |r| r.current_persistence_ids(),
+        )
     }
 
     fn persistence_ids(&self) -> PersistenceIdStream {
-        match self.check(
-            "persistence_ids",
-            self.caps.query_persistence_ids,
-            "persistence id queries",
-            true,
-        ) {
-            Ok(()) => self.inner.persistence_ids(),
-            Err(e) => failing(e),
-        }
+        self.guard("persistence_ids", QueryKind::PersistenceIds, true, |r| {
+            r.persistence_ids()
+        })
     }
 
     fn current_events_by_persistence_id(
         &self,
-        persistence_id: PersistenceId,
+        id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
     ) -> EnvelopeStream {
-        match self.check(
+        let from = from.max(1);
+        self.guard(
             "current_events_by_persistence_id",
-            self.caps.query_events_by_persistence_id,
-            "events-by-persistence-id queries",
+            QueryKind::EventsById,
             false,
-        ) {
-            Ok(()) if from.max(1) > to => Box::pin(stream::empty()),
-            Ok(()) => self
-                .inner
-                .current_events_by_persistence_id(persistence_id, from.max(1), to),
-            Err(e) => failing(e),
-        }
+            |r| {
+                if from > to {
+                    Box::pin(stream::empty())
+                } else {
+                    r.current_events_by_persistence_id(id, from, to)
+                }
+            },
+        )
     }
 
     fn events_by_persistence_id(
         &self,
-        persistence_id: PersistenceId,
+        id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
     ) -> EnvelopeStream {
-        match self.check(
+        let from = from.max(1);
+        self.guard(
             "events_by_persistence_id",
-            self.caps.query_events_by_persistence_id,
-            "events-by-persistence-id queries",
+            QueryKind::EventsById,
             true,
-        ) {
-            Ok(()) if from.max(1) > to => Box::pin(stream::empty()),
-            Ok(()) => self
-                .inner
-                .events_by_persistence_id(persistence_id, from.max(1), to),
-            Err(e) => failing(e),
-        }
+            |r| {
+                if from > to {
+                    Box::pin(stream::empty())
+                } else {
+                    r.events_by_persistence_id(id, from, to)
+                }
+            },
+        )
     }
 
     fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        match self.check(
+        self.guard(
             "current_events_by_tag",
-            self.caps.query_events_by_tag && self.caps.tags,
-            "events-by-tag queries",
+            QueryKind::EventsByTag,
             false,
-        ) {
-            Ok(()) => self.inner.current_events_by_tag(tag, offset),
-            Err(e) => failing(e),
-        }
+            |r| r.current_events_by_tag(tag, offset),
+        )
     }
 
     fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        match self.check(
-            "events_by_tag",
-            self.caps.query_events_by_tag && self.caps.tags,
-            "events-by-tag queries",
-            true,
-        ) {
-            Ok(()) => self.inner.events_by_tag(tag, offset),
-            Err(e) => failing(e),
-        }
+        self.guard("events_by_tag", QueryKind::EventsByTag, true, |r| {
+            r.events_by_tag(tag, offset)
+        })
     }
 }
 

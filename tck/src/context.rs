@@ -61,14 +61,10 @@ impl Ctx {
             .expect("a valid atomic write")
     }
 
-    /// Writes `from..=to` as one atomic write and expects success.
+    /// Writes `from..=to` and expects success: one atomic write, or as few as the backend's
+    /// declared atomic-write maximum allows.
     pub async fn write(&self, id: &PersistenceId, from: SequenceNr, to: SequenceNr) {
-        let w = self.atomic(id, from, to);
-        self.stores
-            .journal
-            .write(w)
-            .await
-            .unwrap_or_else(|e| panic!("writing {id} {from}..={to} failed: {e}"));
+        self.write_chunked(id, from, to, u64::MAX).await
     }
 
     /// Writes `from..=to` in atomic writes as large as the backend allows (at most `chunk`).
@@ -87,8 +83,13 @@ impl Ctx {
         let chunk = chunk.min(max).max(1);
         let mut s = from;
         while s <= to {
-            let end = (s + chunk - 1).min(to);
-            self.write(id, s, end).await;
+            let end = s.saturating_add(chunk - 1).min(to);
+            let w = self.atomic(id, s, end);
+            self.stores
+                .journal
+                .write(w)
+                .await
+                .unwrap_or_else(|e| panic!("writing {id} {s}..={end} failed: {e}"));
             s = end + 1;
         }
     }

@@ -1,0 +1,275 @@
+//! The checking layer and the kit's capability-based selection, on a backend that declares
+//! less than it could: the in-memory store behind a wrapper that turns capabilities off.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use persistence::memory::{MemoryBackend, MemoryConfig};
+use persistence::{
+    async_trait, AtomicWrite, Capabilities, EnvelopeStream, ErrorKind, Journal, JournalExt, Offset,
+    Payload, PersistenceId, PersistenceIdStream, PersistentEvent, ReadJournal, Replay, Result,
+    SequenceNr, SnapshotStore, Stores,
+};
+
+/// Delegates to memory, declares `caps`, and counts the calls that reach it.
+struct Reduced {
+    inner: MemoryBackend,
+    caps: Capabilities,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Reduced {
+    fn seen(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Journal for Reduced {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
+        self.seen();
+        self.inner.write_events(writes).await
+    }
+    async fn replay(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        max: u64,
+    ) -> Result<Replay> {
+        self.inner.replay(id, from, to, max).await
+    }
+    async fn highest_sequence_nr(&self, id: &PersistenceId) -> Result<SequenceNr> {
+        self.inner.highest_sequence_nr(id).await
+    }
+    async fn delete_events_to(&self, id: &PersistenceId, to: SequenceNr) -> Result<()> {
+        self.seen();
+        self.inner.delete_events_to(id, to).await
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for Reduced {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    async fn save_snapshot(&self, m: persistence::SnapshotMetadata, p: Payload) -> Result<()> {
+        self.seen();
+        self.inner.save_snapshot(m, p).await
+    }
+    async fn load_snapshot(
+        &self,
+        id: &PersistenceId,
+        c: persistence::SnapshotSelectionCriteria,
+    ) -> Result<Option<persistence::SelectedSnapshot>> {
+        self.seen();
+        self.inner.load_snapshot(id, c).await
+    }
+    async fn delete_snapshot(&self, m: &persistence::SnapshotMetadata) -> Result<()> {
+        self.inner.delete_snapshot(m).await
+    }
+    async fn delete_snapshots(
+        &self,
+        id: &PersistenceId,
+        c: persistence::SnapshotSelectionCriteria,
+    ) -> Result<()> {
+        self.inner.delete_snapshots(id, c).await
+    }
+}
+
+impl ReadJournal for Reduced {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    fn current_persistence_ids(&self) -> PersistenceIdStream {
+        self.inner.current_persistence_ids()
+    }
+    fn persistence_ids(&self) -> PersistenceIdStream {
+        self.seen();
+        self.inner.persistence_ids()
+    }
+    fn current_events_by_persistence_id(
+        &self,
+        id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> EnvelopeStream {
+        self.inner.current_events_by_persistence_id(id, from, to)
+    }
+    fn events_by_persistence_id(
+        &self,
+        id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> EnvelopeStream {
+        self.seen();
+        self.inner.events_by_persistence_id(id, from, to)
+    }
+    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+        self.seen();
+        self.inner.current_events_by_tag(tag, offset)
+    }
+    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+        self.seen();
+        self.inner.events_by_tag(tag, offset)
+    }
+}
+
+fn reduced_caps() -> Capabilities {
+    Capabilities {
+        atomic_write_max_events: Some(1),
+        max_event_size: Some(1000),
+        conflict_detection: true,
+        query_persistence_ids: true,
+        query_events_by_persistence_id: true,
+        ..Capabilities::default()
+    }
+}
+
+fn reduced(calls: Arc<AtomicUsize>) -> Stores {
+    let r = Arc::new(Reduced {
+        inner: MemoryBackend::new(MemoryConfig::default()),
+        caps: reduced_caps(),
+        calls,
+    });
+    Stores::new(r.clone(), r.clone(), r)
+}
+
+#[tokio::test]
+async fn unsupported_and_oversized_calls_never_reach_the_backend() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stores = reduced(calls.clone());
+    let id = PersistenceId::new("p").unwrap();
+    let ev = |n| PersistentEvent::new(id.clone(), n, Payload::raw(vec![0u8; 10]));
+
+    let err = stores
+        .journal
+        .write(AtomicWrite::new(vec![ev(1), ev(2)]).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(err.to_string().contains("limit of 1 events"), "{err}");
+
+    let err = stores
+        .journal
+        .write(AtomicWrite::single(ev(1).with_tags(["t"])).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("tags"), "{err}");
+
+    let big = PersistentEvent::new(id.clone(), 1, Payload::raw(vec![0u8; 2000]));
+    let err = stores
+        .journal
+        .write(AtomicWrite::single(big).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert!(err.to_string().contains("at most 1000 bytes"), "{err}");
+
+    let err = stores.journal.delete_events_to(&id, 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    let err = stores
+        .snapshots
+        .save_snapshot(
+            persistence::SnapshotMetadata::new(id.clone(), 1),
+            Payload::raw(vec![1]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+
+    for mut s in [
+        stores
+            .read_journal
+            .events_by_tag("t".into(), Offset::NoOffset),
+        stores
+            .read_journal
+            .current_events_by_tag("t".into(), Offset::NoOffset),
+        stores
+            .read_journal
+            .events_by_persistence_id(id.clone(), 1, 10),
+    ] {
+        let err = s.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(s.next().await.is_none());
+    }
+    let err = stores
+        .read_journal
+        .persistence_ids()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("live queries"), "{err}");
+
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "none of these calls reached the backend"
+    );
+    stores
+        .journal
+        .write(AtomicWrite::single(ev(1)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+struct ReducedFactory;
+
+#[async_trait]
+impl tck::StoreFactory for ReducedFactory {
+    async fn create(&self, _namespace: &str) -> Result<Stores> {
+        Ok(reduced(Arc::new(AtomicUsize::new(0))))
+    }
+}
+
+#[tokio::test]
+async fn the_kit_skips_by_capability_and_names_what_is_missing() {
+    let report = tck::run_all(Arc::new(ReducedFactory), None).await;
+    let (passed, failed, skipped) = report.counts();
+    let failures: Vec<_> = report
+        .cases
+        .iter()
+        .filter(|(_, o)| matches!(o, tck::Outcome::Failed(_)))
+        .collect();
+    assert_eq!(failed, 0, "{failures:#?}");
+    assert!(
+        passed >= 25,
+        "the cases a single-event journal can serve run: {passed}"
+    );
+    assert!(skipped >= 20, "{skipped}");
+    let reason = |name: &str| {
+        report
+            .cases
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| o.clone())
+            .expect(name)
+    };
+    assert_eq!(
+        reason("snapshot::latest"),
+        tck::Outcome::Skipped("snapshots".into())
+    );
+    assert_eq!(
+        reason("query::live_events_by_tag"),
+        tck::Outcome::Skipped("query_events_by_tag, live_queries".into())
+    );
+    assert_eq!(
+        reason("journal::conflict_stores_nothing_of_atomic_write"),
+        tck::Outcome::Skipped("atomic_write_max_events >= 2".into())
+    );
+    assert_eq!(
+        reason("journal::atomic_write_above_declared_maximum"),
+        tck::Outcome::Passed
+    );
+    assert_eq!(
+        reason("journal::event_over_size_limit_rejects_its_atomic_write"),
+        tck::Outcome::Passed
+    );
+}
