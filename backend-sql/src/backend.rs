@@ -1,19 +1,25 @@
 //! What each database provides (the SQL), beneath the stores that both share.
 //!
 //! [`Backend`] is implemented by the PostgreSQL and the SQLite module with their own
-//! statements; `journal.rs`, `snapshot.rs` and `query.rs` implement the public traits
-//! once, on top of it (paging, live polling, offsets).
+//! write paths; the reads, deletes and snapshots are one [`SqlStore`] over either
+//! database, its statements spelled by a [`Dialect`]. `journal.rs`, `snapshot.rs` and
+//! `query.rs` implement the public traits once, on top of them (paging, live polling,
+//! offsets).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use persistence_api::{
     AtomicWrite, Bytes, Capabilities, Error, Payload, PersistenceId, PersistentEvent, Result,
-    SelectedSnapshot, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, Timestamp,
+    SelectedSnapshot, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, Stores, Timestamp,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex, MutexGuard};
 
-use crate::error::SqlError;
+use crate::error::{err, SqlError};
+use crate::journal::SqlJournal;
+use crate::query::SqlReadJournal;
+use crate::schema::Names;
+use crate::snapshot::SqlSnapshotStore;
 
 /// The stored state of one persistence id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,15 +30,14 @@ pub(crate) struct IdState {
     pub deleted_to: SequenceNr,
 }
 
-/// The statements of one database.
+/// What each database does its own way: writes (locking, batching, notifications) and
+/// the wake-ups of live queries. Everything else is the shared [`Store`].
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    /// What the stores declare.
-    fn capabilities(&self) -> Capabilities;
-    /// Rows per page.
-    fn page_size(&self) -> usize;
-    /// How long a live query sleeps when nothing woke it.
-    fn poll_interval(&self) -> Duration;
+    /// The reads, deletes and snapshots, the same for both databases.
+    type Store: Store;
+    /// The shared statements of this database.
+    fn store(&self) -> &Self::Store;
     /// A receiver that changes whenever something may have been written (a write through
     /// these stores, or a notification from the database). Live queries wait on it.
     fn subscribe(&self) -> watch::Receiver<u64>;
@@ -48,6 +53,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
         }
         Ok(results)
     }
+}
+
+/// The statements whose logic both databases share (only their SQL spelling differs).
+#[async_trait]
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Rows per page.
+    fn page_size(&self) -> usize;
+    /// How long a live query sleeps when nothing woke it.
+    fn poll_interval(&self) -> Duration;
+    /// What the stores declare.
+    fn capabilities(&self) -> Capabilities {
+        capabilities(self.poll_interval())
+    }
+
     /// The highest and deleted-to of `id`, `None` if it never wrote.
     async fn id_state(&self, id: &PersistenceId) -> Result<Option<IdState>>;
     /// Events of `id` with `from <= sequence_nr <= to`, ascending, at most `limit`.
@@ -150,6 +169,66 @@ pub(crate) fn distinct_tags(write: &AtomicWrite) -> Vec<&str> {
     tags
 }
 
+/// The columns of a row of either database, read by index: the sqlx bounds in one place.
+pub(crate) trait Columns {
+    /// A `BIGINT` column.
+    fn int(&self, index: usize) -> std::result::Result<i64, sqlx::Error>;
+    /// A text column.
+    fn text(&self, index: usize) -> std::result::Result<String, sqlx::Error>;
+    /// A nullable text column.
+    fn opt_text(&self, index: usize) -> std::result::Result<Option<String>, sqlx::Error>;
+    /// A binary column.
+    fn bytes(&self, index: usize) -> std::result::Result<Vec<u8>, sqlx::Error>;
+    /// A nullable binary column.
+    fn opt_bytes(&self, index: usize) -> std::result::Result<Option<Vec<u8>>, sqlx::Error>;
+}
+
+impl<R> Columns for R
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn int(&self, index: usize) -> std::result::Result<i64, sqlx::Error> {
+        self.try_get(index)
+    }
+    fn text(&self, index: usize) -> std::result::Result<String, sqlx::Error> {
+        self.try_get(index)
+    }
+    fn opt_text(&self, index: usize) -> std::result::Result<Option<String>, sqlx::Error> {
+        self.try_get(index)
+    }
+    fn bytes(&self, index: usize) -> std::result::Result<Vec<u8>, sqlx::Error> {
+        self.try_get(index)
+    }
+    fn opt_bytes(&self, index: usize) -> std::result::Result<Option<Vec<u8>>, sqlx::Error> {
+        self.try_get(index)
+    }
+}
+
+/// A persistence id read back from a table.
+fn stored_id(id: String) -> std::result::Result<PersistenceId, SqlError> {
+    PersistenceId::new(id).map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))
+}
+
+/// The metadata of an event or snapshot: present when all three columns are.
+fn metadata(
+    ser_id: Option<String>,
+    manifest: Option<String>,
+    bytes: Option<Vec<u8>>,
+) -> Option<Payload> {
+    match (ser_id, manifest, bytes) {
+        (Some(serializer_id), Some(manifest), Some(bytes)) => Some(Payload {
+            serializer_id,
+            manifest,
+            bytes: Bytes::from(bytes),
+        }),
+        _ => None,
+    }
+}
+
 /// One event row as read from either database.
 pub(crate) struct EventRow {
     pub ordering: i64,
@@ -174,45 +253,30 @@ pub(crate) const EVENT_COLUMNS: &str = "ordering, persistence_id, sequence_nr, w
 
 impl EventRow {
     /// Reads the [`EVENT_COLUMNS`] from a row of either database.
-    pub(crate) fn decode<R>(row: &R) -> std::result::Result<EventRow, SqlError>
-    where
-        R: sqlx::Row,
-        usize: sqlx::ColumnIndex<R>,
-        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
+    pub(crate) fn decode(row: &impl Columns) -> std::result::Result<EventRow, SqlError> {
         Ok(EventRow {
-            ordering: row.try_get(0)?,
-            persistence_id: row.try_get(1)?,
-            sequence_nr: row.try_get(2)?,
-            writer_id: row.try_get(3)?,
-            write_timestamp: row.try_get(4)?,
-            event_manifest: row.try_get(5)?,
-            ser_id: row.try_get(6)?,
-            ser_manifest: row.try_get(7)?,
-            payload: row.try_get(8)?,
-            meta_ser_id: row.try_get(9)?,
-            meta_ser_manifest: row.try_get(10)?,
-            meta_payload: row.try_get(11)?,
-            tags: row.try_get(12)?,
+            ordering: row.int(0)?,
+            persistence_id: row.text(1)?,
+            sequence_nr: row.int(2)?,
+            writer_id: row.text(3)?,
+            write_timestamp: row.int(4)?,
+            event_manifest: row.text(5)?,
+            ser_id: row.text(6)?,
+            ser_manifest: row.text(7)?,
+            payload: row.bytes(8)?,
+            meta_ser_id: row.opt_text(9)?,
+            meta_ser_manifest: row.opt_text(10)?,
+            meta_payload: row.opt_bytes(11)?,
+            tags: row.text(12)?,
         })
     }
 
     /// The ordering and the event.
     pub(crate) fn into_event(self) -> std::result::Result<(u64, PersistentEvent), SqlError> {
-        let persistence_id = PersistenceId::new(self.persistence_id)
-            .map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))?;
+        let persistence_id = stored_id(self.persistence_id)?;
         let tags: Vec<String> = serde_json::from_str(&self.tags)
             .map_err(|e| SqlError::Corrupt(format!("tags column {:?}: {e}", self.tags)))?;
-        let metadata = match (self.meta_ser_id, self.meta_ser_manifest, self.meta_payload) {
-            (Some(ser_id), Some(manifest), Some(bytes)) => Some(Payload {
-                serializer_id: ser_id,
-                manifest,
-                bytes: Bytes::from(bytes),
-            }),
-            _ => None,
-        };
+        let metadata = metadata(self.meta_ser_id, self.meta_ser_manifest, self.meta_payload);
         let event = PersistentEvent {
             persistence_id,
             sequence_nr: unsigned(self.sequence_nr, "sequence_nr")?,
@@ -232,14 +296,9 @@ impl EventRow {
 }
 
 /// Reads an event row (ordering and event) inside sqlx's row mapping.
-pub(crate) fn decode_event<R>(row: &R) -> std::result::Result<(u64, PersistentEvent), sqlx::Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub(crate) fn decode_event(
+    row: &impl Columns,
+) -> std::result::Result<(u64, PersistentEvent), sqlx::Error> {
     EventRow::decode(row)
         .and_then(EventRow::into_event)
         .map_err(|e| match e {
@@ -267,39 +326,24 @@ pub(crate) const SNAPSHOT_COLUMNS: &str = "persistence_id, sequence_nr, created,
 
 impl SnapshotRow {
     /// Reads the [`SNAPSHOT_COLUMNS`] from a row of either database.
-    pub(crate) fn decode<R>(row: &R) -> std::result::Result<SnapshotRow, SqlError>
-    where
-        R: sqlx::Row,
-        usize: sqlx::ColumnIndex<R>,
-        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
+    pub(crate) fn decode(row: &impl Columns) -> std::result::Result<SnapshotRow, SqlError> {
         Ok(SnapshotRow {
-            persistence_id: row.try_get(0)?,
-            sequence_nr: row.try_get(1)?,
-            created: row.try_get(2)?,
-            ser_id: row.try_get(3)?,
-            ser_manifest: row.try_get(4)?,
-            payload: row.try_get(5)?,
-            meta_ser_id: row.try_get(6)?,
-            meta_ser_manifest: row.try_get(7)?,
-            meta_payload: row.try_get(8)?,
+            persistence_id: row.text(0)?,
+            sequence_nr: row.int(1)?,
+            created: row.int(2)?,
+            ser_id: row.text(3)?,
+            ser_manifest: row.text(4)?,
+            payload: row.bytes(5)?,
+            meta_ser_id: row.opt_text(6)?,
+            meta_ser_manifest: row.opt_text(7)?,
+            meta_payload: row.opt_bytes(8)?,
         })
     }
 
     /// The loaded snapshot.
     pub(crate) fn into_snapshot(self) -> std::result::Result<SelectedSnapshot, SqlError> {
-        let persistence_id = PersistenceId::new(self.persistence_id)
-            .map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))?;
-        let metadata = match (self.meta_ser_id, self.meta_ser_manifest, self.meta_payload) {
-            (Some(ser_id), Some(manifest), Some(bytes)) => Some(Payload {
-                serializer_id: ser_id,
-                manifest,
-                bytes: Bytes::from(bytes),
-            }),
-            _ => None,
-        };
+        let persistence_id = stored_id(self.persistence_id)?;
+        let metadata = metadata(self.meta_ser_id, self.meta_ser_manifest, self.meta_payload);
         Ok(SelectedSnapshot {
             metadata: SnapshotMetadata {
                 persistence_id,
@@ -341,4 +385,471 @@ pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
 /// Bumps a wake-up counter (after a commit).
 pub(crate) fn wake(sender: &watch::Sender<u64>) {
     sender.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+/// How one database spells the statements the two share.
+pub(crate) struct Dialect {
+    /// What stands before a parameter's number: `$` (PostgreSQL) or `?` (SQLite).
+    pub param: char,
+    /// The larger of two values.
+    pub greatest: &'static str,
+    /// The smaller of two values.
+    pub least: &'static str,
+    /// The row an upsert would have inserted.
+    pub excluded: &'static str,
+    /// Appended to an aggregate so it reads back as a `BIGINT`.
+    pub bigint: &'static str,
+}
+
+/// PostgreSQL's spelling.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES: Dialect = Dialect {
+    param: '$',
+    greatest: "GREATEST",
+    least: "LEAST",
+    excluded: "EXCLUDED",
+    bigint: "::bigint",
+};
+
+/// SQLite's spelling.
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE: Dialect = Dialect {
+    param: '?',
+    greatest: "max",
+    least: "min",
+    excluded: "excluded",
+    bigint: "",
+};
+
+/// A statement rendered once, shared by every call.
+pub(crate) type Sql = std::sync::Arc<str>;
+
+/// A rendered statement as sqlx takes it (it is built from quoted names only).
+pub(crate) fn q(sql: &Sql) -> sqlx::AssertSqlSafe<Sql> {
+    sqlx::AssertSqlSafe(sql.clone())
+}
+
+/// The shared statements, rendered once for the schema, table prefix and dialect.
+pub(crate) struct StoreSql {
+    id_state: Sql,
+    events: Sql,
+    raise_deleted_to: Sql,
+    delete_tags: Sql,
+    delete_events: Sql,
+    max_tag_ordering: Sql,
+    tag_events: Sql,
+    max_id_ordering: Sql,
+    ids: Sql,
+    save_snapshot: Sql,
+    load_snapshot: Sql,
+    delete_snapshot: Sql,
+    delete_snapshot_at: Sql,
+    delete_snapshots: Sql,
+}
+
+impl StoreSql {
+    pub(crate) fn new(n: &Names, d: &Dialect) -> StoreSql {
+        let ev = n.get("event_journal");
+        let tag = n.get("event_tag");
+        let ids = n.get("journal_ids");
+        let snap = n.get("snapshot");
+        let Dialect {
+            param: p,
+            greatest,
+            least,
+            excluded,
+            bigint,
+        } = d;
+        let s = |sql: String| -> Sql { sql.into() };
+        let tag_columns = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let snapshot_values = (1..=SNAPSHOT_COLUMNS.split(", ").count())
+            .map(|i| format!("{p}{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Every column but the key (persistence id, sequence number) is replaced.
+        let snapshot_updates = SNAPSHOT_COLUMNS
+            .split(", ")
+            .skip(2)
+            .map(|c| format!("{c} = {excluded}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let criteria = format!(
+            "persistence_id = {p}1 AND sequence_nr <= {p}2 AND sequence_nr >= {p}3 \
+             AND created <= {p}4 AND created >= {p}5"
+        );
+        StoreSql {
+            id_state: s(format!(
+                "SELECT highest_sequence_nr, deleted_to FROM {ids} WHERE persistence_id = {p}1"
+            )),
+            events: s(format!(
+                "SELECT {EVENT_COLUMNS} FROM {ev} WHERE persistence_id = {p}1 \
+                 AND sequence_nr >= {p}2 AND sequence_nr <= {p}3 ORDER BY sequence_nr LIMIT {p}4"
+            )),
+            raise_deleted_to: s(format!(
+                "UPDATE {ids} SET deleted_to = \
+                 {greatest}(deleted_to, {least}({p}2, highest_sequence_nr)) \
+                 WHERE persistence_id = {p}1 RETURNING deleted_to"
+            )),
+            delete_tags: s(format!(
+                "DELETE FROM {tag} WHERE persistence_id = {p}1 AND sequence_nr <= {p}2"
+            )),
+            delete_events: s(format!(
+                "DELETE FROM {ev} WHERE persistence_id = {p}1 AND sequence_nr <= {p}2"
+            )),
+            max_tag_ordering: s(format!(
+                "SELECT COALESCE(MAX(ordering), 0){bigint} FROM {tag} WHERE tag = {p}1"
+            )),
+            tag_events: s(format!(
+                "SELECT {tag_columns} FROM {tag} t JOIN {ev} e ON e.ordering = t.ordering \
+                 WHERE t.tag = {p}1 AND t.ordering > {p}2 AND t.ordering <= {p}3 \
+                 ORDER BY t.ordering LIMIT {p}4"
+            )),
+            max_id_ordering: s(format!(
+                "SELECT COALESCE(MAX(id_ordering), 0){bigint} FROM {ids}"
+            )),
+            ids: s(format!(
+                "SELECT id_ordering, persistence_id FROM {ids} \
+                 WHERE id_ordering > {p}1 AND id_ordering <= {p}2 ORDER BY id_ordering LIMIT {p}3"
+            )),
+            save_snapshot: s(format!(
+                "INSERT INTO {snap} ({SNAPSHOT_COLUMNS}) VALUES ({snapshot_values}) \
+                 ON CONFLICT (persistence_id, sequence_nr) DO UPDATE SET {snapshot_updates}"
+            )),
+            load_snapshot: s(format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM {snap} WHERE {criteria} \
+                 ORDER BY sequence_nr DESC LIMIT 1"
+            )),
+            delete_snapshot: s(format!(
+                "DELETE FROM {snap} WHERE persistence_id = {p}1 AND sequence_nr = {p}2"
+            )),
+            delete_snapshot_at: s(format!(
+                "DELETE FROM {snap} WHERE persistence_id = {p}1 AND sequence_nr = {p}2 \
+                 AND created = {p}3"
+            )),
+            delete_snapshots: s(format!("DELETE FROM {snap} WHERE {criteria}")),
+        }
+    }
+}
+
+/// The shared part of one opened database: its pool and the statements both databases
+/// run the same way.
+pub(crate) struct SqlStore<DB: sqlx::Database> {
+    /// The connection pool (the write paths use it too).
+    pub pool: sqlx::Pool<DB>,
+    sql: StoreSql,
+    page_size: usize,
+    poll_interval: Duration,
+    /// SQLite: this process's writers take turns here, so they never spin on
+    /// `SQLITE_BUSY`. `None` when the database lets writers run side by side.
+    write_turns: Option<Mutex<()>>,
+    /// The statement that opens a write transaction; `None` for the driver's `BEGIN`.
+    begin: Option<&'static str>,
+}
+
+impl<DB: sqlx::Database> SqlStore<DB> {
+    pub(crate) fn new(
+        pool: sqlx::Pool<DB>,
+        sql: StoreSql,
+        page_size: usize,
+        poll_interval: Duration,
+        writers_take_turns: bool,
+        begin: Option<&'static str>,
+    ) -> SqlStore<DB> {
+        SqlStore {
+            pool,
+            sql,
+            page_size,
+            poll_interval,
+            write_turns: writers_take_turns.then(|| Mutex::new(())),
+            begin,
+        }
+    }
+
+    /// Waits for this process's turn to write (held until the guard drops).
+    pub(crate) async fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.write_turns {
+            Some(turns) => Some(turns.lock().await),
+            None => None,
+        }
+    }
+
+    /// Opens a write transaction.
+    pub(crate) async fn begin(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+        match self.begin {
+            Some(statement) => self.pool.begin_with(statement).await,
+            None => self.pool.begin().await,
+        }
+    }
+}
+
+#[async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    DB::Row: Columns,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q [u8]>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    async fn id_state(&self, id: &PersistenceId) -> Result<Option<IdState>> {
+        let row = sqlx::query(q(&self.sql.id_state))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("highest_sequence_nr"))?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || -> std::result::Result<IdState, SqlError> {
+            Ok(IdState {
+                highest: unsigned(row.int(0)?, "highest_sequence_nr")?,
+                deleted_to: unsigned(row.int(1)?, "deleted_to")?,
+            })
+        };
+        read().map(Some).map_err(err("highest_sequence_nr"))
+    }
+
+    async fn events(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        limit: usize,
+    ) -> Result<Vec<PersistentEvent>> {
+        let rows = sqlx::query(q(&self.sql.events))
+            .bind(id.as_str())
+            .bind(clamp(from))
+            .bind(clamp(to))
+            .bind(limit as i64)
+            // Each row becomes an event as it arrives, so a page never holds the raw rows
+            // and the events at once.
+            .try_map(|row: DB::Row| decode_event(&row).map(|(_, e)| e))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("replay"))?;
+        Ok(rows)
+    }
+
+    async fn delete_to(&self, id: &PersistenceId, to: SequenceNr) -> Result<()> {
+        let run = async {
+            let _turn = self.write_turn().await;
+            let mut tx = self.begin().await?;
+            let deleted_to: Option<i64> = sqlx::query_scalar(q(&self.sql.raise_deleted_to))
+                .bind(id.as_str())
+                .bind(clamp(to))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(deleted_to) = deleted_to {
+                sqlx::query(q(&self.sql.delete_tags))
+                    .bind(id.as_str())
+                    .bind(deleted_to)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(q(&self.sql.delete_events))
+                    .bind(id.as_str())
+                    .bind(deleted_to)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(())
+        };
+        run.await
+            .map_err(err("delete_events_to"))
+            .map_err(|e| e.with_persistence_id(id.as_str()))
+    }
+
+    async fn max_tag_ordering(&self, tag: &str) -> Result<u64> {
+        let max: i64 = sqlx::query_scalar(q(&self.sql.max_tag_ordering))
+            .bind(tag)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("events_by_tag"))?;
+        unsigned(max, "ordering").map_err(err("events_by_tag"))
+    }
+
+    async fn tag_events(
+        &self,
+        tag: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PersistentEvent)>> {
+        let rows = sqlx::query(q(&self.sql.tag_events))
+            .bind(tag)
+            .bind(clamp(after))
+            .bind(clamp(upto))
+            .bind(limit as i64)
+            .try_map(|row: DB::Row| decode_event(&row))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("events_by_tag"))?;
+        Ok(rows)
+    }
+
+    async fn max_id_ordering(&self) -> Result<u64> {
+        let max: i64 = sqlx::query_scalar(q(&self.sql.max_id_ordering))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("persistence_ids"))?;
+        unsigned(max, "id_ordering").map_err(err("persistence_ids"))
+    }
+
+    async fn ids(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<(u64, PersistenceId)>> {
+        let rows = sqlx::query(q(&self.sql.ids))
+            .bind(clamp(after))
+            .bind(clamp(upto))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("persistence_ids"))?;
+        rows.iter()
+            .map(|row| -> std::result::Result<_, SqlError> {
+                let ordering = unsigned(row.int(0)?, "id_ordering")?;
+                Ok((ordering, stored_id(row.text(1)?)?))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err("persistence_ids"))
+    }
+
+    async fn save_snapshot(&self, metadata: &SnapshotMetadata, snapshot: &Payload) -> Result<()> {
+        let meta = metadata.metadata.as_ref();
+        let run = async {
+            let _turn = self.write_turn().await;
+            sqlx::query(q(&self.sql.save_snapshot))
+                .bind(metadata.persistence_id.as_str())
+                .bind(clamp(metadata.sequence_nr))
+                .bind(metadata.timestamp.as_millis())
+                .bind(snapshot.serializer_id.as_str())
+                .bind(snapshot.manifest.as_str())
+                .bind(snapshot.bytes.as_ref())
+                .bind(meta.map(|m| m.serializer_id.as_str()))
+                .bind(meta.map(|m| m.manifest.as_str()))
+                .bind(meta.map(|m| m.bytes.as_ref()))
+                .execute(&self.pool)
+                .await
+        };
+        run.await.map_err(err("save_snapshot"))?;
+        Ok(())
+    }
+
+    async fn load_snapshot(
+        &self,
+        id: &PersistenceId,
+        criteria: &SnapshotSelectionCriteria,
+    ) -> Result<Option<SelectedSnapshot>> {
+        let row = sqlx::query(q(&self.sql.load_snapshot))
+            .bind(id.as_str())
+            .bind(clamp(criteria.max_sequence_nr))
+            .bind(clamp(criteria.min_sequence_nr))
+            .bind(criteria.max_timestamp.as_millis())
+            .bind(criteria.min_timestamp.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err("load_snapshot"))?;
+        row.map(|row| SnapshotRow::decode(&row).and_then(SnapshotRow::into_snapshot))
+            .transpose()
+            .map_err(err("load_snapshot"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        timestamp: Option<Timestamp>,
+    ) -> Result<()> {
+        let _turn = self.write_turn().await;
+        let query = match timestamp {
+            None => sqlx::query(q(&self.sql.delete_snapshot))
+                .bind(id.as_str())
+                .bind(clamp(sequence_nr)),
+            Some(ts) => sqlx::query(q(&self.sql.delete_snapshot_at))
+                .bind(id.as_str())
+                .bind(clamp(sequence_nr))
+                .bind(ts.as_millis()),
+        };
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete_snapshot"))?;
+        Ok(())
+    }
+
+    async fn delete_snapshots(
+        &self,
+        id: &PersistenceId,
+        criteria: &SnapshotSelectionCriteria,
+    ) -> Result<()> {
+        let _turn = self.write_turn().await;
+        sqlx::query(q(&self.sql.delete_snapshots))
+            .bind(id.as_str())
+            .bind(clamp(criteria.max_sequence_nr))
+            .bind(clamp(criteria.min_sequence_nr))
+            .bind(criteria.max_timestamp.as_millis())
+            .bind(criteria.min_timestamp.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(err("delete_snapshots"))?;
+        Ok(())
+    }
+}
+
+/// Why a write failed, before it becomes a public error.
+pub(crate) enum WriteError {
+    Sql(SqlError),
+    /// The first sequence number is at or below the id's deleted-to mark.
+    Deleted,
+}
+
+impl<E: Into<SqlError>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError::Sql(e.into())
+    }
+}
+
+impl WriteError {
+    pub(crate) fn into_public(self, write: &AtomicWrite) -> Error {
+        let e = match self {
+            WriteError::Sql(e) => crate::error::to_public(e, "write_events"),
+            WriteError::Deleted => Error::new(
+                persistence_api::ErrorKind::Conflict,
+                "the sequence number is already taken (its event was deleted)",
+            )
+            .with_operation("write_events"),
+        };
+        e.with_persistence_id(write.persistence_id().as_str())
+            .with_sequence_range(write.lowest_sequence_nr(), write.highest_sequence_nr())
+    }
+}
+
+/// The journal, snapshot store and read journal of `backend` (behind the checking layer).
+pub(crate) fn stores<B: Backend>(backend: &std::sync::Arc<B>) -> Stores {
+    Stores::new(
+        std::sync::Arc::new(SqlJournal {
+            backend: backend.clone(),
+        }),
+        std::sync::Arc::new(SqlSnapshotStore {
+            backend: backend.clone(),
+        }),
+        std::sync::Arc::new(SqlReadJournal {
+            backend: backend.clone(),
+        }),
+    )
 }

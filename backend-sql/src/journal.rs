@@ -8,7 +8,7 @@ use persistence_api::{
     AtomicWrite, Capabilities, Journal, PersistenceId, Replay, Result, SequenceNr,
 };
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Store};
 
 /// The journal of one opened database.
 pub(crate) struct SqlJournal<B> {
@@ -18,7 +18,7 @@ pub(crate) struct SqlJournal<B> {
 #[async_trait]
 impl<B: Backend> Journal for SqlJournal<B> {
     fn capabilities(&self) -> Capabilities {
-        self.backend.capabilities()
+        self.backend.store().capabilities()
     }
 
     /// Atomic writes are applied in the given order, each all or nothing; a failed one does
@@ -37,6 +37,7 @@ impl<B: Backend> Journal for SqlJournal<B> {
     ) -> Result<Replay> {
         let state = self
             .backend
+            .store()
             .id_state(persistence_id)
             .await?
             .unwrap_or_default();
@@ -45,13 +46,13 @@ impl<B: Backend> Journal for SqlJournal<B> {
         let upper = to.min(highest);
         let backend = self.backend.clone();
         let id = persistence_id.clone();
-        let page_size = backend.page_size() as u64;
+        let page_size = backend.store().page_size() as u64;
         let events = Box::pin(try_stream! {
             let mut next = lower;
             let mut left = max;
             while next <= upper && left > 0 {
                 let limit = page_size.min(left);
-                let page = backend.events(&id, next, upper, limit as usize).await?;
+                let page = backend.store().events(&id, next, upper, limit as usize).await?;
                 let n = page.len() as u64;
                 for event in page {
                     next = event.sequence_nr.saturating_add(1);
@@ -72,12 +73,13 @@ impl<B: Backend> Journal for SqlJournal<B> {
     async fn highest_sequence_nr(&self, persistence_id: &PersistenceId) -> Result<SequenceNr> {
         Ok(self
             .backend
+            .store()
             .id_state(persistence_id)
             .await?
             .map_or(0, |s| s.highest))
     }
 
     async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()> {
-        self.backend.delete_to(persistence_id, to).await
+        self.backend.store().delete_to(persistence_id, to).await
     }
 }

@@ -15,7 +15,7 @@ use persistence_api::{
 };
 use tokio::sync::watch;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Store};
 
 /// The read journal of one opened database.
 pub(crate) struct SqlReadJournal<B> {
@@ -51,14 +51,14 @@ impl<B: Backend> SqlReadJournal<B> {
     fn ids_stream(&self, live: bool) -> PersistenceIdStream {
         let backend = self.backend.clone();
         Box::pin(try_stream! {
-            let page_size = backend.page_size();
-            let poll = backend.poll_interval();
+            let page_size = backend.store().page_size();
+            let poll = backend.store().poll_interval();
             let mut wake = backend.subscribe();
-            let upto = if live { u64::MAX } else { backend.max_id_ordering().await? };
+            let upto = if live { u64::MAX } else { backend.store().max_id_ordering().await? };
             let mut after = 0u64;
             loop {
                 wake.borrow_and_update();
-                let page = backend.ids(after, upto, page_size).await?;
+                let page = backend.store().ids(after, upto, page_size).await?;
                 let n = page.len();
                 for (ordering, id) in page {
                     after = ordering;
@@ -84,10 +84,10 @@ impl<B: Backend> SqlReadJournal<B> {
     ) -> EnvelopeStream {
         let backend = self.backend.clone();
         Box::pin(try_stream! {
-            let page_size = backend.page_size();
-            let poll = backend.poll_interval();
+            let page_size = backend.store().page_size();
+            let poll = backend.store().poll_interval();
             let mut wake = backend.subscribe();
-            let state = backend.id_state(&persistence_id).await?.unwrap_or_default();
+            let state = backend.store().id_state(&persistence_id).await?.unwrap_or_default();
             let upper = if live { to } else { to.min(state.highest) };
             let mut next = from.max(1).max(state.deleted_to.saturating_add(1));
             loop {
@@ -95,7 +95,7 @@ impl<B: Backend> SqlReadJournal<B> {
                 if next > upper {
                     break;
                 }
-                let page = backend.events(&persistence_id, next, upper, page_size).await?;
+                let page = backend.store().events(&persistence_id, next, upper, page_size).await?;
                 let n = page.len();
                 for event in page {
                     next = event.sequence_nr.saturating_add(1);
@@ -118,14 +118,14 @@ impl<B: Backend> SqlReadJournal<B> {
     fn tag_stream(&self, tag: String, offset: Offset, live: bool) -> EnvelopeStream {
         let backend = self.backend.clone();
         Box::pin(try_stream! {
-            let page_size = backend.page_size();
-            let poll = backend.poll_interval();
+            let page_size = backend.store().page_size();
+            let poll = backend.store().poll_interval();
             let mut wake = backend.subscribe();
             let mut after = tag_position(&offset)?;
-            let upto = if live { u64::MAX } else { backend.max_tag_ordering(&tag).await? };
+            let upto = if live { u64::MAX } else { backend.store().max_tag_ordering(&tag).await? };
             loop {
                 wake.borrow_and_update();
-                let page = backend.tag_events(&tag, after, upto, page_size).await?;
+                let page = backend.store().tag_events(&tag, after, upto, page_size).await?;
                 let n = page.len();
                 for (ordering, event) in page {
                     after = ordering;
@@ -148,7 +148,7 @@ impl<B: Backend> SqlReadJournal<B> {
 
 impl<B: Backend> ReadJournal for SqlReadJournal<B> {
     fn capabilities(&self) -> Capabilities {
-        self.backend.capabilities()
+        self.backend.store().capabilities()
     }
 
     fn current_persistence_ids(&self) -> PersistenceIdStream {

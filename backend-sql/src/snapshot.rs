@@ -8,7 +8,7 @@ use persistence_api::{
     SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Store};
 
 /// The snapshot store of one opened database.
 pub(crate) struct SqlSnapshotStore<B> {
@@ -18,11 +18,14 @@ pub(crate) struct SqlSnapshotStore<B> {
 #[async_trait]
 impl<B: Backend> SnapshotStore for SqlSnapshotStore<B> {
     fn capabilities(&self) -> Capabilities {
-        self.backend.capabilities()
+        self.backend.store().capabilities()
     }
 
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
-        self.backend.save_snapshot(&metadata, &snapshot).await
+        self.backend
+            .store()
+            .save_snapshot(&metadata, &snapshot)
+            .await
     }
 
     async fn load_snapshot(
@@ -33,12 +36,16 @@ impl<B: Backend> SnapshotStore for SqlSnapshotStore<B> {
         if criteria.is_empty() {
             return Ok(None);
         }
-        self.backend.load_snapshot(persistence_id, &criteria).await
+        self.backend
+            .store()
+            .load_snapshot(persistence_id, &criteria)
+            .await
     }
 
     async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()> {
         let timestamp = (metadata.timestamp != Timestamp::MIN).then_some(metadata.timestamp);
         self.backend
+            .store()
             .delete_snapshot(&metadata.persistence_id, metadata.sequence_nr, timestamp)
             .await
     }
@@ -52,6 +59,7 @@ impl<B: Backend> SnapshotStore for SqlSnapshotStore<B> {
             return Ok(());
         }
         self.backend
+            .store()
             .delete_snapshots(persistence_id, &criteria)
             .await
     }
