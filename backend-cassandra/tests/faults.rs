@@ -17,6 +17,7 @@
 //!
 //! `source .servers/cassandra/env && cargo test -p backend-cassandra --test faults`
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backend_cassandra::{CassandraConfig, CassandraPersistence};
@@ -170,18 +171,28 @@ fn batch(pid: &PersistenceId, from: u64, count: u64, tag: Option<&str>) -> Atomi
         .expect("a valid atomic write")
 }
 
+/// How many writes after a restore got a retryable error first.
+static RETRIED: AtomicU64 = AtomicU64::new(0);
+
+/// The longest a write took to get a non-retryable answer once the proxy was restored.
+static SLOWEST_RECOVERY_MS: AtomicU64 = AtomicU64::new(0);
+
 /// Writes until the answer is not retryable (the driver reconnects after a cut with a
 /// backoff), for at most [`RECOVERY`].
 async fn write_settled(stores: &Stores, write: AtomicWrite) -> persistence_api::Result<()> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
+    let started = Instant::now();
+    let deadline = started + RECOVERY;
+    let result = loop {
         match stores.journal.write(write.clone()).await {
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                RETRIED.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            other => return other,
+            other => break other,
         }
-    }
+    };
+    SLOWEST_RECOVERY_MS.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    result
 }
 
 /// What a store shows of one id: replayed `(seq, payload, tags)`, the highest two ways, and
@@ -370,7 +381,8 @@ async fn run(shape: Shape) {
     let count = |o: Outcome| outcomes.iter().filter(|(_, x)| *x == o).count();
     eprintln!(
         "{}: {} cut points over {size} bytes (step {step}) in {:?}: {} failed and not stored, \
-         {} failed but stored ({} of them with their tag rows left to the next replay), {} succeeded",
+         {} failed but stored ({} of them with their tag rows left to the next replay), {} succeeded; \
+         writes after a restore retried {} times, the slowest took {} ms",
         shape.name,
         outcomes.len(),
         started.elapsed(),
@@ -378,6 +390,8 @@ async fn run(shape: Shape) {
         count(Outcome::StoredAnyway) + count(Outcome::StoredTagsLagging),
         count(Outcome::StoredTagsLagging),
         count(Outcome::Ok),
+        RETRIED.load(Ordering::Relaxed),
+        SLOWEST_RECOVERY_MS.load(Ordering::Relaxed),
     );
     assert!(
         count(Outcome::Failed) > 0,
