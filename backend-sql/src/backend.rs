@@ -213,37 +213,59 @@ fn stored_id(id: String) -> std::result::Result<PersistenceId, SqlError> {
     PersistenceId::new(id).map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))
 }
 
-/// The metadata of an event or snapshot: present when all three columns are.
-fn metadata(
-    ser_id: Option<String>,
-    manifest: Option<String>,
-    bytes: Option<Vec<u8>>,
-) -> Option<Payload> {
-    match (ser_id, manifest, bytes) {
-        (Some(serializer_id), Some(manifest), Some(bytes)) => Some(Payload {
-            serializer_id,
-            manifest,
-            bytes: Bytes::from(bytes),
-        }),
-        _ => None,
+/// The six columns in which both tables keep a payload and its optional metadata
+/// (`ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload`).
+struct PayloadColumns {
+    ser_id: String,
+    ser_manifest: String,
+    payload: Vec<u8>,
+    meta_ser_id: Option<String>,
+    meta_ser_manifest: Option<String>,
+    meta_payload: Option<Vec<u8>>,
+}
+
+impl PayloadColumns {
+    /// Reads the six columns starting at index `first`.
+    fn decode(row: &impl Columns, first: usize) -> std::result::Result<Self, SqlError> {
+        Ok(PayloadColumns {
+            ser_id: row.text(first)?,
+            ser_manifest: row.text(first + 1)?,
+            payload: row.bytes(first + 2)?,
+            meta_ser_id: row.opt_text(first + 3)?,
+            meta_ser_manifest: row.opt_text(first + 4)?,
+            meta_payload: row.opt_bytes(first + 5)?,
+        })
+    }
+
+    /// The payload, and the metadata when all three of its columns are set.
+    fn into_payloads(self) -> (Payload, Option<Payload>) {
+        let metadata = match (self.meta_ser_id, self.meta_ser_manifest, self.meta_payload) {
+            (Some(serializer_id), Some(manifest), Some(bytes)) => Some(Payload {
+                serializer_id,
+                manifest,
+                bytes: Bytes::from(bytes),
+            }),
+            _ => None,
+        };
+        let payload = Payload {
+            serializer_id: self.ser_id,
+            manifest: self.ser_manifest,
+            bytes: Bytes::from(self.payload),
+        };
+        (payload, metadata)
     }
 }
 
 /// One event row as read from either database.
 pub(crate) struct EventRow {
-    pub ordering: i64,
-    pub persistence_id: String,
-    pub sequence_nr: i64,
-    pub writer_id: String,
-    pub write_timestamp: i64,
-    pub event_manifest: String,
-    pub ser_id: String,
-    pub ser_manifest: String,
-    pub payload: Vec<u8>,
-    pub meta_ser_id: Option<String>,
-    pub meta_ser_manifest: Option<String>,
-    pub meta_payload: Option<Vec<u8>>,
-    pub tags: String,
+    ordering: i64,
+    persistence_id: String,
+    sequence_nr: i64,
+    writer_id: String,
+    write_timestamp: i64,
+    event_manifest: String,
+    payloads: PayloadColumns,
+    tags: String,
 }
 
 /// The columns of [`EventRow`], in order, for `SELECT` lists.
@@ -261,12 +283,7 @@ impl EventRow {
             writer_id: row.text(3)?,
             write_timestamp: row.int(4)?,
             event_manifest: row.text(5)?,
-            ser_id: row.text(6)?,
-            ser_manifest: row.text(7)?,
-            payload: row.bytes(8)?,
-            meta_ser_id: row.opt_text(9)?,
-            meta_ser_manifest: row.opt_text(10)?,
-            meta_payload: row.opt_bytes(11)?,
+            payloads: PayloadColumns::decode(row, 6)?,
             tags: row.text(12)?,
         })
     }
@@ -276,15 +293,11 @@ impl EventRow {
         let persistence_id = stored_id(self.persistence_id)?;
         let tags: Vec<String> = serde_json::from_str(&self.tags)
             .map_err(|e| SqlError::Corrupt(format!("tags column {:?}: {e}", self.tags)))?;
-        let metadata = metadata(self.meta_ser_id, self.meta_ser_manifest, self.meta_payload);
+        let (payload, metadata) = self.payloads.into_payloads();
         let event = PersistentEvent {
             persistence_id,
             sequence_nr: unsigned(self.sequence_nr, "sequence_nr")?,
-            payload: Payload {
-                serializer_id: self.ser_id,
-                manifest: self.ser_manifest,
-                bytes: Bytes::from(self.payload),
-            },
+            payload,
             event_manifest: self.event_manifest,
             writer_id: self.writer_id,
             timestamp: Timestamp::from_millis(self.write_timestamp),
@@ -309,15 +322,10 @@ pub(crate) fn decode_event(
 
 /// One snapshot row as read from either database.
 pub(crate) struct SnapshotRow {
-    pub persistence_id: String,
-    pub sequence_nr: i64,
-    pub created: i64,
-    pub ser_id: String,
-    pub ser_manifest: String,
-    pub payload: Vec<u8>,
-    pub meta_ser_id: Option<String>,
-    pub meta_ser_manifest: Option<String>,
-    pub meta_payload: Option<Vec<u8>>,
+    persistence_id: String,
+    sequence_nr: i64,
+    created: i64,
+    payloads: PayloadColumns,
 }
 
 /// The columns of [`SnapshotRow`], in order.
@@ -331,19 +339,14 @@ impl SnapshotRow {
             persistence_id: row.text(0)?,
             sequence_nr: row.int(1)?,
             created: row.int(2)?,
-            ser_id: row.text(3)?,
-            ser_manifest: row.text(4)?,
-            payload: row.bytes(5)?,
-            meta_ser_id: row.opt_text(6)?,
-            meta_ser_manifest: row.opt_text(7)?,
-            meta_payload: row.opt_bytes(8)?,
+            payloads: PayloadColumns::decode(row, 3)?,
         })
     }
 
     /// The loaded snapshot.
     pub(crate) fn into_snapshot(self) -> std::result::Result<SelectedSnapshot, SqlError> {
         let persistence_id = stored_id(self.persistence_id)?;
-        let metadata = metadata(self.meta_ser_id, self.meta_ser_manifest, self.meta_payload);
+        let (snapshot, metadata) = self.payloads.into_payloads();
         Ok(SelectedSnapshot {
             metadata: SnapshotMetadata {
                 persistence_id,
@@ -351,11 +354,7 @@ impl SnapshotRow {
                 timestamp: Timestamp::from_millis(self.created),
                 metadata,
             },
-            snapshot: Payload {
-                serializer_id: self.ser_id,
-                manifest: self.ser_manifest,
-                bytes: Bytes::from(self.payload),
-            },
+            snapshot,
         })
     }
 }
