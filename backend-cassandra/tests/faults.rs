@@ -64,6 +64,8 @@ struct Env {
     via: Stores,
     /// Straight to the node, same keyspace and namespace: the judge.
     direct: Stores,
+    /// The same, for the clean-up at the end.
+    direct_backend: CassandraPersistence,
 }
 
 /// [`tck::server_env`] (unset: skip, with `CI=true`: exit with failure), plus the skip
@@ -145,6 +147,7 @@ async fn env(shape: &str) -> Option<Env> {
         proxy,
         via: via.stores(),
         direct: direct.stores(),
+        direct_backend: direct,
     })
 }
 
@@ -397,6 +400,20 @@ async fn run(shape: Shape) {
         count(Outcome::Failed) > 0,
         "no cut hit the write: the proxy is not in the path"
     );
+    // Remove what this test stored (its namespace's ids), with the driver's clean-up.
+    let ids: Vec<PersistenceId> = env
+        .direct
+        .read_journal
+        .current_persistence_ids()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<persistence_api::Result<_>>()
+        .expect("persistence ids");
+    env.direct_backend
+        .cleanup(&ids, false)
+        .await
+        .expect("clean up");
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
