@@ -213,6 +213,39 @@ fn stored_id(id: String) -> std::result::Result<PersistenceId, SqlError> {
     PersistenceId::new(id).map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))
 }
 
+/// Binds the twelve values of one event row in the order both databases' insert
+/// statements take them: persistence id, sequence number, writer, timestamp, event
+/// manifest, payload (3), metadata (3), tags.
+pub(crate) fn bind_event<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    id: &str,
+    event: &PersistentEvent,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a [u8]>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let meta = event.metadata.as_ref();
+    query
+        .bind(id)
+        .bind(clamp(event.sequence_nr))
+        .bind(event.writer_id.as_str())
+        .bind(event.timestamp.as_millis())
+        .bind(event.event_manifest.as_str())
+        .bind(event.payload.serializer_id.as_str())
+        .bind(event.payload.manifest.as_str())
+        .bind(event.payload.bytes.as_ref())
+        .bind(meta.map(|m| m.serializer_id.as_str()))
+        .bind(meta.map(|m| m.manifest.as_str()))
+        .bind(meta.map(|m| m.bytes.as_ref()))
+        .bind(encode_tags(&event.tags))
+}
+
 /// The six columns in which both tables keep a payload and its optional metadata
 /// (`ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload`).
 struct PayloadColumns {

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{
-    self, check_write_fits, clamp, distinct_tags, encode_tags, q, unsigned, Backend, Sql, SqlStore,
-    StoreSql, WriteError, POSTGRES,
+    self, bind_event, check_write_fits, clamp, distinct_tags, encode_tags, q, unsigned, Backend,
+    Sql, SqlStore, StoreSql, WriteError, POSTGRES,
 };
 use crate::config::{redact_url, PostgresConfig};
 use crate::error::{err, SqlError};
@@ -330,20 +330,7 @@ impl PgBackend {
         let events = write.events();
         // One round trip for the whole write (see `Statements::new`).
         let query = if let [event] = events {
-            let meta = event.metadata.as_ref();
-            sqlx::query(q(&self.sql.write_one))
-                .bind(id)
-                .bind(clamp(event.sequence_nr))
-                .bind(event.writer_id.as_str())
-                .bind(event.timestamp.as_millis())
-                .bind(event.event_manifest.as_str())
-                .bind(event.payload.serializer_id.as_str())
-                .bind(event.payload.manifest.as_str())
-                .bind(event.payload.bytes.as_ref())
-                .bind(meta.map(|m| m.serializer_id.as_str()))
-                .bind(meta.map(|m| m.manifest.as_str()))
-                .bind(meta.map(|m| m.bytes.as_ref()))
-                .bind(encode_tags(&event.tags))
+            bind_event(sqlx::query(q(&self.sql.write_one)), id, event)
         } else {
             let col = |f: &dyn Fn(&PersistentEvent) -> Option<&str>| -> Vec<Option<&str>> {
                 events.iter().map(f).collect()

@@ -19,8 +19,8 @@ use sqlx::AssertSqlSafe;
 use tokio::sync::watch;
 
 use crate::backend::{
-    self, check_write_fits, clamp, encode_tags, q, unsigned, Backend, Sql, SqlStore, StoreSql,
-    WriteError, SQLITE,
+    self, bind_event, check_write_fits, clamp, q, unsigned, Backend, Columns, Sql, SqlStore,
+    StoreSql, WriteError, SQLITE,
 };
 use crate::config::{SqliteConfig, SqliteSync};
 use crate::error::err;
@@ -201,22 +201,10 @@ impl SqliteBackend {
             return Err(WriteError::Deleted);
         }
         for event in write.events() {
-            let meta = event.metadata.as_ref();
-            let ordering: i64 = sqlx::query_scalar(q(&self.sql.insert_event))
-                .bind(id)
-                .bind(clamp(event.sequence_nr))
-                .bind(event.writer_id.as_str())
-                .bind(event.timestamp.as_millis())
-                .bind(event.event_manifest.as_str())
-                .bind(event.payload.serializer_id.as_str())
-                .bind(event.payload.manifest.as_str())
-                .bind(event.payload.bytes.as_ref())
-                .bind(meta.map(|m| m.serializer_id.as_str()))
-                .bind(meta.map(|m| m.manifest.as_str()))
-                .bind(meta.map(|m| m.bytes.as_ref()))
-                .bind(encode_tags(&event.tags))
+            let ordering = bind_event(sqlx::query(q(&self.sql.insert_event)), id, event)
                 .fetch_one(&mut *tx)
-                .await?;
+                .await?
+                .int(0)?;
             let mut tags: Vec<&str> = event.tags.iter().map(String::as_str).collect();
             tags.sort_unstable();
             tags.dedup();
