@@ -129,23 +129,26 @@ async fn pipe(shared: Arc<Shared>, client: TcpStream, server: TcpStream) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                // Take what the budget allows; cut once it runs out.
-                let budget = shared.budget.load(Ordering::SeqCst);
-                let allowed = if budget == u64::MAX {
-                    n
-                } else {
-                    (budget as usize).min(n)
-                };
-                if budget != u64::MAX {
-                    shared
-                        .budget
-                        .store(budget - allowed as u64, Ordering::SeqCst);
-                }
+                // Take what the budget allows, atomically (several connections and
+                // `restore` may race); cut once it runs out.
+                let (mut allowed, mut exhausted) = (n, false);
+                let _ = shared
+                    .budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |budget| {
+                        if budget == u64::MAX {
+                            (allowed, exhausted) = (n, false);
+                            None
+                        } else {
+                            allowed = (budget as usize).min(n);
+                            exhausted = budget == allowed as u64;
+                            Some(budget - allowed as u64)
+                        }
+                    });
                 if allowed > 0 && sw.write_all(&buf[..allowed]).await.is_err() {
                     return;
                 }
                 shared.forwarded.fetch_add(allowed as u64, Ordering::SeqCst);
-                if allowed < n || (budget != u64::MAX && budget == allowed as u64) {
+                if exhausted {
                     shared.cut();
                     return;
                 }
