@@ -180,6 +180,44 @@ fn e_columns() -> String {
         .join(", ")
 }
 
+/// Reads all `EVENTS` events in pages of `PAGE` raw rows with `sql` (parameters: key,
+/// from, upto, limit), each page from where `next` says the last row leaves off: a raw
+/// replay (key: the id, by sequence number) or tag query (key: the tag, by ordering).
+async fn raw_pages<DB>(
+    pool: &sqlx::Pool<DB>,
+    sql: &str,
+    key: &str,
+    mut from: i64,
+    upto: i64,
+    next: fn(&RawEvent) -> i64,
+) where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'r> RawEvent: sqlx::FromRow<'r, DB::Row>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut n = 0;
+    loop {
+        let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.to_string()))
+            .bind(key)
+            .bind(from)
+            .bind(upto)
+            .bind(PAGE)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        n += rows.len() as u64;
+        let Some(last) = rows.last() else { break };
+        from = next(last);
+        if (rows.len() as i64) < PAGE {
+            break;
+        }
+    }
+    assert_eq!(n, EVENTS);
+}
+
 // ---------------------------------------------------------------- SQLite
 
 mod sqlite_raw {
@@ -255,25 +293,7 @@ mod sqlite_raw {
              AND sequence_nr <= ?3 ORDER BY sequence_nr LIMIT ?4"
         );
         let start = Instant::now();
-        let mut next = 1i64;
-        let mut n = 0;
-        loop {
-            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .bind(id.as_str())
-                .bind(next)
-                .bind(i64::MAX)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await
-                .unwrap();
-            n += rows.len() as u64;
-            let Some(last) = rows.last() else { break };
-            next = last.2 + 1;
-            if (rows.len() as i64) < PAGE {
-                break;
-            }
-        }
-        assert_eq!(n, EVENTS);
+        raw_pages(pool, &sql, id.as_str(), 1, i64::MAX, |e| e.2 + 1).await;
         rate(EVENTS, start.elapsed())
     }
 
@@ -290,25 +310,7 @@ mod sqlite_raw {
                 .fetch_one(pool)
                 .await
                 .unwrap();
-        let mut after = 0i64;
-        let mut n = 0;
-        loop {
-            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .bind(tag)
-                .bind(after)
-                .bind(upto)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await
-                .unwrap();
-            n += rows.len() as u64;
-            let Some(last) = rows.last() else { break };
-            after = last.0;
-            if (rows.len() as i64) < PAGE {
-                break;
-            }
-        }
-        assert_eq!(n, EVENTS);
+        raw_pages(pool, &sql, tag, 0, upto, |e| e.0).await;
         rate(EVENTS, start.elapsed())
     }
 }
@@ -338,33 +340,87 @@ async fn bench_sqlite() {
     let opened = SqliteStores::open(config).await.unwrap();
     let stores = opened.stores();
     let pool = opened.pool().clone();
+    let r = rounds_of(&stores, &SqliteRaw(pool)).await;
+    print_table("sqlite", r);
+    opened.close().await;
+}
+
+/// The same workloads through raw sqlx on one database.
+trait Raw {
+    async fn single(&self, id: &PersistenceId) -> f64;
+    async fn batches(&self, id: &PersistenceId) -> f64;
+    async fn replay(&self, id: &PersistenceId) -> f64;
+    async fn tag(&self, tag: &str) -> f64;
+    /// Runs (untimed) between the writes and the reads of a turn.
+    async fn before_reads(&self) {}
+}
+
+struct SqliteRaw(sqlx::SqlitePool);
+
+impl Raw for SqliteRaw {
+    async fn single(&self, id: &PersistenceId) -> f64 {
+        sqlite_raw::single(&self.0, id).await
+    }
+    async fn batches(&self, id: &PersistenceId) -> f64 {
+        sqlite_raw::batches(&self.0, id).await
+    }
+    async fn replay(&self, id: &PersistenceId) -> f64 {
+        sqlite_raw::replay(&self.0, id).await
+    }
+    async fn tag(&self, tag: &str) -> f64 {
+        sqlite_raw::tag(&self.0, tag).await
+    }
+    async fn before_reads(&self) {
+        checkpoint(&self.0).await;
+    }
+}
+
+struct PgRaw(sqlx::PgPool, pg_raw::Sql);
+
+impl Raw for PgRaw {
+    async fn single(&self, id: &PersistenceId) -> f64 {
+        pg_raw::single(&self.0, &self.1, id).await
+    }
+    async fn batches(&self, id: &PersistenceId) -> f64 {
+        pg_raw::batches(&self.0, &self.1, id).await
+    }
+    async fn replay(&self, id: &PersistenceId) -> f64 {
+        pg_raw::replay(&self.0, &self.1, id).await
+    }
+    async fn tag(&self, tag: &str) -> f64 {
+        pg_raw::tag(&self.0, &self.1, tag).await
+    }
+}
+
+/// Every round of every workload, through the stores and through `raw`: nine series
+/// (stores and raw side by side for each workload, then the stores-only call row).
+async fn rounds_of(stores: &Stores, raw: &impl Raw) -> Vec<Vec<f64>> {
     let mut r = vec![Vec::new(); 9];
     for round in 0..rounds() {
         let id = |what: &str| PersistenceId::new(format!("{what}-{round}")).unwrap();
         let tag = format!("tag-{round}");
         // Untimed: the data the reads read.
-        driver_batches(&stores, &id("read"), Some(&tag)).await;
-        driver_replay(&stores, &id("read")).await;
+        driver_batches(stores, &id("read"), Some(&tag)).await;
+        driver_replay(stores, &id("read")).await;
         // Driver and raw take turns going first, so neither always meets a cold cache.
         for turn in [round % 2 == 0, round % 2 != 0] {
             if turn {
-                r[0].push(driver_single(&stores, &id("d-single")).await);
-                r[2].push(driver_batches(&stores, &id("d-batch"), None).await);
-                checkpoint(&pool).await;
-                r[4].push(driver_replay(&stores, &id("read")).await);
-                r[6].push(driver_tag(&stores, &tag).await);
-                r[8].push(driver_calls(&stores, &format!("calls-{round}")).await);
+                r[0].push(driver_single(stores, &id("d-single")).await);
+                r[2].push(driver_batches(stores, &id("d-batch"), None).await);
+                raw.before_reads().await;
+                r[4].push(driver_replay(stores, &id("read")).await);
+                r[6].push(driver_tag(stores, &tag).await);
+                r[8].push(driver_calls(stores, &format!("calls-{round}")).await);
             } else {
-                r[1].push(sqlite_raw::single(&pool, &id("r-single")).await);
-                r[3].push(sqlite_raw::batches(&pool, &id("r-batch")).await);
-                checkpoint(&pool).await;
-                r[5].push(sqlite_raw::replay(&pool, &id("read")).await);
-                r[7].push(sqlite_raw::tag(&pool, &tag).await);
+                r[1].push(raw.single(&id("r-single")).await);
+                r[3].push(raw.batches(&id("r-batch")).await);
+                raw.before_reads().await;
+                r[5].push(raw.replay(&id("read")).await);
+                r[7].push(raw.tag(&tag).await);
             }
         }
     }
-    print_table("sqlite", r);
-    opened.close().await;
+    r
 }
 
 fn print_table(db: &str, mut r: Vec<Vec<f64>>) {
@@ -557,25 +613,7 @@ mod pg_raw {
 
     pub async fn replay(pool: &PgPool, sql: &Sql, id: &PersistenceId) -> f64 {
         let start = Instant::now();
-        let mut next = 1i64;
-        let mut n = 0;
-        loop {
-            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.replay.clone()))
-                .bind(id.as_str())
-                .bind(next)
-                .bind(i64::MAX)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await
-                .unwrap();
-            n += rows.len() as u64;
-            let Some(last) = rows.last() else { break };
-            next = last.2 + 1;
-            if (rows.len() as i64) < PAGE {
-                break;
-            }
-        }
-        assert_eq!(n, EVENTS);
+        raw_pages(pool, &sql.replay, id.as_str(), 1, i64::MAX, |e| e.2 + 1).await;
         rate(EVENTS, start.elapsed())
     }
 
@@ -586,25 +624,7 @@ mod pg_raw {
             .fetch_one(pool)
             .await
             .unwrap();
-        let mut after = 0i64;
-        let mut n = 0;
-        loop {
-            let rows: Vec<RawEvent> = sqlx::query_as(AssertSqlSafe(sql.tag.clone()))
-                .bind(tag)
-                .bind(after)
-                .bind(upto)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await
-                .unwrap();
-            n += rows.len() as u64;
-            let Some(last) = rows.last() else { break };
-            after = last.0;
-            if (rows.len() as i64) < PAGE {
-                break;
-            }
-        }
-        assert_eq!(n, EVENTS);
+        raw_pages(pool, &sql.tag, tag, 0, upto, |e| e.0).await;
         rate(EVENTS, start.elapsed())
     }
 }
@@ -646,29 +666,7 @@ async fn bench_postgres(url: &str) {
         config.max_connections, config.page_size
     );
     let sql = pg_raw::Sql::new(&schema);
-    let mut r = vec![Vec::new(); 9];
-    for round in 0..rounds() {
-        let id = |what: &str| PersistenceId::new(format!("{what}-{round}")).unwrap();
-        let tag = format!("tag-{round}");
-        // Untimed: the data the reads read.
-        driver_batches(&stores, &id("read"), Some(&tag)).await;
-        driver_replay(&stores, &id("read")).await;
-        // Driver and raw take turns going first, so neither always meets a cold cache.
-        for turn in [round % 2 == 0, round % 2 != 0] {
-            if turn {
-                r[0].push(driver_single(&stores, &id("d-single")).await);
-                r[2].push(driver_batches(&stores, &id("d-batch"), None).await);
-                r[4].push(driver_replay(&stores, &id("read")).await);
-                r[6].push(driver_tag(&stores, &tag).await);
-                r[8].push(driver_calls(&stores, &format!("calls-{round}")).await);
-            } else {
-                r[1].push(pg_raw::single(&pool, &sql, &id("r-single")).await);
-                r[3].push(pg_raw::batches(&pool, &sql, &id("r-batch")).await);
-                r[5].push(pg_raw::replay(&pool, &sql, &id("read")).await);
-                r[7].push(pg_raw::tag(&pool, &sql, &tag).await);
-            }
-        }
-    }
+    let r = rounds_of(&stores, &PgRaw(pool.clone(), sql)).await;
     print_table("postgres", r);
     drop_schema(&pool, &schema).await;
     opened.close().await;
