@@ -41,9 +41,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// A receiver that changes whenever something may have been written (a write through
     /// these stores, or a notification from the database). Live queries wait on it.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// What [`Backend::subscribe`] hands out receivers of; bumped after every commit.
+    fn wake_sender(&self) -> &watch::Sender<u64>;
 
-    /// Stores one atomic write in one transaction.
-    async fn write(&self, write: &AtomicWrite) -> Result<()>;
+    /// One atomic write (whose sequence numbers fit) in one transaction.
+    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError>;
+    /// Stores one atomic write in one transaction, then wakes the live queries.
+    async fn write(&self, write: &AtomicWrite) -> Result<()> {
+        check_write_fits(write)?;
+        match self.write_tx(write).await {
+            Ok(()) => {
+                wake(self.wake_sender());
+                Ok(())
+            }
+            Err(e) => Err(e.into_public(write)),
+        }
+    }
     /// Stores several atomic writes, each all or nothing, in order, one result each; an
     /// outer `Err` when the whole call failed. By default one transaction per write.
     async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
@@ -567,6 +580,26 @@ impl StoreSql {
     }
 }
 
+/// A statement whose parameters are a persistence id and a snapshot selection (as
+/// [`StoreSql`] writes them: id, max and min sequence number, max and min timestamp).
+fn criteria_query<'q, DB>(
+    sql: &Sql,
+    id: &PersistenceId,
+    criteria: &SnapshotSelectionCriteria,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(q(sql))
+        .bind(id.as_str())
+        .bind(clamp(criteria.max_sequence_nr))
+        .bind(clamp(criteria.min_sequence_nr))
+        .bind(criteria.max_timestamp.as_millis())
+        .bind(criteria.min_timestamp.as_millis())
+}
+
 /// The shared part of one opened database: its pool and the statements both databases
 /// run the same way.
 pub(crate) struct SqlStore<DB: sqlx::Database> {
@@ -787,12 +820,7 @@ where
         id: &PersistenceId,
         criteria: &SnapshotSelectionCriteria,
     ) -> Result<Option<SelectedSnapshot>> {
-        let row = sqlx::query(q(&self.sql.load_snapshot))
-            .bind(id.as_str())
-            .bind(clamp(criteria.max_sequence_nr))
-            .bind(clamp(criteria.min_sequence_nr))
-            .bind(criteria.max_timestamp.as_millis())
-            .bind(criteria.min_timestamp.as_millis())
+        let row = criteria_query(&self.sql.load_snapshot, id, criteria)
             .fetch_optional(&self.pool)
             .await
             .map_err(err("load_snapshot"))?;
@@ -830,16 +858,28 @@ where
         criteria: &SnapshotSelectionCriteria,
     ) -> Result<()> {
         let _turn = self.write_turn().await;
-        sqlx::query(q(&self.sql.delete_snapshots))
-            .bind(id.as_str())
-            .bind(clamp(criteria.max_sequence_nr))
-            .bind(clamp(criteria.min_sequence_nr))
-            .bind(criteria.max_timestamp.as_millis())
-            .bind(criteria.min_timestamp.as_millis())
+        criteria_query(&self.sql.delete_snapshots, id, criteria)
             .execute(&self.pool)
             .await
             .map_err(err("delete_snapshots"))?;
         Ok(())
+    }
+}
+
+/// Commits `tx` when `result` is `Ok`, rolls it back otherwise, and passes `result` on.
+pub(crate) async fn commit_or_rollback<DB: sqlx::Database, T>(
+    tx: sqlx::Transaction<'_, DB>,
+    result: std::result::Result<T, WriteError>,
+) -> std::result::Result<T, WriteError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
     }
 }
 

@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{
-    self, bind_event, check_write_fits, clamp, distinct_tags, encode_tags, q, unsigned, Backend,
-    Sql, SqlStore, StoreSql, WriteError, POSTGRES,
+    self, bind_event, check_write_fits, clamp, commit_or_rollback, distinct_tags, encode_tags, q,
+    unsigned, Backend, Sql, SqlStore, StoreSql, WriteError, POSTGRES,
 };
 use crate::config::{redact_url, PostgresConfig};
 use crate::error::{err, SqlError};
@@ -413,30 +413,6 @@ impl PgBackend {
         Ok(())
     }
 
-    /// One atomic write in one transaction: `BEGIN`, one statement, `COMMIT`.
-    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
-        let keys = self.lock_keys([write]);
-        let mut tx = self.store.begin().await?;
-        let result = match self.write_statement(&mut tx, write, keys).await {
-            Ok(true) => {
-                self.assign_id_orderings(&mut tx, vec![write.persistence_id().as_str()])
-                    .await
-            }
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => {
-                tx.commit().await?;
-                Ok(())
-            }
-            Err(e) => {
-                tx.rollback().await?;
-                Err(e)
-            }
-        }
-    }
-
     /// Several atomic writes in one transaction (one commit, one WAL flush): every tag
     /// lock of the batch first, in key order, then the writes ordered by persistence id
     /// (each id's writes keep their order), so concurrent batches take their locks in
@@ -536,6 +512,10 @@ impl Backend for PgBackend {
         &self.store
     }
 
+    fn wake_sender(&self) -> &watch::Sender<u64> {
+        &self.wake
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         if self.config.notify {
             self.ensure_listener();
@@ -543,15 +523,19 @@ impl Backend for PgBackend {
         self.wake.subscribe()
     }
 
-    async fn write(&self, write: &AtomicWrite) -> Result<()> {
-        check_write_fits(write)?;
-        match self.write_tx(write).await {
-            Ok(()) => {
-                backend::wake(&self.wake);
-                Ok(())
+    /// One atomic write in one transaction: `BEGIN`, one statement, `COMMIT`.
+    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+        let keys = self.lock_keys([write]);
+        let mut tx = self.store.begin().await?;
+        let result = match self.write_statement(&mut tx, write, keys).await {
+            Ok(true) => {
+                self.assign_id_orderings(&mut tx, vec![write.persistence_id().as_str()])
+                    .await
             }
-            Err(e) => Err(e.into_public(write)),
-        }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        commit_or_rollback(tx, result).await
     }
 
     async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {

@@ -19,8 +19,8 @@ use sqlx::AssertSqlSafe;
 use tokio::sync::watch;
 
 use crate::backend::{
-    self, bind_event, check_write_fits, clamp, q, unsigned, Backend, Columns, Sql, SqlStore,
-    StoreSql, WriteError, SQLITE,
+    self, bind_event, check_write_fits, clamp, commit_or_rollback, q, unsigned, Backend, Columns,
+    Sql, SqlStore, StoreSql, WriteError, SQLITE,
 };
 use crate::config::{SqliteConfig, SqliteSync};
 use crate::error::err;
@@ -221,22 +221,6 @@ impl SqliteBackend {
         Ok(())
     }
 
-    /// One atomic write in one transaction.
-    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
-        let _turn = self.store.write_turn().await;
-        let mut tx = self.store.begin().await?;
-        match self.write_rows(&mut tx, write).await {
-            Ok(()) => {
-                tx.commit().await?;
-                Ok(())
-            }
-            Err(e) => {
-                tx.rollback().await?;
-                Err(e)
-            }
-        }
-    }
-
     /// Several atomic writes in one transaction (one sync to disk), each inside a savepoint
     /// so a refused one leaves nothing behind and does not stop the others.
     async fn write_batch_tx(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
@@ -284,19 +268,20 @@ impl Backend for SqliteBackend {
         &self.store
     }
 
+    fn wake_sender(&self) -> &watch::Sender<u64> {
+        &self.wake
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.wake.subscribe()
     }
 
-    async fn write(&self, write: &AtomicWrite) -> Result<()> {
-        check_write_fits(write)?;
-        match self.write_tx(write).await {
-            Ok(()) => {
-                backend::wake(&self.wake);
-                Ok(())
-            }
-            Err(e) => Err(e.into_public(write)),
-        }
+    /// One atomic write in one transaction.
+    async fn write_tx(&self, write: &AtomicWrite) -> std::result::Result<(), WriteError> {
+        let _turn = self.store.write_turn().await;
+        let mut tx = self.store.begin().await?;
+        let result = self.write_rows(&mut tx, write).await;
+        commit_or_rollback(tx, result).await
     }
 
     async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
