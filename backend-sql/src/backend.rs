@@ -18,7 +18,7 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use crate::error::{err, SqlError};
 use crate::journal::SqlJournal;
 use crate::query::SqlReadJournal;
-use crate::schema::Names;
+use crate::schema::{Migration, Names};
 use crate::snapshot::SqlSnapshotStore;
 
 /// The stored state of one persistence id.
@@ -864,6 +864,39 @@ where
             .map_err(err("delete_snapshots"))?;
         Ok(())
     }
+}
+
+/// Runs the SQL of migration `m` and records it in the migrations table `table`, on the
+/// caller's connection (inside its transaction).
+pub(crate) async fn apply_migration<DB>(
+    conn: &mut DB::Connection,
+    names: &Names,
+    table: &str,
+    m: &Migration,
+    d: &Dialect,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    sqlx::raw_sql(sqlx::AssertSqlSafe(names.render(m.template)))
+        .execute(&mut *conn)
+        .await
+        .map_err(err("migrate"))?;
+    let p = d.param;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (version, description, applied_at) VALUES ({p}1, {p}2, {p}3)"
+    )))
+    .bind(m.version)
+    .bind(m.description)
+    .bind(Timestamp::now().as_millis())
+    .execute(&mut *conn)
+    .await
+    .map_err(err("migrate"))?;
+    Ok(())
 }
 
 /// Commits `tx` when `result` is `Ok`, rolls it back otherwise, and passes `result` on.

@@ -20,15 +20,15 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use persistence_api::{AtomicWrite, Error, PersistentEvent, Result, Stores, Timestamp};
+use persistence_api::{AtomicWrite, Error, PersistentEvent, Result, Stores};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{
-    self, bind_event, check_write_fits, clamp, commit_or_rollback, distinct_tags, encode_tags, q,
-    unsigned, Backend, Sql, SqlStore, StoreSql, WriteError, POSTGRES,
+    self, apply_migration, bind_event, check_write_fits, clamp, commit_or_rollback, distinct_tags,
+    encode_tags, q, unsigned, Backend, Sql, SqlStore, StoreSql, WriteError, POSTGRES,
 };
 use crate::config::{redact_url, PostgresConfig};
 use crate::error::{err, SqlError};
@@ -228,19 +228,7 @@ async fn apply_migrations(conn: &mut sqlx::PgConnection, names: &Names) -> Resul
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(err("migrate"))?;
-        sqlx::raw_sql(AssertSqlSafe(names.render(m.template)))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("migrate"))?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {table} (version, description, applied_at) VALUES ($1, $2, $3)"
-        )))
-        .bind(m.version)
-        .bind(m.description)
-        .bind(Timestamp::now().as_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(err("migrate"))?;
+        apply_migration::<Postgres>(&mut tx, names, table, m, &POSTGRES).await?;
         tx.commit().await.map_err(err("migrate"))?;
         tracing::info!(
             version = m.version,

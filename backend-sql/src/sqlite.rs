@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use persistence_api::{AtomicWrite, Error, ErrorKind, Result, Stores, Timestamp};
+use persistence_api::{AtomicWrite, Error, ErrorKind, Result, Stores};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -19,8 +19,8 @@ use sqlx::AssertSqlSafe;
 use tokio::sync::watch;
 
 use crate::backend::{
-    self, bind_event, check_write_fits, clamp, commit_or_rollback, q, unsigned, Backend, Columns,
-    Sql, SqlStore, StoreSql, WriteError, SQLITE,
+    self, apply_migration, bind_event, check_write_fits, clamp, commit_or_rollback, q, unsigned,
+    Backend, Columns, Sql, SqlStore, StoreSql, WriteError, SQLITE,
 };
 use crate::config::{SqliteConfig, SqliteSync};
 use crate::error::err;
@@ -136,19 +136,7 @@ async fn run_migrations(pool: &SqlitePool, config: &SqliteConfig) -> Result<()> 
         if applied.contains(&m.version) {
             continue;
         }
-        sqlx::raw_sql(AssertSqlSafe(names.render(m.template)))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("migrate"))?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {table} (version, description, applied_at) VALUES (?1, ?2, ?3)"
-        )))
-        .bind(m.version)
-        .bind(m.description)
-        .bind(Timestamp::now().as_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(err("migrate"))?;
+        apply_migration::<Sqlite>(&mut tx, &names, table, m, &SQLITE).await?;
         tracing::info!(
             version = m.version,
             description = m.description,
