@@ -448,6 +448,11 @@ mod pg_raw {
     use super::*;
     use sqlx::PgPool;
 
+    /// One column of a batch, for the `UNNEST` of the many-events write.
+    fn col<'e, T>(events: &'e [PersistentEvent], f: impl Fn(&'e PersistentEvent) -> T) -> Vec<T> {
+        events.iter().map(f).collect()
+    }
+
     pub struct Sql {
         pub write_one: String,
         pub write_many: String,
@@ -552,48 +557,13 @@ mod pg_raw {
             let mut tx = pool.begin().await.unwrap();
             sqlx::query(AssertSqlSafe(sql.write_many.clone()))
                 .bind(id.as_str())
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.sequence_nr as i64)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.writer_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.timestamp.as_millis())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.event_manifest.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.payload.serializer_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.payload.manifest.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.payload.bytes.as_ref())
-                        .collect::<Vec<&[u8]>>(),
-                )
+                .bind(col(&events, |e| e.sequence_nr as i64))
+                .bind(col(&events, |e| e.writer_id.as_str()))
+                .bind(col(&events, |e| e.timestamp.as_millis()))
+                .bind(col(&events, |e| e.event_manifest.as_str()))
+                .bind(col(&events, |e| e.payload.serializer_id.as_str()))
+                .bind(col(&events, |e| e.payload.manifest.as_str()))
+                .bind(col(&events, |e| e.payload.bytes.as_ref()))
                 .bind(vec![None::<&str>; events.len()])
                 .bind(vec![None::<&str>; events.len()])
                 .bind(vec![None::<&[u8]>; events.len()])
