@@ -218,6 +218,35 @@ async fn raw_pages<DB>(
     assert_eq!(n, EVENTS);
 }
 
+/// Binds one event row (no metadata, no tags) as both databases' raw inserts take it.
+fn bind_raw_event<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    id: &str,
+    e: &PersistentEvent,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a [u8]>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(id)
+        .bind(e.sequence_nr as i64)
+        .bind(e.writer_id.as_str())
+        .bind(e.timestamp.as_millis())
+        .bind(e.event_manifest.as_str())
+        .bind(e.payload.serializer_id.as_str())
+        .bind(e.payload.manifest.as_str())
+        .bind(e.payload.bytes.as_ref())
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .bind(None::<&[u8]>)
+        .bind("[]")
+}
+
 // ---------------------------------------------------------------- SQLite
 
 mod sqlite_raw {
@@ -237,21 +266,10 @@ mod sqlite_raw {
         id: &str,
         e: &PersistentEvent,
     ) -> sqlx::Result<i64> {
-        sqlx::query_scalar(INSERT)
-            .bind(id)
-            .bind(e.sequence_nr as i64)
-            .bind(e.writer_id.as_str())
-            .bind(e.timestamp.as_millis())
-            .bind(e.event_manifest.as_str())
-            .bind(e.payload.serializer_id.as_str())
-            .bind(e.payload.manifest.as_str())
-            .bind(e.payload.bytes.as_ref())
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&[u8]>)
-            .bind("[]")
+        bind_raw_event(sqlx::query(INSERT), id, e)
             .fetch_one(tx)
-            .await
+            .await?
+            .try_get(0)
     }
 
     pub async fn write(pool: &SqlitePool, id: &PersistenceId, events: &[PersistentEvent]) {
@@ -524,26 +542,18 @@ mod pg_raw {
         for seq in 1..=EVENTS {
             let e = event(id, seq, None);
             let mut tx = pool.begin().await.unwrap();
-            sqlx::query(AssertSqlSafe(sql.write_one.clone()))
-                .bind(id.as_str())
-                .bind(seq as i64)
-                .bind(e.writer_id.as_str())
-                .bind(e.timestamp.as_millis())
-                .bind(e.event_manifest.as_str())
-                .bind(e.payload.serializer_id.as_str())
-                .bind(e.payload.manifest.as_str())
-                .bind(e.payload.bytes.as_ref())
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(None::<&[u8]>)
-                .bind("[]")
-                .bind(seq as i64)
-                .bind(seq as i64)
-                .bind(Vec::<i64>::new())
-                .bind(sql.channel.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
+            bind_raw_event(
+                sqlx::query(AssertSqlSafe(sql.write_one.clone())),
+                id.as_str(),
+                &e,
+            )
+            .bind(seq as i64)
+            .bind(seq as i64)
+            .bind(Vec::<i64>::new())
+            .bind(sql.channel.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
             tx.commit().await.unwrap();
         }
         rate(EVENTS, start.elapsed())
