@@ -16,7 +16,10 @@
 //!    stored. With `overwrite_guard = false` the same batch goes out unconditional.
 //! 4. Tagged events are copied into `tag_views`, one unlogged batch per `(tag, time bucket)`
 //!    partition, numbered per `(tag, persistence id)` (`tag_pid_sequence_nr`) so readers
-//!    detect gaps; then `tag_write_progress` and `tag_scanning` record the progress.
+//!    detect gaps; then `tag_write_progress` and `tag_scanning` record the progress. The
+//!    numbers are cached per id only while this journal is its one writer (see
+//!    [`TagSeqs`](crate::store::TagSeqs)); after any failed write of an id they are derived
+//!    afresh, after the repair of what the failed write may have left out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -36,7 +39,7 @@ use scylla::value::{CqlTimeuuid, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
 
 use crate::error::{unexpected, ResultExt};
-use crate::store::{Inner, CACHE_LIMIT};
+use crate::store::{Inner, TagSeqs, CACHE_LIMIT};
 use crate::timeuuid;
 
 /// The most bytes (sum of [`PersistentEvent::stored_size`]) of one atomic write: it is one
@@ -217,7 +220,20 @@ pub struct CassandraJournal {
 }
 
 impl CassandraJournal {
+    /// One atomic write. Whatever the error (a lost answer, a `Conflict`, a failure between
+    /// the events and their tag rows), the id's cached tag numbers are dropped and its next
+    /// write repairs first: the events may be stored without their tag rows, or another
+    /// writer may have stored tagged events of the id.
     async fn write_one(&self, write: &AtomicWrite) -> Result<()> {
+        let result = self.write_guarded(write).await;
+        if result.is_err() {
+            self.inner
+                .write_failed(&self.inner.pid_key(write.persistence_id()));
+        }
+        result
+    }
+
+    async fn write_guarded(&self, write: &AtomicWrite) -> Result<()> {
         let inner = &*self.inner;
         let pid = inner.pid_key(write.persistence_id());
         let lowest = write.lowest_sequence_nr();
@@ -265,11 +281,15 @@ impl CassandraJournal {
         // 2. + 3. The events, in one partition, guarded.
         let partition_nr = inner.partition_of(lowest);
         let bucket_size = inner.config.tag_time_bucket;
-        // A new incarnation's first tagged write: repair what a failed write left out, load
-        // the tag numbers, and move this process's clock past the id's last tag row, so a
-        // new writer whose clock is behind the old one's still writes after it.
+        // A new incarnation's first tagged write, a tagged write not right after this
+        // journal's last write of the id (another writer may have written in between), and
+        // any write after a failed one: repair what a failed write left out, derive the tag
+        // numbers from the tables, and move this process's clock past the id's last tag row,
+        // so a new writer whose clock is behind the old one's still writes after it.
         let tagged = write.events().iter().any(|e| !e.tags.is_empty());
-        if tagged && !inner.tag_seqs.lock().unwrap().contains_key(&pid) {
+        let holds = inner.tag_seqs_hold(&pid, lowest);
+        let due = inner.repair_due.lock().unwrap().contains(&pid);
+        if due || (tagged && !holds) {
             let mut pending = Vec::new();
             for nr in [partition_nr - 1, partition_nr] {
                 if nr >= 0 {
@@ -280,12 +300,13 @@ impl CassandraJournal {
                 }
             }
             if pending.is_empty() {
-                self.reserve_tag_seqs(&pid, &BTreeMap::new())
+                self.load_tag_seqs(&pid, lowest).await.map_err(ctx)?;
+            } else {
+                self.repair_tags(&pid, &pending, lowest)
                     .await
                     .map_err(ctx)?;
-            } else {
-                self.repair_tags(&pid, &pending).await.map_err(ctx)?;
             }
+            inner.repair_due.lock().unwrap().remove(&pid);
         }
         let stamps: Vec<CqlTimeuuid> = write.events().iter().map(|_| timeuuid::now()).collect();
         let buckets: Vec<i64> = stamps
@@ -420,6 +441,9 @@ impl CassandraJournal {
                 .map_err(ctx)?;
         }
 
+        // The events are stored: the tag numbers (valid for this write) go on after it.
+        inner.tag_seqs_advance(&pid, lowest, highest);
+
         // 4. Tags.
         if tagged {
             self.write_tags(&pid, write, &stamps, &buckets)
@@ -486,7 +510,13 @@ impl CassandraJournal {
     /// failed attempt would have written them (the event's own timestamp, the next tag
     /// sequence number after the recorded progress), so rewriting one that did land is a
     /// no-op.
-    pub(crate) async fn repair_tags(&self, pid: &str, pending: &[(i64, Vec<u64>)]) -> Result<()> {
+    /// The numbers are then cached as valid for a write starting at `next`.
+    pub(crate) async fn repair_tags(
+        &self,
+        pid: &str,
+        pending: &[(i64, Vec<u64>)],
+        next: u64,
+    ) -> Result<()> {
         let inner = &*self.inner;
         let mut progress = self.load_progress(pid).await?;
         let id = inner
@@ -542,11 +572,21 @@ impl CassandraJournal {
                 self.write_tag_rows(pid, rows, last, highest).await?;
             }
         }
-        let mut map = inner.tag_seqs.lock().unwrap();
-        map.insert(
-            pid.to_owned(),
-            progress.into_iter().map(|(t, (_, n))| (t, n)).collect(),
-        );
+        let per_tag = progress.into_iter().map(|(t, (_, n))| (t, n)).collect();
+        inner.cache_tag_seqs(pid, TagSeqs { next, per_tag });
+        Ok(())
+    }
+
+    /// Derives the tag numbers of `pid` from `tag_write_progress`, valid for a write
+    /// starting at `next`.
+    async fn load_tag_seqs(&self, pid: &str, next: u64) -> Result<()> {
+        let per_tag = self
+            .load_progress(pid)
+            .await?
+            .into_iter()
+            .map(|(tag, (_, n))| (tag, n))
+            .collect();
+        self.inner.cache_tag_seqs(pid, TagSeqs { next, per_tag });
         Ok(())
     }
 
@@ -559,20 +599,12 @@ impl CassandraJournal {
         let inner = &*self.inner;
         let cached = inner.tag_seqs.lock().unwrap().contains_key(pid);
         if !cached {
-            let loaded: HashMap<String, u64> = self
-                .load_progress(pid)
-                .await?
-                .into_iter()
-                .map(|(tag, (_, n))| (tag, n))
-                .collect();
-            let mut map = inner.tag_seqs.lock().unwrap();
-            if map.len() >= CACHE_LIMIT {
-                map.clear();
-            }
-            map.entry(pid.to_owned()).or_insert(loaded);
+            // Forgotten since this write derived them (a replay here meanwhile): load them
+            // again, valid for no further write (the next one derives them afresh).
+            self.load_tag_seqs(pid, 0).await?;
         }
         let mut map = inner.tag_seqs.lock().unwrap();
-        let per_tag = map.entry(pid.to_owned()).or_default();
+        let per_tag = &mut map.entry(pid.to_owned()).or_default().per_tag;
         let mut first = BTreeMap::new();
         for (tag, n) in counts {
             let last = per_tag.entry(tag.clone()).or_insert(0);
@@ -838,8 +870,12 @@ impl Journal for CassandraJournal {
         self.inner.forget_tag_seqs(&pid);
         let walk = self.inner.walk(&pid).await.map_err(ctx)?;
         if !walk.pending.is_empty() {
-            self.repair_tags(&pid, &walk.pending).await.map_err(ctx)?;
+            self.repair_tags(&pid, &walk.pending, walk.highest + 1)
+                .await
+                .map_err(ctx)?;
         }
+        // Every partition's pending mark is checked: what a failed write left out is written.
+        self.inner.repair_due.lock().unwrap().remove(&pid);
         let (highest, deleted_to) = (walk.highest, walk.deleted_to);
         Ok(Replay {
             highest_sequence_nr: highest,

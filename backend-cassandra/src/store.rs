@@ -197,10 +197,29 @@ pub(crate) struct Inner {
     pub config: CassandraConfig,
     /// Ids this process knows to be in `all_persistence_ids`.
     pub known_ids: Mutex<HashSet<String>>,
-    /// Per stored id: per stored tag, the last tag sequence number written.
-    pub tag_seqs: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// Per stored id: the tag numbers this journal continues from (see [`TagSeqs`]).
+    pub tag_seqs: Mutex<HashMap<String, TagSeqs>>,
+    /// Ids whose last write here failed: the next write of the id (tagged or not) first
+    /// repairs the tag rows that write may have left out and derives the numbers afresh.
+    pub repair_due: Mutex<HashSet<String>>,
     /// Per stored tag: the earliest bucket known to be registered in `tag_buckets`.
     pub tag_first_bucket: Mutex<HashMap<String, i64>>,
+}
+
+/// The tag numbers of one id as this journal continues them.
+///
+/// They hold only while this journal is the id's one writer: `next` is the first sequence
+/// number of the write they are valid for (the write they were derived for, then one past
+/// each write of the id that this journal stored). A write starting anywhere else means
+/// another writer (or a write whose outcome this journal does not know) came in between, so
+/// the numbers are derived afresh from the tables. With the overwrite guard, a write that
+/// starts at `next` and is applied proves no other writer stored events of the id since.
+#[derive(Default)]
+pub(crate) struct TagSeqs {
+    /// The first sequence number of the write these numbers are valid for (0: none).
+    pub next: u64,
+    /// Per stored tag: the last tag sequence number written.
+    pub per_tag: HashMap<String, u64>,
 }
 
 /// What [`Inner::walk`] found.
@@ -223,6 +242,7 @@ impl Inner {
             config,
             known_ids: Mutex::new(HashSet::new()),
             tag_seqs: Mutex::new(HashMap::new()),
+            repair_due: Mutex::new(HashSet::new()),
             tag_first_bucket: Mutex::new(HashMap::new()),
         }
     }
@@ -447,6 +467,56 @@ impl Inner {
     /// Forgets what this process cached about an id's tags (it may have a new writer).
     pub fn forget_tag_seqs(&self, pid_key: &str) {
         self.tag_seqs.lock().unwrap().remove(pid_key);
+    }
+
+    /// After a failed write of an id (any error, `Conflict` included: the events may be
+    /// stored without their tag rows, or another writer may have stored tagged events):
+    /// forget its tag numbers and have its next write repair and derive them afresh.
+    pub fn write_failed(&self, pid_key: &str) {
+        self.forget_tag_seqs(pid_key);
+        let mut due = self.repair_due.lock().unwrap();
+        if due.len() >= CACHE_LIMIT {
+            // Cleared, the ids are still repaired at their next replay.
+            due.clear();
+        }
+        due.insert(pid_key.to_owned());
+    }
+
+    /// Caches the tag numbers of an id (bounded: past [`CACHE_LIMIT`] ids the cache is
+    /// cleared and refilled from the tables).
+    pub fn cache_tag_seqs(&self, pid_key: &str, seqs: TagSeqs) {
+        let mut map = self.tag_seqs.lock().unwrap();
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(pid_key.to_owned(), seqs);
+    }
+
+    /// Whether the cached tag numbers of an id hold for a write starting at `lowest`;
+    /// stale ones are forgotten.
+    pub fn tag_seqs_hold(&self, pid_key: &str, lowest: u64) -> bool {
+        let mut map = self.tag_seqs.lock().unwrap();
+        match map.get(pid_key) {
+            Some(seqs) if seqs.next == lowest => true,
+            Some(_) => {
+                map.remove(pid_key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A write of `lowest..=highest` was stored: the cached numbers (if they were valid for
+    /// it) now hold for the write after it.
+    pub fn tag_seqs_advance(&self, pid_key: &str, lowest: u64, highest: u64) {
+        let mut map = self.tag_seqs.lock().unwrap();
+        if let Some(seqs) = map.get_mut(pid_key) {
+            if seqs.next == lowest {
+                seqs.next = highest + 1;
+            } else {
+                map.remove(pid_key);
+            }
+        }
     }
 }
 

@@ -324,3 +324,52 @@ async fn tag_rows_of_a_crashed_write_are_repaired() {
         vec![1, 2, 3, 4]
     );
 }
+
+/// Two journals of one id (as in two processes, fresh caches each) write tagged events in
+/// turn with no replay between: each derives its tag numbers afresh when the id's last write
+/// was not its own, so no tag row reuses a number (events-by-tag would skip it as already
+/// delivered). Then a stored write whose answer the journal never saw (simulated: the event
+/// and its pending mark, no tag row): the journal's next write sees it did not write the
+/// id's last events, repairs the missing row and numbers its own after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn writers_taking_turns_never_reuse_a_tag_number() {
+    let Some(a) = backend(500_000).await else {
+        return;
+    };
+    let b = a.with_namespace(&a.config().namespace).unwrap();
+    let id = PersistenceId::new("turns").unwrap();
+    let tagged = |seq| AtomicWrite::single(event(&id, seq, &["u"])).unwrap();
+    let (ja, jb) = (a.stores().journal, b.stores().journal);
+    for seq in 1..=6 {
+        let j = if seq % 2 == 1 { &ja } else { &jb };
+        j.write(tagged(seq)).await.unwrap();
+    }
+    // Event 7 as a write whose answer was lost leaves it (stored, marked pending, no tag
+    // row): `a` does not know of it.
+    let ks = &a.config().keyspace;
+    let pid_key = format!("{}\u{1f}turns", a.config().namespace);
+    a.session()
+        .query_unpaged(
+            format!("INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp, timebucket, writer_uuid, ser_id, ser_manifest, event_manifest, event, tags, event_time) VALUES (?, 0, 7, now(), 0, '', '', '', '', 0x72, ['u'], 1)"),
+            (pid_key.as_str(),),
+        )
+        .await
+        .unwrap();
+    a.session()
+        .query_unpaged(
+            format!("UPDATE {ks}.messages SET used = 7, tag_pending = 7 WHERE persistence_id = ? AND partition_nr = 0"),
+            (pid_key.as_str(),),
+        )
+        .await
+        .unwrap();
+    ja.write(tagged(8)).await.unwrap();
+    jb.write(tagged(9)).await.unwrap();
+    let got: Vec<u64> = a
+        .stores()
+        .read_journal
+        .current_events_by_tag("u".into(), Offset::NoOffset)
+        .map(|r| r.unwrap().event.sequence_nr)
+        .collect()
+        .await;
+    assert_eq!(got, (1..=9).collect::<Vec<_>>());
+}
