@@ -33,6 +33,9 @@ pub(crate) const SEQ: &str = "seq";
 pub(crate) const AW_FROM: &str = "af";
 pub(crate) const AW_TO: &str = "at";
 pub(crate) const AW_TIME: &str = "aw";
+// `ab` is set on the first event of an unfinished large write that another writer is
+// removing: the write's later transactions check that it is absent, so the write can no
+// longer complete (see `Inner::fence` in journal.rs).
 /// On an id's highest/deleted-to item.
 pub(crate) const HIGHEST: &str = "hi";
 pub(crate) const DELETED_TO: &str = "del";

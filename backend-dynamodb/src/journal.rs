@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
 use futures::{stream, Stream, StreamExt};
 use persistence_api::{
     AtomicWrite, Capabilities, Error, ErrorKind, EventStream, Journal, PersistenceId,
@@ -15,8 +15,8 @@ use crate::client::{now_ms, Inner};
 use crate::error::{Cancellation, Class};
 use crate::item::{
     self, decode_event, event_attrs, event_seq, get_u64, item_size, key, large_write, n, s, Item,
-    LargeWrite, AW_FROM, AW_TIME, DELETED_TO, HIGHEST, PAYLOAD, PID, SEQ, TAGS, TIMESTAMP,
-    TOKEN_TIME, WRITER,
+    LargeWrite, AW_TIME, DELETED_TO, HIGHEST, PAYLOAD, PID, SEQ, TAGS, TIMESTAMP, TOKEN_TIME,
+    WRITER,
 };
 use crate::schema::{
     bucket_sk, seq_sk, token, MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK,
@@ -83,6 +83,25 @@ struct Prepared {
     size: usize,
     buckets: Vec<(String, i64)>,
 }
+
+/// Why a write did not go through.
+enum Fail {
+    /// A sequence number of the write is taken (which one, when DynamoDB said so), or a
+    /// later transaction of a large write found the write fenced off (see [`Inner::fence`]).
+    Taken(Option<u64>),
+    /// Anything else.
+    Other(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Other(e)
+    }
+}
+
+/// How often one write removes an unfinished large write's leftovers it collided with and
+/// tries again before it answers `Conflict`.
+const MAX_CLEARS: usize = 2;
 
 impl DynamoDbJournal {
     fn prepare(
@@ -184,27 +203,48 @@ impl DynamoDbJournal {
     async fn write_one(&self, write: AtomicWrite) -> Result<()> {
         let pid = write.persistence_id().as_str().to_owned();
         let (from, to) = (write.lowest_sequence_nr(), write.highest_sequence_nr());
-        let time = self.inner.token_time();
-        let mut prepared = self.prepare(&write, None, time)?;
         let ctx = |e: Error| {
             e.with_operation("write_events")
                 .with_persistence_id(pid.clone())
                 .with_sequence_range(from, to)
         };
-        if prepared.items.len() == 1 {
-            let item = prepared.items.pop().map(|(i, _)| i).unwrap_or_default();
-            self.put_event(item).await.map_err(ctx)?;
-        } else if prepared.items.len() <= MAX_TX_ITEMS && prepared.size <= MAX_TX_BYTES {
-            self.transact(&prepared.items).await.map_err(ctx)?;
-        } else {
-            let large = LargeWrite {
-                from,
-                to,
-                time_ms: time,
+        let mut cleared = 0;
+        let (time, prepared) = loop {
+            let time = self.inner.token_time();
+            let mut prepared = self.prepare(&write, None, time)?;
+            let result = if prepared.items.len() == 1 {
+                let item = prepared.items[0].0.clone();
+                self.put_event(item).await
+            } else if prepared.items.len() <= MAX_TX_ITEMS && prepared.size <= MAX_TX_BYTES {
+                self.transact(&prepared.items, None).await
+            } else {
+                let large = LargeWrite {
+                    from,
+                    to,
+                    time_ms: time,
+                };
+                prepared = self.prepare(&write, Some(large), time)?;
+                let items = std::mem::take(&mut prepared.items);
+                self.write_large(&pid, large, items).await
             };
-            prepared = self.prepare(&write, Some(large), time)?;
-            self.write_large(prepared.items).await.map_err(ctx)?;
-        }
+            match result {
+                Ok(()) => break (time, prepared),
+                Err(Fail::Other(e)) => return Err(ctx(e)),
+                Err(Fail::Taken(taken)) => {
+                    // The item in the way may be a leftover of a large write that never
+                    // completed (its writer's clean-up failed): garbage that holds sequence
+                    // numbers nobody sees. Remove it and write again.
+                    let seq = taken.unwrap_or(from);
+                    if cleared < MAX_CLEARS
+                        && self.inner.clear_leftover(&pid, seq).await.map_err(ctx)?
+                    {
+                        cleared += 1;
+                        continue;
+                    }
+                    return Err(ctx(conflict(taken)));
+                }
+            }
+        };
         self.inner.mark_id_known(&pid);
         for (tag, bucket) in &prepared.buckets {
             self.inner.mark_bucket_known(tag, *bucket);
@@ -222,7 +262,7 @@ impl DynamoDbJournal {
     }
 
     /// One event, nothing else: one conditional `PutItem`.
-    async fn put_event(&self, item: Item) -> Result<()> {
+    async fn put_event(&self, item: Item) -> std::result::Result<(), Fail> {
         let inner = &self.inner;
         let req = inner
             .client
@@ -241,15 +281,21 @@ impl DynamoDbJournal {
                     Ok(())
                 } else {
                     let seq = req.get_item().as_ref().and_then(|i| event_seq(i).ok());
-                    Err(conflict(seq))
+                    Err(Fail::Taken(seq))
                 }
             }
-            Err(f) => Err(f.into_error("write_events")),
+            Err(f) => Err(Fail::Other(f.into_error("write_events"))),
         }
     }
 
     /// Up to 100 items in one `TransactWriteItems`, events conditioned on their key being free.
-    async fn transact(&self, items: &[(Item, Kind)]) -> Result<()> {
+    /// `fence`: a later transaction of a large write also checks (as one more item, after
+    /// `items`) that the write's first event is still there and not fenced off.
+    async fn transact(
+        &self,
+        items: &[(Item, Kind)],
+        fence: Option<(&Item, LargeWrite)>,
+    ) -> std::result::Result<(), Fail> {
         let inner = &self.inner;
         let mut actions = Vec::with_capacity(items.len());
         for (item, kind) in items {
@@ -263,6 +309,17 @@ impl DynamoDbJournal {
                 .build()
                 .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?;
             actions.push(TransactWriteItem::builder().put(put).build());
+        }
+        if let Some((first, lw)) = fence {
+            let check = ConditionCheck::builder()
+                .table_name(inner.journal_table())
+                .set_key(Some(first.clone()))
+                .condition_expression("af = :f AND aw = :t AND attribute_not_exists(ab)")
+                .expression_attribute_values(":f", n(lw.from))
+                .expression_attribute_values(":t", n(lw.time_ms))
+                .build()
+                .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?;
+            actions.push(TransactWriteItem::builder().condition_check(check).build());
         }
         let req = inner
             .client
@@ -286,30 +343,48 @@ impl DynamoDbJournal {
                             })
                             .and_then(|i| items.get(i))
                             .and_then(|(item, _)| event_seq(item).ok());
-                        Err(conflict(taken))
+                        Err(Fail::Taken(taken))
                     }
                 }
             }
-            Err(f) => Err(f.into_error("write_events")),
+            Err(f) => Err(Fail::Other(f.into_error("write_events"))),
         }
     }
 
     /// An atomic write too large for one transaction: several transactions, every event and
-    /// tag entry marked with the write's range, the last event in the last transaction, so
-    /// the write counts as stored exactly when its last event exists. A failure after the
-    /// first transaction deletes what the earlier ones stored (best effort; leftovers stay
-    /// invisible to replay and queries).
-    async fn write_large(&self, mut items: Vec<(Item, Kind)>) -> Result<()> {
-        if let Some(last) = items.iter().rposition(|(_, k)| *k == Kind::Event) {
-            let last = items.remove(last);
-            items.push(last);
-        }
+    /// tag entry marked with the write's range and time, the registry items and the last event
+    /// in the last transaction, so the write counts as stored exactly when its last event
+    /// exists. Every transaction after the first also checks that the write's first event is
+    /// still there and not fenced off by another writer removing it as a leftover
+    /// ([`Inner::fence`]), so a fenced write can add nothing more. A failure after the first
+    /// transaction removes what the earlier ones stored (best effort, top down; leftovers
+    /// stay invisible and are removed by the next write they are in the way of).
+    async fn write_large(
+        &self,
+        pid: &str,
+        lw: LargeWrite,
+        items: Vec<(Item, Kind)>,
+    ) -> std::result::Result<(), Fail> {
+        let (mut body, markers): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|(_, k)| *k != Kind::Marker);
+        let last = body
+            .iter()
+            .rposition(|(_, k)| *k == Kind::Event)
+            .map(|i| body.remove(i));
+        body.extend(markers);
+        body.extend(last);
         let mut chunks: Vec<Vec<(Item, Kind)>> = Vec::new();
         let mut cur: Vec<(Item, Kind)> = Vec::new();
         let mut cur_size = 0;
-        for (item, kind) in items {
+        for (item, kind) in body {
             let size = item_size(&item);
-            if !cur.is_empty() && (cur.len() == MAX_TX_ITEMS || cur_size + size > MAX_TX_BYTES) {
+            // Transactions after the first carry the fence check: one item and its key less.
+            let (max_items, max_bytes) = if chunks.is_empty() {
+                (MAX_TX_ITEMS, MAX_TX_BYTES)
+            } else {
+                (MAX_TX_ITEMS - 1, MAX_TX_BYTES - MAX_PK_BYTES - 64)
+            };
+            if !cur.is_empty() && (cur.len() == max_items || cur_size + size > max_bytes) {
                 chunks.push(std::mem::take(&mut cur));
                 cur_size = 0;
             }
@@ -319,75 +394,34 @@ impl DynamoDbJournal {
         if !cur.is_empty() {
             chunks.push(cur);
         }
+        let first = key(self.inner.keys.event_pk(pid), seq_sk(lw.from));
         for (k, chunk) in chunks.iter().enumerate() {
-            if let Err(e) = self.transact(chunk).await {
+            let fence = (k > 0).then_some((&first, lw));
+            if let Err(e) = self.transact(chunk, fence).await {
                 // A transaction that failed ambiguously (timeout, 5xx) may still have been
-                // applied: remove its events first, each only if it is ours, the last event
-                // (the commit mark) before anything else; then the earlier transactions.
-                if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable) {
-                    self.remove_own(chunk).await;
-                }
-                if k > 0 {
-                    let written: Vec<Item> = chunks[..k]
-                        .iter()
-                        .flatten()
-                        .filter(|(_, kind)| *kind != Kind::Marker)
+                // applied: remove its items too. Events go top down, so the last event (the
+                // commit mark) goes first and what is left is always the bottom of the write.
+                let ambiguous = matches!(&e, Fail::Other(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable));
+                let upto = if ambiguous { k + 1 } else { k };
+                if upto > 0 {
+                    let parts = chunks[..upto].iter().flatten();
+                    let events = parts
+                        .clone()
+                        .filter(|(_, kind)| *kind == Kind::Event)
                         .map(|(i, _)| item::key_of(i))
                         .collect();
-                    if let Err(re) = self
-                        .inner
-                        .batch_delete("write_events", self.inner.journal_table(), written)
-                        .await
-                    {
-                        tracing::warn!(error = %re, "could not remove the stored part of a failed atomic write; it stays invisible");
+                    let entries = parts
+                        .filter(|(_, kind)| *kind == Kind::TagEntry)
+                        .map(|(i, _)| item::key_of(i))
+                        .collect();
+                    if let Err(re) = self.inner.remove_parts(lw, events, entries).await {
+                        tracing::warn!(error = %re, "could not remove the stored part of a failed atomic write; it stays invisible until a write at its sequence numbers removes it");
                     }
                 }
                 return Err(e);
             }
         }
         Ok(())
-    }
-
-    /// Deletes the events of `chunk` that this write stored (conditioned on its large-write
-    /// marker), last event first, then its tag entries (their keys hold this write's time).
-    async fn remove_own(&self, chunk: &[(Item, Kind)]) {
-        let inner = &self.inner;
-        for (item, _) in chunk.iter().rev().filter(|(_, k)| *k == Kind::Event) {
-            let (Some(from), Some(time)) = (item.get(AW_FROM), item.get(AW_TIME)) else {
-                continue;
-            };
-            let req = inner
-                .client
-                .delete_item()
-                .table_name(inner.journal_table())
-                .set_key(Some(item::key_of(item)))
-                .condition_expression("af = :f AND aw = :t AND w = :w")
-                .expression_attribute_values(":f", from.clone())
-                .expression_attribute_values(":t", time.clone())
-                .expression_attribute_values(
-                    ":w",
-                    item.get(WRITER).cloned().unwrap_or_else(|| s("")),
-                );
-            match inner.retry.run("write_events", || req.clone().send()).await {
-                Ok(_) => {}
-                Err(f) if f.class == Class::Conflict => {}
-                Err(f) => {
-                    tracing::warn!(error = %f.into_error("write_events"), "could not remove an event of a failed atomic write");
-                    return;
-                }
-            }
-        }
-        let entries: Vec<Item> = chunk
-            .iter()
-            .filter(|(_, k)| *k == Kind::TagEntry)
-            .map(|(i, _)| item::key_of(i))
-            .collect();
-        if let Err(e) = inner
-            .batch_delete("write_events", inner.journal_table(), entries)
-            .await
-        {
-            tracing::warn!(error = %e, "could not remove the tag entries of a failed atomic write");
-        }
     }
 
     /// After an attempt that may have been applied, whether the stored item is ours.
@@ -401,7 +435,7 @@ impl DynamoDbJournal {
             .consistent_read(true);
         match inner.retry.run("write_events", || req.clone().send()).await {
             Ok(out) => out.item().is_some_and(|stored| {
-                [WRITER, PAYLOAD, TIMESTAMP, TAGS]
+                [WRITER, PAYLOAD, TIMESTAMP, TAGS, AW_TIME]
                     .iter()
                     .all(|a| stored.get(*a) == item.get(*a))
             }),
@@ -515,33 +549,67 @@ pub(crate) struct Meta {
 }
 
 impl Inner {
-    /// The highest sequence number: one descending `Query` with `Limit 1`. The id's
-    /// highest/deleted-to item sorts below every event, so it comes back only when no event
-    /// is left, and then holds the highest.
+    /// The highest sequence number of the completed writes: one descending `Query` with
+    /// `Limit 1`. The id's highest/deleted-to item sorts below every event, so it comes back
+    /// only when no event is left, and then holds the highest. When the top event belongs to
+    /// a large write whose last event is missing (leftovers of a write that never completed),
+    /// the search goes on below that write's first sequence number: one more `Query` per
+    /// unfinished large write on top of the history (none on a clean history). Leftovers are
+    /// always the bottom part of their write's range (parts are removed top down), so nothing
+    /// between the write's first sequence number and the top is skipped wrongly.
     pub(crate) async fn highest(&self, pid: &str) -> Result<u64> {
-        let req = self
-            .client
-            .query()
-            .table_name(self.journal_table())
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(self.keys.event_pk(pid)))
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(self.consistent());
-        let out = self
-            .retry
-            .run("highest_sequence_nr", || req.clone().send())
-            .await
-            .map_err(|f| f.into_error("highest_sequence_nr"))?;
-        let highest = match out.items().first() {
-            None => 0,
-            Some(i) if item::sk_str(i) == META_SK => get_u64(i, HIGHEST).unwrap_or(0),
-            Some(i) => event_seq(i)?,
+        let mut below: Option<u64> = None;
+        let highest = loop {
+            let Some(top) = self.top_item(pid, below).await? else {
+                break 0;
+            };
+            if item::sk_str(&top) == META_SK {
+                break get_u64(&top, HIGHEST).unwrap_or(0);
+            }
+            let seq = event_seq(&top)?;
+            let Some(lw) = large_write(&top) else {
+                break seq;
+            };
+            if seq >= lw.to {
+                // The last event: the write is complete.
+                break seq;
+            }
+            // Nothing above `seq` (below `below`) exists: when the write's last event would be
+            // in that range, it is missing; otherwise ask.
+            let missing = below.is_none_or(|b| lw.to < b);
+            if !missing && self.write_complete(pid, lw).await? {
+                break seq;
+            }
+            below = Some(lw.from.max(1));
         };
         if highest > 0 {
             self.mark_id_known(pid);
         }
         Ok(highest)
+    }
+
+    /// The top item of the id's partition (below sequence number `below` when given).
+    async fn top_item(&self, pid: &str, below: Option<u64>) -> Result<Option<Item>> {
+        let mut req = self
+            .client
+            .query()
+            .table_name(self.journal_table())
+            .expression_attribute_values(":pk", s(self.keys.event_pk(pid)))
+            .scan_index_forward(false)
+            .limit(1)
+            .consistent_read(self.consistent());
+        req = match below {
+            None => req.key_condition_expression("pk = :pk"),
+            Some(b) => req
+                .key_condition_expression("pk = :pk AND sk < :b")
+                .expression_attribute_values(":b", s(seq_sk(b))),
+        };
+        let out = self
+            .retry
+            .run("highest_sequence_nr", || req.clone().send())
+            .await
+            .map_err(|f| f.into_error("highest_sequence_nr"))?;
+        Ok(out.items.unwrap_or_default().into_iter().next())
     }
 
     /// The id's highest/deleted-to item (zeros when there is none).
@@ -617,9 +685,152 @@ impl Inner {
             .run("replay", || req.clone().send())
             .await
             .map_err(|f| f.into_error("replay"))?;
-        Ok(out
-            .item()
-            .is_some_and(|i| large_write(i).is_some_and(|l| l.from == lw.from)))
+        Ok(out.item().is_some_and(|i| {
+            large_write(i).is_some_and(|l| l.from == lw.from && l.time_ms == lw.time_ms)
+        }))
+    }
+
+    /// After a write found sequence number `seq` taken: whether the item there is a leftover
+    /// of a large write that never completed; if so, that write is fenced off and its stored
+    /// parts removed, and the caller writes again (true). False: a real conflict.
+    async fn clear_leftover(&self, pid: &str, seq: u64) -> Result<bool> {
+        let req = self
+            .client
+            .get_item()
+            .table_name(self.journal_table())
+            .set_key(Some(key(self.keys.event_pk(pid), seq_sk(seq))))
+            .consistent_read(true);
+        let out = self
+            .retry
+            .run("write_events", || req.clone().send())
+            .await
+            .map_err(|f| f.into_error("write_events"))?;
+        let Some(found) = out.item() else {
+            // Gone meanwhile (its writer removed it): write again.
+            return Ok(true);
+        };
+        let Some(lw) = large_write(found) else {
+            return Ok(false);
+        };
+        if self.write_complete(pid, lw).await? || !self.fence(pid, lw).await? {
+            return Ok(false);
+        }
+        let events: Vec<Item> = self
+            .query_events("write_events", pid, lw.from, lw.to, None)
+            .await?
+            .into_iter()
+            .filter(|i| large_write(i) == Some(lw))
+            .collect();
+        let shard = self.keys.tag_shard(pid);
+        let mut entries = Vec::new();
+        for ev in &events {
+            if let (Some(time), Some(tags)) = (item::get_i64(ev, TOKEN_TIME), item::tags_of(ev)) {
+                let seq = event_seq(ev)?;
+                let bucket = self.keys.bucket_of(time);
+                let mut seen: Vec<&str> = Vec::new();
+                for t in tags {
+                    if !seen.contains(&t) {
+                        seen.push(t);
+                        entries.push(key(
+                            self.keys.tag_pk(t, bucket, shard),
+                            token(time, pid, seq),
+                        ));
+                    }
+                }
+            }
+        }
+        let events = events.iter().map(item::key_of).collect();
+        tracing::info!(
+            persistence_id = pid,
+            from = lw.from,
+            to = lw.to,
+            "removing the leftovers of a large atomic write that never completed"
+        );
+        self.remove_parts(lw, events, entries).await?;
+        Ok(true)
+    }
+
+    /// Makes sure the unfinished large write `lw` can never complete: in one transaction,
+    /// checks that its last event is absent and marks its first event (which every later
+    /// transaction of the write checks) as abandoned. DynamoDB serializes this transaction
+    /// with the write's own transactions (they share items), so either the write completed
+    /// first (false: it is a real write) or none of its transactions can succeed afterwards.
+    /// When the first event is gone or another write's, the write cannot complete either.
+    async fn fence(&self, pid: &str, lw: LargeWrite) -> Result<bool> {
+        let pk = self.keys.event_pk(pid);
+        let build = |e: aws_sdk_dynamodb::error::BuildError| {
+            Error::new(ErrorKind::Unexpected, e.to_string())
+        };
+        let check = ConditionCheck::builder()
+            .table_name(self.journal_table())
+            .set_key(Some(key(pk.clone(), seq_sk(lw.to))))
+            .condition_expression(
+                "attribute_not_exists(pk) OR attribute_not_exists(af) OR af <> :f OR aw <> :t",
+            )
+            .expression_attribute_values(":f", n(lw.from))
+            .expression_attribute_values(":t", n(lw.time_ms))
+            .build()
+            .map_err(build)?;
+        let mark = Update::builder()
+            .table_name(self.journal_table())
+            .set_key(Some(key(pk, seq_sk(lw.from))))
+            .update_expression("SET ab = :one")
+            .condition_expression("af = :f AND aw = :t")
+            .expression_attribute_values(":f", n(lw.from))
+            .expression_attribute_values(":t", n(lw.time_ms))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(build)?;
+        let req = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .transact_items(TransactWriteItem::builder().update(mark).build())
+            .client_request_token(uuid::Uuid::new_v4().to_string());
+        match self.retry.run("write_events", || req.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(f) if f.class == Class::Conflict => Ok(!self.write_complete(pid, lw).await?),
+            Err(f) => Err(f.into_error("write_events")),
+        }
+    }
+
+    /// Deletes stored parts of the large write `lw` (keys), each conditioned on carrying
+    /// `lw`'s marker, so nothing of another write is ever deleted: the events one at a time
+    /// from the top down, stopping at the first failure (what is left is always the bottom
+    /// of the write's range, which [`Inner::highest`] relies on), then the tag entries.
+    pub(crate) async fn remove_parts(
+        &self,
+        lw: LargeWrite,
+        mut events: Vec<Item>,
+        entries: Vec<Item>,
+    ) -> Result<()> {
+        events.sort_by(|a, b| item::sk_str(b).cmp(item::sk_str(a)));
+        for ev in &events {
+            self.delete_part(ev, lw).await?;
+        }
+        let results: Vec<Result<()>> = stream::iter(entries)
+            .map(|e| async move { self.delete_part(&e, lw).await })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn delete_part(&self, k: &Item, lw: LargeWrite) -> Result<()> {
+        let req = self
+            .client
+            .delete_item()
+            .table_name(self.journal_table())
+            .set_key(Some(k.clone()))
+            .condition_expression("af = :f AND aw = :t")
+            .expression_attribute_values(":f", n(lw.from))
+            .expression_attribute_values(":t", n(lw.time_ms));
+        match self.retry.run("write_events", || req.clone().send()).await {
+            Ok(_) => Ok(()),
+            // Not there, or not this write's.
+            Err(f) if f.class == Class::Conflict => Ok(()),
+            Err(f) => Err(f.into_error("write_events")),
+        }
     }
 
     /// Deletes events up to `to`: the deleted-to mark first (so nothing deleted ever
@@ -708,7 +919,7 @@ impl Inner {
 
 /// Whether a large write is complete, asked once per write.
 pub(crate) struct LargeWrites {
-    known: HashMap<(String, u64), bool>,
+    known: HashMap<(String, u64, i64), bool>,
 }
 
 impl LargeWrites {
@@ -727,7 +938,7 @@ impl LargeWrites {
         lw: LargeWrite,
         live: bool,
     ) -> Result<Option<bool>> {
-        let k = (pid.to_owned(), lw.from);
+        let k = (pid.to_owned(), lw.from, lw.time_ms);
         if let Some(done) = self.known.get(&k) {
             return Ok(Some(*done));
         }

@@ -242,6 +242,10 @@ fn by_id(
             let meta = inner.meta(pid.as_str()).await?;
             let mut next = from.max(meta.deleted_to.saturating_add(1)).max(1);
             let mut large = LargeWrites::new();
+            // The first sequence number of leftovers of an abandoned large write with nothing
+            // delivered above them yet: the poll reads from there again, because a write that
+            // removes them (the retry of that write, say) stores its events at those numbers.
+            let mut resume: Option<u64> = None;
             while next <= to {
                 let items = inner
                     .query_events(operation, pid.as_str(), next, to, Some(inner.config.page_size as i32))
@@ -255,6 +259,7 @@ fn by_id(
                         match large.check(&inner, pid.as_str(), lw, true).await? {
                             Some(true) => {}
                             Some(false) => {
+                                resume.get_or_insert(seq);
                                 next = seq + 1;
                                 continue;
                             }
@@ -264,6 +269,7 @@ fn by_id(
                             }
                         }
                     }
+                    resume = None;
                     next = seq.saturating_add(1);
                     yield envelope(decode_event(pid.clone(), seq, item)?);
                     if seq >= to {
@@ -271,7 +277,16 @@ fn by_id(
                         break;
                     }
                 }
-                if finished || next > to {
+                if finished {
+                    break;
+                }
+                if !waiting && !full {
+                    if let Some(r) = resume {
+                        next = r;
+                        waiting = true;
+                    }
+                }
+                if next > to {
                     break;
                 }
                 if waiting || !full {

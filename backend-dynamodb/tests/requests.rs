@@ -603,11 +603,12 @@ async fn an_incomplete_large_atomic_write_is_never_replayed_or_queried() {
         .write(write(&id, 1, 1, &["t"]))
         .await
         .unwrap();
-    // 250 tagged events: 500 items, 5 transactions. The third fails for good, and so does
-    // the clean-up of the first two: their items stay behind.
+    // 250 tagged events: 500 items, 6 transactions (100 items, then 99 and the check that
+    // the write was not fenced off). The third fails for good, and so does the clean-up of
+    // the first two: their items stay behind.
     e.shared
         .inject_after("TransactWriteItems", Fault::ServerError, 2, 100);
-    e.shared.inject("BatchWriteItem", Fault::Unprocessed, 1000);
+    e.shared.inject("DeleteItem", Fault::ServerError, 1000);
     let err = e
         .stores
         .journal
@@ -637,16 +638,39 @@ async fn an_incomplete_large_atomic_write_is_never_replayed_or_queried() {
         .collect()
         .await;
     assert_eq!(by_id, vec![1]);
-    // A complete large write replays whole.
+    // The highest counts completed writes only: it steps over the leftovers with one more
+    // `Query` (the top item is a leftover, then the one below the write's range).
+    e.shared.reset();
     let highest = e.stores.journal.highest_sequence_nr(&id).await.unwrap();
+    assert_eq!(highest, 1);
+    assert_eq!(e.shared.count("Query"), 2, "{:?}", e.shared.attempts());
+    assert_eq!(e.shared.total(), 2, "{:?}", e.shared.attempts());
+    // The next write at 2 runs into the leftovers, removes them and is stored whole; a
+    // complete large write replays whole.
     e.stores
         .journal
-        .write(write(&id, highest + 1, highest + 250, &["t"]))
+        .write(write(&id, 2, 251, &["t"]))
         .await
         .unwrap();
     let replayed = e.stores.journal.replay_all(&id).await.unwrap();
     assert_eq!(replayed.len(), 251);
-    assert_eq!(replayed.last().unwrap().sequence_nr, highest + 250);
+    assert_eq!(replayed.last().unwrap().sequence_nr, 251);
+    assert_eq!(
+        e.stores.journal.highest_sequence_nr(&id).await.unwrap(),
+        251
+    );
+    let by_tag: Vec<u64> = e
+        .stores
+        .read_journal
+        .current_events_by_tag("t".into(), persistence_api::Offset::NoOffset)
+        .map(|e| e.unwrap().event.sequence_nr)
+        .collect()
+        .await;
+    assert_eq!(by_tag, (1..=251).collect::<Vec<_>>());
+    // Back to one request on a clean history.
+    e.shared.reset();
+    e.stores.journal.highest_sequence_nr(&id).await.unwrap();
+    assert_eq!(e.shared.total(), 1, "{:?}", e.shared.attempts());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -784,10 +808,10 @@ async fn a_large_write_whose_last_transaction_fails_ambiguously_is_removed_whole
         .write(write(&id, 1, 1, &["t"]))
         .await
         .unwrap();
-    // 250 tagged events: 5 transactions. The last one is applied every time it is sent but
+    // 250 tagged events: 6 transactions. The last one is applied every time it is sent but
     // answered with a 5xx, so the write fails although its commit mark was stored.
     e.shared
-        .inject_after("TransactWriteItems", Fault::ServerErrorAfterApply, 4, 100);
+        .inject_after("TransactWriteItems", Fault::ServerErrorAfterApply, 5, 100);
     let err = e
         .stores
         .journal
@@ -851,4 +875,55 @@ async fn live_persistence_ids_follow_the_feed_once_per_id_across_processes() {
     assert_eq!(next.unwrap().unwrap().unwrap().as_str(), "b");
     let none = tokio::time::timeout(Duration::from_millis(1500), live.next()).await;
     assert!(none.is_err(), "nothing more: {none:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_query_by_id_sees_the_write_that_replaces_abandoned_leftovers() {
+    use std::time::Duration;
+    let Some(e) = env(|c| {
+        c.large_write_timeout_ms = 500;
+        c.poll_interval_ms = 50;
+    })
+    .await
+    else {
+        return;
+    };
+    let id = pid("lw-live");
+    e.stores.journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    // 250 untagged events: 3 transactions. The second fails for good, and so does the
+    // clean-up of the first: its events (2..=101) stay behind, soon older than the timeout.
+    e.shared
+        .inject_after("TransactWriteItems", Fault::ServerError, 1, 100);
+    e.shared.inject("DeleteItem", Fault::ServerError, 1000);
+    let err = e
+        .stores
+        .journal
+        .write(write(&id, 2, 251, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    e.shared.reset();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut live = e
+        .stores
+        .read_journal
+        .events_by_persistence_id(id.clone(), 1, 251);
+    assert_eq!(live.next().await.unwrap().unwrap().event.sequence_nr, 1);
+    // The abandoned leftovers are never delivered.
+    let none = tokio::time::timeout(Duration::from_millis(400), live.next()).await;
+    assert!(none.is_err(), "delivered {none:?}");
+    // The write that replaces them is delivered whole, from 2 on.
+    e.stores
+        .journal
+        .write(write(&id, 2, 251, &[]))
+        .await
+        .unwrap();
+    let rest: Vec<u64> = tokio::time::timeout(
+        Duration::from_secs(20),
+        live.map(|e| e.unwrap().event.sequence_nr)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the live query ends at 251");
+    assert_eq!(rest, (2..=251).collect::<Vec<_>>());
 }
