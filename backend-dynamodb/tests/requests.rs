@@ -36,7 +36,12 @@ enum Fault {
     TxConflict,
     /// BatchWriteItem answered with every item unprocessed, before the server.
     Unprocessed,
+    /// Held until [`GATE`] gets a permit, then sent to the server: a request in flight.
+    Gate,
 }
+
+/// Releases requests held by [`Fault::Gate`].
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 
 #[derive(Default, Debug)]
 struct State {
@@ -161,6 +166,13 @@ impl HttpConnector for Faulty {
                     serde_json::from_slice(request.body().bytes().unwrap_or(b"{}")).unwrap();
                 let out = serde_json::json!({ "UnprocessedItems": body["RequestItems"] });
                 ready(response(200, out.to_string()))
+            }
+            Fault::Gate => {
+                let inner = self.inner.clone();
+                HttpConnectorFuture::new(async move {
+                    GATE.acquire().await.expect("gate open").forget();
+                    inner.call(request).await
+                })
             }
             Fault::ServerErrorAfterApply => {
                 let inner = self.inner.clone();
@@ -926,4 +938,55 @@ async fn a_live_query_by_id_sees_the_write_that_replaces_abandoned_leftovers() {
     .await
     .expect("the live query ends at 251");
     assert_eq!(rest, (2..=251).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_still_in_flight_is_fenced_off_when_another_write_removes_its_first_part() {
+    let Some(e) = env(|c| c.attempt_timeout_ms = 60_000).await else {
+        return;
+    };
+    let id = pid("fence");
+    e.stores.journal.write(write(&id, 1, 1, &[])).await.unwrap();
+    // Writer A: 250 untagged events, 3 transactions (2..=101, 102..=200, 201..=251). Its
+    // second transaction is held in flight after the first was applied.
+    e.shared
+        .inject_after("TransactWriteItems", Fault::Gate, 1, 1);
+    let journal = e.stores.journal.clone();
+    let a_id = id.clone();
+    let a = tokio::spawn(async move { journal.write(write(&a_id, 2, 251, &[])).await });
+    // Wait until A's first transaction is stored and its second one is held.
+    for _ in 0..500 {
+        if e.shared.count("TransactWriteItems") >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(e.shared.count("TransactWriteItems"), 2);
+    // Writer B (the same sequence numbers seen from another process: A's parts look like
+    // leftovers) writes 2..=3: it fences A off, removes A's first part and is stored.
+    let b = DynamoDb::connect(e.db.config().clone())
+        .await
+        .unwrap()
+        .stores();
+    b.journal.write(write(&id, 2, 3, &[])).await.unwrap();
+    // A's held transaction reaches the server now. Without the fence it would be stored
+    // (nothing of it collides with B), and so would A's last transaction: A's events
+    // 102..=251 would replay after B's 2..=3, a part of an atomic write.
+    GATE.add_permits(1);
+    let a = a.await.unwrap();
+    let err = a.expect_err("A was fenced off");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let replayed: Vec<u64> = b
+        .journal
+        .replay_all(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence_nr)
+        .collect();
+    assert_eq!(replayed, vec![1, 2, 3]);
+    assert_eq!(b.journal.highest_sequence_nr(&id).await.unwrap(), 3);
+    // The next write goes on at 4.
+    b.journal.write(write(&id, 4, 4, &[])).await.unwrap();
+    assert_eq!(e.stores.journal.highest_sequence_nr(&id).await.unwrap(), 4);
 }
