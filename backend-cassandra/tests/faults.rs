@@ -21,26 +21,13 @@
 //! `source .servers/cassandra/env && cargo test -p backend-cassandra --test faults`
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backend_cassandra::{CassandraConfig, CassandraPersistence};
 use futures::StreamExt;
-use persistence_api::{
-    AtomicWrite, ErrorKind, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
-};
+use persistence_api::{AtomicWrite, ErrorKind, JournalExt, PersistenceId, Stores};
 use tck::fault::FaultProxy;
-
-/// The shape of the atomic write that is cut.
-#[derive(Clone, Copy, Debug)]
-struct Shape {
-    name: &'static str,
-    /// Events in the cut write (after one event written before it).
-    events: u64,
-    /// Whether every event carries the case's tag.
-    tagged: bool,
-    /// Cut points spread evenly over the write's bytes.
-    points: u64,
-}
+use tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, tagged, unique, Seen, Shape};
 
 /// One untagged event: one guarded (LWT) batch.
 const SINGLE: Shape = Shape {
@@ -69,27 +56,6 @@ struct Env {
     direct: Stores,
     /// The same, for the clean-up at the end.
     direct_backend: CassandraPersistence,
-}
-
-/// [`tck::server_env`] (unset: skip, with `CI=true`: exit with failure), plus the skip
-/// written straight to stderr, which libtest does not capture, so it shows.
-fn server_env(var: &str) -> Option<String> {
-    let value = tck::server_env(var);
-    if value.is_none() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "*** SKIPPED fault test: {var} is not set (start the server with scripts/servers/*.sh) ***"
-        );
-    }
-    value
-}
-
-fn unique() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }
 
 async fn env(shape: &str) -> Option<Env> {
@@ -154,29 +120,6 @@ async fn env(shape: &str) -> Option<Env> {
     })
 }
 
-fn event(pid: &PersistenceId, seq: u64, tag: Option<&str>) -> PersistentEvent {
-    // Fixed-length payloads, so every case's requests have the calibrated size.
-    let e = PersistentEvent::new(
-        pid.clone(),
-        seq,
-        Payload::new(
-            "raw",
-            "faults.Event/v1",
-            format!("payload-{seq:06}").into_bytes(),
-        ),
-    )
-    .with_writer_id("faults-writer");
-    match tag {
-        Some(t) => e.with_tags([t]),
-        None => e,
-    }
-}
-
-fn batch(pid: &PersistenceId, from: u64, count: u64, tag: Option<&str>) -> AtomicWrite {
-    AtomicWrite::new((from..from + count).map(|s| event(pid, s, tag)).collect())
-        .expect("a valid atomic write")
-}
-
 /// How many writes after a restore got a retryable error first.
 static RETRIED: AtomicU64 = AtomicU64::new(0);
 
@@ -201,90 +144,9 @@ async fn write_settled(stores: &Stores, write: AtomicWrite) -> persistence_api::
     result
 }
 
-/// What a store shows of one id: replayed `(seq, payload, tags)`, the highest two ways, and
-/// that id's events under `tag`.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    replayed: Vec<(u64, Payload, Vec<String>)>,
-    highest: u64,
-    replay_highest: u64,
-    tagged: Vec<(u64, Payload)>,
-}
-
-async fn seen(stores: &Stores, pid: &PersistenceId, tag: &str) -> Seen {
-    // Replay first: it completes the tag rows a failed write left out.
-    let replayed = stores
-        .journal
-        .replay_all(pid)
-        .await
-        .expect("replay")
-        .into_iter()
-        .map(|e| (e.sequence_nr, e.payload, e.tags))
-        .collect();
-    let highest = stores
-        .journal
-        .highest_sequence_nr(pid)
-        .await
-        .expect("highest");
-    let replay_highest = stores
-        .journal
-        .replay(pid, 1, u64::MAX, u64::MAX)
-        .await
-        .expect("replay")
-        .highest_sequence_nr;
-    let tagged = tagged(stores, pid, tag).await;
-    Seen {
-        replayed,
-        highest,
-        replay_highest,
-        tagged,
-    }
-}
-
-/// `pid`'s events under `tag`: `(seq, payload)`.
-async fn tagged(stores: &Stores, pid: &PersistenceId, tag: &str) -> Vec<(u64, Payload)> {
-    stores
-        .read_journal
-        .current_events_by_tag(tag.to_owned(), Offset::NoOffset)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(|r| r.expect("events by tag"))
-        .filter(|env| env.event.persistence_id == *pid)
-        .map(|env| (env.event.sequence_nr, env.event.payload))
-        .collect()
-}
-
-/// What a store must show when the events `1..=upto` are stored.
-fn expected(pid: &PersistenceId, upto: u64, shape: Shape, tag: &str) -> Seen {
-    let tag = shape.tagged.then_some(tag);
-    let events: Vec<PersistentEvent> = (1..=upto).map(|s| event(pid, s, tag)).collect();
-    Seen {
-        replayed: events
-            .iter()
-            .map(|e| (e.sequence_nr, e.payload.clone(), e.tags.clone()))
-            .collect(),
-        highest: upto,
-        replay_highest: upto,
-        tagged: events
-            .iter()
-            .filter(|e| !e.tags.is_empty())
-            .map(|e| (e.sequence_nr, e.payload.clone()))
-            .collect(),
-    }
-}
-
 /// The calibration cases: as long as the other case names (`c000`...), so their requests
 /// have the same size as the others'.
 const CALIBRATE: [&str; 2] = ["k000", "k001"];
-
-fn pid_of(shape: Shape, case: &str) -> PersistenceId {
-    PersistenceId::new(format!("{}-{case}", shape.name)).expect("a valid id")
-}
-
-fn tag_of(case: &str) -> String {
-    format!("tag-{case}")
-}
 
 /// Writes event 1, then the cut write (events `2..=1+shape.events`) with the proxy set to
 /// cut after `cut` bytes (`None`: no cut). Returns the write's result and the bytes it sent.

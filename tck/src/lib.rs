@@ -38,6 +38,7 @@
 mod cases;
 mod context;
 pub mod fault;
+pub mod sweep;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
