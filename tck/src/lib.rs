@@ -7,9 +7,10 @@
 //! a backend cannot run is reported as ignored, and its name says which capability it lacks;
 //! nothing passes silently.
 //!
-//! A backend's whole test file (`tests/tck.rs`, with `harness = false` in `Cargo.toml`):
+//! A backend's whole test file (`tests/tck.rs`, with `harness = false` in `Cargo.toml`;
+//! a compiled and tested version is the facade's `tests/readme_tck.rs`):
 //!
-//! ```no_run
+//! ```ignore
 //! use std::process::ExitCode;
 //! use persistence_api::{Result, Stores};
 //!
@@ -19,7 +20,7 @@
 //! impl tck::StoreFactory for MyFactory {
 //!     async fn create(&self, namespace: &str) -> Result<Stores> {
 //!         // Build your stores in a namespace no other case uses.
-//!         # let _ = namespace; unimplemented!()
+//!         my_backend::open(my_backend::Config::with_namespace(namespace)).await
 //!     }
 //! }
 //!
