@@ -188,3 +188,17 @@ pub fn keys(envelopes: &[EventEnvelope]) -> Vec<(String, SequenceNr)> {
         .map(|e| (e.persistence_id().to_string(), e.sequence_nr()))
         .collect()
 }
+
+/// Asserts that a live envelope stream delivers nothing (and does not complete) for
+/// `millis` milliseconds; `what` says why nothing is expected.
+pub async fn assert_quiet<S>(stream: &mut S, millis: u64, what: &str)
+where
+    S: Stream<Item = Result<EventEnvelope>> + Unpin,
+{
+    let got = next_within(stream, Duration::from_millis(millis)).await;
+    assert_eq!(
+        got.map(|e| (e.persistence_id().to_string(), e.sequence_nr())),
+        None,
+        "nothing more is delivered: {what}"
+    );
+}
