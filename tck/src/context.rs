@@ -1,5 +1,6 @@
 //! What a case works with: the stores under test, its namespace, and small helpers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -10,6 +11,8 @@ use persistence_api::{
 
 /// The context one case runs in.
 pub struct Ctx {
+    /// The factory that built [`Ctx::stores`], for [`Ctx::reopen`].
+    factory: Arc<dyn crate::StoreFactory>,
     /// The stores under test, in a namespace of their own.
     pub stores: Stores,
     /// The namespace; every id and tag the case makes starts with it.
@@ -25,14 +28,24 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const LIVE_DELIVERY: Duration = Duration::from_secs(2);
 
 impl Ctx {
-    /// A context over `stores` in `namespace`.
-    pub fn new(stores: Stores, namespace: String) -> Self {
+    /// A context over `stores`, built by `factory` in `namespace`.
+    pub fn new(factory: Arc<dyn crate::StoreFactory>, stores: Stores, namespace: String) -> Self {
         let caps = stores.capabilities();
         Ctx {
+            factory,
             stores,
             namespace,
             caps,
         }
+    }
+
+    /// New stores over the same namespace, as a process restart would open them: nothing
+    /// cached by [`Ctx::stores`] is shared with them.
+    pub async fn reopen(&self) -> Stores {
+        self.factory
+            .create(&self.namespace)
+            .await
+            .unwrap_or_else(|e| panic!("reopening namespace {} failed: {e}", self.namespace))
     }
 
     /// A persistence id unique to this case: `<namespace>-<name>`.

@@ -58,7 +58,9 @@ pub use context::Ctx;
 #[async_trait]
 pub trait StoreFactory: Send + Sync + 'static {
     /// Builds stores in a fresh namespace: nothing any other namespace wrote is visible
-    /// (not even to `current_persistence_ids`). `namespace` is short, unique per case, and
+    /// (not even to `current_persistence_ids`). Called again with the same namespace, it
+    /// opens new stores over the same data, as a process restart would (the durability
+    /// cases rely on it); nothing cached by the first stores may be shared. `namespace` is short, unique per case, and
     /// made of `[a-z0-9_]`; use it as a journal name, table prefix, schema or keyspace.
     async fn create(&self, namespace: &str) -> Result<Stores>;
 
@@ -116,7 +118,7 @@ async fn run_case(
     let stores = factory.create(&namespace).await.map_err(|e| {
         format!("the factory could not create stores for namespace {namespace}: {e}")
     })?;
-    let ctx = Ctx::new(stores, namespace.clone());
+    let ctx = Ctx::new(factory.clone(), stores, namespace.clone());
     let fut = AssertUnwindSafe((case.run)(ctx)).catch_unwind();
     let outcome = match tokio::time::timeout(CASE_TIMEOUT, fut).await {
         Err(_) => Err(format!("case timed out after {CASE_TIMEOUT:?}")),

@@ -36,6 +36,9 @@ pub enum Need {
     QueryEventsByTag,
     /// Live queries.
     LiveQueries,
+    /// Data that outlives the stores: new stores over the same namespace see it
+    /// ([`crate::Ctx::reopen`]).
+    Durable,
 }
 
 impl Need {
@@ -65,6 +68,7 @@ impl Need {
                 (caps.query_events_by_tag && caps.tags, "query_events_by_tag")
             }
             Need::LiveQueries => (caps.live_queries, "live_queries"),
+            Need::Durable => (caps.durable, "durable"),
         };
         (!ok).then_some(name)
     }
