@@ -1,7 +1,8 @@
 //! What a case works with: the stores under test, its namespace, and small helpers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use persistence_api::{
@@ -24,8 +25,23 @@ pub struct Ctx {
 /// How long a current query may take before the case fails.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How soon a live query must deliver an event after its write.
-pub const LIVE_DELIVERY: Duration = Duration::from_secs(2);
+/// How long a live query may take to deliver events that were stored before it started
+/// (catching up is a read, not a wait for new writes).
+pub const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// The slowest live delivery seen in this process, in microseconds after the write was
+/// acknowledged (reported in the run's summary, beside the declared delay).
+static LIVE_WORST_MICROS: AtomicU64 = AtomicU64::new(0);
+/// How many live deliveries were timed in this process.
+static LIVE_TIMED: AtomicU64 = AtomicU64::new(0);
+
+/// The slowest live delivery timed so far and how many were timed: `(worst, count)`.
+pub fn live_delivery_stats() -> (Duration, u64) {
+    (
+        Duration::from_micros(LIVE_WORST_MICROS.load(Ordering::Relaxed)),
+        LIVE_TIMED.load(Ordering::Relaxed),
+    )
+}
 
 impl Ctx {
     /// A context over `stores`, built by `factory` in `namespace`.
@@ -46,6 +62,55 @@ impl Ctx {
             .create(&self.namespace)
             .await
             .unwrap_or_else(|e| panic!("reopening namespace {} failed: {e}", self.namespace))
+    }
+
+    /// The backend's declared [`Capabilities::live_query_max_delay`]; a backend that
+    /// declares live queries must declare it, since every live case is checked against it.
+    pub fn live_delay(&self) -> Duration {
+        self.caps.live_query_max_delay.unwrap_or_else(|| {
+            panic!(
+                "the backend declares live_queries but no live_query_max_delay; \
+                 the kit checks every live delivery against the declared delay"
+            )
+        })
+    }
+
+    /// How long a live query is watched for something it must not deliver: twice the
+    /// declared delay (at least 250 ms), so anything the backend would deliver by its own
+    /// contract has had the time to arrive.
+    pub fn quiet_window(&self) -> Duration {
+        (self.live_delay() * 2).max(Duration::from_millis(250))
+    }
+
+    /// The next item of a live stream for an event whose write was acknowledged at
+    /// `acked`; fails unless it arrives within [`Ctx::live_delay`] of that moment. `what`
+    /// names the event for the failure message.
+    pub async fn next_live<T, S>(&self, stream: &mut S, acked: Instant, what: &str) -> T
+    where
+        S: Stream<Item = Result<T>> + Unpin,
+    {
+        let delay = self.live_delay();
+        let item = match tokio::time::timeout_at((acked + delay).into(), stream.next()).await {
+            Ok(Some(item)) => item.unwrap_or_else(|e| panic!("a live stream item ({what}): {e}")),
+            Ok(None) => panic!("the live stream completed before {what}, but live streams never complete"),
+            Err(_) => panic!(
+                "{what} was not delivered within the declared live_query_max_delay of {delay:?} after its write was acknowledged"
+            ),
+        };
+        let took = acked.elapsed();
+        LIVE_WORST_MICROS.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+        LIVE_TIMED.fetch_add(1, Ordering::Relaxed);
+        item
+    }
+
+    /// Asserts that a live envelope stream delivers nothing (and does not complete) for
+    /// [`Ctx::quiet_window`]; `what` says why nothing is expected.
+    pub async fn assert_quiet<S>(&self, stream: &mut S, what: &str)
+    where
+        S: Stream<Item = Result<EventEnvelope>> + Unpin,
+    {
+        let window = self.quiet_window();
+        assert_quiet(stream, window.as_millis() as u64, what).await
     }
 
     /// A persistence id unique to this case: `<namespace>-<name>`.

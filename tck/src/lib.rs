@@ -104,6 +104,26 @@ impl Report {
         }
         c
     }
+
+    /// One line: passed, failed, and skipped with the capability each skip lacks, by count.
+    pub fn summary(&self) -> String {
+        let (passed, failed, skipped) = self.counts();
+        let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
+        for (_, o) in &self.cases {
+            if let Outcome::Skipped(missing) = o {
+                *reasons.entry(missing).or_default() += 1;
+            }
+        }
+        let mut line = format!("{passed} passed; {failed} failed; {skipped} skipped");
+        if !reasons.is_empty() {
+            let r: Vec<String> = reasons
+                .iter()
+                .map(|(r, n)| format!("{n} needs {r}"))
+                .collect();
+            line.push_str(&format!(" ({})", r.join(", ")));
+        }
+        line
+    }
 }
 
 fn run_id() -> String {
@@ -206,8 +226,10 @@ pub fn server_env(var: &str) -> Option<String> {
 }
 
 /// Runs the whole kit as a test binary (`harness = false`), with libtest's command line
-/// and output: every case is a named trial; skipped ones are ignored trials whose name
-/// ends with `[needs <capability>]`.
+/// and output: every case is a named trial. A case the backend's capabilities rule out is
+/// reported as ignored (never as passed, whatever `--ignored` or `--include-ignored` say),
+/// its name ends with `[needs <capability>]`, and the summary line after libtest's names
+/// each missing capability with the number of cases it kept from running.
 ///
 /// `make` builds the factory once, inside the kit's tokio runtime.
 pub fn run_main<F, Fut, S>(backend: &str, make: F) -> ExitCode
@@ -239,17 +261,17 @@ where
         }
     };
     let _ = runtime.block_on(factory.cleanup(&format!("t{id}_probe")));
+    let skips = Skips::default();
     let trials = all_cases()
         .into_iter()
         .enumerate()
         .map(|(i, case)| {
             if let Some(missing) = case.missing(&caps) {
-                return libtest_mimic::Trial::test(
+                return skips.trial(
+                    backend,
                     format!("{} [needs {missing}]", case.name),
-                    || Ok(()),
-                )
-                .with_kind(backend)
-                .with_ignored_flag(true);
+                    format!("needs {missing}"),
+                );
             }
             let runtime = runtime.clone();
             let factory = factory.clone();
@@ -262,5 +284,90 @@ where
             .with_kind(backend)
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    let conclusion = libtest_mimic::run(&args, trials);
+    println!(
+        "{}",
+        skips.summary(backend, &conclusion, caps.live_query_max_delay)
+    );
+    conclusion.exit_code()
+}
+
+/// [`run_main`] for a backend that needs a server whose address is in the environment
+/// variable `var`: `make` gets the address.
+///
+/// With `var` unset, every case is still listed, each reported as ignored with the reason
+/// "no server", so the summary line reads "0 passed; 0 failed; N ignored" and names the
+/// variable, instead of a green run that tested nothing. With `CI=true`, unset is a
+/// failure (see [`server_env`]).
+pub fn run_main_server<F, Fut, S>(backend: &str, var: &str, make: F) -> ExitCode
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<S>>,
+    S: StoreFactory,
+{
+    match server_env(var) {
+        Some(address) => run_main(backend, move || make(address)),
+        None => {
+            let args = libtest_mimic::Arguments::from_args();
+            let skips = Skips::default();
+            let reason = format!("no server: {var} is not set");
+            let trials = all_cases()
+                .into_iter()
+                .map(|case| skips.trial(backend, case.name.to_string(), reason.clone()))
+                .collect();
+            let conclusion = libtest_mimic::run(&args, trials);
+            println!("{}", skips.summary(backend, &conclusion, None));
+            conclusion.exit_code()
+        }
+    }
+}
+
+/// The skipped cases of one run, counted by reason as their trials run (so a filter
+/// counts only the cases it kept).
+#[derive(Clone, Default)]
+struct Skips(Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>);
+
+impl Skips {
+    /// A trial that reports itself ignored with `reason`, whatever the command line says.
+    fn trial(&self, backend: &str, name: String, reason: String) -> libtest_mimic::Trial {
+        let skips = self.clone();
+        libtest_mimic::Trial::ignorable_test(name, move || {
+            *skips
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(reason.clone())
+                .or_default() += 1;
+            Ok(libtest_mimic::Completion::ignored_with(reason))
+        })
+        .with_kind(backend)
+    }
+
+    /// The kit's summary line: passed, failed, and skipped by reason; and the slowest live
+    /// delivery beside the declared delay.
+    fn summary(
+        &self,
+        backend: &str,
+        conclusion: &libtest_mimic::Conclusion,
+        declared: Option<Duration>,
+    ) -> String {
+        let skips = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let skipped: usize = skips.values().sum();
+        let reasons: Vec<String> = skips.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let mut line = format!(
+            "kit summary [{backend}]: {} passed; {} failed; {skipped} skipped",
+            conclusion.num_passed, conclusion.num_failed
+        );
+        if !reasons.is_empty() {
+            line.push_str(&format!(" ({})", reasons.join(", ")));
+        }
+        let (worst, timed) = context::live_delivery_stats();
+        if timed > 0 {
+            line.push_str(&format!(
+                "; slowest of {timed} live deliveries {worst:?} after the write (declared {})",
+                declared.map_or("nothing".to_string(), |d| format!("{d:?}"))
+            ));
+        }
+        line
+    }
 }
