@@ -1,5 +1,6 @@
 //! Journal cases: replay bounds, deletes, conflicts, limits, ids, round trips.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use persistence_api::{
@@ -37,10 +38,12 @@ pub fn cases() -> Vec<Case> {
         "journal::conflict_on_taken_sequence_nr" => [ConflictDetection] conflict_single;
         "journal::conflict_stores_nothing_of_atomic_write" => [ConflictDetection, MultiEventAtomic] conflict_atomic;
         "journal::racing_writers_one_winner_per_sequence_nr" => [ConflictDetection] racing_writers;
-        "journal::atomic_write_at_declared_maximum" => [MultiEventAtomic] atomic_at_max;
-        "journal::atomic_write_above_declared_maximum" => [] atomic_above_max;
-        "journal::event_at_size_limit_is_stored" => [] event_at_size_limit;
-        "journal::event_over_size_limit_rejects_its_atomic_write" => [] event_over_size_limit;
+        "journal::atomic_write_at_declared_maximum" => [AtomicWriteLimit] atomic_at_max;
+        "journal::atomic_write_above_declared_maximum" => [AtomicWriteLimit] atomic_above_max;
+        "journal::atomic_write_of_5000_events_is_stored_whole" => [LargeAtomicWrites] atomic_5000;
+        "journal::event_at_size_limit_is_stored" => [EventSizeLimit] event_at_size_limit;
+        "journal::event_over_size_limit_rejects_its_atomic_write" => [EventSizeLimit] event_over_size_limit;
+        "journal::event_of_4_mib_is_stored" => [LargeEvents] event_of_4_mib;
         "journal::replay_10000_events" => [] replay_10000;
         "journal::replay_more_than_5_mb" => [] replay_5_mb;
         "journal::unusual_and_255_byte_ids" => [] unusual_ids;
@@ -232,10 +235,10 @@ async fn results_per_atomic_write(ctx: Ctx) {
 async fn rejected_write_alone(ctx: Ctx) {
     let id = ctx.pid("p");
     let base = ctx.event(&id, 2);
+    // Over the declared size, or an empty tag (refused whether or not tags are supported).
     let bad_event = match ctx.caps.max_event_size {
         Some(max) => sized_event(&ctx, &id, 2, max + 1),
-        None if ctx.caps.tags => base.with_tags([""]),
-        None => base.with_metadata(Payload::raw(vec![1])),
+        None => base.with_tags([""]),
     };
     let bad =
         AtomicWrite::new(vec![bad_event, ctx.event(&id, 3)]).unwrap_or_else(|_| unreachable!());
@@ -349,107 +352,239 @@ async fn conflict_atomic(ctx: Ctx) {
     assert_eq!(ctx.replay(&id, 1, MAX, MAX).await, (vec![1, 2, 3, 4, 5], 5));
 }
 
+/// What one racing writer tried in one round, and what it was answered.
+struct Attempt {
+    writer: usize,
+    round: usize,
+    from: u64,
+    to: u64,
+    stored: bool,
+}
+
+/// Racing writers on one id, with contention forced: in every round all writers read the
+/// same highest `h`, meet at a barrier, and then write at once. Even rounds: four writes
+/// that all start at `h + 1` (lengths 1, 2, 3 and 1), so exactly one may win. Odd rounds:
+/// overlapping writes that start at different numbers (`{h+1, h+2}` against `{h+2, h+3}`,
+/// `{h+1}` and `{h+1..h+3}`), so a write over a number another write took must lose whole.
+/// Afterwards the whole history is checked: every acknowledged write is wholly present
+/// with its own payloads, every refused one wholly absent, each number owned by exactly
+/// one write, and no number missing except the one a write that started above `h + 1` left
+/// below itself.
 async fn racing_writers(ctx: Ctx) {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 20;
     let id = ctx.pid("raced");
+    let multi = ctx.caps.atomic_write_max_events.is_none_or(|m| m >= 3);
     let ctx = Arc::new(ctx);
-    const N: u64 = 20;
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let go = Arc::new(tokio::sync::Barrier::new(WRITERS));
     let mut tasks = Vec::new();
-    for writer in ["A", "B"] {
-        let ctx = ctx.clone();
-        let id = id.clone();
+    for writer in 0..WRITERS {
+        let (ctx, id, start, go) = (ctx.clone(), id.clone(), start.clone(), go.clone());
         tasks.push(tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            for seq in 1..=N {
-                let e = PersistentEvent::new(
-                    id.clone(),
-                    seq,
-                    Payload::raw(format!("{writer}{seq}").into_bytes()),
-                )
-                .with_writer_id(writer);
+            let mut attempts = Vec::new();
+            for round in 0..ROUNDS {
+                start.wait().await;
+                let h = ctx.highest(&id).await;
+                // (first, length) relative to h + 1.
+                let (offset, len) = match (round % 2, writer, multi) {
+                    (0, w, true) => (0, [1, 2, 3, 1][w]),
+                    (0, _, false) => (0, 1),
+                    (_, 0, true) => (0, 2),
+                    (_, 1, true) => (1, 2),
+                    (_, 2, _) => (0, 1),
+                    (_, 3, true) => (0, 3),
+                    (_, 1, false) => (1, 1),
+                    (_, _, false) => (0, 1),
+                    _ => unreachable!(),
+                };
+                let from = h + 1 + offset;
+                let to = from + len - 1;
+                let events = (from..=to)
+                    .map(|seq| {
+                        PersistentEvent::new(
+                            id.clone(),
+                            seq,
+                            Payload::raw(format!("w{writer}-r{round}-{seq}").into_bytes()),
+                        )
+                        .with_writer_id(format!("w{writer}"))
+                    })
+                    .collect();
+                go.wait().await;
                 let r = ctx
                     .stores
                     .journal
-                    .write(AtomicWrite::single(e).unwrap())
+                    .write(AtomicWrite::new(events).unwrap())
                     .await;
-                outcomes.push(match r {
+                let stored = match r {
                     Ok(()) => true,
                     Err(e) if e.kind() == ErrorKind::Conflict => false,
-                    Err(e) => {
-                        panic!("writer {writer} at {seq}: expected success or Conflict, got {e}")
-                    }
+                    Err(e) => panic!(
+                        "writer {writer}, round {round}, {from}..={to}: expected success or Conflict, got {e}"
+                    ),
+                };
+                attempts.push(Attempt {
+                    writer,
+                    round,
+                    from,
+                    to,
+                    stored,
                 });
             }
-            outcomes
+            attempts
         }));
     }
-    let b = tasks.pop().unwrap().await.unwrap();
-    let a = tasks.pop().unwrap().await.unwrap();
+    let mut attempts = Vec::new();
+    for t in tasks {
+        attempts.extend(t.await.expect("a writer"));
+    }
     let (events, highest) = ctx.replay_events(&id, 1, MAX, MAX).await;
-    assert_eq!(highest, N);
-    assert_eq!(events.len() as u64, N);
-    for (i, e) in events.iter().enumerate() {
-        let seq = i as u64 + 1;
-        assert_eq!(e.sequence_nr, seq);
+    let by_seq: HashMap<u64, &PersistentEvent> =
+        events.iter().map(|e| (e.sequence_nr, e)).collect();
+    assert_eq!(by_seq.len(), events.len(), "each number replays once");
+    let mut owner: HashMap<u64, (usize, usize)> = HashMap::new();
+    let mut allowed_gaps = BTreeSet::new();
+    for round in 0..ROUNDS {
+        let won: Vec<&Attempt> = attempts
+            .iter()
+            .filter(|a| a.round == round && a.stored)
+            .collect();
         assert!(
-            a[i] ^ b[i],
-            "exactly one writer wins sequence number {seq}: A {} B {}",
-            a[i],
-            b[i]
+            !won.is_empty(),
+            "round {round}: some write must win, all {WRITERS} got Conflict"
         );
-        let winner = if a[i] { "A" } else { "B" };
-        assert_eq!(
-            e.writer_id, winner,
-            "replay shows the winner's event at {seq}"
+        if round % 2 == 0 {
+            assert_eq!(
+                won.len(),
+                1,
+                "round {round}: writes that all start at the same number, one winner"
+            );
+        }
+    }
+    let lowest_start: HashMap<usize, u64> = (0..ROUNDS)
+        .map(|r| {
+            let h = attempts
+                .iter()
+                .filter(|a| a.round == r)
+                .map(|a| a.from)
+                .min()
+                .unwrap();
+            (r, h)
+        })
+        .collect();
+    for a in &attempts {
+        let payload = |seq: u64| format!("w{}-r{}-{seq}", a.writer, a.round).into_bytes();
+        if a.stored {
+            if a.from > lowest_start[&a.round] {
+                allowed_gaps.insert(a.from - 1);
+            }
+            for seq in a.from..=a.to {
+                if let Some(prev) = owner.insert(seq, (a.writer, a.round)) {
+                    panic!(
+                        "sequence number {seq} acknowledged to two writes: writer {} round {} and writer {} round {}",
+                        prev.0, prev.1, a.writer, a.round
+                    );
+                }
+                let e = by_seq.get(&seq).unwrap_or_else(|| {
+                    panic!(
+                        "writer {} round {} was acknowledged for {}..={}, but {seq} does not replay",
+                        a.writer, a.round, a.from, a.to
+                    )
+                });
+                assert_eq!(
+                    e.payload.bytes.as_ref(),
+                    payload(seq).as_slice(),
+                    "{seq} replays the acknowledged write's event"
+                );
+                assert_eq!(e.writer_id, format!("w{}", a.writer));
+            }
+        } else {
+            for seq in a.from..=a.to {
+                if let Some(e) = by_seq.get(&seq) {
+                    assert_ne!(
+                        e.payload.bytes.as_ref(),
+                        payload(seq).as_slice(),
+                        "writer {} round {} got Conflict for {}..={}, but its {seq} was stored",
+                        a.writer,
+                        a.round,
+                        a.from,
+                        a.to
+                    );
+                }
+            }
+        }
+    }
+    let acked_max = owner.keys().copied().max().unwrap_or(0);
+    assert_eq!(
+        highest, acked_max,
+        "the highest is the last acknowledged number"
+    );
+    for seq in by_seq.keys() {
+        assert!(
+            owner.contains_key(seq),
+            "{seq} replays but no write of it was acknowledged"
         );
-        assert_eq!(
-            e.payload.bytes.as_ref(),
-            format!("{winner}{seq}").as_bytes()
+    }
+    for seq in 1..=highest {
+        assert!(
+            owner.contains_key(&seq) || allowed_gaps.contains(&seq),
+            "{seq} is missing: no acknowledged write holds it and none left a gap there"
         );
     }
 }
 
-/// The declared maximum, or 1,000 events for a backend with no declared limit.
-fn atomic_size(ctx: &Ctx) -> u64 {
+/// The declared maximum (the case needs one).
+fn declared_atomic_max(ctx: &Ctx) -> u64 {
     ctx.caps
         .atomic_write_max_events
-        .map(|m| m as u64)
-        .unwrap_or(1000)
+        .expect("the case needs a declared atomic_write_max_events") as u64
+}
+
+/// One atomic write of `1..=n` is stored whole, replays in order with its payloads.
+async fn write_one_atomic_of(ctx: &Ctx, n: u64) {
+    let id = ctx.pid("p");
+    ctx.stores
+        .journal
+        .write(ctx.atomic(&id, 1, n))
+        .await
+        .unwrap_or_else(|e| panic!("one atomic write of {n} events: {e}"));
+    let (events, highest) = ctx.replay_events(&id, 1, MAX, MAX).await;
+    assert_eq!(highest, n);
+    assert_eq!(
+        events.iter().map(|e| e.sequence_nr).collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    assert!(events
+        .iter()
+        .all(|e| e.payload == Ctx::payload(&id, e.sequence_nr)));
 }
 
 async fn atomic_at_max(ctx: Ctx) {
-    let id = ctx.pid("p");
-    let n = atomic_size(&ctx);
-    ctx.write(&id, 1, n).await;
-    let (seqs, highest) = ctx.replay(&id, 1, MAX, MAX).await;
-    assert_eq!(highest, n);
-    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    let n = declared_atomic_max(&ctx);
+    write_one_atomic_of(&ctx, n).await;
+}
+
+async fn atomic_5000(ctx: Ctx) {
+    write_one_atomic_of(&ctx, super::LARGE_ATOMIC_WRITE as u64).await;
 }
 
 async fn atomic_above_max(ctx: Ctx) {
     let id = ctx.pid("p");
-    match ctx.caps.atomic_write_max_events {
-        Some(max) => {
-            let n = max as u64 + 1;
-            let err = ctx
-                .stores
-                .journal
-                .write(ctx.atomic(&id, 1, n))
-                .await
-                .expect_err("above the maximum");
-            assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
-            assert_eq!(
-                ctx.replay(&id, 1, MAX, MAX).await,
-                (vec![], 0),
-                "nothing stored"
-            );
-            ctx.write(&id, 1, 1).await;
-        }
-        None => {
-            // No declared limit: a write far larger than usual is stored whole.
-            ctx.write(&id, 1, 5000).await;
-            assert_eq!(ctx.replay(&id, 1, MAX, MAX).await.0.len(), 5000);
-        }
-    }
+    let n = declared_atomic_max(&ctx) + 1;
+    let err = ctx
+        .stores
+        .journal
+        .write(ctx.atomic(&id, 1, n))
+        .await
+        .expect_err("above the maximum");
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert_eq!(
+        ctx.replay(&id, 1, MAX, MAX).await,
+        (vec![], 0),
+        "nothing stored"
+    );
+    ctx.write(&id, 1, 1).await;
+    assert_eq!(ctx.replay(&id, 1, MAX, MAX).await, (vec![1], 1));
 }
 
 /// An event whose `stored_size()` is exactly `size`.
@@ -466,37 +601,39 @@ fn sized_event(ctx: &Ctx, id: &PersistenceId, seq: u64, size: usize) -> Persiste
     e
 }
 
-fn size_limit(ctx: &Ctx) -> usize {
-    ctx.caps.max_event_size.unwrap_or(2 * 1024 * 1024)
+/// The declared limit (the case needs one).
+fn declared_size_limit(ctx: &Ctx) -> usize {
+    ctx.caps
+        .max_event_size
+        .expect("the case needs a declared max_event_size")
 }
 
-async fn event_at_size_limit(ctx: Ctx) {
+/// A single event of `size` is stored and replays byte for byte.
+async fn store_event_of(ctx: &Ctx, size: usize) {
     let id = ctx.pid("p");
-    let size = size_limit(&ctx);
-    let e = sized_event(&ctx, &id, 1, size);
+    let e = sized_event(ctx, &id, 1, size);
     ctx.stores
         .journal
         .write(AtomicWrite::single(e.clone()).unwrap())
         .await
-        .expect("an event at the limit is stored");
-    let (events, _) = ctx.replay_events(&id, 1, MAX, MAX).await;
+        .unwrap_or_else(|err| panic!("an event of {size} bytes is stored: {err}"));
+    let (events, highest) = ctx.replay_events(&id, 1, MAX, MAX).await;
+    assert_eq!(highest, 1);
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].payload, e.payload);
+    assert!(events[0] == e, "the event of {size} bytes replays equal");
+}
+
+async fn event_of_4_mib(ctx: Ctx) {
+    store_event_of(&ctx, super::LARGE_EVENT).await;
+}
+
+async fn event_at_size_limit(ctx: Ctx) {
+    store_event_of(&ctx, declared_size_limit(&ctx)).await;
 }
 
 async fn event_over_size_limit(ctx: Ctx) {
     let id = ctx.pid("p");
-    let Some(max) = ctx.caps.max_event_size else {
-        // No declared limit: a large event is stored.
-        let e = sized_event(&ctx, &id, 1, 4 * 1024 * 1024);
-        ctx.stores
-            .journal
-            .write(AtomicWrite::single(e).unwrap())
-            .await
-            .expect("stored");
-        assert_eq!(ctx.replay(&id, 1, MAX, MAX).await.0, vec![1]);
-        return;
-    };
+    let max = declared_size_limit(&ctx);
     let mut events = vec![ctx.event(&id, 1), sized_event(&ctx, &id, 2, max + 1)];
     if ctx.caps.atomic_write_max_events.is_some_and(|m| m < 2) {
         events.remove(0);
@@ -552,30 +689,52 @@ async fn replay_10000(ctx: Ctx) {
     );
 }
 
+/// An event of `size` whose payload bytes differ from every other event's (a pattern
+/// seeded by the sequence number), so a replay that swaps, repeats or mangles events fails.
+fn patterned_event(ctx: &Ctx, id: &PersistenceId, seq: u64, size: usize) -> PersistentEvent {
+    let mut e = sized_event(ctx, id, seq, size);
+    let len = e.payload.bytes.len();
+    let seed = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    e.payload.bytes = (0..len as u64)
+        .map(|i| (seed.wrapping_add(i.wrapping_mul(31)) >> 3) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    e
+}
+
 async fn replay_5_mb(ctx: Ctx) {
     let id = ctx.pid("big");
-    let size = size_limit(&ctx).min(100 * 1024);
+    let size = ctx
+        .caps
+        .max_event_size
+        .unwrap_or(usize::MAX)
+        .min(100 * 1024);
     let count = (5 * 1024 * 1024 / size + 2) as u64;
     let chunk = ctx.caps.atomic_write_max_events.unwrap_or(10).min(10) as u64;
-    let mut seq = 1;
-    while seq <= count {
-        let end = (seq + chunk - 1).min(count);
-        let events = (seq..=end)
-            .map(|s| sized_event(&ctx, &id, s, size))
-            .collect();
+    let written: Vec<PersistentEvent> = (1..=count)
+        .map(|s| patterned_event(&ctx, &id, s, size))
+        .collect();
+    for events in written.chunks(chunk as usize) {
         ctx.stores
             .journal
-            .write(AtomicWrite::new(events).unwrap())
+            .write(AtomicWrite::new(events.to_vec()).unwrap())
             .await
             .expect("write");
-        seq = end + 1;
     }
     let (events, highest) = ctx.replay_events(&id, 1, MAX, MAX).await;
     assert_eq!(highest, count);
     assert_eq!(events.len() as u64, count);
     let total: usize = events.iter().map(|e| e.stored_size()).sum();
     assert!(total > 5 * 1024 * 1024, "replayed {total} bytes");
-    assert!(events.iter().all(|e| e.stored_size() == size));
+    for (i, (got, want)) in events.iter().zip(&written).enumerate() {
+        assert!(
+            got == want,
+            "event {} of the 5 MB replay is the one written at {} (sequence number {}), byte for byte",
+            i + 1,
+            want.sequence_nr,
+            got.sequence_nr
+        );
+    }
 }
 
 async fn unusual_ids(ctx: Ctx) {

@@ -39,6 +39,18 @@ pub enum Need {
     /// Data that outlives the stores: new stores over the same namespace see it
     /// ([`crate::Ctx::reopen`]).
     Durable,
+    /// A declared [`Capabilities::atomic_write_max_events`], to be checked at and above.
+    AtomicWriteLimit,
+    /// Atomic writes of 5,000 events (no declared maximum, or one of at least 5,000).
+    LargeAtomicWrites,
+    /// A declared [`Capabilities::max_event_size`], to be checked at and above.
+    EventSizeLimit,
+    /// Events of 4 MiB (no declared limit, or one of at least 4 MiB).
+    LargeEvents,
+    /// A declared [`Capabilities::max_snapshot_size`], to be checked at and above.
+    SnapshotSizeLimit,
+    /// Snapshots of 4 MiB (no declared limit, or one of at least 4 MiB).
+    HugeSnapshots,
 }
 
 impl Need {
@@ -69,10 +81,42 @@ impl Need {
             }
             Need::LiveQueries => (caps.live_queries, "live_queries"),
             Need::Durable => (caps.durable, "durable"),
+            Need::AtomicWriteLimit => (
+                caps.atomic_write_max_events.is_some(),
+                "a declared atomic_write_max_events",
+            ),
+            Need::LargeAtomicWrites => (
+                caps.atomic_write_max_events
+                    .is_none_or(|m| m >= LARGE_ATOMIC_WRITE),
+                "atomic_write_max_events >= 5000",
+            ),
+            Need::EventSizeLimit => (caps.max_event_size.is_some(), "a declared max_event_size"),
+            Need::LargeEvents => (
+                caps.max_event_size.is_none_or(|m| m >= LARGE_EVENT),
+                "max_event_size >= 4 MiB",
+            ),
+            Need::SnapshotSizeLimit => (
+                caps.snapshots && caps.max_snapshot_size.is_some(),
+                "a declared max_snapshot_size",
+            ),
+            Need::HugeSnapshots => (
+                caps.snapshots
+                    && caps
+                        .max_snapshot_size
+                        .is_none_or(|m| m >= HUGE_SNAPSHOT + 64),
+                "max_snapshot_size >= 4 MiB",
+            ),
         };
         (!ok).then_some(name)
     }
 }
+
+/// The events in the atomic write of [`Need::LargeAtomicWrites`].
+pub(crate) const LARGE_ATOMIC_WRITE: usize = 5000;
+/// The stored size of the event of [`Need::LargeEvents`].
+pub(crate) const LARGE_EVENT: usize = 4 * 1024 * 1024;
+/// The bytes of the snapshot of [`Need::HugeSnapshots`].
+pub(crate) const HUGE_SNAPSHOT: usize = 4 * 1024 * 1024;
 
 /// One named case of the kit.
 pub struct Case {
