@@ -27,7 +27,12 @@ pub fn cases() -> Vec<Case> {
         "snapshot::save_again_overwrites" => [Snapshots] overwrite;
         "snapshot::large_10_kb" => [Snapshots] large_10k;
         "snapshot::large_1_mb" => [LargeSnapshots] large_1mb;
-        "snapshot::over_size_limit_is_rejected" => [Snapshots] over_limit;
+        "snapshot::at_size_limit_is_stored" => [SnapshotSizeLimit] at_limit;
+        "snapshot::over_size_limit_is_rejected" => [SnapshotSizeLimit] over_limit;
+        "snapshot::large_4_mib" => [HugeSnapshots] large_4mib;
+        "snapshot::delete_matching_with_minimum_bounds" => [Snapshots] delete_with_min_bounds;
+        "snapshot::delete_matching_with_minimum_timestamp" => [Snapshots] delete_with_min_timestamp;
+        "snapshot::concurrent_saves_at_one_sequence_nr_one_wins_whole" => [Snapshots] concurrent_saves;
         "snapshot::metadata_round_trips" => [SnapshotMetadata] metadata;
         "snapshot::ids_are_independent" => [Snapshots] independent;
     ]
@@ -302,17 +307,24 @@ async fn overwrite(ctx: Ctx) {
     assert_eq!(s.metadata.timestamp, ts(16));
 }
 
+/// Saves a snapshot of `size` payload bytes and loads it back equal.
 async fn save_and_load_size(ctx: &Ctx, size: usize) {
     let id = ctx.pid("large");
     let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let snap = Payload::new("tck", "big/v1", bytes);
+    save_and_load(ctx, &id, snap).await;
+}
+
+/// Saves `snap` at 3 and loads it back equal.
+async fn save_and_load(ctx: &Ctx, id: &PersistenceId, snap: Payload) {
+    let size = snap.bytes.len();
     let meta = SnapshotMetadata::new(id.clone(), 3).with_timestamp(ts(3));
     ctx.stores
         .snapshots
         .save_snapshot(meta, snap.clone())
         .await
-        .expect("save large");
-    let s = load(ctx, &id, Criteria::latest())
+        .unwrap_or_else(|e| panic!("saving a snapshot of {size} bytes: {e}"));
+    let s = load(ctx, id, Criteria::latest())
         .await
         .expect("the large snapshot loads");
     assert_eq!(s.snapshot.bytes.len(), size);
@@ -327,14 +339,38 @@ async fn large_1mb(ctx: Ctx) {
     save_and_load_size(&ctx, 1024 * 1024).await;
 }
 
+async fn large_4mib(ctx: Ctx) {
+    save_and_load_size(&ctx, super::HUGE_SNAPSHOT).await;
+}
+
+/// The declared limit (the case needs one).
+fn declared_limit(ctx: &Ctx) -> usize {
+    ctx.caps
+        .max_snapshot_size
+        .expect("the case needs a declared max_snapshot_size")
+}
+
+/// A snapshot whose `stored_size()` is exactly `size`.
+fn sized_snapshot(size: usize) -> Payload {
+    let mut p = Payload::new("tck", "sized/v1", Vec::new());
+    let overhead = p.stored_size();
+    p.bytes = (0..size - overhead)
+        .map(|i| (i % 241) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    assert_eq!(p.stored_size(), size);
+    p
+}
+
+async fn at_limit(ctx: Ctx) {
+    let id = ctx.pid("at-limit");
+    save_and_load(&ctx, &id, sized_snapshot(declared_limit(&ctx))).await;
+}
+
 async fn over_limit(ctx: Ctx) {
     let id = setup(&ctx).await;
-    let Some(max) = ctx.caps.max_snapshot_size else {
-        // No declared limit: 4 MB is stored.
-        save_and_load_size(&ctx, 4 * 1024 * 1024).await;
-        return;
-    };
-    let snap = Payload::new("", "", vec![7u8; max + 1]);
+    let max = declared_limit(&ctx);
+    let snap = sized_snapshot(max + 1);
     let meta = SnapshotMetadata::new(id.clone(), 16).with_timestamp(ts(16));
     let err = ctx
         .stores
@@ -387,4 +423,128 @@ async fn independent(ctx: Ctx) {
         payload(100)
     );
     assert_eq!(load_seq(&ctx, &id, Criteria::latest()).await, None);
+}
+
+/// `delete_snapshots` honours its lower bounds: only 13 and 14 go with
+/// `13 <= seq <= 14`; the lower bound alone (`seq >= 14`) takes 14 and 15.
+async fn delete_with_min_bounds(ctx: Ctx) {
+    let id = setup(&ctx).await;
+    let c = Criteria::latest()
+        .with_min_sequence_nr(13)
+        .with_max_sequence_nr(14);
+    ctx.stores
+        .snapshots
+        .delete_snapshots(&id, c)
+        .await
+        .expect("delete");
+    assert_eq!(remaining(&ctx, &id).await, vec![11, 12, 15]);
+    let other = ctx.pid("other");
+    for seq in 11..=15 {
+        let meta = SnapshotMetadata::new(other.clone(), seq).with_timestamp(ts(seq));
+        ctx.stores
+            .snapshots
+            .save_snapshot(meta, payload(seq))
+            .await
+            .expect("save");
+    }
+    ctx.stores
+        .snapshots
+        .delete_snapshots(&other, Criteria::latest().with_min_sequence_nr(14))
+        .await
+        .expect("delete");
+    assert_eq!(remaining(&ctx, &other).await, vec![11, 12, 13]);
+}
+
+/// `delete_snapshots` with a lower timestamp bound: `ts >= ts(14)` takes 14 and 15 only,
+/// and `ts(12) <= ts <= ts(12)` takes 12 only.
+async fn delete_with_min_timestamp(ctx: Ctx) {
+    let id = setup(&ctx).await;
+    ctx.stores
+        .snapshots
+        .delete_snapshots(&id, Criteria::latest().with_min_timestamp(ts(14)))
+        .await
+        .expect("delete");
+    assert_eq!(remaining(&ctx, &id).await, vec![11, 12, 13]);
+    let c = Criteria::latest()
+        .with_min_timestamp(ts(12))
+        .with_max_timestamp(ts(12));
+    ctx.stores
+        .snapshots
+        .delete_snapshots(&id, c)
+        .await
+        .expect("delete");
+    assert_eq!(remaining(&ctx, &id).await, vec![11, 13]);
+}
+
+/// The sequence numbers of `id`'s snapshots, ascending, found by loading with ever lower
+/// `max_sequence_nr` (the API has no listing).
+async fn remaining(ctx: &Ctx, id: &PersistenceId) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut max = u64::MAX;
+    while let Some(seq) = load_seq(ctx, id, Criteria::latest().with_max_sequence_nr(max)).await {
+        found.push(seq);
+        if seq == 0 {
+            break;
+        }
+        max = seq - 1;
+    }
+    found.reverse();
+    found
+}
+
+/// Eight saves at one sequence number at once, each with its own timestamp, payload and
+/// metadata, of a size that spans several chunks where a backend chunks: the one that
+/// loads is one of them, whole (its payload, timestamp and metadata together), never a
+/// mix.
+async fn concurrent_saves(ctx: Ctx) {
+    let id = ctx.pid("raced");
+    let size = ctx
+        .caps
+        .max_snapshot_size
+        .map_or(600 * 1024, |m| m.min(600 * 1024));
+    let candidates: Vec<(SnapshotMetadata, Payload)> = (0..8u8)
+        .map(|i| {
+            let mut meta =
+                SnapshotMetadata::new(id.clone(), 7).with_timestamp(ts(100 + u64::from(i)));
+            if ctx.caps.snapshot_metadata {
+                meta.metadata = Some(Payload::new("m", "m/v1", vec![i; 16]));
+            }
+            let mut p = Payload::new("tck", format!("racer-{i}/v1"), Vec::new());
+            let overhead = p.stored_size();
+            p.bytes = vec![i; size - overhead].into();
+            (meta, p)
+        })
+        .collect();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(candidates.len()));
+    let saves = candidates.iter().cloned().map(|(meta, p)| {
+        let snapshots = ctx.stores.snapshots.clone();
+        let barrier = barrier.clone();
+        tokio::spawn(async move {
+            barrier.wait().await;
+            snapshots.save_snapshot(meta, p).await
+        })
+    });
+    for r in futures::future::join_all(saves).await {
+        r.expect("a saver").expect("each save succeeds");
+    }
+    let got = load(&ctx, &id, Criteria::latest())
+        .await
+        .expect("a snapshot at 7");
+    assert!(
+        candidates
+            .iter()
+            .any(|(m, p)| got.metadata == *m && got.snapshot == *p),
+        "the loaded snapshot is one save whole: timestamp {:?}, manifest {:?}, first byte {:?}, {} bytes",
+        got.metadata.timestamp,
+        got.snapshot.manifest,
+        got.snapshot.bytes.first(),
+        got.snapshot.bytes.len()
+    );
+    assert!(
+        got.snapshot
+            .bytes
+            .iter()
+            .all(|b| *b == got.snapshot.bytes[0]),
+        "no bytes of another save"
+    );
 }
