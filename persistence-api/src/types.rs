@@ -512,6 +512,58 @@ pub enum Offset {
     Token(String),
 }
 
+/// The text form of an offset, for storing it where only text fits (a projection's offset
+/// column, a command line): `none`, `sequence:<n>`, `timeuuid:<uuid>` or `token:<text>`.
+/// [`str::parse`] reads it back to an equal offset.
+///
+/// ```
+/// use persistence_api::Offset;
+/// for offset in [Offset::NoOffset, Offset::Sequence(42), Offset::Token("b17:0003|x".into())] {
+///     assert_eq!(offset.to_string().parse::<Offset>().unwrap(), offset);
+/// }
+/// assert_eq!(Offset::Sequence(7).to_string(), "sequence:7");
+/// assert!("sequence:x".parse::<Offset>().is_err());
+/// ```
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Offset::NoOffset => f.write_str("none"),
+            Offset::Sequence(n) => write!(f, "sequence:{n}"),
+            Offset::TimeBasedUuid(u) => write!(f, "timeuuid:{}", u.hyphenated()),
+            Offset::Token(t) => write!(f, "token:{t}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Offset {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::invalid_input(format!("{s:?} is not an offset: {why}"));
+        if s == "none" {
+            return Ok(Offset::NoOffset);
+        }
+        let Some((kind, value)) = s.split_once(':') else {
+            return Err(bad(
+                "expected none, sequence:<n>, timeuuid:<uuid> or token:<text>",
+            ));
+        };
+        match kind {
+            "sequence" => value
+                .parse()
+                .map(Offset::Sequence)
+                .map_err(|_| bad("the sequence is not a number")),
+            "timeuuid" => uuid::Uuid::parse_str(value)
+                .map(Offset::TimeBasedUuid)
+                .map_err(|_| bad("not a UUID")),
+            "token" => Ok(Offset::Token(value.to_owned())),
+            _ => Err(bad(
+                "expected none, sequence:<n>, timeuuid:<uuid> or token:<text>",
+            )),
+        }
+    }
+}
+
 /// One event as a query delivers it: the event and the offset to resume after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventEnvelope {

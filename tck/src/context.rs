@@ -4,10 +4,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use futures::{Stream, StreamExt};
 use persistence_api::{
-    AtomicWrite, Capabilities, EventEnvelope, JournalExt, Payload, PersistenceId, PersistentEvent,
-    Result, SequenceNr, Stores,
+    AtomicWrite, Capabilities, EventEnvelope, JournalExt, Offset, Payload, PersistenceId,
+    PersistentEvent, Result, SequenceNr, Stores,
 };
 
 /// The context one case runs in.
@@ -233,6 +235,108 @@ impl Ctx {
             .highest_sequence_nr(id)
             .await
             .expect("highest_sequence_nr")
+    }
+}
+
+impl Ctx {
+    /// Writes the single event `(id, seq)` carrying `tags`, and expects success.
+    pub async fn write_tagged(&self, id: &PersistenceId, seq: SequenceNr, tags: &[&str]) {
+        write_tagged(&self.stores, self.event(id, seq), tags).await
+    }
+
+    /// A current tag query from `offset`, collected.
+    pub async fn by_tag(&self, tag: &str, offset: Offset) -> Vec<EventEnvelope> {
+        by_tag(&self.stores, tag, offset).await
+    }
+
+    /// A current events-by-id query, collected.
+    pub async fn by_id(
+        &self,
+        id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+    ) -> Vec<EventEnvelope> {
+        by_id(&self.stores, id, from, to).await
+    }
+
+    /// `current_persistence_ids`, checked to hold each id once.
+    pub async fn ids(&self) -> BTreeSet<String> {
+        ids(&self.stores).await
+    }
+}
+
+/// Writes `event` alone with `tags`, through `stores`, and expects success.
+pub async fn write_tagged(stores: &Stores, event: PersistentEvent, tags: &[&str]) {
+    let (id, seq) = (event.persistence_id.clone(), event.sequence_nr);
+    let e = event.with_tags(tags.iter().map(|t| t.to_string()));
+    stores
+        .journal
+        .write(AtomicWrite::single(e).expect("a valid write"))
+        .await
+        .unwrap_or_else(|e| panic!("write {id} {seq}: {e}"));
+}
+
+/// A current tag query of `stores` from `offset`, collected.
+pub async fn by_tag(stores: &Stores, tag: &str, offset: Offset) -> Vec<EventEnvelope> {
+    collect(
+        stores
+            .read_journal
+            .current_events_by_tag(tag.to_string(), offset),
+    )
+    .await
+    .expect("tag query")
+}
+
+/// A current events-by-id query of `stores`, collected.
+pub async fn by_id(
+    stores: &Stores,
+    id: &PersistenceId,
+    from: SequenceNr,
+    to: SequenceNr,
+) -> Vec<EventEnvelope> {
+    collect(
+        stores
+            .read_journal
+            .current_events_by_persistence_id(id.clone(), from, to),
+    )
+    .await
+    .expect("events-by-id query")
+}
+
+/// `current_persistence_ids` of `stores`, checked to hold each id once.
+pub async fn ids(stores: &Stores) -> BTreeSet<String> {
+    let ids = collect(stores.read_journal.current_persistence_ids())
+        .await
+        .expect("current_persistence_ids");
+    let set: BTreeSet<String> = ids.iter().map(|i| i.to_string()).collect();
+    assert_eq!(set.len(), ids.len(), "each id once: {ids:?}");
+    set
+}
+
+/// The replayed events of `id` through `stores`, and the highest the replay reports.
+pub async fn replay_of(stores: &Stores, id: &PersistenceId) -> (Vec<PersistentEvent>, SequenceNr) {
+    let replay = stores
+        .journal
+        .replay(id, 1, u64::MAX, u64::MAX)
+        .await
+        .expect("replay");
+    let events = collect(replay.events).await.expect("replay stream");
+    (events, replay.highest_sequence_nr)
+}
+
+/// Asserts that each id's events come in increasing sequence order.
+pub fn assert_per_id_order(envs: &[EventEnvelope]) {
+    let mut last = std::collections::HashMap::<&str, SequenceNr>::new();
+    for e in envs {
+        let prev = last
+            .insert(e.persistence_id().as_str(), e.sequence_nr())
+            .unwrap_or(0);
+        assert!(
+            e.sequence_nr() > prev,
+            "per-id order broken at {} {} (after {prev})",
+            e.persistence_id(),
+            e.sequence_nr()
+        );
     }
 }
 

@@ -5,6 +5,7 @@ use persistence_api::Capabilities;
 
 use crate::context::Ctx;
 
+mod durability;
 mod journal;
 mod query;
 mod snapshot;
@@ -153,5 +154,6 @@ pub fn all_cases() -> Vec<Case> {
     let mut all = journal::cases();
     all.extend(snapshot::cases());
     all.extend(query::cases());
+    all.extend(durability::cases());
     all
 }
