@@ -5,6 +5,7 @@ use persistence_api::Capabilities;
 
 use crate::context::Ctx;
 
+mod concurrency;
 mod durability;
 mod journal;
 mod query;
@@ -155,5 +156,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(snapshot::cases());
     all.extend(query::cases());
     all.extend(durability::cases());
+    all.extend(concurrency::cases());
     all
 }
