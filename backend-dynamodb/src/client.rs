@@ -9,7 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
-use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use persistence_api::{Error, Result};
@@ -188,35 +188,30 @@ impl Inner {
         table: &str,
         keys: Vec<Item>,
     ) -> Result<()> {
+        let writes = keys
+            .into_iter()
+            .map(delete_request)
+            .collect::<Result<Vec<_>>>()?;
+        self.batch_write_all(operation, table, writes).await
+    }
+
+    /// Sends `writes` (puts and deletes of distinct items) in batches of 25, several at
+    /// once, retrying unprocessed items with backoff until none is left.
+    pub(crate) async fn batch_write_all(
+        &self,
+        operation: &'static str,
+        table: &str,
+        writes: Vec<WriteRequest>,
+    ) -> Result<()> {
         use futures::StreamExt;
-        let batches: Vec<Vec<Item>> = keys.chunks(MAX_BATCH_WRITE).map(|c| c.to_vec()).collect();
+        let batches: Vec<Vec<WriteRequest>> =
+            writes.chunks(MAX_BATCH_WRITE).map(|c| c.to_vec()).collect();
         let results: Vec<Result<()>> = futures::stream::iter(batches)
-            .map(|batch| self.batch_delete_one(operation, table, batch))
+            .map(|mut batch| async move { self.batch_write(operation, table, &mut batch).await })
             .buffer_unordered(4)
             .collect()
             .await;
         results.into_iter().collect()
-    }
-
-    async fn batch_delete_one(
-        &self,
-        operation: &'static str,
-        table: &str,
-        keys: Vec<Item>,
-    ) -> Result<()> {
-        let mut pending: Vec<WriteRequest> = keys
-            .into_iter()
-            .map(|k| {
-                let del = DeleteRequest::builder()
-                    .set_key(Some(k))
-                    .build()
-                    .map_err(|e| {
-                        Error::new(persistence_api::ErrorKind::Unexpected, e.to_string())
-                    })?;
-                Ok(WriteRequest::builder().delete_request(del).build())
-            })
-            .collect::<Result<_>>()?;
-        self.batch_write(operation, table, &mut pending).await
     }
 
     /// Sends `pending` with `BatchWriteItem`, retrying what DynamoDB leaves unprocessed.
@@ -250,6 +245,24 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// A `BatchWriteItem` request deleting the item at `key`.
+pub(crate) fn delete_request(key: Item) -> Result<WriteRequest> {
+    let del = DeleteRequest::builder()
+        .set_key(Some(key))
+        .build()
+        .map_err(|e| Error::new(persistence_api::ErrorKind::Unexpected, e.to_string()))?;
+    Ok(WriteRequest::builder().delete_request(del).build())
+}
+
+/// A `BatchWriteItem` request putting `item` (replacing what is at its key).
+pub(crate) fn put_request(item: Item) -> Result<WriteRequest> {
+    let put = PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| Error::new(persistence_api::ErrorKind::Unexpected, e.to_string()))?;
+    Ok(WriteRequest::builder().put_request(put).build())
 }
 
 pub(crate) fn now_ms() -> i64 {

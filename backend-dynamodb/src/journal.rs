@@ -11,7 +11,7 @@ use persistence_api::{
     PersistentEvent, Replay, Result, SequenceNr,
 };
 
-use crate::client::{now_ms, Inner};
+use crate::client::{delete_request, now_ms, put_request, Inner};
 use crate::error::{Cancellation, Class};
 use crate::item::{
     self, decode_event, event_attrs, event_seq, get_u64, item_size, key, large_write, n, s, Item,
@@ -20,6 +20,7 @@ use crate::item::{
 };
 use crate::schema::{
     bucket_sk, seq_sk, token, MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK,
+    PURGED_TO, TOMBSTONE,
 };
 
 /// The largest [`PersistentEvent::stored_size`] this backend declares: DynamoDB's 400 KB
@@ -444,6 +445,17 @@ impl DynamoDbJournal {
     }
 }
 
+/// The tombstone that replaces a deleted event: its key, marked.
+fn tombstone(mut key: Item) -> Item {
+    key.insert(TOMBSTONE.into(), n(1));
+    key
+}
+
+/// Whether an event item is the tombstone of a deleted event.
+pub(crate) fn is_tombstone(item: &Item) -> bool {
+    item.contains_key(TOMBSTONE)
+}
+
 fn conflict(taken: Option<u64>) -> Error {
     let message = match taken {
         Some(seq) => format!(
@@ -546,6 +558,8 @@ impl Journal for DynamoDbJournal {
 pub(crate) struct Meta {
     pub(crate) highest: u64,
     pub(crate) deleted_to: u64,
+    /// How far the physical delete (events turned into tombstones) got.
+    pub(crate) purged_to: u64,
 }
 
 impl Inner {
@@ -630,6 +644,7 @@ impl Inner {
             .map(|i| Meta {
                 highest: get_u64(i, HIGHEST).unwrap_or(0),
                 deleted_to: get_u64(i, DELETED_TO).unwrap_or(0),
+                purged_to: get_u64(i, PURGED_TO).unwrap_or(0),
             })
             .unwrap_or_default())
     }
@@ -871,9 +886,13 @@ impl Inner {
                 Err(f) => return Err(f.into_error("delete_events_to")),
             }
         }
-        // Physical deletes, a page at a time.
-        let mut from = 1;
-        loop {
+        // Physical deletes, a page at a time, from where the last finished delete stopped.
+        // Each event becomes a tombstone (its key and nothing else), so its sequence number
+        // stays taken: a later write there fails its `attribute_not_exists` condition with
+        // `Conflict`, exactly as on a live event, and the write path needs no extra request.
+        let meta = self.meta(pid).await?;
+        let mut from = meta.purged_to.saturating_add(1).max(1);
+        while from <= target {
             let page = self
                 .query_events(
                     "delete_events_to",
@@ -885,9 +904,12 @@ impl Inner {
                 .await?;
             let Some(last) = page.last() else { break };
             let last_seq = event_seq(last)?;
-            let mut keys = Vec::with_capacity(page.len());
+            let mut writes = Vec::with_capacity(page.len());
             for ev in &page {
-                keys.push(item::key_of(ev));
+                if is_tombstone(ev) {
+                    continue;
+                }
+                writes.push(put_request(tombstone(item::key_of(ev)))?);
                 let seq = event_seq(ev)?;
                 if let (Some(time), Some(tags)) = (item::get_i64(ev, TOKEN_TIME), item::tags_of(ev))
                 {
@@ -899,19 +921,39 @@ impl Inner {
                             continue;
                         }
                         seen.push(t);
-                        keys.push(key(
+                        writes.push(delete_request(key(
                             self.keys.tag_pk(t, bucket, shard),
                             token(time, pid, seq),
-                        ));
+                        ))?);
                     }
                 }
             }
-            self.batch_delete("delete_events_to", self.journal_table(), keys)
+            self.batch_write_all("delete_events_to", self.journal_table(), writes)
                 .await?;
             if last_seq >= target {
                 break;
             }
             from = last_seq + 1;
+        }
+        // Remember how far the physical delete got, so the next one starts there instead
+        // of paging through tombstones again.
+        let req = self
+            .client
+            .update_item()
+            .table_name(self.journal_table())
+            .set_key(Some(key(self.keys.event_pk(pid), META_SK.to_owned())))
+            .update_expression("SET pd = :t")
+            .condition_expression("attribute_not_exists(pd) OR pd < :t")
+            .expression_attribute_values(":t", n(target));
+        match self
+            .retry
+            .run("delete_events_to", || req.clone().send())
+            .await
+        {
+            Ok(_) => {}
+            // Another delete got further meanwhile.
+            Err(f) if f.class == Class::Conflict => {}
+            Err(f) => return Err(f.into_error("delete_events_to")),
         }
         Ok(())
     }
@@ -994,6 +1036,9 @@ pub(crate) fn range_stream(
                 for item in page? {
                     if left == 0 {
                         break;
+                    }
+                    if is_tombstone(&item) {
+                        continue;
                     }
                     if let Some(lw) = large_write(&item) {
                         if large.check(&inner, pid.as_str(), lw, false).await? != Some(true) {

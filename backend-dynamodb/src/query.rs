@@ -13,7 +13,7 @@ use persistence_api::{
 
 use crate::client::{now_ms, Inner};
 use crate::item::{decode_event, decode_tag_entry, event_seq, large_write, s, sk_str, Item};
-use crate::journal::{range_stream, LargeWrites};
+use crate::journal::{is_tombstone, range_stream, LargeWrites};
 use crate::schema::{bucket_sk, token_time, token_upper};
 
 /// The read journal on DynamoDB. Build it with [`crate::DynamoDb`].
@@ -255,6 +255,11 @@ fn by_id(
                 let mut finished = false;
                 for item in items {
                     let seq = event_seq(&item)?;
+                    if is_tombstone(&item) {
+                        // Deleted meanwhile: its number is taken, never delivered.
+                        next = seq.saturating_add(1);
+                        continue;
+                    }
                     if let Some(lw) = large_write(&item) {
                         match large.check(&inner, pid.as_str(), lw, true).await? {
                             Some(true) => {}

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | event | `<j>\|e\|<persistence id>` | sequence number, 20 digits |
 //! | highest / deleted-to of an id | `<j>\|e\|<persistence id>` | `#` (sorts below every event) |
+//! | tombstone of a deleted event (`d` = 1, nothing else) | `<j>\|e\|<persistence id>` | sequence number, 20 digits |
 //! | persistence-id registry | `<j>\|p\|<shard>` | persistence id |
 //! | new-id feed | `<j>\|n\|<bucket start ms, 13 digits>\|<shard, 3 digits>` | `<write time ms, 13 digits>\|<id>` |
 //! | tag index entry (a copy of the event) | `<j>\|t\|<bucket start ms, 13 digits>\|<shard, 3 digits>\|<tag>` | offset token |
@@ -36,6 +37,13 @@ pub const PK: &str = "pk";
 pub const SK: &str = "sk";
 /// The sort key of an id's highest/deleted-to item.
 pub(crate) const META_SK: &str = "#";
+/// On an id's highest/deleted-to item: how far the physical delete got (every event up to
+/// it is a tombstone).
+pub(crate) const PURGED_TO: &str = "pd";
+/// Marks a tombstone: a deleted event's key kept with nothing else, so the sequence number
+/// stays taken (a write there fails its `attribute_not_exists` condition) and the highest
+/// survives. Replay and queries skip tombstones.
+pub(crate) const TOMBSTONE: &str = "d";
 
 /// DynamoDB's item size limit.
 pub(crate) const MAX_ITEM_BYTES: usize = 400 * 1024;

@@ -31,6 +31,8 @@ pub fn cases() -> Vec<Case> {
         "journal::highest_survives_delete" => [DeleteEvents] highest_after_delete;
         "journal::delete_beyond_highest_then_write_on" => [DeleteEvents] delete_beyond_highest;
         "journal::delete_twice_is_idempotent" => [DeleteEvents] delete_twice;
+        "journal::deleted_sequence_nrs_stay_taken" => [DeleteEvents, ConflictDetection] deleted_stay_taken;
+        "journal::deleted_sequence_nrs_stay_taken_after_reopen" => [DeleteEvents, ConflictDetection, Durable] deleted_stay_taken_after_reopen;
         "journal::results_per_atomic_write" => [ConflictDetection] results_per_atomic_write;
         "journal::rejected_write_alone_in_a_call" => [] rejected_write_alone;
         "journal::event_round_trips_every_field" => [Tags] round_trip;
@@ -863,4 +865,80 @@ async fn many_ids(ctx: Ctx) {
             .iter()
             .all(|e| &e.persistence_id == id && e.payload == Ctx::payload(id, e.sequence_nr)));
     }
+}
+
+/// Expects the single-event write at `seq` to fail with `Conflict` naming the id.
+async fn expect_taken(ctx: &Ctx, journal: &std::sync::Arc<dyn persistence_api::Journal>, id: &PersistenceId, seq: u64, why: &str) {
+    let w = ctx.atomic(id, seq, seq);
+    let err = journal
+        .write(w)
+        .await
+        .expect_err(&format!("a write at sequence number {seq} must be refused: {why}"));
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Conflict,
+        "a write at deleted sequence number {seq} is a Conflict ({why}); got {err}"
+    );
+}
+
+/// A deleted sequence number stays taken forever: writing there again is a `Conflict`,
+/// nothing is stored, and the highest never goes down (Pekko never reuses a number).
+async fn deleted_stay_taken(ctx: Ctx) {
+    let id = setup(&ctx).await;
+    let journal = ctx.stores.journal.clone();
+    journal.delete_events_to(&id, 3).await.expect("delete to 3");
+    for seq in [1, 2, 3] {
+        expect_taken(&ctx, &journal, &id, seq, "deleted by delete_events_to(3)").await;
+    }
+    if ctx.caps.atomic_write_max_events.is_none_or(|m| m >= 2) {
+        let err = journal
+            .write(ctx.atomic(&id, 2, 3))
+            .await
+            .expect_err("an atomic write over deleted numbers 2..=3 is refused");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    }
+    assert_eq!(ctx.highest(&id).await, 5, "the highest stays 5");
+    assert_eq!(ctx.replay(&id, 1, MAX, MAX).await, (vec![4, 5], 5));
+    journal.delete_events_to(&id, 5).await.expect("delete to 5");
+    for seq in [1, 4, 5] {
+        expect_taken(&ctx, &journal, &id, seq, "deleted by delete_events_to(5)").await;
+    }
+    assert_eq!(ctx.highest(&id).await, 5, "highest_sequence_nr stays 5");
+    assert_eq!(
+        ctx.replay(&id, 1, MAX, MAX).await,
+        (vec![], 5),
+        "replay reports highest 5 and no event"
+    );
+    ctx.write(&id, 6, 6).await;
+    assert_eq!(ctx.replay(&id, 1, MAX, MAX).await, (vec![6], 6));
+}
+
+/// After a restart (new stores over the same data) a deleted number is still taken and the
+/// next free number is the one after the highest.
+async fn deleted_stay_taken_after_reopen(ctx: Ctx) {
+    let id = ctx.pid("p");
+    ctx.write(&id, 1, 1).await;
+    ctx.stores
+        .journal
+        .delete_events_to(&id, 1)
+        .await
+        .expect("delete to 1");
+    let reopened = ctx.reopen().await;
+    expect_taken(&ctx, &reopened.journal, &id, 1, "deleted before the restart").await;
+    assert_eq!(
+        reopened.journal.highest_sequence_nr(&id).await.expect("highest"),
+        1,
+        "the highest survives the restart"
+    );
+    reopened
+        .journal
+        .write(ctx.atomic(&id, 2, 2))
+        .await
+        .expect("the next free number is 2");
+    let replay = reopened.journal.replay(&id, 1, MAX, MAX).await.expect("replay");
+    let events = collect(replay.events).await.expect("replay stream");
+    assert_eq!(
+        (events.iter().map(|e| e.sequence_nr).collect::<Vec<_>>(), replay.highest_sequence_nr),
+        (vec![2], 2)
+    );
 }
