@@ -98,8 +98,10 @@ pub(crate) struct Inner {
     pub(crate) config: DynamoDbConfig,
     pub(crate) keys: Keys,
     pub(crate) retry: RetryPolicy,
-    /// Ids whose registry item is known to exist (so writes need not carry it again).
-    known_ids: Mutex<HashSet<String>>,
+    /// Ids seen with events, and the highest sequence number seen stored for each: their
+    /// registry item exists (so writes need not carry it again), and every number up to
+    /// that highest is taken (so a write right above it cannot leave a gap).
+    known_ids: Mutex<HashMap<String, u64>>,
     /// `(tag, bucket)` pairs whose bucket registry item is known to exist.
     known_buckets: Mutex<HashMap<String, HashSet<i64>>>,
     /// The last tag token time handed out, so tokens of this process never go back in time.
@@ -120,7 +122,7 @@ impl Inner {
                 cap: Duration::from_millis(config.retry_max_delay_ms),
             },
             config,
-            known_ids: Mutex::new(HashSet::new()),
+            known_ids: Mutex::new(HashMap::new()),
             known_buckets: Mutex::new(HashMap::new()),
             clock: AtomicI64::new(0),
         })
@@ -139,21 +141,25 @@ impl Inner {
     }
 
     pub(crate) fn id_known(&self, pid: &str) -> bool {
-        self.known_ids
-            .lock()
-            .map(|s| s.contains(pid))
-            .unwrap_or(false)
+        self.known_highest(pid).is_some()
     }
 
-    pub(crate) fn mark_id_known(&self, pid: &str) {
-        if let Ok(mut s) = self.known_ids.lock() {
-            if s.contains(pid) {
+    /// The highest sequence number of `pid` this process has seen stored, if any.
+    pub(crate) fn known_highest(&self, pid: &str) -> Option<u64> {
+        self.known_ids.lock().ok().and_then(|m| m.get(pid).copied())
+    }
+
+    /// Records that `pid` has events up to `highest` (the known highest only goes up).
+    pub(crate) fn mark_id_known(&self, pid: &str, highest: u64) {
+        if let Ok(mut m) = self.known_ids.lock() {
+            if let Some(h) = m.get_mut(pid) {
+                *h = (*h).max(highest);
                 return;
             }
-            if s.len() >= CACHE_LIMIT {
-                s.clear();
+            if m.len() >= CACHE_LIMIT {
+                m.clear();
             }
-            s.insert(pid.to_owned());
+            m.insert(pid.to_owned(), highest);
         }
     }
 

@@ -100,6 +100,16 @@ impl From<Error> for Fail {
     }
 }
 
+/// Where a write stands against the id's highest.
+enum Start {
+    /// Its first number is at or below the highest: taken.
+    Taken,
+    /// It starts right above the highest.
+    Next,
+    /// It leaves the numbers from this one up to its first free: they get tombstones.
+    Gap(u64),
+}
+
 /// How often one write removes an unfinished large write's leftovers it collided with and
 /// tries again before it answers `Conflict`.
 const MAX_CLEARS: usize = 2;
@@ -209,10 +219,44 @@ impl DynamoDbJournal {
                 .with_persistence_id(pid.clone())
                 .with_sequence_range(from, to)
         };
+        // Every number up to the highest is taken, also the ones a write that left a gap
+        // skipped: they get tombstones, and a write at or below a known highest is a
+        // `Conflict` without a request.
+        let mut gap = match self.write_start(&pid, from).await.map_err(ctx)? {
+            Start::Taken => return Err(ctx(conflict(Some(from)))),
+            Start::Next => Vec::new(),
+            Start::Gap(lo) => (lo..from)
+                .map(|seq| {
+                    (
+                        tombstone(key(self.inner.keys.event_pk(&pid), seq_sk(seq))),
+                        Kind::Event,
+                    )
+                })
+                .collect(),
+        };
         let mut cleared = 0;
         let (time, prepared) = loop {
             let time = self.inner.token_time();
             let mut prepared = self.prepare(&write, None, time)?;
+            if !gap.is_empty() {
+                let fits = prepared.items.len() + gap.len() <= MAX_TX_ITEMS
+                    && prepared.size + gap.len() * MAX_PK_BYTES <= MAX_TX_BYTES;
+                if fits {
+                    // After the write's own items: the first event decides `is_ours`.
+                    prepared.items.append(&mut gap);
+                } else {
+                    // Too many for the write's transaction: tombstones first, a
+                    // transaction at a time (if the write then fails, the numbers stay
+                    // taken, as a failed write may leave them).
+                    for chunk in std::mem::take(&mut gap).chunks(MAX_TX_ITEMS) {
+                        match self.transact(chunk, None).await {
+                            Ok(()) => {}
+                            Err(Fail::Other(e)) => return Err(ctx(e)),
+                            Err(Fail::Taken(taken)) => return Err(ctx(conflict(taken))),
+                        }
+                    }
+                }
+            }
             let result = if prepared.items.len() == 1 {
                 let item = prepared.items[0].0.clone();
                 self.put_event(item).await
@@ -246,7 +290,7 @@ impl DynamoDbJournal {
                 }
             }
         };
-        self.inner.mark_id_known(&pid);
+        self.inner.mark_id_known(&pid, to);
         for (tag, bucket) in &prepared.buckets {
             self.inner.mark_bucket_known(tag, *bucket);
         }
@@ -260,6 +304,25 @@ impl DynamoDbJournal {
             );
         }
         Ok(())
+    }
+
+    /// Where a write starting at `from` stands against the id's highest: from the highest
+    /// this process has seen when the write starts right above it (or at 1), else from a
+    /// consistent read of the highest (one `Query`).
+    async fn write_start(&self, pid: &str, from: u64) -> Result<Start> {
+        let known = self.inner.known_highest(pid);
+        let highest = match known {
+            _ if from == 1 => known.unwrap_or(0),
+            Some(h) if from <= h + 1 => h,
+            _ => self.inner.highest(pid).await?,
+        };
+        Ok(if from <= highest {
+            Start::Taken
+        } else if from == highest + 1 {
+            Start::Next
+        } else {
+            Start::Gap(highest + 1)
+        })
     }
 
     /// One event, nothing else: one conditional `PutItem`.
@@ -597,7 +660,7 @@ impl Inner {
             below = Some(lw.from.max(1));
         };
         if highest > 0 {
-            self.mark_id_known(pid);
+            self.mark_id_known(pid, highest);
         }
         Ok(highest)
     }

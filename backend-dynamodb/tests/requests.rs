@@ -468,8 +468,10 @@ async fn unprocessed_batch_items_are_retried_not_dropped() {
     e.shared.inject("BatchWriteItem", Fault::Unprocessed, 3);
     e.stores.journal.delete_events_to(&id, 60).await.unwrap();
     assert!(e.shared.count("BatchWriteItem") > 3);
-    // Physically gone: events and tag entries (a full scan of this journal name's items).
-    let mut kinds: Vec<String> = Vec::new();
+    // Physically gone: tag entries, and the events' payloads (each deleted event leaves a
+    // tombstone, its key and the mark `d`, so its number stays taken); a full scan of this
+    // journal name's items.
+    let mut items: Vec<(String, bool, bool)> = Vec::new();
     let mut start = None;
     loop {
         let page =
@@ -482,28 +484,41 @@ async fn unprocessed_batch_items_are_retried_not_dropped() {
                 .send()
                 .await
                 .unwrap();
-        kinds.extend(page.items().iter().map(|i| {
-            i["pk"]
+        items.extend(page.items().iter().map(|i| {
+            let kind = i["pk"]
                 .as_s()
                 .unwrap()
                 .split('|')
                 .nth(1)
                 .unwrap()
-                .to_owned()
+                .to_owned();
+            (kind, i.contains_key("d"), i.len() == 3)
         }));
         match page.last_evaluated_key() {
             Some(k) => start = Some(k.clone()),
             None => break,
         }
     }
+    let kinds: Vec<&str> = items.iter().map(|(k, _, _)| k.as_str()).collect();
     assert!(
-        kinds.iter().all(|k| k != "t"),
+        kinds.iter().all(|k| *k != "t"),
         "tag entries left: {kinds:?}"
     );
+    let tombstones = items
+        .iter()
+        .filter(|(k, tomb, bare)| k == "e" && *tomb && *bare)
+        .count();
     assert_eq!(
-        kinds.iter().filter(|k| *k == "e").count(),
+        tombstones, 60,
+        "one bare tombstone per deleted event: {items:?}"
+    );
+    assert_eq!(
+        items
+            .iter()
+            .filter(|(k, tomb, _)| k == "e" && !*tomb)
+            .count(),
         1,
-        "only the highest/deleted-to item: {kinds:?}"
+        "besides the tombstones only the highest/deleted-to item: {items:?}"
     );
     // With no retries left, the caller gets a retryable error.
     e.stores
@@ -989,4 +1004,76 @@ async fn a_large_write_still_in_flight_is_fenced_off_when_another_write_removes_
     // The next write goes on at 4.
     b.journal.write(write(&id, 4, 4, &[])).await.unwrap();
     assert_eq!(e.stores.journal.highest_sequence_nr(&id).await.unwrap(), 4);
+}
+
+/// Deleted numbers and the numbers a gap skipped stay taken, and what it costs: a single
+/// write right above the highest is still one `PutItem` (after a delete, after a restart
+/// one `Query` for the highest first), a write at or below a highest this process has seen
+/// is a `Conflict` without a request, and a write that leaves a gap carries a tombstone per
+/// skipped number in its transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taken_numbers_cost_no_extra_request_on_the_common_path() {
+    let Some(e) = env(|_| {}).await else { return };
+    let id = pid("k");
+    e.stores.journal.write(write(&id, 1, 5, &[])).await.unwrap();
+    e.stores.journal.delete_events_to(&id, 5).await.unwrap();
+    e.shared.reset();
+    let err = e
+        .stores
+        .journal
+        .write(write(&id, 3, 3, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(e.shared.total(), 0, "{:?}", e.shared.attempts());
+    e.stores.journal.write(write(&id, 6, 6, &[])).await.unwrap();
+    assert_eq!(e.shared.count("PutItem"), 1);
+    assert_eq!(e.shared.total(), 1, "{:?}", e.shared.attempts());
+
+    // New stores over the same table, as after a restart: the deleted numbers are refused
+    // by the server (the tombstones), whatever this process has seen.
+    let restarted = || DynamoDb::with_client(e.db.client().clone(), e.db.config().clone()).unwrap();
+    let err = restarted()
+        .stores()
+        .journal
+        .write(write(&id, 1, 1, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    // The next free number after a restart costs one Query for the highest first.
+    let fresh = restarted();
+    let journal = fresh.stores().journal;
+    e.shared.reset();
+    journal.write(write(&id, 7, 7, &[])).await.unwrap();
+    assert_eq!(e.shared.count("Query"), 1, "{:?}", e.shared.attempts());
+    assert_eq!(e.shared.count("PutItem"), 1, "{:?}", e.shared.attempts());
+    assert_eq!(e.shared.total(), 2, "{:?}", e.shared.attempts());
+
+    // A write at 10 leaves 8 and 9: one transaction with their tombstones.
+    e.shared.reset();
+    journal.write(write(&id, 10, 10, &[])).await.unwrap();
+    assert_eq!(
+        e.shared.count("TransactWriteItems"),
+        1,
+        "{:?}",
+        e.shared.attempts()
+    );
+    for seq in [8, 9] {
+        let err = restarted()
+            .stores()
+            .journal
+            .write(write(&id, seq, seq, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{seq}: {err}");
+    }
+    assert_eq!(journal.highest_sequence_nr(&id).await.unwrap(), 10);
+    let seqs: Vec<u64> = journal
+        .replay_all(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence_nr)
+        .collect();
+    assert_eq!(seqs, vec![6, 7, 10]);
 }
