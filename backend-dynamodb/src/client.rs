@@ -1,6 +1,6 @@
 //! The SDK client, built from [`DynamoDbConfig`], and the request helpers every store uses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -102,10 +102,10 @@ pub(crate) struct Inner {
     /// registry item exists (so writes need not carry it again), and every number up to
     /// that highest is taken (so a write right above it cannot leave a gap).
     known_ids: Mutex<HashMap<String, u64>>,
-    /// `(tag, bucket)` pairs whose bucket registry item is known to exist.
-    known_buckets: Mutex<HashMap<String, HashSet<i64>>>,
-    /// The last tag token time handed out, so tokens of this process never go back in time.
+    /// The last write time handed out, so the write times of this process never go back.
     clock: AtomicI64,
+    /// Added to the wall clock (tests of writers whose clocks disagree).
+    skew_ms: AtomicI64,
 }
 
 const CACHE_LIMIT: usize = 100_000;
@@ -123,8 +123,8 @@ impl Inner {
             },
             config,
             known_ids: Mutex::new(HashMap::new()),
-            known_buckets: Mutex::new(HashMap::new()),
             clock: AtomicI64::new(0),
+            skew_ms: AtomicI64::new(0),
         })
     }
 
@@ -163,25 +163,16 @@ impl Inner {
         }
     }
 
-    pub(crate) fn bucket_known(&self, tag: &str, bucket: i64) -> bool {
-        self.known_buckets
-            .lock()
-            .map(|m| m.get(tag).is_some_and(|s| s.contains(&bucket)))
-            .unwrap_or(false)
+    /// Sets how far this process's write times run ahead of (or, negative, behind) the
+    /// wall clock.
+    pub(crate) fn skew_clock(&self, ms: i64) {
+        self.skew_ms.store(ms, Ordering::Relaxed);
     }
 
-    pub(crate) fn mark_bucket_known(&self, tag: &str, bucket: i64) {
-        if let Ok(mut m) = self.known_buckets.lock() {
-            if m.len() >= CACHE_LIMIT {
-                m.clear();
-            }
-            m.entry(tag.to_owned()).or_default().insert(bucket);
-        }
-    }
-
-    /// The write time for new tag tokens: the wall clock, never below an earlier one.
+    /// The write time of a new write (new-id feed keys, tag entries' merge order): the
+    /// wall clock, never below an earlier one.
     pub(crate) fn token_time(&self) -> i64 {
-        let now = now_ms();
+        let now = now_ms() + self.skew_ms.load(Ordering::Relaxed);
         let prev = self.clock.fetch_max(now, Ordering::SeqCst);
         prev.max(now)
     }
