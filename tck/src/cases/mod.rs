@@ -5,6 +5,7 @@ use persistence_api::Capabilities;
 
 use crate::context::Ctx;
 
+mod bad_input;
 mod concurrency;
 mod durability;
 mod journal;
@@ -157,5 +158,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(query::cases());
     all.extend(durability::cases());
     all.extend(concurrency::cases());
+    all.extend(bad_input::cases());
     all
 }
