@@ -57,6 +57,10 @@ pub trait Journal: Send + Sync + 'static {
     ///   [`crate::ErrorKind::Conflict`] and stores nothing: no silent overwrite.
     /// - Writes of one id in one call are applied in the given order; a failed write does
     ///   not stop the others.
+    /// - A write may start above the highest plus one, as Pekko allows: it is stored and
+    ///   the highest becomes its last number. Every number at or below the highest is
+    ///   taken, whether its event was stored, deleted, or skipped by such a gap: a later
+    ///   write starting there is a [`crate::ErrorKind::Conflict`].
     /// - The outer `Err` means the whole call failed (for example the store went away);
     ///   each atomic write may or may not have been stored, but none in part.
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>>;

@@ -29,7 +29,7 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// The events 1..5 and the results of one call holding `writes`.
+/// The result kinds (`None` for stored) of one `write_events` call holding `writes`.
 async fn call(ctx: &Ctx, writes: Vec<AtomicWrite>) -> Vec<Option<ErrorKind>> {
     ctx.stores
         .journal
