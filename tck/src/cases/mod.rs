@@ -1,4 +1,5 @@
-//! The cases, by store: `journal::*`, `snapshot::*`, `query::*`.
+//! The cases, by suite: `journal::*`, `snapshot::*`, `query::*`, `durability::*`,
+//! `concurrency::*`, `bad_input::*`, `deletes::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -7,6 +8,7 @@ use crate::context::Ctx;
 
 mod bad_input;
 mod concurrency;
+mod deletes;
 mod durability;
 mod journal;
 mod query;
@@ -159,5 +161,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(durability::cases());
     all.extend(concurrency::cases());
     all.extend(bad_input::cases());
+    all.extend(deletes::cases());
     all
 }
