@@ -15,12 +15,18 @@ use persistence_api::{PersistenceId, ReadJournal, Result, Stores};
 
 struct Factory {
     base: CassandraPersistence,
+    /// The configured rows per page.
+    page_size: usize,
 }
 
 #[persistence_api::async_trait]
 impl tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         Ok(self.base.with_namespace(namespace)?.stores())
+    }
+
+    fn page_size(&self) -> Option<usize> {
+        Some(self.page_size)
     }
 
     /// Deletes what the case stored, with the driver's own cleanup (so every case also
@@ -58,12 +64,15 @@ fn config(contact_points: String, local_datacenter: Option<String>) -> Cassandra
 }
 
 fn main() -> ExitCode {
-    let Some(contact_points) = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS") else {
-        return ExitCode::SUCCESS;
-    };
     let dc = std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok();
-    tck::run_main("cassandra", move || async move {
-        let base = CassandraPersistence::connect(config(contact_points, dc)).await?;
-        Ok(Factory { base })
-    })
+    tck::run_main_server(
+        "cassandra",
+        "PERSISTENCE_CASSANDRA_CONTACT_POINTS",
+        |contact_points| async move {
+            let config = config(contact_points, dc);
+            let page_size = config.page_size as usize;
+            let base = CassandraPersistence::connect(config).await?;
+            Ok(Factory { base, page_size })
+        },
+    )
 }

@@ -13,6 +13,10 @@ impl tck::StoreFactory for Factory {
         // A fresh backend per case is the memory driver's namespace.
         Ok(MemoryBackend::new(MemoryConfig::default()).stores())
     }
+
+    fn page_size(&self) -> Option<usize> {
+        Some(MemoryConfig::default().page_size)
+    }
 }
 
 fn main() -> ExitCode {

@@ -66,6 +66,15 @@ impl Ctx {
             .unwrap_or_else(|e| panic!("reopening namespace {} failed: {e}", self.namespace))
     }
 
+    /// The stores' page size ([`crate::StoreFactory::page_size`], else
+    /// [`crate::DEFAULT_PAGE_SIZE`]), at least 1.
+    pub fn page_size(&self) -> usize {
+        self.factory
+            .page_size()
+            .unwrap_or(crate::DEFAULT_PAGE_SIZE)
+            .max(1)
+    }
+
     /// The backend's declared [`Capabilities::live_query_max_delay`]; a backend that
     /// declares live queries must declare it, since every live case is checked against it.
     pub fn live_delay(&self) -> Duration {

@@ -1,11 +1,14 @@
-//! The cases, by store: `journal::*`, `snapshot::*`, `query::*`.
+//! The cases, by suite: `journal::*`, `snapshot::*`, `query::*`, `durability::*`,
+//! `concurrency::*`, `bad_input::*`, `deletes::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
 
 use crate::context::Ctx;
 
+mod bad_input;
 mod concurrency;
+mod deletes;
 mod durability;
 mod journal;
 mod query;
@@ -157,5 +160,7 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(query::cases());
     all.extend(durability::cases());
     all.extend(concurrency::cases());
+    all.extend(bad_input::cases());
+    all.extend(deletes::cases());
     all
 }
