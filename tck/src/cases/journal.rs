@@ -868,12 +868,17 @@ async fn many_ids(ctx: Ctx) {
 }
 
 /// Expects the single-event write at `seq` to fail with `Conflict` naming the id.
-async fn expect_taken(ctx: &Ctx, journal: &std::sync::Arc<dyn persistence_api::Journal>, id: &PersistenceId, seq: u64, why: &str) {
+async fn expect_taken(
+    ctx: &Ctx,
+    journal: &std::sync::Arc<dyn persistence_api::Journal>,
+    id: &PersistenceId,
+    seq: u64,
+    why: &str,
+) {
     let w = ctx.atomic(id, seq, seq);
-    let err = journal
-        .write(w)
-        .await
-        .expect_err(&format!("a write at sequence number {seq} must be refused: {why}"));
+    let err = journal.write(w).await.expect_err(&format!(
+        "a write at sequence number {seq} must be refused: {why}"
+    ));
     assert_eq!(
         err.kind(),
         ErrorKind::Conflict,
@@ -924,9 +929,20 @@ async fn deleted_stay_taken_after_reopen(ctx: Ctx) {
         .await
         .expect("delete to 1");
     let reopened = ctx.reopen().await;
-    expect_taken(&ctx, &reopened.journal, &id, 1, "deleted before the restart").await;
+    expect_taken(
+        &ctx,
+        &reopened.journal,
+        &id,
+        1,
+        "deleted before the restart",
+    )
+    .await;
     assert_eq!(
-        reopened.journal.highest_sequence_nr(&id).await.expect("highest"),
+        reopened
+            .journal
+            .highest_sequence_nr(&id)
+            .await
+            .expect("highest"),
         1,
         "the highest survives the restart"
     );
@@ -935,10 +951,17 @@ async fn deleted_stay_taken_after_reopen(ctx: Ctx) {
         .write(ctx.atomic(&id, 2, 2))
         .await
         .expect("the next free number is 2");
-    let replay = reopened.journal.replay(&id, 1, MAX, MAX).await.expect("replay");
+    let replay = reopened
+        .journal
+        .replay(&id, 1, MAX, MAX)
+        .await
+        .expect("replay");
     let events = collect(replay.events).await.expect("replay stream");
     assert_eq!(
-        (events.iter().map(|e| e.sequence_nr).collect::<Vec<_>>(), replay.highest_sequence_nr),
+        (
+            events.iter().map(|e| e.sequence_nr).collect::<Vec<_>>(),
+            replay.highest_sequence_nr
+        ),
         (vec![2], 2)
     );
 }

@@ -1,4 +1,5 @@
-//! The cases, by store: `journal::*`, `snapshot::*`, `query::*`.
+//! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
+//! `durability::*`, `concurrency::*`, `corruption::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -6,6 +7,7 @@ use persistence_api::Capabilities;
 use crate::context::Ctx;
 
 mod concurrency;
+mod corruption;
 mod durability;
 mod journal;
 mod query;
@@ -127,7 +129,35 @@ pub struct Case {
     /// What the backend must declare for the case to run.
     pub needs: &'static [Need],
     /// The case itself; it panics (asserts) on failure.
-    pub run: fn(Ctx) -> BoxFuture<'static, ()>,
+    pub run: fn(Ctx) -> BoxFuture<'static, Finish>,
+}
+
+/// How a case that did not fail ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// It ran to the end: every check held.
+    Passed,
+    /// It found out while running that the backend's factory lacks a hook it needs (for
+    /// example [`crate::StoreFactory::corrupt_event`]); the text names the hook and why.
+    /// Reported as ignored, never as passed.
+    Skipped(String),
+}
+
+/// What a case function returns: `()` (it ran to the end) or a [`Finish`].
+pub(crate) trait IntoFinish {
+    fn into_finish(self) -> Finish;
+}
+
+impl IntoFinish for () {
+    fn into_finish(self) -> Finish {
+        Finish::Passed
+    }
+}
+
+impl IntoFinish for Finish {
+    fn into_finish(self) -> Finish {
+        self
+    }
 }
 
 impl Case {
@@ -144,7 +174,9 @@ macro_rules! cases {
         vec![$(crate::cases::Case {
             name: $name,
             needs: &[$(crate::cases::Need::$need),*],
-            run: |ctx| Box::pin($f(ctx)),
+            run: |ctx| Box::pin(async move {
+                crate::cases::IntoFinish::into_finish($f(ctx).await)
+            }),
         }),*]
     };
 }
@@ -157,5 +189,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(query::cases());
     all.extend(durability::cases());
     all.extend(concurrency::cases());
+    all.extend(corruption::cases());
     all
 }
