@@ -115,6 +115,38 @@ async fn transact(client: &Client, table: &str, items: Vec<Item>) {
         .expect("raw transaction");
 }
 
+/// The items of one partition key with sort keys in `range`, `Query` page after page.
+async fn query_range(
+    client: &Client,
+    table: &str,
+    pk: &str,
+    (a, b): (String, String),
+    limit: i32,
+) -> usize {
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":a", s(&a))
+            .expression_attribute_values(":b", s(&b))
+            .consistent_read(true)
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("raw query");
+        count += out.items().len();
+        match out.last_evaluated_key() {
+            Some(k) => start = Some(k.clone()),
+            None => return count,
+        }
+    }
+}
+
 /// All items of one partition key, `Query` page after page (optionally from/to sort keys).
 async fn query_all(client: &Client, table: &str, pk: &str, limit: Option<i32>) -> usize {
     let mut count = 0;
@@ -179,6 +211,43 @@ impl Bench {
             }
         }
         (self.events, t.elapsed())
+    }
+
+    /// `events / 4` single-event writes with one tag to one id. The raw side sends what
+    /// the previous version of the driver sent (one transaction: the event and its
+    /// time-keyed tag entry), so the ratio is the price of numbered tag entries (one
+    /// `UpdateItem` more per write).
+    async fn single_tagged_writes(&self, round: u32, driver: bool) -> (u64, Duration) {
+        let name = format!("tagged-single-{round}");
+        let count = self.events / 4;
+        let t = Instant::now();
+        if driver {
+            let id = self.pid(&name);
+            for seq in 1..=count {
+                self.stores
+                    .journal
+                    .write(AtomicWrite::single(event(&id, seq, &["single-tag"])).unwrap())
+                    .await
+                    .unwrap();
+            }
+        } else {
+            let pk = self.raw_pk(&name);
+            let tag_pk = format!(
+                "{}raw|t|1700000000000|000|single-tag",
+                self.config.journal_name
+            );
+            for seq in 1..=count {
+                let mut entry = raw_event(&tag_pk, seq);
+                entry.insert("sk".into(), s(format!("1700000000000|{name}|{seq:020}")));
+                entry.insert("pid".into(), s(&name));
+                entry.insert("seq".into(), n(seq));
+                let mut ev = raw_event(&pk, seq);
+                ev.insert("tg".into(), AttributeValue::L(vec![s("single-tag")]));
+                ev.insert("tt".into(), n(1_700_000_000_000i64));
+                transact(&self.client, self.table(), vec![ev, entry]).await;
+            }
+        }
+        (count, t.elapsed())
     }
 
     /// The same spread over 16 ids, one task each.
@@ -313,35 +382,41 @@ impl Bench {
                 })
                 .await
         } else {
-            // The driver's requests: the tag's bucket list, then every shard of each bucket,
-            // all shards at once, page after page.
-            let bucket_list = format!("{}|b|{tag}", self.config.journal_name);
-            let buckets = self
-                .client
-                .query()
-                .table_name(self.table())
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(&bucket_list))
-                .consistent_read(true)
-                .send()
+            // The driver's requests: every shard's counter, then every shard's entries up
+            // to it, all shards at once, page after page.
+            let shards = (0..self.config.tag_shards).map(|shard| {
+                let pk = format!("{}|t|{shard:03}|{tag}", self.config.journal_name);
+                let client = self.client.clone();
+                let table = self.table().to_owned();
+                let limit = self.config.page_size as i32;
+                async move {
+                    let counter = client
+                        .get_item()
+                        .table_name(&table)
+                        .key("pk", s(&pk))
+                        .key("sk", s("~"))
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .expect("raw counter");
+                    let last = counter
+                        .item()
+                        .and_then(|i| i.get("n"))
+                        .and_then(|n| n.as_n().ok())
+                        .map_or("0", |v| v.as_str())
+                        .parse::<u64>()
+                        .unwrap();
+                    if last == 0 {
+                        return 0;
+                    }
+                    let range = (format!("{:020}", 1), format!("{last:020}"));
+                    query_range(&client, &table, &pk, range, limit).await
+                }
+            });
+            futures::future::join_all(shards)
                 .await
-                .unwrap();
-            let mut count = 0u64;
-            for b in buckets.items() {
-                let bucket = b["sk"].as_s().unwrap();
-                let shards = (0..self.config.tag_shards).map(|shard| {
-                    let pk = format!("{}|t|{bucket}|{shard:03}|{tag}", self.config.journal_name);
-                    let client = self.client.clone();
-                    let table = self.table().to_owned();
-                    let limit = self.config.page_size as i32;
-                    async move { query_all(&client, &table, &pk, Some(limit)).await }
-                });
-                count += futures::future::join_all(shards)
-                    .await
-                    .iter()
-                    .sum::<usize>() as u64;
-            }
-            count
+                .iter()
+                .sum::<usize>() as u64
         };
         (count, t.elapsed())
     }
@@ -615,6 +690,13 @@ fn main() {
             compare("single-event writes, 16 ids concurrently", 2, |r, d| {
                 b.concurrent_writes(r, d)
             })
+            .await
+            .print();
+            compare(
+                "single tagged writes (raw: the previous version)",
+                2,
+                |r, d| b.single_tagged_writes(r, d),
+            )
             .await
             .print();
             compare("100-event atomic writes", 2, |r, d| b.atomic_writes(r, d))

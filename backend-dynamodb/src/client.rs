@@ -1,6 +1,6 @@
 //! The SDK client, built from [`DynamoDbConfig`], and the request helpers every store uses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -98,12 +98,14 @@ pub(crate) struct Inner {
     pub(crate) config: DynamoDbConfig,
     pub(crate) keys: Keys,
     pub(crate) retry: RetryPolicy,
-    /// Ids whose registry item is known to exist (so writes need not carry it again).
-    known_ids: Mutex<HashSet<String>>,
-    /// `(tag, bucket)` pairs whose bucket registry item is known to exist.
-    known_buckets: Mutex<HashMap<String, HashSet<i64>>>,
-    /// The last tag token time handed out, so tokens of this process never go back in time.
+    /// Ids seen with events, and the highest sequence number seen stored for each: their
+    /// registry item exists (so writes need not carry it again), and every number up to
+    /// that highest is taken (so a write right above it cannot leave a gap).
+    known_ids: Mutex<HashMap<String, u64>>,
+    /// The last write time handed out, so the write times of this process never go back.
     clock: AtomicI64,
+    /// Added to the wall clock (tests of writers whose clocks disagree).
+    skew_ms: AtomicI64,
 }
 
 const CACHE_LIMIT: usize = 100_000;
@@ -120,9 +122,9 @@ impl Inner {
                 cap: Duration::from_millis(config.retry_max_delay_ms),
             },
             config,
-            known_ids: Mutex::new(HashSet::new()),
-            known_buckets: Mutex::new(HashMap::new()),
+            known_ids: Mutex::new(HashMap::new()),
             clock: AtomicI64::new(0),
+            skew_ms: AtomicI64::new(0),
         })
     }
 
@@ -139,43 +141,38 @@ impl Inner {
     }
 
     pub(crate) fn id_known(&self, pid: &str) -> bool {
-        self.known_ids
-            .lock()
-            .map(|s| s.contains(pid))
-            .unwrap_or(false)
+        self.known_highest(pid).is_some()
     }
 
-    pub(crate) fn mark_id_known(&self, pid: &str) {
-        if let Ok(mut s) = self.known_ids.lock() {
-            if s.contains(pid) {
+    /// The highest sequence number of `pid` this process has seen stored, if any.
+    pub(crate) fn known_highest(&self, pid: &str) -> Option<u64> {
+        self.known_ids.lock().ok().and_then(|m| m.get(pid).copied())
+    }
+
+    /// Records that `pid` has events up to `highest` (the known highest only goes up).
+    pub(crate) fn mark_id_known(&self, pid: &str, highest: u64) {
+        if let Ok(mut m) = self.known_ids.lock() {
+            if let Some(h) = m.get_mut(pid) {
+                *h = (*h).max(highest);
                 return;
             }
-            if s.len() >= CACHE_LIMIT {
-                s.clear();
-            }
-            s.insert(pid.to_owned());
-        }
-    }
-
-    pub(crate) fn bucket_known(&self, tag: &str, bucket: i64) -> bool {
-        self.known_buckets
-            .lock()
-            .map(|m| m.get(tag).is_some_and(|s| s.contains(&bucket)))
-            .unwrap_or(false)
-    }
-
-    pub(crate) fn mark_bucket_known(&self, tag: &str, bucket: i64) {
-        if let Ok(mut m) = self.known_buckets.lock() {
             if m.len() >= CACHE_LIMIT {
                 m.clear();
             }
-            m.entry(tag.to_owned()).or_default().insert(bucket);
+            m.insert(pid.to_owned(), highest);
         }
     }
 
-    /// The write time for new tag tokens: the wall clock, never below an earlier one.
+    /// Sets how far this process's write times run ahead of (or, negative, behind) the
+    /// wall clock.
+    pub(crate) fn skew_clock(&self, ms: i64) {
+        self.skew_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The write time of a new write (new-id feed keys, tag entries' merge order): the
+    /// wall clock, never below an earlier one.
     pub(crate) fn token_time(&self) -> i64 {
-        let now = now_ms();
+        let now = now_ms() + self.skew_ms.load(Ordering::Relaxed);
         let prev = self.clock.fetch_max(now, Ordering::SeqCst);
         prev.max(now)
     }

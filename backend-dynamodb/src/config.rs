@@ -56,18 +56,25 @@ pub struct DynamoDbConfig {
     /// How many sequence-number ranges of one replay are fetched concurrently, ahead of
     /// the caller (memory: about `replay_parallelism + 1` pages).
     pub replay_parallelism: usize,
-    /// Shards of each tag's index partitions: a busy tag spreads its writes over this many
-    /// partition keys per time bucket (an id always lands in the same shard).
+    /// Shards of each tag's index: a busy tag spreads its entries and its number counters
+    /// over this many partition keys (an id always lands in the same shard). Do not change
+    /// it on a journal with tagged events: offsets name one number per shard.
     pub tag_shards: u32,
-    /// Length of one tag-index time bucket, in seconds.
-    pub tag_bucket_secs: u64,
+    /// Length of one time bucket of the new-id feed (live `persistence_ids`), in seconds.
+    pub feed_bucket_secs: u64,
     /// Shards of the persistence-id registry.
     pub id_shards: u32,
     /// How often live queries poll, in milliseconds.
     pub poll_interval_ms: u64,
-    /// How far behind the wall clock live events-by-tag queries stay, in milliseconds, so a
-    /// tagged write still in flight when the query polls is not passed over (see README).
-    pub tag_settle_delay_ms: u64,
+    /// How far behind the wall clock the live `persistence_ids` query reads the new-id
+    /// feed, in milliseconds, so an id's first write still in flight is not passed over.
+    pub feed_settle_delay_ms: u64,
+    /// How long a tag query waits for a tag index number that was handed out but has no
+    /// entry yet (its write is in flight, or its writer died) before it fills the number
+    /// with a tombstone and reads on, in milliseconds. A write whose number was filled is
+    /// not stored and tries again with new numbers, so nothing acknowledged is ever
+    /// skipped; this only bounds how long a dead writer holds a tag's readers up.
+    pub tag_gap_timeout_ms: u64,
     /// How long a live query waits for an unfinished multi-transaction atomic write before
     /// treating it as abandoned, in milliseconds.
     pub large_write_timeout_ms: u64,
@@ -100,10 +107,11 @@ impl Default for DynamoDbConfig {
             page_size: 1000,
             replay_parallelism: 4,
             tag_shards: 4,
-            tag_bucket_secs: 3600,
+            feed_bucket_secs: 3600,
             id_shards: 8,
             poll_interval_ms: 200,
-            tag_settle_delay_ms: 1000,
+            feed_settle_delay_ms: 1000,
+            tag_gap_timeout_ms: 5000,
             large_write_timeout_ms: 30_000,
             connect_timeout_ms: 3_000,
             attempt_timeout_ms: 5_000,
@@ -131,10 +139,11 @@ impl fmt::Debug for DynamoDbConfig {
             .field("page_size", &self.page_size)
             .field("replay_parallelism", &self.replay_parallelism)
             .field("tag_shards", &self.tag_shards)
-            .field("tag_bucket_secs", &self.tag_bucket_secs)
+            .field("feed_bucket_secs", &self.feed_bucket_secs)
             .field("id_shards", &self.id_shards)
             .field("poll_interval_ms", &self.poll_interval_ms)
-            .field("tag_settle_delay_ms", &self.tag_settle_delay_ms)
+            .field("feed_settle_delay_ms", &self.feed_settle_delay_ms)
+            .field("tag_gap_timeout_ms", &self.tag_gap_timeout_ms)
             .field("large_write_timeout_ms", &self.large_write_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("attempt_timeout_ms", &self.attempt_timeout_ms)
@@ -192,7 +201,8 @@ impl DynamoDbConfig {
             ("page_size", self.page_size as u64),
             ("replay_parallelism", self.replay_parallelism as u64),
             ("tag_shards", self.tag_shards as u64),
-            ("tag_bucket_secs", self.tag_bucket_secs),
+            ("feed_bucket_secs", self.feed_bucket_secs),
+            ("tag_gap_timeout_ms", self.tag_gap_timeout_ms),
             ("id_shards", self.id_shards as u64),
             ("poll_interval_ms", self.poll_interval_ms),
             ("attempt_timeout_ms", self.attempt_timeout_ms),

@@ -23,7 +23,7 @@ pub(crate) const TAGS: &str = "tg";
 pub(crate) const META_SERIALIZER: &str = "ms";
 pub(crate) const META_MANIFEST: &str = "mm";
 pub(crate) const META_BYTES: &str = "mb";
-/// On tagged events: the write time their tag entries' tokens carry.
+/// On tag entries: the write time (ms), which orders entries of different shards.
 pub(crate) const TOKEN_TIME: &str = "tt";
 /// On tag entries: the persistence id and sequence number.
 pub(crate) const PID: &str = "pid";
@@ -235,19 +235,4 @@ pub(crate) fn key_of(item: &Item) -> Item {
         .filter(|(k, _)| k.as_str() == PK || k.as_str() == SK)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
-}
-
-/// The tags of a stored event, if it has any.
-pub(crate) fn tags_of(item: &Item) -> Option<Vec<&str>> {
-    match item.get(TAGS) {
-        Some(AttributeValue::L(l)) => Some(
-            l.iter()
-                .filter_map(|v| match v {
-                    AttributeValue::S(t) => Some(t.as_str()),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
 }

@@ -1,17 +1,17 @@
 //! The write path ([`DynamoDbJournal`]) and the replay machinery the queries share.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
 use futures::{stream, Stream, StreamExt};
 use persistence_api::{
     AtomicWrite, Capabilities, Error, ErrorKind, EventStream, Journal, PersistenceId,
     PersistentEvent, Replay, Result, SequenceNr,
 };
 
-use crate::client::{delete_request, now_ms, put_request, Inner};
+use crate::client::{now_ms, put_request, Inner};
 use crate::error::{Cancellation, Class};
 use crate::item::{
     self, decode_event, event_attrs, event_seq, get_u64, item_size, key, large_write, n, s, Item,
@@ -19,9 +19,10 @@ use crate::item::{
     WRITER,
 };
 use crate::schema::{
-    bucket_sk, seq_sk, token, MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK,
-    PURGED_TO, TOMBSTONE,
+    seq_sk, MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK, PURGED_TO,
+    TAG_NUMBERS, TOMBSTONE,
 };
+use crate::tag_index::{entry_sk, Numbers};
 
 /// The largest [`PersistentEvent::stored_size`] this backend declares: DynamoDB's 400 KB
 /// item limit less room for keys, attribute names and numbers. The driver also checks the
@@ -64,7 +65,9 @@ pub(crate) fn capabilities(inner: &Inner) -> Capabilities {
         query_events_by_tag: true,
         live_queries: true,
         live_query_max_delay: Some(std::time::Duration::from_millis(
-            c.poll_interval_ms + c.tag_settle_delay_ms + 300,
+            // Tags: a poll, plus at most the gap timeout while an earlier number of the
+            // shard is held by a write in flight; the id feed: a poll plus its settle delay.
+            c.poll_interval_ms + c.tag_gap_timeout_ms.max(c.feed_settle_delay_ms) + 300,
         )),
     }
 }
@@ -73,16 +76,16 @@ pub(crate) fn capabilities(inner: &Inner) -> Capabilities {
 enum Kind {
     /// An event: put only if its key is free.
     Event,
-    /// A tag index entry of an event.
+    /// A tag index entry of an event: put only if its number is free (a reader fills a
+    /// number it waited for too long).
     TagEntry,
-    /// A registry item (persistence id or tag bucket): put unconditionally.
+    /// A registry item (persistence id, new-id feed): put unconditionally.
     Marker,
 }
 
 struct Prepared {
     items: Vec<(Item, Kind)>,
     size: usize,
-    buckets: Vec<(String, i64)>,
 }
 
 /// Why a write did not go through.
@@ -90,6 +93,9 @@ enum Fail {
     /// A sequence number of the write is taken (which one, when DynamoDB said so), or a
     /// later transaction of a large write found the write fenced off (see [`Inner::fence`]).
     Taken(Option<u64>),
+    /// A tag index number of the write was filled by a reader that waited for it too
+    /// long: nothing was stored, and the write tries again with new numbers.
+    Filled,
     /// Anything else.
     Other(Error),
 }
@@ -100,9 +106,23 @@ impl From<Error> for Fail {
     }
 }
 
+/// Where a write stands against the id's highest.
+enum Start {
+    /// Its first number is at or below the highest: taken.
+    Taken,
+    /// It starts right above the highest.
+    Next,
+    /// It leaves the numbers from this one up to its first free: they get tombstones.
+    Gap(u64),
+}
+
 /// How often one write removes an unfinished large write's leftovers it collided with and
 /// tries again before it answers `Conflict`.
 const MAX_CLEARS: usize = 2;
+
+/// How often one write takes new tag numbers after readers filled its numbers before it
+/// gives up with a retryable error.
+const MAX_REFILLS: usize = 5;
 
 impl DynamoDbJournal {
     fn prepare(
@@ -110,12 +130,17 @@ impl DynamoDbJournal {
         write: &AtomicWrite,
         large: Option<LargeWrite>,
         time: i64,
+        numbers: &Numbers,
     ) -> Result<Prepared> {
         let inner = &self.inner;
         let keys = &inner.keys;
         let pid = write.persistence_id().as_str();
         let mut items = Vec::new();
-        let mut buckets: Vec<(String, i64)> = Vec::new();
+        let mut next: HashMap<&str, u64> = numbers
+            .first
+            .iter()
+            .map(|(t, (first, _))| (t.as_str(), *first))
+            .collect();
         if !inner.id_known(pid) {
             let shard = keys.id_shard(pid);
             items.push((key(keys.ids_pk(shard), pid.to_owned()), Kind::Marker));
@@ -127,7 +152,6 @@ impl DynamoDbJournal {
                 Kind::Marker,
             ));
         }
-        let bucket = keys.bucket_of(time);
         let shard = keys.tag_shard(pid);
         let reject = |seq: u64, msg: String| {
             Error::new(ErrorKind::Rejected, msg)
@@ -154,10 +178,30 @@ impl DynamoDbJournal {
                     tags.push(t);
                 }
             }
+            // Each distinct tag takes the next number of its shard, in event order.
+            let mut taken: Vec<(&String, u64)> = Vec::with_capacity(tags.len());
+            for t in &tags {
+                let num = next.get_mut(t.as_str()).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Unexpected,
+                        format!("no tag number taken for {t:?}"),
+                    )
+                })?;
+                taken.push((t, *num));
+                *num += 1;
+            }
             let mut ev = key(keys.event_pk(pid), seq_sk(seq));
             event_attrs(&mut ev, e, large);
-            if !tags.is_empty() {
-                ev.insert(TOKEN_TIME.into(), n(time));
+            if !taken.is_empty() {
+                ev.insert(
+                    TAG_NUMBERS.into(),
+                    AttributeValue::M(
+                        taken
+                            .iter()
+                            .map(|(t, num)| ((*t).clone(), n(num)))
+                            .collect(),
+                    ),
+                );
             }
             let size = item_size(&ev);
             if size > MAX_ITEM_BYTES {
@@ -167,15 +211,16 @@ impl DynamoDbJournal {
                 ));
             }
             items.push((ev, Kind::Event));
-            for t in tags {
-                let pk = keys.tag_pk(t, bucket, shard);
+            for (t, num) in taken {
+                let pk = keys.tag_pk(t, shard);
                 if pk.len() > MAX_PK_BYTES {
                     return Err(reject(seq, format!("tag {t:?} is too long for a key")));
                 }
-                let mut entry = key(pk, token(time, pid, seq));
+                let mut entry = key(pk, entry_sk(num));
                 event_attrs(&mut entry, e, large);
                 entry.insert(PID.into(), s(pid));
                 entry.insert(SEQ.into(), n(seq));
+                entry.insert(TOKEN_TIME.into(), n(time));
                 let size = item_size(&entry);
                 if size > MAX_ITEM_BYTES {
                     return Err(reject(
@@ -184,21 +229,10 @@ impl DynamoDbJournal {
                     ));
                 }
                 items.push((entry, Kind::TagEntry));
-                if !inner.bucket_known(t, bucket) && !buckets.iter().any(|(bt, _)| bt == t) {
-                    buckets.push((t.clone(), bucket));
-                    items.insert(
-                        0,
-                        (key(keys.tag_buckets_pk(t), bucket_sk(bucket)), Kind::Marker),
-                    );
-                }
             }
         }
         let size = items.iter().map(|(i, _)| item_size(i)).sum();
-        Ok(Prepared {
-            items,
-            size,
-            buckets,
-        })
+        Ok(Prepared { items, size })
     }
 
     async fn write_one(&self, write: AtomicWrite) -> Result<()> {
@@ -209,10 +243,62 @@ impl DynamoDbJournal {
                 .with_persistence_id(pid.clone())
                 .with_sequence_range(from, to)
         };
+        // Every number up to the highest is taken, also the ones a write that left a gap
+        // skipped: they get tombstones, and a write at or below a known highest is a
+        // `Conflict` without a request.
+        let mut gap = match self.write_start(&pid, from).await.map_err(ctx)? {
+            Start::Taken => return Err(ctx(conflict(Some(from)))),
+            Start::Next => Vec::new(),
+            Start::Gap(lo) => (lo..from)
+                .map(|seq| {
+                    (
+                        tombstone(key(self.inner.keys.event_pk(&pid), seq_sk(seq))),
+                        Kind::Event,
+                    )
+                })
+                .collect(),
+        };
+        // Whatever the driver refuses (sizes, tags) is refused before any request: checked
+        // with the widest tag numbers there can be.
+        self.prepare(
+            &write,
+            None,
+            self.inner.token_time(),
+            &Numbers::widest(&write),
+        )?;
         let mut cleared = 0;
-        let (time, prepared) = loop {
+        let mut filled = 0;
+        loop {
+            let numbers = self.inner.take_numbers(&write).await.map_err(ctx)?;
             let time = self.inner.token_time();
-            let mut prepared = self.prepare(&write, None, time)?;
+            let mut prepared = match self.prepare(&write, None, time, &numbers) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.inner.give_back(&pid, &numbers).await;
+                    return Err(e);
+                }
+            };
+            if !gap.is_empty() {
+                let fits = prepared.items.len() + gap.len() <= MAX_TX_ITEMS
+                    && prepared.size + gap.len() * MAX_PK_BYTES <= MAX_TX_BYTES;
+                if fits {
+                    // After the write's own items: the first event decides `is_ours`.
+                    prepared.items.append(&mut gap);
+                } else {
+                    // Too many for the write's transaction: tombstones first, a
+                    // transaction at a time (if the write then fails, the numbers stay
+                    // taken, as a failed write may leave them).
+                    for chunk in std::mem::take(&mut gap).chunks(MAX_TX_ITEMS) {
+                        match self.transact(chunk, None).await {
+                            Ok(()) => {}
+                            Err(Fail::Other(e)) => return Err(ctx(e)),
+                            Err(Fail::Taken(taken)) => return Err(ctx(conflict(taken))),
+                            // Only events (tombstones) here, no tag entries.
+                            Err(Fail::Filled) => return Err(ctx(conflict(None))),
+                        }
+                    }
+                }
+            }
             let result = if prepared.items.len() == 1 {
                 let item = prepared.items[0].0.clone();
                 self.put_event(item).await
@@ -224,13 +310,36 @@ impl DynamoDbJournal {
                     to,
                     time_ms: time,
                 };
-                prepared = self.prepare(&write, Some(large), time)?;
+                prepared = match self.prepare(&write, Some(large), time, &numbers) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.inner.give_back(&pid, &numbers).await;
+                        return Err(e);
+                    }
+                };
                 let items = std::mem::take(&mut prepared.items);
                 self.write_large(&pid, large, items).await
             };
+            // A write that surely stored nothing gives its tag numbers back at once, so
+            // readers need not wait for them.
+            let applied_maybe = matches!(&result, Ok(()))
+                || matches!(&result, Err(Fail::Other(e)) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable));
+            if !applied_maybe {
+                self.inner.give_back(&pid, &numbers).await;
+            }
             match result {
-                Ok(()) => break (time, prepared),
+                Ok(()) => break,
                 Err(Fail::Other(e)) => return Err(ctx(e)),
+                Err(Fail::Filled) => {
+                    filled += 1;
+                    if filled > MAX_REFILLS {
+                        return Err(ctx(Error::new(
+                            ErrorKind::Unavailable,
+                            format!("readers of a tag filled this write's tag index numbers {filled} times (each attempt took longer than tag_gap_timeout_ms, {} ms); nothing was stored", self.inner.config.tag_gap_timeout_ms),
+                        )));
+                    }
+                    continue;
+                }
                 Err(Fail::Taken(taken)) => {
                     // The item in the way may be a leftover of a large write that never
                     // completed (its writer's clean-up failed): garbage that holds sequence
@@ -245,21 +354,28 @@ impl DynamoDbJournal {
                     return Err(ctx(conflict(taken)));
                 }
             }
-        };
-        self.inner.mark_id_known(&pid);
-        for (tag, bucket) in &prepared.buckets {
-            self.inner.mark_bucket_known(tag, *bucket);
         }
-        let elapsed = now_ms() - time;
-        let tagged = write.events().iter().any(|e| !e.tags.is_empty());
-        if tagged && elapsed > self.inner.config.tag_settle_delay_ms as i64 {
-            tracing::warn!(
-                persistence_id = pid.as_str(),
-                elapsed_ms = elapsed,
-                "a tagged write took longer than tag_settle_delay_ms; a live events-by-tag query may have passed it"
-            );
-        }
+        self.inner.mark_id_known(&pid, to);
         Ok(())
+    }
+
+    /// Where a write starting at `from` stands against the id's highest: from the highest
+    /// this process has seen when the write starts right above it (or at 1), else from a
+    /// consistent read of the highest (one `Query`).
+    async fn write_start(&self, pid: &str, from: u64) -> Result<Start> {
+        let known = self.inner.known_highest(pid);
+        let highest = match known {
+            _ if from == 1 => known.unwrap_or(0),
+            Some(h) if from <= h + 1 => h,
+            _ => self.inner.highest(pid).await?,
+        };
+        Ok(if from <= highest {
+            Start::Taken
+        } else if from == highest + 1 {
+            Start::Next
+        } else {
+            Start::Gap(highest + 1)
+        })
     }
 
     /// One event, nothing else: one conditional `PutItem`.
@@ -303,7 +419,7 @@ impl DynamoDbJournal {
             let mut put = Put::builder()
                 .table_name(inner.journal_table())
                 .set_item(Some(item.clone()));
-            if *kind == Kind::Event {
+            if matches!(kind, Kind::Event | Kind::TagEntry) {
                 put = put.condition_expression("attribute_not_exists(pk)");
             }
             let put = put
@@ -335,16 +451,20 @@ impl DynamoDbJournal {
                     Some((first, _)) if f.ambiguous && self.is_ours(first).await => Ok(()),
                     _ => {
                         // The cancellation reasons are in item order: name the taken one.
-                        let taken = f
+                        let failed = f
                             .err
                             .as_service_error()
                             .map(|e| e.cancellation_codes())
                             .and_then(|codes| {
                                 codes.iter().position(|c| c == "ConditionalCheckFailed")
                             })
-                            .and_then(|i| items.get(i))
-                            .and_then(|(item, _)| event_seq(item).ok());
-                        Err(Fail::Taken(taken))
+                            .and_then(|i| items.get(i));
+                        match failed {
+                            Some((_, Kind::TagEntry)) => Err(Fail::Filled),
+                            other => Err(Fail::Taken(
+                                other.and_then(|(item, _)| event_seq(item).ok()),
+                            )),
+                        }
                     }
                 }
             }
@@ -446,7 +566,7 @@ impl DynamoDbJournal {
 }
 
 /// The tombstone that replaces a deleted event: its key, marked.
-fn tombstone(mut key: Item) -> Item {
+pub(crate) fn tombstone(mut key: Item) -> Item {
     key.insert(TOMBSTONE.into(), n(1));
     key
 }
@@ -597,7 +717,7 @@ impl Inner {
             below = Some(lw.from.max(1));
         };
         if highest > 0 {
-            self.mark_id_known(pid);
+            self.mark_id_known(pid, highest);
         }
         Ok(highest)
     }
@@ -736,24 +856,10 @@ impl Inner {
             .into_iter()
             .filter(|i| large_write(i) == Some(lw))
             .collect();
-        let shard = self.keys.tag_shard(pid);
-        let mut entries = Vec::new();
-        for ev in &events {
-            if let (Some(time), Some(tags)) = (item::get_i64(ev, TOKEN_TIME), item::tags_of(ev)) {
-                let seq = event_seq(ev)?;
-                let bucket = self.keys.bucket_of(time);
-                let mut seen: Vec<&str> = Vec::new();
-                for t in tags {
-                    if !seen.contains(&t) {
-                        seen.push(t);
-                        entries.push(key(
-                            self.keys.tag_pk(t, bucket, shard),
-                            token(time, pid, seq),
-                        ));
-                    }
-                }
-            }
-        }
+        let entries = events
+            .iter()
+            .flat_map(|ev| self.tag_entry_keys(pid, ev))
+            .collect();
         let events = events.iter().map(item::key_of).collect();
         tracing::info!(
             persistence_id = pid,
@@ -771,7 +877,7 @@ impl Inner {
     /// with the write's own transactions (they share items), so either the write completed
     /// first (false: it is a real write) or none of its transactions can succeed afterwards.
     /// When the first event is gone or another write's, the write cannot complete either.
-    async fn fence(&self, pid: &str, lw: LargeWrite) -> Result<bool> {
+    pub(crate) async fn fence(&self, pid: &str, lw: LargeWrite) -> Result<bool> {
         let pk = self.keys.event_pk(pid);
         let build = |e: aws_sdk_dynamodb::error::BuildError| {
             Error::new(ErrorKind::Unexpected, e.to_string())
@@ -809,10 +915,28 @@ impl Inner {
         }
     }
 
-    /// Deletes stored parts of the large write `lw` (keys), each conditioned on carrying
-    /// `lw`'s marker, so nothing of another write is ever deleted: the events one at a time
-    /// from the top down, stopping at the first failure (what is left is always the bottom
-    /// of the write's range, which [`Inner::highest`] relies on), then the tag entries.
+    /// The keys of the tag index entries of a stored event (from the numbers it records).
+    pub(crate) fn tag_entry_keys(&self, pid: &str, ev: &Item) -> Vec<Item> {
+        let shard = self.keys.tag_shard(pid);
+        match ev.get(TAG_NUMBERS) {
+            Some(AttributeValue::M(m)) => m
+                .iter()
+                .filter_map(|(t, v)| match v {
+                    AttributeValue::N(num) => num.parse::<u64>().ok().map(|num| (t, num)),
+                    _ => None,
+                })
+                .map(|(t, num)| key(self.keys.tag_pk(t, shard), entry_sk(num)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Removes stored parts of the large write `lw` (keys): the events one at a time from
+    /// the top down, each conditioned on carrying `lw`'s marker so nothing of another write
+    /// is ever deleted, stopping at the first failure (what is left is always the bottom of
+    /// the write's range, which [`Inner::highest`] relies on); then the tag entries become
+    /// tombstones (their numbers were taken by this write alone, so readers skip them
+    /// instead of waiting).
     pub(crate) async fn remove_parts(
         &self,
         lw: LargeWrite,
@@ -823,12 +947,12 @@ impl Inner {
         for ev in &events {
             self.delete_part(ev, lw).await?;
         }
-        let results: Vec<Result<()>> = stream::iter(entries)
-            .map(|e| async move { self.delete_part(&e, lw).await })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        results.into_iter().collect()
+        let writes = entries
+            .into_iter()
+            .map(|k| put_request(tombstone(k)))
+            .collect::<Result<Vec<_>>>()?;
+        self.batch_write_all("write_events", self.journal_table(), writes)
+            .await
     }
 
     async fn delete_part(&self, k: &Item, lw: LargeWrite) -> Result<()> {
@@ -910,22 +1034,10 @@ impl Inner {
                     continue;
                 }
                 writes.push(put_request(tombstone(item::key_of(ev)))?);
-                let seq = event_seq(ev)?;
-                if let (Some(time), Some(tags)) = (item::get_i64(ev, TOKEN_TIME), item::tags_of(ev))
-                {
-                    let bucket = self.keys.bucket_of(time);
-                    let shard = self.keys.tag_shard(pid);
-                    let mut seen: Vec<&str> = Vec::new();
-                    for t in tags {
-                        if seen.contains(&t) {
-                            continue;
-                        }
-                        seen.push(t);
-                        writes.push(delete_request(key(
-                            self.keys.tag_pk(t, bucket, shard),
-                            token(time, pid, seq),
-                        ))?);
-                    }
+                // Its tag entries become tombstones too: a tag reader skips them instead
+                // of waiting for a missing number.
+                for k in self.tag_entry_keys(pid, ev) {
+                    writes.push(put_request(tombstone(k))?);
                 }
             }
             self.batch_write_all("delete_events_to", self.journal_table(), writes)
@@ -962,13 +1074,32 @@ impl Inner {
 /// Whether a large write is complete, asked once per write.
 pub(crate) struct LargeWrites {
     known: HashMap<(String, u64, i64), bool>,
+    /// Incomplete writes this reader fenced off.
+    fenced: HashSet<(String, u64, i64)>,
 }
 
 impl LargeWrites {
     pub(crate) fn new() -> Self {
         LargeWrites {
             known: HashMap::new(),
+            fenced: HashSet::new(),
         }
+    }
+
+    /// Records that `lw` is fenced off: it can never complete.
+    pub(crate) fn fenced(&mut self, pid: &str, lw: LargeWrite) {
+        self.fenced.insert((pid.to_owned(), lw.from, lw.time_ms));
+    }
+
+    /// Whether this reader fenced `lw` off already.
+    pub(crate) fn is_fenced(&self, pid: &str, lw: LargeWrite) -> bool {
+        self.fenced.contains(&(pid.to_owned(), lw.from, lw.time_ms))
+    }
+
+    /// Records that `lw` turned out complete (its fence found the last event).
+    pub(crate) fn completed(&mut self, pid: &str, lw: LargeWrite) {
+        self.known
+            .insert((pid.to_owned(), lw.from, lw.time_ms), true);
     }
 
     /// `Some(true)`: deliver; `Some(false)`: skip (incomplete, abandoned or not live);

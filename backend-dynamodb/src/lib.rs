@@ -9,6 +9,7 @@ mod journal;
 mod query;
 mod schema;
 mod snapshot;
+mod tag_index;
 
 use std::sync::Arc;
 
@@ -55,6 +56,14 @@ impl DynamoDb {
         Ok(DynamoDb {
             inner: Arc::new(client::Inner::new(client, config)?),
         })
+    }
+
+    /// Runs this handle's write clock `ms` ahead of the wall clock (behind when negative),
+    /// as a writer on a machine whose clock is off would: for tests that the queries do
+    /// not depend on writers' clocks agreeing.
+    #[doc(hidden)]
+    pub fn skew_clock_for_tests(&self, ms: i64) {
+        self.inner.skew_clock(ms);
     }
 
     /// The SDK client.

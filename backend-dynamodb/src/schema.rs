@@ -10,8 +10,8 @@
 //! | tombstone of a deleted event (`d` = 1, nothing else) | `<j>\|e\|<persistence id>` | sequence number, 20 digits |
 //! | persistence-id registry | `<j>\|p\|<shard>` | persistence id |
 //! | new-id feed | `<j>\|n\|<bucket start ms, 13 digits>\|<shard, 3 digits>` | `<write time ms, 13 digits>\|<id>` |
-//! | tag index entry (a copy of the event) | `<j>\|t\|<bucket start ms, 13 digits>\|<shard, 3 digits>\|<tag>` | offset token |
-//! | tag bucket registry | `<j>\|b\|<tag>` | bucket start ms, 13 digits |
+//! | tag index entry (a copy of the event; or a tombstone, `d` = 1, of a deleted event or a number its writer never used) | `<j>\|t\|<shard, 3 digits>\|<tag>` | the entry's number in its shard, 20 digits |
+//! | tag number counter (`n` = the last number handed out) | `<j>\|t\|<shard, 3 digits>\|<tag>` | `~` (sorts above every number) |
 //!
 //! Snapshot table (`pk` S hash key, `sk` N range key):
 //!
@@ -45,6 +45,10 @@ pub(crate) const PURGED_TO: &str = "pd";
 /// survives. Replay and queries skip tombstones.
 pub(crate) const TOMBSTONE: &str = "d";
 
+/// On a tagged event: its tag index numbers, a map from tag to number (the entries' keys,
+/// for deletes and clean-ups).
+pub(crate) const TAG_NUMBERS: &str = "tn";
+
 /// DynamoDB's item size limit.
 pub(crate) const MAX_ITEM_BYTES: usize = 400 * 1024;
 /// DynamoDB's limit of actions per `TransactWriteItems`.
@@ -71,7 +75,7 @@ impl Keys {
             j: config.journal_name.clone(),
             tag_shards: config.tag_shards,
             id_shards: config.id_shards,
-            bucket_ms: (config.tag_bucket_secs as i64).saturating_mul(1000).max(1),
+            bucket_ms: (config.feed_bucket_secs as i64).saturating_mul(1000).max(1),
         }
     }
 
@@ -112,12 +116,9 @@ impl Keys {
         time_ms - time_ms.rem_euclid(self.bucket_ms)
     }
 
-    pub(crate) fn tag_pk(&self, tag: &str, bucket: i64, shard: u32) -> String {
-        format!("{}|t|{bucket:013}|{shard:03}|{tag}", self.j)
-    }
-
-    pub(crate) fn tag_buckets_pk(&self, tag: &str) -> String {
-        format!("{}|b|{tag}", self.j)
+    /// The partition of one shard of a tag's index: its entries and its number counter.
+    pub(crate) fn tag_pk(&self, tag: &str, shard: u32) -> String {
+        format!("{}|t|{shard:03}|{tag}", self.j)
     }
 
     pub(crate) fn snapshot_pk(&self, pid: &str) -> String {
@@ -134,25 +135,14 @@ pub(crate) fn seq_sk(seq: u64) -> String {
     format!("{seq:020}")
 }
 
-/// A bucket's sort key in the tag bucket registry.
-pub(crate) fn bucket_sk(bucket: i64) -> String {
-    format!("{bucket:013}")
-}
-
-/// The offset token of a tag index entry: write time (ms, 13 digits), id, sequence number
-/// (20 digits). Unique, and ordered by time first.
-pub(crate) fn token(time_ms: i64, pid: &str, seq: u64) -> String {
-    format!("{time_ms:013}|{pid}|{seq:020}")
-}
-
-/// The write time at the front of a token.
-pub(crate) fn token_time(token: &str) -> Option<i64> {
-    token.get(..13)?.parse().ok()
-}
-
-/// The smallest string above every token written at `time_ms` or earlier.
-pub(crate) fn token_upper(time_ms: i64) -> String {
+/// The smallest string above every feed sort key written at `time_ms` or earlier.
+pub(crate) fn feed_upper(time_ms: i64) -> String {
     format!("{time_ms:013}~")
+}
+
+/// The write time at the front of a feed sort key.
+pub(crate) fn feed_time(sk: &str) -> Option<i64> {
+    sk.get(..13)?.parse().ok()
 }
 
 /// FNV-1a, 64 bit: a stable hash (the shard of an id must not change between releases).

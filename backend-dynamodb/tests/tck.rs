@@ -18,7 +18,8 @@ impl Factory {
             journal_table: "tck_journal".into(),
             snapshot_table: "tck_snapshot".into(),
             poll_interval_ms: 100,
-            tag_settle_delay_ms: 500,
+            feed_settle_delay_ms: 500,
+            tag_gap_timeout_ms: 1000,
             ..DynamoDbConfig::local(endpoint)
         };
         let db = DynamoDb::connect(config.clone()).await?;
