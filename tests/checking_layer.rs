@@ -272,4 +272,13 @@ async fn the_kit_skips_by_capability_and_names_what_is_missing() {
         reason("journal::event_over_size_limit_rejects_its_atomic_write"),
         tck::Outcome::Passed
     );
+    // A hook the factory does not implement is found out when the case runs: skipped with
+    // the hook's name, not passed.
+    match reason("corruption::garbage_event_payload_names_the_event") {
+        tck::Outcome::Skipped(why) => assert!(
+            why.contains("StoreFactory::corrupt_event(Corruption::Payload)"),
+            "{why}"
+        ),
+        other => panic!("a case whose hook is missing is skipped, not {other:?}"),
+    }
 }

@@ -8,6 +8,7 @@
 //! | `Unavailable`, `IsBootstrapping`, broken connection, empty pool or plan | `Unavailable` (retryable) |
 //! | `Invalid`, `SyntaxError`, `ConfigError`, `Unauthorized`, ... | `Storage` |
 //! | (de)serialization of values | `Unexpected` (a bug or a foreign schema) |
+//! | a stored event or snapshot column NULL where the driver always writes it, metadata columns set in part, an empty tag | `Corrupt`, naming the persistence id, sequence number and column |
 
 use persistence_api::{Error, ErrorKind};
 use scylla::errors::{
@@ -120,6 +121,57 @@ pub(crate) fn unexpected(
     )
     .with_operation(operation)
     .with_source(e)
+}
+
+/// A stored column of the record `(id, seq)` that does not decode: [`ErrorKind::Corrupt`]
+/// naming the record and the column.
+pub(crate) fn corrupt(
+    id: &persistence_api::PersistenceId,
+    seq: u64,
+    column: &str,
+    detail: impl std::fmt::Display,
+) -> Error {
+    Error::corrupt(column, detail)
+        .with_persistence_id(id.as_str())
+        .with_sequence_range(seq, seq)
+}
+
+/// A column the driver always writes, found NULL in the record `(id, seq)`.
+pub(crate) fn required<T>(
+    value: Option<T>,
+    id: &persistence_api::PersistenceId,
+    seq: u64,
+    column: &str,
+) -> persistence_api::Result<T> {
+    value.ok_or_else(|| corrupt(id, seq, column, "is NULL, but the driver always writes it"))
+}
+
+/// The optional metadata of the record `(id, seq)` from its three columns: all set, or all
+/// NULL (as the driver writes them); some without the others is corrupt.
+pub(crate) fn metadata(
+    (serializer_id, manifest, bytes): (Option<String>, Option<String>, Option<Vec<u8>>),
+    id: &persistence_api::PersistenceId,
+    seq: u64,
+) -> persistence_api::Result<Option<persistence_api::Payload>> {
+    match (serializer_id, manifest, bytes) {
+        (None, None, None) => Ok(None),
+        (Some(s), Some(m), Some(b)) => Ok(Some(persistence_api::Payload::new(s, m, b))),
+        (s, m, _) => {
+            let column = if s.is_none() {
+                "meta_ser_id"
+            } else if m.is_none() {
+                "meta_ser_manifest"
+            } else {
+                "meta"
+            };
+            Err(corrupt(
+                id,
+                seq,
+                column,
+                "is NULL while other metadata columns are set (metadata is stored with all three or none)",
+            ))
+        }
+    }
 }
 
 /// `Result<T, DriverError>` → `Result<T, persistence_api::Error>` for one operation.

@@ -38,7 +38,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::{CqlTimeuuid, MaybeUnset};
 use scylla::{DeserializeRow, SerializeRow};
 
-use crate::error::{unexpected, ResultExt};
+use crate::error::{metadata, required, unexpected, ResultExt};
 use crate::store::{Inner, TagSeqs, CACHE_LIMIT};
 use crate::timeuuid;
 
@@ -161,32 +161,60 @@ pub(crate) struct EventRow {
 }
 
 impl EventRow {
-    pub fn into_event(self, persistence_id: PersistenceId) -> PersistentEvent {
-        let metadata = self.meta.map(|bytes| {
-            Payload::new(
-                self.meta_ser_id.unwrap_or_default(),
-                self.meta_ser_manifest.unwrap_or_default(),
-                bytes,
-            )
-        });
-        PersistentEvent {
-            persistence_id,
-            sequence_nr: self.sequence_nr.unwrap_or(0).max(0) as u64,
-            payload: Payload::new(
-                self.ser_id.unwrap_or_default(),
-                self.ser_manifest.unwrap_or_default(),
-                self.event.unwrap_or_default(),
-            ),
-            event_manifest: self.event_manifest.unwrap_or_default(),
-            writer_id: self.writer_uuid.unwrap_or_default(),
-            timestamp: Timestamp::from_millis(self.event_time.unwrap_or_else(|| {
-                self.timestamp
-                    .map(|t| timeuuid::millis_of(t.as_ref()))
-                    .unwrap_or(0)
-            })),
-            tags: self.tags.unwrap_or_default(),
-            metadata,
+    /// The event of `persistence_id` this row holds. A column the driver always writes that
+    /// is NULL, a negative sequence number or metadata set in part is
+    /// [`persistence_api::ErrorKind::Corrupt`] naming the event and the column.
+    pub fn into_event(self, persistence_id: PersistenceId) -> Result<PersistentEvent> {
+        let id = &persistence_id;
+        // Without a sequence number the error names the id only.
+        let seq = match self.sequence_nr {
+            Some(seq) if seq >= 0 => seq as u64,
+            other => {
+                let detail = match other {
+                    Some(seq) => format!("{seq} is negative"),
+                    None => "is NULL, but the driver always writes it".to_owned(),
+                };
+                return Err(persistence_api::Error::corrupt("sequence_nr", detail)
+                    .with_persistence_id(id.as_str()));
+            }
+        };
+        let metadata = metadata(
+            (self.meta_ser_id, self.meta_ser_manifest, self.meta),
+            id,
+            seq,
+        )?;
+        let payload = Payload::new(
+            required(self.ser_id, id, seq, "ser_id")?,
+            required(self.ser_manifest, id, seq, "ser_manifest")?,
+            required(self.event, id, seq, "event")?,
+        );
+        let event_manifest = required(self.event_manifest, id, seq, "event_manifest")?;
+        // An empty list is stored as NULL; an empty tag is refused on every write.
+        let tags = self.tags.unwrap_or_default();
+        if let Some(i) = tags.iter().position(|t| t.is_empty()) {
+            return Err(crate::error::corrupt(
+                id,
+                seq,
+                "tags",
+                format!("tag {i} is empty, and an empty tag is refused on every write"),
+            ));
         }
+        let writer_id = required(self.writer_uuid, id, seq, "writer_uuid")?;
+        let timestamp = Timestamp::from_millis(self.event_time.unwrap_or_else(|| {
+            self.timestamp
+                .map(|t| timeuuid::millis_of(t.as_ref()))
+                .unwrap_or(0)
+        }));
+        Ok(PersistentEvent {
+            persistence_id,
+            sequence_nr: seq,
+            payload,
+            event_manifest,
+            writer_id,
+            timestamp,
+            tags,
+            metadata,
+        })
     }
 }
 
@@ -531,14 +559,14 @@ impl CassandraJournal {
                     (pid, *nr, from as i64, i64::MAX),
                 )
                 .await?;
-            let events: Vec<(PersistentEvent, CqlTimeuuid)> = rows
-                .into_iter()
-                .filter_map(|r| {
-                    let ts = r.timestamp?;
-                    Some((r.into_event(id.clone()), ts))
-                })
-                .filter(|(e, _)| !e.tags.is_empty())
-                .collect();
+            let mut events: Vec<(PersistentEvent, CqlTimeuuid)> = Vec::new();
+            for r in rows {
+                let Some(ts) = r.timestamp else { continue };
+                let event = r.into_event(id.clone())?;
+                if !event.tags.is_empty() {
+                    events.push((event, ts));
+                }
+            }
             let keys: Vec<Vec<String>> = events
                 .iter()
                 .map(|(e, _)| e.tags.iter().map(|t| inner.tag_key(t)).collect())
@@ -811,7 +839,7 @@ pub(crate) fn event_stream(
                         continue;
                     }
                     last_seq = seq;
-                    yield row.into_event(persistence_id.clone());
+                    yield row.into_event(persistence_id.clone()).map_err(|e| e.with_operation("replay"))?;
                     delivered += 1;
                     if delivered >= max || seq >= to {
                         break 'partitions;

@@ -212,7 +212,7 @@ fn envelope(inner: &Inner, row: TagRow, offset: CqlTimeuuid) -> Result<EventEnve
     })?;
     Ok(EventEnvelope {
         offset: Offset::TimeBasedUuid(offset.into()),
-        event: row.into_event_row().into_event(id),
+        event: row.into_event_row().into_event(id)?,
     })
 }
 

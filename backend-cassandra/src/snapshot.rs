@@ -10,7 +10,7 @@ use persistence_api::{
 };
 use scylla::{DeserializeRow, SerializeRow};
 
-use crate::error::{unexpected, ResultExt};
+use crate::error::{metadata, required, unexpected, ResultExt};
 use crate::store::Inner;
 
 /// The largest snapshot ([`persistence_api::Payload::stored_size`]) the driver stores: one
@@ -156,13 +156,11 @@ impl SnapshotStore for CassandraSnapshotStore {
             if !criteria.matches(seq, timestamp) {
                 continue;
             }
-            let metadata = row.meta.map(|bytes| {
-                Payload::new(
-                    row.meta_ser_id.unwrap_or_default(),
-                    row.meta_ser_manifest.unwrap_or_default(),
-                    bytes,
-                )
-            });
+            let metadata = metadata(
+                (row.meta_ser_id, row.meta_ser_manifest, row.meta),
+                persistence_id,
+                seq,
+            )?;
             return Ok(Some(SelectedSnapshot {
                 metadata: SnapshotMetadata {
                     persistence_id: persistence_id.clone(),
@@ -171,9 +169,9 @@ impl SnapshotStore for CassandraSnapshotStore {
                     metadata,
                 },
                 snapshot: Payload::new(
-                    row.ser_id.unwrap_or_default(),
-                    row.ser_manifest.unwrap_or_default(),
-                    row.snapshot_data.unwrap_or_default(),
+                    required(row.ser_id, persistence_id, seq, "ser_id")?,
+                    required(row.ser_manifest, persistence_id, seq, "ser_manifest")?,
+                    required(row.snapshot_data, persistence_id, seq, "snapshot_data")?,
                 ),
             }));
         }

@@ -9,14 +9,58 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use backend_cassandra::scylla::value::CqlTimeuuid;
 use backend_cassandra::{CassandraConfig, CassandraPersistence, ConsistencyLevel};
 use persistence_api::futures::TryStreamExt;
-use persistence_api::{PersistenceId, ReadJournal, Result, Stores};
+use persistence_api::{Error, ErrorKind, PersistenceId, ReadJournal, Result, SequenceNr, Stores};
+use tck::Corruption;
 
 struct Factory {
     base: CassandraPersistence,
     /// The configured rows per page.
     page_size: usize,
+}
+
+/// How a namespace prefixes the ids and tags it stores (the README's "Namespaces").
+fn stored_key(namespace: &str, s: &str) -> String {
+    format!("{namespace}\u{1f}{s}")
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Storage, format!("corrupting a row: {e}"))
+}
+
+/// The column a corruption damages and its new value as CQL: garbage bytes, a NULL where
+/// the driver always writes a value, an empty tag.
+fn damage(what: Corruption, payload_column: &'static str) -> Result<(&'static str, &'static str)> {
+    match what {
+        // Bytes no codec wrote: CBOR "break" codes out of place.
+        Corruption::Payload => Ok((payload_column, "0xffffffffffffffff")),
+        // The metadata bytes stay, their serializer id goes.
+        Corruption::Metadata => Ok(("meta_ser_id", "null")),
+        // Cassandra checks every value against its column's type (tags are a
+        // `list<text>`), so the damage is an empty tag, which every write refuses.
+        Corruption::Tags => Ok(("tags", "tags + ['']")),
+        Corruption::Column => Ok(("ser_manifest", "null")),
+        other => Err(Error::unsupported(format!(
+            "no damage of the Cassandra rows is defined for {other:?}"
+        ))),
+    }
+}
+
+impl Factory {
+    /// Runs one CQL statement with `values`.
+    async fn run(
+        &self,
+        cql: String,
+        values: impl backend_cassandra::scylla::serialize::row::SerializeRow,
+    ) -> Result<backend_cassandra::scylla::response::query_result::QueryResult> {
+        self.base
+            .session()
+            .query_unpaged(cql, values)
+            .await
+            .map_err(storage)
+    }
 }
 
 #[persistence_api::async_trait]
@@ -40,6 +84,148 @@ impl tck::StoreFactory for Factory {
             .await?;
         backend.cleanup(&ids, false).await?;
         Ok(())
+    }
+
+    /// Damages the row of the event in `messages` and its copy in `tag_views` per tag.
+    async fn corrupt_event(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        let (column, value) = damage(what, "event")?;
+        let config = self.base.config();
+        let (ks, t) = (&config.keyspace, &config.tables);
+        let pid = stored_key(namespace, persistence_id.as_str());
+        let partition = ((sequence_nr - 1) / config.target_partition_size) as i64;
+        let row = self
+            .run(
+                format!(
+                    "SELECT timestamp, timebucket, tags, meta FROM {ks}.{} \
+                     WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr = ?",
+                    t.messages
+                ),
+                (pid.as_str(), partition, sequence_nr as i64),
+            )
+            .await?
+            .into_rows_result()
+            .map_err(storage)?
+            .maybe_first_row::<(
+                Option<CqlTimeuuid>,
+                Option<i64>,
+                Option<Vec<String>>,
+                Option<Vec<u8>>,
+            )>()
+            .map_err(storage)?;
+        let Some((Some(timestamp), bucket, tags, meta)) = row else {
+            return Err(Error::invalid_input(format!(
+                "no stored event {persistence_id} {sequence_nr}"
+            )));
+        };
+        if what == Corruption::Metadata && meta.is_none() {
+            return Err(Error::invalid_input(format!(
+                "the event {persistence_id} {sequence_nr} has no metadata to damage"
+            )));
+        }
+        self.run(
+            format!(
+                "UPDATE {ks}.{} SET {column} = {value} WHERE persistence_id = ? \
+                 AND partition_nr = ? AND sequence_nr = ? AND timestamp = ?",
+                t.messages
+            ),
+            (pid.as_str(), partition, sequence_nr as i64, timestamp),
+        )
+        .await?;
+        let tags = tags.unwrap_or_default();
+        if tags.is_empty() {
+            return Ok(column.to_owned());
+        }
+        let bucket = bucket.ok_or_else(|| {
+            Error::invalid_input(format!(
+                "the tagged event {persistence_id} {sequence_nr} has no timebucket"
+            ))
+        })?;
+        for tag in tags {
+            let tag_key = stored_key(namespace, &tag);
+            let copies = self
+                .run(
+                    format!(
+                        "SELECT tag_pid_sequence_nr FROM {ks}.{} WHERE tag_name = ? \
+                         AND timebucket = ? AND timestamp = ? AND persistence_id = ?",
+                        t.tag_views
+                    ),
+                    (tag_key.as_str(), bucket, timestamp, pid.as_str()),
+                )
+                .await?
+                .into_rows_result()
+                .map_err(storage)?
+                .rows::<(i64,)>()
+                .map_err(storage)?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            if copies.is_empty() {
+                return Err(Error::invalid_input(format!(
+                    "the tag_views row of {persistence_id} {sequence_nr} under tag {tag:?} was not found"
+                )));
+            }
+            for (tag_pid_seq,) in copies {
+                self.run(
+                    format!(
+                        "UPDATE {ks}.{} SET {column} = {value} WHERE tag_name = ? \
+                         AND timebucket = ? AND timestamp = ? AND persistence_id = ? \
+                         AND tag_pid_sequence_nr = ?",
+                        t.tag_views
+                    ),
+                    (
+                        tag_key.as_str(),
+                        bucket,
+                        timestamp,
+                        pid.as_str(),
+                        tag_pid_seq,
+                    ),
+                )
+                .await?;
+            }
+        }
+        Ok(column.to_owned())
+    }
+
+    async fn corrupt_snapshot(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        if what == Corruption::Tags {
+            return Err(Error::unsupported("snapshots have no tags"));
+        }
+        let (column, value) = damage(what, "snapshot_data")?;
+        let config = self.base.config();
+        let pid = stored_key(namespace, persistence_id.as_str());
+        // `IF EXISTS`, so a missing snapshot is not created by the update.
+        let applied = self
+            .run(
+                format!(
+                    "UPDATE {}.{} SET {column} = {value} WHERE persistence_id = ? \
+                     AND sequence_nr = ? IF EXISTS",
+                    config.keyspace, config.tables.snapshots
+                ),
+                (pid.as_str(), sequence_nr as i64),
+            )
+            .await?
+            .into_rows_result()
+            .map_err(storage)?
+            .maybe_first_row::<(bool,)>()
+            .map_err(storage)?
+            .is_some_and(|(applied,)| applied);
+        if !applied {
+            return Err(Error::invalid_input(format!(
+                "no stored snapshot {persistence_id} {sequence_nr}"
+            )));
+        }
+        Ok(column.to_owned())
     }
 }
 

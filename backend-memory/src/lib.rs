@@ -129,6 +129,47 @@ impl MemoryBackend {
         self.shared.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Replaces the payload bytes of the stored event `(id, sequence_nr)` and keeps
+    /// everything else: a test seam for reading damaged data (the conformance kit's
+    /// `corruption::*` cases). The in-memory store holds typed events, so the payload's
+    /// bytes are the only part of one that can be unreadable. An `InvalidInput` error if no
+    /// such event is stored.
+    pub fn overwrite_stored_payload(
+        &self,
+        id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        bytes: impl Into<persistence_api::Bytes>,
+    ) -> Result<()> {
+        let mut state = self.write_lock();
+        let event = state
+            .logs
+            .get_mut(id)
+            .and_then(|log| log.events.get_mut(&sequence_nr))
+            .ok_or_else(|| Error::invalid_input(format!("no stored event {id} {sequence_nr}")))?;
+        event.payload.bytes = bytes.into();
+        Ok(())
+    }
+
+    /// Replaces the bytes of the stored snapshot `(id, sequence_nr)`, like
+    /// [`MemoryBackend::overwrite_stored_payload`] for an event.
+    pub fn overwrite_stored_snapshot(
+        &self,
+        id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        bytes: impl Into<persistence_api::Bytes>,
+    ) -> Result<()> {
+        let mut state = self.write_lock();
+        let (_, payload) = state
+            .snapshots
+            .get_mut(id)
+            .and_then(|snaps| snaps.get_mut(&sequence_nr))
+            .ok_or_else(|| {
+                Error::invalid_input(format!("no stored snapshot {id} {sequence_nr}"))
+            })?;
+        payload.bytes = bytes.into();
+        Ok(())
+    }
+
     fn notify(&self) {
         self.shared.changed.send_modify(|v| *v = v.wrapping_add(1));
     }

@@ -15,7 +15,7 @@ use persistence_api::{
 };
 use tokio::sync::{watch, Mutex, MutexGuard};
 
-use crate::error::{err, SqlError};
+use crate::error::{corrupt, err, into_sqlx, SqlError};
 use crate::journal::SqlJournal;
 use crate::query::SqlReadJournal;
 use crate::schema::{Migration, Names};
@@ -138,8 +138,8 @@ pub(crate) fn clamp(v: u64) -> i64 {
 }
 
 /// A value read back from a `BIGINT` column.
-pub(crate) fn unsigned(v: i64, column: &str) -> std::result::Result<u64, SqlError> {
-    u64::try_from(v).map_err(|_| SqlError::Corrupt(format!("{column} is negative ({v})")))
+pub(crate) fn unsigned(v: i64, column: &'static str) -> std::result::Result<u64, SqlError> {
+    u64::try_from(v).map_err(|_| corrupt(None, None, column, format!("{v} is negative")))
 }
 
 /// Refuses writes whose sequence numbers do not fit a `BIGINT`.
@@ -223,7 +223,70 @@ where
 
 /// A persistence id read back from a table.
 fn stored_id(id: String) -> std::result::Result<PersistenceId, SqlError> {
-    PersistenceId::new(id).map_err(|e| SqlError::Corrupt(format!("stored persistence id: {e}")))
+    PersistenceId::new(id.as_str()).map_err(|e| corrupt(None, None, "persistence_id", e))
+}
+
+/// The record a row holds, once its persistence id (and sequence number) are read: every
+/// later column that does not decode names it.
+struct Record {
+    persistence_id: PersistenceId,
+    sequence_nr: Option<u64>,
+}
+
+impl Record {
+    /// Reads the persistence id at `id_index` and the sequence number at `seq_index`.
+    fn read(
+        row: &impl Columns,
+        id_index: usize,
+        seq_index: usize,
+    ) -> std::result::Result<Record, SqlError> {
+        let text = row
+            .text(id_index)
+            .map_err(|e| corrupt(None, None, "persistence_id", e))?;
+        let mut record = Record {
+            persistence_id: stored_id(text)?,
+            sequence_nr: None,
+        };
+        let seq = record.int(row, seq_index, "sequence_nr")?;
+        record.sequence_nr = Some(record.unsigned(seq, "sequence_nr")?);
+        Ok(record)
+    }
+
+    fn sequence_nr(&self) -> u64 {
+        self.sequence_nr.unwrap_or(0)
+    }
+
+    /// `column` of this record does not decode.
+    fn corrupt(&self, column: &'static str, detail: impl std::fmt::Display) -> SqlError {
+        corrupt(
+            Some(self.persistence_id.as_str()),
+            self.sequence_nr,
+            column,
+            detail,
+        )
+    }
+
+    fn int(
+        &self,
+        row: &impl Columns,
+        index: usize,
+        column: &'static str,
+    ) -> std::result::Result<i64, SqlError> {
+        row.int(index).map_err(|e| self.corrupt(column, e))
+    }
+
+    fn unsigned(&self, v: i64, column: &'static str) -> std::result::Result<u64, SqlError> {
+        u64::try_from(v).map_err(|_| self.corrupt(column, format!("{v} is negative")))
+    }
+
+    fn text(
+        &self,
+        row: &impl Columns,
+        index: usize,
+        column: &'static str,
+    ) -> std::result::Result<String, SqlError> {
+        row.text(index).map_err(|e| self.corrupt(column, e))
+    }
 }
 
 /// Binds the twelve values of one event row in the order both databases' insert
@@ -259,150 +322,123 @@ where
         .bind(encode_tags(&event.tags))
 }
 
-/// The six columns in which both tables keep a payload and its optional metadata
-/// (`ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload`).
-struct PayloadColumns {
-    ser_id: String,
-    ser_manifest: String,
-    payload: Vec<u8>,
-    meta_ser_id: Option<String>,
-    meta_ser_manifest: Option<String>,
-    meta_payload: Option<Vec<u8>>,
+/// The names of the six columns in which both tables keep a payload and its optional
+/// metadata, in order: the payload's and the metadata's.
+const PAYLOAD_COLUMNS: [&str; 3] = ["ser_id", "ser_manifest", "payload"];
+const META_COLUMNS: [&str; 3] = ["meta_ser_id", "meta_ser_manifest", "meta_payload"];
+
+/// Reads the payload and the optional metadata of `record` from the six columns starting
+/// at index `first`. The metadata is stored with all
+/// three of its columns or none; some of them without the others is corrupt.
+fn read_payloads(
+    row: &impl Columns,
+    record: &Record,
+    first: usize,
+) -> std::result::Result<(Payload, Option<Payload>), SqlError> {
+    let payload = Payload {
+        serializer_id: record.text(row, first, PAYLOAD_COLUMNS[0])?,
+        manifest: record.text(row, first + 1, PAYLOAD_COLUMNS[1])?,
+        bytes: Bytes::from(
+            row.bytes(first + 2)
+                .map_err(|e| record.corrupt(PAYLOAD_COLUMNS[2], e))?,
+        ),
+    };
+    let meta_ser_id = row
+        .opt_text(first + 3)
+        .map_err(|e| record.corrupt(META_COLUMNS[0], e))?;
+    let meta_ser_manifest = row
+        .opt_text(first + 4)
+        .map_err(|e| record.corrupt(META_COLUMNS[1], e))?;
+    let meta_payload = row
+        .opt_bytes(first + 5)
+        .map_err(|e| record.corrupt(META_COLUMNS[2], e))?;
+    let metadata = match (meta_ser_id, meta_ser_manifest, meta_payload) {
+        (Some(serializer_id), Some(manifest), Some(bytes)) => Some(Payload {
+            serializer_id,
+            manifest,
+            bytes: Bytes::from(bytes),
+        }),
+        (None, None, None) => None,
+        (id, manifest, bytes) => {
+            let missing = [id.is_none(), manifest.is_none(), bytes.is_none()];
+            let column = META_COLUMNS
+                .iter()
+                .zip(missing)
+                .find_map(|(c, m)| m.then_some(*c))
+                .unwrap_or(META_COLUMNS[0]);
+            return Err(record.corrupt(
+                column,
+                "is NULL while other metadata columns are set (metadata is stored with all three or none)",
+            ));
+        }
+    };
+    Ok((payload, metadata))
 }
 
-impl PayloadColumns {
-    /// Reads the six columns starting at index `first`.
-    fn decode(row: &impl Columns, first: usize) -> std::result::Result<Self, SqlError> {
-        Ok(PayloadColumns {
-            ser_id: row.text(first)?,
-            ser_manifest: row.text(first + 1)?,
-            payload: row.bytes(first + 2)?,
-            meta_ser_id: row.opt_text(first + 3)?,
-            meta_ser_manifest: row.opt_text(first + 4)?,
-            meta_payload: row.opt_bytes(first + 5)?,
-        })
-    }
-
-    /// The payload, and the metadata when all three of its columns are set.
-    fn into_payloads(self) -> (Payload, Option<Payload>) {
-        let metadata = match (self.meta_ser_id, self.meta_ser_manifest, self.meta_payload) {
-            (Some(serializer_id), Some(manifest), Some(bytes)) => Some(Payload {
-                serializer_id,
-                manifest,
-                bytes: Bytes::from(bytes),
-            }),
-            _ => None,
-        };
-        let payload = Payload {
-            serializer_id: self.ser_id,
-            manifest: self.ser_manifest,
-            bytes: Bytes::from(self.payload),
-        };
-        (payload, metadata)
-    }
-}
-
-/// One event row as read from either database.
-pub(crate) struct EventRow {
-    ordering: i64,
-    persistence_id: String,
-    sequence_nr: i64,
-    writer_id: String,
-    write_timestamp: i64,
-    event_manifest: String,
-    payloads: PayloadColumns,
-    tags: String,
-}
-
-/// The columns of [`EventRow`], in order, for `SELECT` lists.
+/// The columns of an event row, in order, for `SELECT` lists.
 pub(crate) const EVENT_COLUMNS: &str = "ordering, persistence_id, sequence_nr, writer_id, \
     write_timestamp, event_manifest, ser_id, ser_manifest, payload, meta_ser_id, \
     meta_ser_manifest, meta_payload, tags";
 
-impl EventRow {
-    /// Reads the [`EVENT_COLUMNS`] from a row of either database.
-    pub(crate) fn decode(row: &impl Columns) -> std::result::Result<EventRow, SqlError> {
-        Ok(EventRow {
-            ordering: row.int(0)?,
-            persistence_id: row.text(1)?,
-            sequence_nr: row.int(2)?,
-            writer_id: row.text(3)?,
-            write_timestamp: row.int(4)?,
-            event_manifest: row.text(5)?,
-            payloads: PayloadColumns::decode(row, 6)?,
-            tags: row.text(12)?,
-        })
-    }
-
-    /// The ordering and the event.
-    pub(crate) fn into_event(self) -> std::result::Result<(u64, PersistentEvent), SqlError> {
-        let persistence_id = stored_id(self.persistence_id)?;
-        let tags: Vec<String> = serde_json::from_str(&self.tags)
-            .map_err(|e| SqlError::Corrupt(format!("tags column {:?}: {e}", self.tags)))?;
-        let (payload, metadata) = self.payloads.into_payloads();
-        let event = PersistentEvent {
-            persistence_id,
-            sequence_nr: unsigned(self.sequence_nr, "sequence_nr")?,
-            payload,
-            event_manifest: self.event_manifest,
-            writer_id: self.writer_id,
-            timestamp: Timestamp::from_millis(self.write_timestamp),
-            tags,
-            metadata,
-        };
-        Ok((unsigned(self.ordering, "ordering")?, event))
-    }
+/// Reads the [`EVENT_COLUMNS`] of a row of either database: the ordering and the event. A
+/// column that does not decode is a corrupt-column error naming the event (its persistence
+/// id and sequence number, read first) and the column.
+pub(crate) fn read_event(
+    row: &impl Columns,
+) -> std::result::Result<(u64, PersistentEvent), SqlError> {
+    let record = Record::read(row, 1, 2)?;
+    let ordering = record.int(row, 0, "ordering")?;
+    let ordering = record.unsigned(ordering, "ordering")?;
+    let writer_id = record.text(row, 3, "writer_id")?;
+    let write_timestamp = record.int(row, 4, "write_timestamp")?;
+    let event_manifest = record.text(row, 5, "event_manifest")?;
+    let (payload, metadata) = read_payloads(row, &record, 6)?;
+    let tags_text = record.text(row, 12, "tags")?;
+    let tags: Vec<String> = serde_json::from_str(&tags_text).map_err(|e| {
+        record.corrupt(
+            "tags",
+            format!("{tags_text:?} is not a JSON array of strings: {e}"),
+        )
+    })?;
+    let event = PersistentEvent {
+        sequence_nr: record.sequence_nr(),
+        persistence_id: record.persistence_id,
+        payload,
+        event_manifest,
+        writer_id,
+        timestamp: Timestamp::from_millis(write_timestamp),
+        tags,
+        metadata,
+    };
+    Ok((ordering, event))
 }
 
-/// Reads an event row (ordering and event) inside sqlx's row mapping.
+/// [`read_event`] inside sqlx's row mapping (`try_map`); `to_public` unwraps the error.
 pub(crate) fn decode_event(
     row: &impl Columns,
 ) -> std::result::Result<(u64, PersistentEvent), sqlx::Error> {
-    EventRow::decode(row)
-        .and_then(EventRow::into_event)
-        .map_err(|e| match e {
-            SqlError::Sqlx(e) => e,
-            other => sqlx::Error::Decode(Box::new(other)),
-        })
+    read_event(row).map_err(into_sqlx)
 }
 
-/// One snapshot row as read from either database.
-pub(crate) struct SnapshotRow {
-    persistence_id: String,
-    sequence_nr: i64,
-    created: i64,
-    payloads: PayloadColumns,
-}
-
-/// The columns of [`SnapshotRow`], in order.
+/// The columns of a snapshot row, in order.
 pub(crate) const SNAPSHOT_COLUMNS: &str = "persistence_id, sequence_nr, created, ser_id, \
     ser_manifest, payload, meta_ser_id, meta_ser_manifest, meta_payload";
 
-impl SnapshotRow {
-    /// Reads the [`SNAPSHOT_COLUMNS`] from a row of either database.
-    pub(crate) fn decode(row: &impl Columns) -> std::result::Result<SnapshotRow, SqlError> {
-        Ok(SnapshotRow {
-            persistence_id: row.text(0)?,
-            sequence_nr: row.int(1)?,
-            created: row.int(2)?,
-            payloads: PayloadColumns::decode(row, 3)?,
-        })
-    }
-
-    /// The loaded snapshot.
-    pub(crate) fn into_snapshot(self) -> std::result::Result<SelectedSnapshot, SqlError> {
-        let persistence_id = stored_id(self.persistence_id)?;
-        let (snapshot, metadata) = self.payloads.into_payloads();
-        Ok(SelectedSnapshot {
-            metadata: SnapshotMetadata {
-                persistence_id,
-                sequence_nr: unsigned(self.sequence_nr, "sequence_nr")?,
-                timestamp: Timestamp::from_millis(self.created),
-                metadata,
-            },
-            snapshot,
-        })
-    }
+/// Reads the [`SNAPSHOT_COLUMNS`] of a row of either database; a column that does not
+/// decode names the snapshot (persistence id and sequence number) and the column.
+pub(crate) fn read_snapshot(row: &impl Columns) -> std::result::Result<SelectedSnapshot, SqlError> {
+    let record = Record::read(row, 0, 1)?;
+    let created = record.int(row, 2, "created")?;
+    let (snapshot, metadata) = read_payloads(row, &record, 3)?;
+    Ok(SelectedSnapshot {
+        metadata: SnapshotMetadata {
+            sequence_nr: record.sequence_nr(),
+            persistence_id: record.persistence_id,
+            timestamp: Timestamp::from_millis(created),
+            metadata,
+        },
+        snapshot,
+    })
 }
 
 /// The capabilities both databases share; `live_query_max_delay` is the poll interval
@@ -688,7 +724,10 @@ where
                 deleted_to: unsigned(row.int(1)?, "deleted_to")?,
             })
         };
-        read().map(Some).map_err(err("highest_sequence_nr"))
+        read()
+            .map(Some)
+            .map_err(err("highest_sequence_nr"))
+            .map_err(|e| e.with_persistence_id(id.as_str()))
     }
 
     async fn events(
@@ -824,7 +863,7 @@ where
             .fetch_optional(&self.pool)
             .await
             .map_err(err("load_snapshot"))?;
-        row.map(|row| SnapshotRow::decode(&row).and_then(SnapshotRow::into_snapshot))
+        row.map(|row| read_snapshot(&row))
             .transpose()
             .map_err(err("load_snapshot"))
     }

@@ -8,17 +8,61 @@ pub(crate) enum SqlError {
     /// An error of sqlx or the database.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
-    /// Stored data that breaks an invariant (bad tags column, negative numbers).
-    #[error("stored data is invalid: {0}")]
-    Corrupt(String),
+    /// A stored column that does not decode (public kind `Corrupt`).
+    #[error(transparent)]
+    Corrupt(Box<CorruptColumn>),
+    /// A statement answered what its own transaction rules out (a bug, not the data).
+    #[error("{0}")]
+    Invariant(String),
+}
+
+/// A column of a stored row that does not decode, and the record it belongs to as far as
+/// it was read before (the persistence id and sequence number come first).
+#[derive(Debug)]
+pub(crate) struct CorruptColumn {
+    pub persistence_id: Option<String>,
+    pub sequence_nr: Option<u64>,
+    pub column: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for CorruptColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "column {}: {}", self.column, self.detail)?;
+        match (&self.persistence_id, self.sequence_nr) {
+            (Some(id), Some(seq)) => write!(f, " (persistence id {id}, sequence number {seq})"),
+            (Some(id), None) => write!(f, " (persistence id {id})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for CorruptColumn {}
+
+/// A stored `column` that does not decode, of the record `(persistence_id, sequence_nr)`
+/// as far as it is known.
+pub(crate) fn corrupt(
+    persistence_id: Option<&str>,
+    sequence_nr: Option<u64>,
+    column: &'static str,
+    detail: impl std::fmt::Display,
+) -> SqlError {
+    SqlError::Corrupt(Box::new(CorruptColumn {
+        persistence_id: persistence_id.map(str::to_owned),
+        sequence_nr,
+        column,
+        detail: detail.to_string(),
+    }))
 }
 
 impl SqlError {
     /// The public kind: unique violations are conflicts, lost connections and busy
-    /// databases are retryable, and so on.
+    /// databases are retryable, stored values that do not decode are corrupt, and so on.
     fn kind(&self) -> ErrorKind {
-        let SqlError::Sqlx(e) = self else {
-            return ErrorKind::Unexpected;
+        let e = match self {
+            SqlError::Sqlx(e) => e,
+            SqlError::Corrupt(_) => return ErrorKind::Corrupt,
+            SqlError::Invariant(_) => return ErrorKind::Unexpected,
         };
         match e {
             sqlx::Error::Database(db) => {
@@ -36,14 +80,34 @@ impl SqlError {
                 ErrorKind::Unavailable
             }
             sqlx::Error::Configuration(_) => ErrorKind::ConfigInvalid,
-            sqlx::Error::ColumnDecode { .. }
-            | sqlx::Error::Decode(_)
-            | sqlx::Error::ColumnNotFound(_)
+            // A stored value that does not decode as its column's type.
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => ErrorKind::Corrupt,
+            sqlx::Error::ColumnNotFound(_)
             | sqlx::Error::ColumnIndexOutOfBounds { .. }
             | sqlx::Error::TypeNotFound { .. }
             | sqlx::Error::RowNotFound => ErrorKind::Unexpected,
             _ => ErrorKind::Storage,
         }
+    }
+
+    /// The error a row mapping (`try_map`) returned inside sqlx's `Decode`, unwrapped.
+    fn unwrap_row_error(self) -> SqlError {
+        match self {
+            SqlError::Sqlx(sqlx::Error::Decode(inner)) => match inner.downcast::<SqlError>() {
+                Ok(own) => own.unwrap_row_error(),
+                Err(other) => SqlError::Sqlx(sqlx::Error::Decode(other)),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Carries an [`SqlError`] through sqlx's row mapping (`try_map`), which wants a
+/// `sqlx::Error`; [`to_public`] unwraps it again.
+pub(crate) fn into_sqlx(e: SqlError) -> sqlx::Error {
+    match e {
+        SqlError::Sqlx(e) => e,
+        other => sqlx::Error::Decode(Box::new(other)),
     }
 }
 
@@ -72,11 +136,25 @@ fn database_code_kind(code: &str) -> ErrorKind {
     }
 }
 
-/// Turns an internal error into the public one, naming the operation.
+/// Turns an internal error into the public one, naming the operation; a corrupt column
+/// names its record (persistence id and sequence number) and the column.
 pub(crate) fn to_public(e: SqlError, operation: &'static str) -> Error {
+    let e = e.unwrap_row_error();
     let kind = e.kind();
+    if let SqlError::Corrupt(c) = e {
+        let c = *c;
+        let mut error = Error::corrupt(c.column, &c.detail).with_operation(operation);
+        if let Some(id) = c.persistence_id {
+            error = error.with_persistence_id(id);
+        }
+        if let Some(seq) = c.sequence_nr {
+            error = error.with_sequence_range(seq, seq);
+        }
+        return error;
+    }
     let message = match kind {
         ErrorKind::Conflict => "the sequence number is already taken".to_string(),
+        ErrorKind::Corrupt => format!("{operation} failed: a stored value does not decode"),
         _ => format!("{operation} failed"),
     };
     Error::new(kind, message)
@@ -106,6 +184,23 @@ mod tests {
             SqlError::Sqlx(sqlx::Error::PoolTimedOut).kind(),
             ErrorKind::Timeout
         );
-        assert_eq!(SqlError::Corrupt("x".into()).kind(), ErrorKind::Unexpected);
+        assert_eq!(
+            SqlError::Invariant("x".into()).kind(),
+            ErrorKind::Unexpected
+        );
+    }
+
+    #[test]
+    fn a_corrupt_column_survives_the_row_mapping_and_names_its_record() {
+        let through = into_sqlx(corrupt(Some("a-1"), Some(7), "tags", "not JSON"));
+        let e = to_public(SqlError::Sqlx(through), "replay");
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert_eq!(e.persistence_id(), Some("a-1"));
+        assert_eq!(e.sequence_range(), Some((7, 7)));
+        assert_eq!(
+            e.to_string(),
+            "corrupt stored data: column tags does not decode: not JSON \
+             (operation replay, persistence id a-1, sequence number 7)"
+        );
     }
 }

@@ -444,7 +444,7 @@ impl PgBackend {
                 Ok(()) => {}
                 Err(WriteError::Sql(e)) => return Err(e),
                 Err(WriteError::Taken) => {
-                    return Err(SqlError::Corrupt(
+                    return Err(SqlError::Invariant(
                         "deleted-to while assigning positions".into(),
                     ))
                 }

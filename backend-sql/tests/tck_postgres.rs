@@ -7,11 +7,78 @@
 use std::process::ExitCode;
 
 use backend_sql::{open_postgres, sqlx, PostgresConfig};
-use persistence_api::{Error, ErrorKind, Result, Stores};
+use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
+use tck::Corruption;
 
 struct Factory {
     url: String,
     admin: sqlx::PgPool,
+}
+
+impl Factory {
+    /// Damages one row of `table` (`event_journal` or `snapshot`) in the namespace's schema
+    /// through the admin pool, and returns the damaged column.
+    async fn corrupt_row(
+        &self,
+        namespace: &str,
+        table: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        // The namespace is [a-z0-9_] (the kit's promise), so quoting it is enough.
+        let table = format!("\"{namespace}\".\"{table}\"");
+        let (column, set, before) = match what {
+            // Bytes no codec wrote: CBOR "break" codes out of place.
+            Corruption::Payload => ("payload", "payload = '\\xffffffffffffffff'", None),
+            Corruption::Tags if table.ends_with("\"event_journal\"") => {
+                ("tags", "tags = 'not json ['", None)
+            }
+            // The metadata bytes stay, their serializer id goes.
+            Corruption::Metadata => ("meta_ser_id", "meta_ser_id = NULL", None),
+            // PostgreSQL keeps TEXT valid UTF-8, so the manifest is made NULL, which the
+            // driver never writes (the schema's NOT NULL is dropped first, as a hand-made
+            // migration might).
+            Corruption::Column => (
+                "ser_manifest",
+                "ser_manifest = NULL",
+                Some(format!(
+                    "ALTER TABLE {table} ALTER COLUMN ser_manifest DROP NOT NULL"
+                )),
+            ),
+            other => {
+                return Err(Error::unsupported(format!(
+                    "the {table} table has no column for {other:?}"
+                )))
+            }
+        };
+        let storage = |e: sqlx::Error| Error::new(ErrorKind::Storage, "corrupt_row").with_source(e);
+        if let Some(before) = before {
+            sqlx::query(sqlx::AssertSqlSafe(before))
+                .execute(&self.admin)
+                .await
+                .map_err(storage)?;
+        }
+        let guard = if what == Corruption::Metadata {
+            " AND meta_payload IS NOT NULL"
+        } else {
+            ""
+        };
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET {set} WHERE persistence_id = $1 AND sequence_nr = $2{guard}"
+        )))
+        .bind(persistence_id.as_str())
+        .bind(sequence_nr as i64)
+        .execute(&self.admin)
+        .await
+        .map_err(storage)?;
+        if done.rows_affected() != 1 {
+            return Err(Error::invalid_input(format!(
+                "no row of {table} for {persistence_id} {sequence_nr} to damage ({what:?})"
+            )));
+        }
+        Ok(column.to_owned())
+    }
 }
 
 #[persistence_api::async_trait]
@@ -35,6 +102,34 @@ impl tck::StoreFactory for Factory {
         .await
         .map_err(|e| Error::new(ErrorKind::Storage, "drop schema").with_source(e))?;
         Ok(())
+    }
+
+    async fn corrupt_event(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        self.corrupt_row(
+            namespace,
+            "event_journal",
+            persistence_id,
+            sequence_nr,
+            what,
+        )
+        .await
+    }
+
+    async fn corrupt_snapshot(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        self.corrupt_row(namespace, "snapshot", persistence_id, sequence_nr, what)
+            .await
     }
 }
 

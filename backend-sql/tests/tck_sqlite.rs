@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use backend_sql::sqlx::{self, Connection};
 use backend_sql::{open_sqlite, SqliteConfig};
-use persistence_api::{Result, Stores};
+use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
+use tck::Corruption;
 
 struct Factory {
     dir: tempfile::TempDir,
@@ -14,6 +16,58 @@ struct Factory {
 impl Factory {
     fn path(&self, namespace: &str) -> PathBuf {
         self.dir.path().join(format!("{namespace}.db"))
+    }
+
+    /// Damages one row of `table` (`event_journal` or `snapshot`) with a raw connection to
+    /// the namespace's file, and returns the damaged column.
+    async fn corrupt_row(
+        &self,
+        namespace: &str,
+        table: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        let (column, set) = match what {
+            // Bytes no codec wrote: CBOR "break" codes out of place.
+            Corruption::Payload => ("payload", "payload = X'FFFFFFFFFFFFFFFF'"),
+            Corruption::Tags if table == "event_journal" => ("tags", "tags = 'not json ['"),
+            // The metadata bytes stay, their serializer id goes.
+            Corruption::Metadata => ("meta_ser_id", "meta_ser_id = NULL"),
+            // Text that is not UTF-8 in a TEXT column.
+            Corruption::Column => ("ser_manifest", "ser_manifest = CAST(X'FFFE' AS TEXT)"),
+            other => {
+                return Err(Error::unsupported(format!(
+                    "the {table} table has no column for {other:?}"
+                )))
+            }
+        };
+        let guard = if what == Corruption::Metadata {
+            " AND meta_payload IS NOT NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE \"{table}\" SET {set} WHERE persistence_id = ? AND sequence_nr = ?{guard}"
+        );
+        let storage = |e: sqlx::Error| Error::new(ErrorKind::Storage, "corrupt_row").with_source(e);
+        let url = format!("sqlite://{}", self.path(namespace).display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .map_err(storage)?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(persistence_id.as_str())
+            .bind(sequence_nr as i64)
+            .execute(&mut conn)
+            .await
+            .map_err(storage)?;
+        conn.close().await.map_err(storage)?;
+        if done.rows_affected() != 1 {
+            return Err(Error::invalid_input(format!(
+                "no row of {table} for {persistence_id} {sequence_nr} to damage ({what:?})"
+            )));
+        }
+        Ok(column.to_owned())
     }
 }
 
@@ -35,6 +89,34 @@ impl tck::StoreFactory for Factory {
             let _ = std::fs::remove_file(file);
         }
         Ok(())
+    }
+
+    async fn corrupt_event(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        self.corrupt_row(
+            namespace,
+            "event_journal",
+            persistence_id,
+            sequence_nr,
+            what,
+        )
+        .await
+    }
+
+    async fn corrupt_snapshot(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        self.corrupt_row(namespace, "snapshot", persistence_id, sequence_nr, what)
+            .await
     }
 }
 

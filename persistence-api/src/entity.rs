@@ -166,6 +166,10 @@ impl<S: EventSourced> std::fmt::Debug for Entity<S> {
 impl<S: EventSourced> Entity<S> {
     /// Recovers the entity: the latest snapshot, then the events after it, upcast by the
     /// codecs and passed through the replay filter. A fresh writer id is drawn.
+    ///
+    /// A snapshot or event the codec cannot decode fails the recovery with the codec's
+    /// error ([`ErrorKind::Serialization`]) naming that snapshot or event: its persistence id
+    /// and sequence number, in the error's fields and text.
     pub async fn recover(
         stores: &Stores,
         id: PersistenceId,
@@ -181,7 +185,7 @@ impl<S: EventSourced> Entity<S> {
                 .load_snapshot(&id, SnapshotSelectionCriteria::latest())
                 .await?
             {
-                state = config.snapshot_codec.decode(&snapshot.snapshot)?;
+                state = snapshot.decode_snapshot(config.snapshot_codec.as_ref())?;
                 from = snapshot.metadata.sequence_nr + 1;
                 recovery.snapshot_sequence_nr = Some(snapshot.metadata.sequence_nr);
             }
@@ -191,7 +195,7 @@ impl<S: EventSourced> Entity<S> {
         let mut sequence_nr = from - 1;
         while let Some(event) = events.next().await {
             let event = event?;
-            let decoded = config.event_codec.decode(&event.payload)?;
+            let decoded = event.decode_payload(config.event_codec.as_ref())?;
             state.apply(&decoded);
             sequence_nr = event.sequence_nr;
             recovery.events_replayed += 1;

@@ -37,7 +37,14 @@ pub enum ErrorKind {
     Timeout,
     /// The store answered with an error that fits no other kind.
     Storage,
-    /// A bug or an impossible state (for example stored data that breaks an invariant).
+    /// Bytes in the store that this project did not write or cannot read: a stored column
+    /// or attribute of an event or snapshot (tags, metadata, manifest, a number) that does
+    /// not decode. The error names the persistence id, the sequence number and the column,
+    /// so the one bad record can be found and repaired; other ids are unaffected. Not
+    /// retryable: reading again reads the same bytes. (A payload the codec cannot decode is
+    /// [`ErrorKind::Serialization`]: the store holds it as opaque bytes.)
+    Corrupt,
+    /// A bug or an impossible state the store's data does not explain.
     Unexpected,
 }
 
@@ -64,6 +71,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Storage => "storage",
+            ErrorKind::Corrupt => "corrupt stored data",
             ErrorKind::Unexpected => "unexpected",
         }
     }
@@ -133,6 +141,29 @@ impl Error {
     /// Shorthand for an [`ErrorKind::Serialization`] error.
     pub fn serialization(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Serialization, message)
+    }
+
+    /// Shorthand for an [`ErrorKind::Corrupt`] error: `column` of a stored record does not
+    /// decode. Add the record's persistence id and sequence number with
+    /// [`Error::with_persistence_id`] and [`Error::with_sequence_range`].
+    ///
+    /// ```
+    /// use persistence_api::{Error, ErrorKind};
+    /// let err = Error::corrupt("tags", "expected a JSON array")
+    ///     .with_persistence_id("account-1")
+    ///     .with_sequence_range(7, 7);
+    /// assert_eq!(err.kind(), ErrorKind::Corrupt);
+    /// assert!(!err.is_retryable());
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "corrupt stored data: column tags does not decode: expected a JSON array (persistence id account-1, sequence number 7)"
+    /// );
+    /// ```
+    pub fn corrupt(column: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorKind::Corrupt,
+            format!("column {column} does not decode: {detail}"),
+        )
     }
 
     /// Shorthand for an [`ErrorKind::ConfigInvalid`] error.

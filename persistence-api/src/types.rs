@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 
 /// A sequence number: 1 for an entity's first event, then one more for each event.
@@ -270,6 +271,30 @@ impl PersistentEvent {
             + self.tags.iter().map(String::len).sum::<usize>()
             + self.metadata.as_ref().map_or(0, Payload::stored_size)
     }
+
+    /// Decodes the payload with `codec`. A failure keeps the codec's kind
+    /// ([`crate::ErrorKind::Serialization`] for [`crate::CborCodec`]) and names this event:
+    /// its persistence id and sequence number are in the error's fields and its text.
+    ///
+    /// ```
+    /// use persistence_api::{CborCodec, Codec, ErrorKind, Payload, PersistenceId, PersistentEvent};
+    /// let codec = CborCodec::<u32>::new("n");
+    /// let id = PersistenceId::new("counter-1").unwrap();
+    /// let good = PersistentEvent::new(id.clone(), 1, codec.encode(&7).unwrap());
+    /// assert_eq!(good.decode_payload(&codec).unwrap(), 7);
+    ///
+    /// let bad = PersistentEvent::new(id, 2, Payload::new("cbor", "n/v1", vec![0xff; 4]));
+    /// let err = bad.decode_payload(&codec).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Serialization);
+    /// assert_eq!((err.persistence_id(), err.sequence_range()), (Some("counter-1"), Some((2, 2))));
+    /// assert!(err.to_string().contains("persistence id counter-1, sequence number 2"), "{err}");
+    /// ```
+    pub fn decode_payload<T>(&self, codec: &(impl Codec<T> + ?Sized)) -> Result<T> {
+        codec.decode(&self.payload).map_err(|e| {
+            e.with_persistence_id(self.persistence_id.as_str())
+                .with_sequence_range(self.sequence_nr, self.sequence_nr)
+        })
+    }
 }
 
 /// One or more events of one persistence id with consecutive sequence numbers, stored all
@@ -401,6 +426,19 @@ pub struct SelectedSnapshot {
     pub metadata: SnapshotMetadata,
     /// The serialized state.
     pub snapshot: Payload,
+}
+
+impl SelectedSnapshot {
+    /// Decodes the state with `codec`. A failure keeps the codec's kind and names this
+    /// snapshot: its persistence id and sequence number are in the error's fields and text,
+    /// as [`PersistentEvent::decode_payload`] does for an event.
+    pub fn decode_snapshot<T>(&self, codec: &(impl Codec<T> + ?Sized)) -> Result<T> {
+        let (id, seq) = (&self.metadata.persistence_id, self.metadata.sequence_nr);
+        codec.decode(&self.snapshot).map_err(|e| {
+            e.with_persistence_id(id.as_str())
+                .with_sequence_range(seq, seq)
+        })
+    }
 }
 
 /// Which snapshots a load or delete selects; all bounds are inclusive.

@@ -8,9 +8,11 @@ use std::collections::BTreeSet;
 
 use futures::{Stream, StreamExt};
 use persistence_api::{
-    AtomicWrite, Capabilities, EventEnvelope, JournalExt, Offset, Payload, PersistenceId,
-    PersistentEvent, Result, SequenceNr, Stores,
+    AtomicWrite, Capabilities, ErrorKind, EventEnvelope, JournalExt, Offset, Payload,
+    PersistenceId, PersistentEvent, Result, SequenceNr, Stores,
 };
+
+use crate::{Corruption, Finish};
 
 /// The context one case runs in.
 pub struct Ctx {
@@ -73,6 +75,37 @@ impl Ctx {
             .page_size()
             .unwrap_or(crate::DEFAULT_PAGE_SIZE)
             .max(1)
+    }
+
+    /// Damages the stored event `(id, seq)` through the factory's
+    /// [`crate::StoreFactory::corrupt_event`] and returns the column it damaged; when the
+    /// factory does not support `what`, the [`Finish::Skipped`] that names the hook and its
+    /// reason (the case returns it). Any other failure of the hook fails the case.
+    pub async fn corrupt_event(
+        &self,
+        id: &PersistenceId,
+        seq: SequenceNr,
+        what: Corruption,
+    ) -> std::result::Result<String, Finish> {
+        let result = self
+            .factory
+            .corrupt_event(&self.namespace, id, seq, what)
+            .await;
+        hook_result(result, "corrupt_event", what, id, seq)
+    }
+
+    /// [`Ctx::corrupt_event`] for the stored snapshot `(id, seq)`.
+    pub async fn corrupt_snapshot(
+        &self,
+        id: &PersistenceId,
+        seq: SequenceNr,
+        what: Corruption,
+    ) -> std::result::Result<String, Finish> {
+        let result = self
+            .factory
+            .corrupt_snapshot(&self.namespace, id, seq, what)
+            .await;
+        hook_result(result, "corrupt_snapshot", what, id, seq)
     }
 
     /// The backend's declared [`Capabilities::live_query_max_delay`]; a backend that
@@ -271,6 +304,24 @@ impl Ctx {
     /// `current_persistence_ids`, checked to hold each id once.
     pub async fn ids(&self) -> BTreeSet<String> {
         ids(&self.stores).await
+    }
+}
+
+/// The column a corruption hook damaged, or the skip its `Unsupported` answer means.
+fn hook_result(
+    result: Result<String>,
+    hook: &str,
+    what: Corruption,
+    id: &PersistenceId,
+    seq: SequenceNr,
+) -> std::result::Result<String, Finish> {
+    match result {
+        Ok(column) => Ok(column),
+        Err(e) if e.kind() == ErrorKind::Unsupported => Err(Finish::Skipped(format!(
+            "StoreFactory::{hook}(Corruption::{what:?}): {}",
+            e.message()
+        ))),
+        Err(e) => panic!("StoreFactory::{hook}(Corruption::{what:?}) of {id} {seq} failed: {e}"),
     }
 }
 

@@ -5,6 +5,8 @@
 //! namespace; the kit picks the cases its [`persistence_api::Capabilities`] allow and runs
 //! each as a named test, so the usual filters work and the report lists every case. A case
 //! a backend cannot run is reported as ignored, and its name says which capability it lacks;
+//! a case that needs a hook the factory does not provide ([`StoreFactory::corrupt_event`])
+//! finds out when it runs and is reported as ignored with the hook and the factory's reason;
 //! nothing passes silently.
 //!
 //! A backend's whole test file (`tests/tck.rs`, with `harness = false` in `Cargo.toml`;
@@ -49,9 +51,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use persistence_api::{Capabilities, Result, Stores};
+use persistence_api::{Capabilities, Error, PersistenceId, Result, SequenceNr, Stores};
 
-pub use cases::{all_cases, Case, Need};
+pub use cases::{all_cases, Case, Finish, Need};
 pub use context::Ctx;
 
 /// How a backend under test builds its stores.
@@ -76,6 +78,64 @@ pub trait StoreFactory: Send + Sync + 'static {
     async fn cleanup(&self, _namespace: &str) -> Result<()> {
         Ok(())
     }
+
+    /// Damages the stored event `(persistence_id, sequence_nr)` of `namespace` as `what`
+    /// says, by writing directly to the database (the raw driver, not the stores), and
+    /// returns the name of the column or attribute it damaged. Every stored copy of the
+    /// event is damaged (a tag index that copies the event too), so every read of it meets
+    /// the damage. The `corruption::*` cases check that reading it fails naming the event
+    /// (see [`Corruption`]).
+    ///
+    /// By default, and for a `what` the store's own type system rules out, it returns an
+    /// [`persistence_api::ErrorKind::Unsupported`] error saying why; the case is then
+    /// reported as ignored with that reason, never as passed.
+    async fn corrupt_event(
+        &self,
+        _namespace: &str,
+        _persistence_id: &PersistenceId,
+        _sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        Err(Error::unsupported(format!(
+            "this factory does not implement StoreFactory::corrupt_event ({what:?})"
+        )))
+    }
+
+    /// Damages the stored snapshot `(persistence_id, sequence_nr)` of `namespace`, like
+    /// [`StoreFactory::corrupt_event`] (never with [`Corruption::Tags`]), and returns the
+    /// name of the column or attribute it damaged.
+    async fn corrupt_snapshot(
+        &self,
+        _namespace: &str,
+        _persistence_id: &PersistenceId,
+        _sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        Err(Error::unsupported(format!(
+            "this factory does not implement StoreFactory::corrupt_snapshot ({what:?})"
+        )))
+    }
+}
+
+/// How [`StoreFactory::corrupt_event`] and [`StoreFactory::corrupt_snapshot`] damage a
+/// stored record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The payload's bytes replaced by bytes no codec wrote (`0xff` repeated: a CBOR
+    /// "break" out of place); the serializer id and manifest are kept. The store holds
+    /// payloads as opaque bytes, so it returns them; decoding them (`Entity::recover`,
+    /// `PersistentEvent::decode_payload`) fails with `Serialization` naming the record.
+    Payload,
+    /// The tags column or attribute replaced by a value that is not a list of tags.
+    Tags,
+    /// The metadata's columns or attributes made unreadable (bytes without the serializer
+    /// id they need, or a value of the wrong type).
+    Metadata,
+    /// Another column or attribute of the record, of the factory's choosing (the payload
+    /// manifest, a number), replaced by a value of the wrong type or removed where the
+    /// driver always writes one.
+    Column,
 }
 
 /// The page size the paging cases assume when [`StoreFactory::page_size`] says nothing.
@@ -145,7 +205,7 @@ async fn run_case(
     factory: Arc<dyn StoreFactory>,
     case: &Case,
     namespace: String,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Finish, String> {
     let stores = factory.create(&namespace).await.map_err(|e| {
         format!("the factory could not create stores for namespace {namespace}: {e}")
     })?;
@@ -154,7 +214,7 @@ async fn run_case(
     let outcome = match tokio::time::timeout(CASE_TIMEOUT, fut).await {
         Err(_) => Err(format!("case timed out after {CASE_TIMEOUT:?}")),
         Ok(Err(panic)) => Err(panic_message(&panic)),
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(finish)) => Ok(finish),
     };
     if let Err(e) = factory.cleanup(&namespace).await {
         eprintln!("cleanup of namespace {namespace} failed: {e}");
@@ -200,7 +260,8 @@ pub async fn run_all(factory: Arc<dyn StoreFactory>, filter: Option<&str>) -> Re
             continue;
         }
         let outcome = match run_case(factory.clone(), &case, format!("t{id}_{i}")).await {
-            Ok(()) => Outcome::Passed,
+            Ok(Finish::Passed) => Outcome::Passed,
+            Ok(Finish::Skipped(missing)) => Outcome::Skipped(missing),
             Err(e) => Outcome::Failed(e),
         };
         report.cases.push((case.name.to_string(), outcome));
@@ -287,10 +348,15 @@ where
             let runtime = runtime.clone();
             let factory = factory.clone();
             let namespace = format!("t{id}_{i}");
-            libtest_mimic::Trial::test(case.name, move || {
-                runtime
-                    .block_on(run_case(factory, &case, namespace))
-                    .map_err(libtest_mimic::Failed::from)
+            let skips = skips.clone();
+            // Ignorable: a case can find out only when it runs that the factory lacks a
+            // hook it needs (`StoreFactory::corrupt_event`); it is then reported ignored.
+            libtest_mimic::Trial::ignorable_test(case.name, move || {
+                match runtime.block_on(run_case(factory, &case, namespace)) {
+                    Ok(Finish::Passed) => Ok(libtest_mimic::Completion::Completed),
+                    Ok(Finish::Skipped(missing)) => Ok(skips.count(format!("needs {missing}"))),
+                    Err(e) => Err(libtest_mimic::Failed::from(e)),
+                }
             })
             .with_kind(backend)
         })
@@ -342,16 +408,19 @@ impl Skips {
     /// A trial that reports itself ignored with `reason`, whatever the command line says.
     fn trial(&self, backend: &str, name: String, reason: String) -> libtest_mimic::Trial {
         let skips = self.clone();
-        libtest_mimic::Trial::ignorable_test(name, move || {
-            *skips
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(reason.clone())
-                .or_default() += 1;
-            Ok(libtest_mimic::Completion::ignored_with(reason))
-        })
-        .with_kind(backend)
+        libtest_mimic::Trial::ignorable_test(name, move || Ok(skips.count(reason)))
+            .with_kind(backend)
+    }
+
+    /// Counts one skip for `reason` and returns the ignored completion that reports it.
+    fn count(&self, reason: String) -> libtest_mimic::Completion {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.clone())
+            .or_default() += 1;
+        libtest_mimic::Completion::ignored_with(reason)
     }
 
     /// The kit's summary line: passed, failed, and skipped by reason; and the slowest live

@@ -1,5 +1,5 @@
-//! The cases, by suite: `journal::*`, `snapshot::*`, `query::*`, `durability::*`,
-//! `concurrency::*`, `bad_input::*`, `deletes::*`.
+//! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
+//! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `corruption::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -8,6 +8,7 @@ use crate::context::Ctx;
 
 mod bad_input;
 mod concurrency;
+mod corruption;
 mod deletes;
 mod durability;
 mod journal;
@@ -130,7 +131,35 @@ pub struct Case {
     /// What the backend must declare for the case to run.
     pub needs: &'static [Need],
     /// The case itself; it panics (asserts) on failure.
-    pub run: fn(Ctx) -> BoxFuture<'static, ()>,
+    pub run: fn(Ctx) -> BoxFuture<'static, Finish>,
+}
+
+/// How a case that did not fail ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// It ran to the end: every check held.
+    Passed,
+    /// It found out while running that the backend's factory lacks a hook it needs (for
+    /// example [`crate::StoreFactory::corrupt_event`]); the text names the hook and why.
+    /// Reported as ignored, never as passed.
+    Skipped(String),
+}
+
+/// What a case function returns: `()` (it ran to the end) or a [`Finish`].
+pub(crate) trait IntoFinish {
+    fn into_finish(self) -> Finish;
+}
+
+impl IntoFinish for () {
+    fn into_finish(self) -> Finish {
+        Finish::Passed
+    }
+}
+
+impl IntoFinish for Finish {
+    fn into_finish(self) -> Finish {
+        self
+    }
 }
 
 impl Case {
@@ -147,7 +176,9 @@ macro_rules! cases {
         vec![$(crate::cases::Case {
             name: $name,
             needs: &[$(crate::cases::Need::$need),*],
-            run: |ctx| Box::pin($f(ctx)),
+            run: |ctx| Box::pin(async move {
+                crate::cases::IntoFinish::into_finish($f(ctx).await)
+            }),
         }),*]
     };
 }
@@ -162,5 +193,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(concurrency::cases());
     all.extend(bad_input::cases());
     all.extend(deletes::cases());
+    all.extend(corruption::cases());
     all
 }
