@@ -15,7 +15,7 @@ use persistence_api::{
     SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
-use crate::client::Inner;
+use crate::core::Inner;
 use crate::error::Class;
 use crate::item::{
     b, get_bytes, get_i64, get_str, get_u64, item_size, n, s, Item, MANIFEST, META_BYTES,
