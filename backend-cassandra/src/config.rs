@@ -188,20 +188,23 @@ pub struct CassandraConfig {
     pub replication: Replication,
     /// How long events-by-tag waits before reading a stretch of time, so that writes still
     /// in flight (and writers' clock skew) land first (default 2 s).
-    #[serde(with = "millis", rename = "eventual_consistency_delay_ms")]
+    #[serde(
+        with = "persistence_api::duration_ms",
+        rename = "eventual_consistency_delay_ms"
+    )]
     pub eventual_consistency_delay: Duration,
     /// How often live queries look for new events (default 1 s).
-    #[serde(with = "millis", rename = "poll_interval_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// How long events-by-tag keeps looking for a missing tagged event (a gap in an id's tag
     /// sequence numbers) before it fails the stream (default 10 s).
-    #[serde(with = "millis", rename = "gap_timeout_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "gap_timeout_ms")]
     pub gap_timeout: Duration,
     /// How far before a gap events-by-tag looks back for the missing events (default 1 min).
-    #[serde(with = "millis", rename = "gap_lookback_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "gap_lookback_ms")]
     pub gap_lookback: Duration,
     /// The client-side timeout of one request (default 12 s).
-    #[serde(with = "millis", rename = "request_timeout_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "request_timeout_ms")]
     pub request_timeout: Duration,
 }
 
@@ -315,20 +318,6 @@ impl CassandraConfig {
             return Err(Error::config("cassandra: poll_interval must not be zero"));
         }
         Ok(())
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 

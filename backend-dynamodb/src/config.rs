@@ -64,30 +64,41 @@ pub struct DynamoDbConfig {
     pub feed_bucket_secs: u64,
     /// Shards of the persistence-id registry.
     pub id_shards: u32,
-    /// How often live queries poll, in milliseconds.
-    pub poll_interval_ms: u64,
+    /// How often live queries poll.
+    #[serde(with = "persistence_api::duration_ms", rename = "poll_interval_ms")]
+    pub poll_interval: Duration,
     /// How far behind the wall clock the live `persistence_ids` query reads the new-id
-    /// feed, in milliseconds, so an id's first write still in flight is not passed over.
-    pub feed_settle_delay_ms: u64,
+    /// feed, so an id's first write still in flight is not passed over.
+    #[serde(with = "persistence_api::duration_ms", rename = "feed_settle_delay_ms")]
+    pub feed_settle_delay: Duration,
     /// How long a tag query waits for a tag index number that was handed out but has no
     /// entry yet (its write is in flight, or its writer died) before it fills the number
-    /// with a tombstone and reads on, in milliseconds. A write whose number was filled is
+    /// with a tombstone and reads on. A write whose number was filled is
     /// not stored and tries again with new numbers, so nothing acknowledged is ever
     /// skipped; this only bounds how long a dead writer holds a tag's readers up.
-    pub tag_gap_timeout_ms: u64,
+    #[serde(with = "persistence_api::duration_ms", rename = "tag_gap_timeout_ms")]
+    pub tag_gap_timeout: Duration,
     /// How long a live query waits for an unfinished multi-transaction atomic write before
-    /// treating it as abandoned, in milliseconds.
-    pub large_write_timeout_ms: u64,
-    /// TCP connect timeout, in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Timeout of one HTTP attempt, in milliseconds.
-    pub attempt_timeout_ms: u64,
+    /// treating it as abandoned.
+    #[serde(
+        with = "persistence_api::duration_ms",
+        rename = "large_write_timeout_ms"
+    )]
+    pub large_write_timeout: Duration,
+    /// TCP connect timeout.
+    #[serde(with = "persistence_api::duration_ms", rename = "connect_timeout_ms")]
+    pub connect_timeout: Duration,
+    /// Timeout of one HTTP attempt.
+    #[serde(with = "persistence_api::duration_ms", rename = "attempt_timeout_ms")]
+    pub attempt_timeout: Duration,
     /// Retries after the first attempt of a throttled or transiently failed request.
     pub max_retries: u32,
-    /// First retry delay in milliseconds; doubles per retry, with full jitter.
-    pub retry_base_delay_ms: u64,
-    /// The cap of the retry delay, in milliseconds.
-    pub retry_max_delay_ms: u64,
+    /// First retry delay; doubles per retry, with full jitter.
+    #[serde(with = "persistence_api::duration_ms", rename = "retry_base_delay_ms")]
+    pub retry_base_delay: Duration,
+    /// The cap of the retry delay.
+    #[serde(with = "persistence_api::duration_ms", rename = "retry_max_delay_ms")]
+    pub retry_max_delay: Duration,
     /// Whether [`crate::open`] creates missing tables (on-demand billing).
     pub create_tables: bool,
 }
@@ -109,15 +120,15 @@ impl Default for DynamoDbConfig {
             tag_shards: 4,
             feed_bucket_secs: 3600,
             id_shards: 8,
-            poll_interval_ms: 200,
-            feed_settle_delay_ms: 1000,
-            tag_gap_timeout_ms: 5000,
-            large_write_timeout_ms: 30_000,
-            connect_timeout_ms: 3_000,
-            attempt_timeout_ms: 5_000,
+            poll_interval: Duration::from_millis(200),
+            feed_settle_delay: Duration::from_millis(1000),
+            tag_gap_timeout: Duration::from_millis(5000),
+            large_write_timeout: Duration::from_millis(30_000),
+            connect_timeout: Duration::from_millis(3_000),
+            attempt_timeout: Duration::from_millis(5_000),
             max_retries: 8,
-            retry_base_delay_ms: 20,
-            retry_max_delay_ms: 2_000,
+            retry_base_delay: Duration::from_millis(20),
+            retry_max_delay: Duration::from_millis(2_000),
             create_tables: false,
         }
     }
@@ -141,15 +152,18 @@ impl fmt::Debug for DynamoDbConfig {
             .field("tag_shards", &self.tag_shards)
             .field("feed_bucket_secs", &self.feed_bucket_secs)
             .field("id_shards", &self.id_shards)
-            .field("poll_interval_ms", &self.poll_interval_ms)
-            .field("feed_settle_delay_ms", &self.feed_settle_delay_ms)
-            .field("tag_gap_timeout_ms", &self.tag_gap_timeout_ms)
-            .field("large_write_timeout_ms", &self.large_write_timeout_ms)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("attempt_timeout_ms", &self.attempt_timeout_ms)
+            .field("poll_interval_ms", &self.poll_interval.as_millis())
+            .field("feed_settle_delay_ms", &self.feed_settle_delay.as_millis())
+            .field("tag_gap_timeout_ms", &self.tag_gap_timeout.as_millis())
+            .field(
+                "large_write_timeout_ms",
+                &self.large_write_timeout.as_millis(),
+            )
+            .field("connect_timeout_ms", &self.connect_timeout.as_millis())
+            .field("attempt_timeout_ms", &self.attempt_timeout.as_millis())
             .field("max_retries", &self.max_retries)
-            .field("retry_base_delay_ms", &self.retry_base_delay_ms)
-            .field("retry_max_delay_ms", &self.retry_max_delay_ms)
+            .field("retry_base_delay_ms", &self.retry_base_delay.as_millis())
+            .field("retry_max_delay_ms", &self.retry_max_delay.as_millis())
             .field("create_tables", &self.create_tables)
             .finish()
     }
@@ -202,11 +216,20 @@ impl DynamoDbConfig {
             ("replay_parallelism", self.replay_parallelism as u64),
             ("tag_shards", self.tag_shards as u64),
             ("feed_bucket_secs", self.feed_bucket_secs),
-            ("tag_gap_timeout_ms", self.tag_gap_timeout_ms),
+            (
+                "tag_gap_timeout_ms",
+                self.tag_gap_timeout.as_millis() as u64,
+            ),
             ("id_shards", self.id_shards as u64),
-            ("poll_interval_ms", self.poll_interval_ms),
-            ("attempt_timeout_ms", self.attempt_timeout_ms),
-            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("poll_interval_ms", self.poll_interval.as_millis() as u64),
+            (
+                "attempt_timeout_ms",
+                self.attempt_timeout.as_millis() as u64,
+            ),
+            (
+                "connect_timeout_ms",
+                self.connect_timeout.as_millis() as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(Error::config(format!("dynamodb.{key} must be at least 1")));
@@ -223,9 +246,5 @@ impl DynamoDbConfig {
             ));
         }
         Ok(())
-    }
-
-    pub(crate) fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
     }
 }

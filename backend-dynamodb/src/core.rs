@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -59,8 +58,8 @@ pub async fn sdk_config(config: &DynamoDbConfig) -> Result<aws_sdk_dynamodb::con
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-                .operation_attempt_timeout(Duration::from_millis(config.attempt_timeout_ms))
+                .connect_timeout(config.connect_timeout)
+                .operation_attempt_timeout(config.attempt_timeout)
                 .build(),
         );
     let local = config.endpoint.as_deref().is_some_and(is_local_endpoint);
@@ -135,8 +134,8 @@ impl Inner {
             keys: Keys::new(&config),
             retry: RetryPolicy {
                 max_retries: config.max_retries,
-                base: Duration::from_millis(config.retry_base_delay_ms),
-                cap: Duration::from_millis(config.retry_max_delay_ms),
+                base: config.retry_base_delay,
+                cap: config.retry_max_delay,
             },
             config,
             known_ids: Mutex::new(HashMap::new()),

@@ -66,11 +66,13 @@ pub(crate) fn capabilities(inner: &Inner) -> Capabilities {
         query_events_by_persistence_id: true,
         query_events_by_tag: true,
         live_queries: true,
-        live_query_max_delay: Some(std::time::Duration::from_millis(
+        live_query_max_delay: Some(
             // Tags: a poll, plus at most the gap timeout while an earlier number of the
             // shard is held by a write in flight; the id feed: a poll plus its settle delay.
-            c.poll_interval_ms + c.tag_gap_timeout_ms.max(c.feed_settle_delay_ms) + 300,
-        )),
+            c.poll_interval
+                + c.tag_gap_timeout.max(c.feed_settle_delay)
+                + std::time::Duration::from_millis(300),
+        ),
     }
 }
 
@@ -337,7 +339,7 @@ impl DynamoDbJournal {
                     if filled > MAX_REFILLS {
                         return Err(ctx(Error::new(
                             ErrorKind::Unavailable,
-                            format!("readers of a tag filled this write's tag index numbers {filled} times (each attempt took longer than tag_gap_timeout_ms, {} ms); nothing was stored", self.inner.config.tag_gap_timeout_ms),
+                            format!("readers of a tag filled this write's tag index numbers {filled} times (each attempt took longer than tag_gap_timeout_ms, {} ms); nothing was stored", self.inner.config.tag_gap_timeout.as_millis()),
                         )));
                     }
                     continue;

@@ -289,7 +289,7 @@ impl LargeWrites {
             self.known.insert(k, true);
             return Ok(Some(true));
         }
-        let young = now_ms() - lw.time_ms < inner.config.large_write_timeout_ms as i64;
+        let young = now_ms() - lw.time_ms < inner.config.large_write_timeout.as_millis() as i64;
         if live && young {
             return Ok(None);
         }

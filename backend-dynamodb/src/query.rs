@@ -151,11 +151,11 @@ fn ids_stream(
         if live {
             // Then new ids from the time-ordered feed, per shard from where the last poll
             // ended, staying `feed_settle_delay_ms` behind the clock.
-            let settle = inner.config.feed_settle_delay_ms as i64;
+            let settle = inner.config.feed_settle_delay.as_millis() as i64;
             let shards = inner.keys.id_shards();
             let mut lo: Vec<String> = vec![feed_sk(started - settle - 1, ""); shards as usize];
             loop {
-                tokio::time::sleep(inner.config.poll_interval()).await;
+                tokio::time::sleep(inner.config.poll_interval).await;
                 let upper = now_ms() - settle;
                 let hi = feed_upper(upper);
                 for shard in 0..shards {
@@ -306,7 +306,7 @@ fn by_id(
                     break;
                 }
                 if waiting || !full {
-                    tokio::time::sleep(inner.config.poll_interval()).await;
+                    tokio::time::sleep(inner.config.poll_interval).await;
                 }
             }
         }

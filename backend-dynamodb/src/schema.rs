@@ -161,8 +161,8 @@ pub async fn create_tables(client: &Client, config: &DynamoDbConfig) -> Result<(
     config.validate()?;
     let retry = RetryPolicy {
         max_retries: config.max_retries,
-        base: Duration::from_millis(config.retry_base_delay_ms),
-        cap: Duration::from_millis(config.retry_max_delay_ms),
+        base: config.retry_base_delay,
+        cap: config.retry_max_delay,
     };
     for (table, sk_type) in [
         (&config.journal_table, ScalarAttributeType::S),

@@ -326,7 +326,7 @@ pub(crate) fn by_tag(
             })
             .collect();
         let mut delivered = start;
-        let timeout = Duration::from_millis(inner.config.tag_gap_timeout_ms);
+        let timeout = inner.config.tag_gap_timeout;
         let mut large = LargeWrites::new();
         loop {
             // Read every shard that has nothing buffered, as far as its numbers are
@@ -426,7 +426,7 @@ pub(crate) fn by_tag(
                 break;
             }
             if !again {
-                tokio::time::sleep(inner.config.poll_interval()).await;
+                tokio::time::sleep(inner.config.poll_interval).await;
             }
         }
     }

@@ -86,10 +86,10 @@ async fn env(shape: &str) -> Option<Env> {
     let via_config = DynamoDbConfig {
         endpoint: Some(format!("http://{}", proxy.addr())),
         max_retries: 2,
-        retry_base_delay_ms: 5,
-        retry_max_delay_ms: 20,
-        connect_timeout_ms: 1_000,
-        attempt_timeout_ms: 3_000,
+        retry_base_delay: std::time::Duration::from_millis(5),
+        retry_max_delay: std::time::Duration::from_millis(20),
+        connect_timeout: std::time::Duration::from_millis(1_000),
+        attempt_timeout: std::time::Duration::from_millis(3_000),
         ..direct_config
     };
     let via = DynamoDb::connect(via_config).await.expect("proxied client");

@@ -217,8 +217,8 @@ async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
         journal_table: "requests_journal".into(),
         snapshot_table: "requests_snapshot".into(),
         journal_name: format!("r{}", uuid::Uuid::new_v4().simple()),
-        retry_base_delay_ms: 1,
-        retry_max_delay_ms: 5,
+        retry_base_delay: std::time::Duration::from_millis(1),
+        retry_max_delay: std::time::Duration::from_millis(5),
         ..DynamoDbConfig::local(endpoint)
     };
     tweak(&mut config);
@@ -913,8 +913,8 @@ async fn a_large_write_whose_last_transaction_fails_ambiguously_is_removed_whole
 async fn live_persistence_ids_follow_the_feed_once_per_id_across_processes() {
     use std::time::Duration;
     let Some(e) = env(|c| {
-        c.poll_interval_ms = 50;
-        c.feed_settle_delay_ms = 300;
+        c.poll_interval = std::time::Duration::from_millis(50);
+        c.feed_settle_delay = std::time::Duration::from_millis(300);
     })
     .await
     else {
@@ -952,8 +952,8 @@ async fn live_persistence_ids_follow_the_feed_once_per_id_across_processes() {
 async fn a_live_query_by_id_sees_the_write_that_replaces_abandoned_leftovers() {
     use std::time::Duration;
     let Some(e) = env(|c| {
-        c.large_write_timeout_ms = 500;
-        c.poll_interval_ms = 50;
+        c.large_write_timeout = std::time::Duration::from_millis(500);
+        c.poll_interval = std::time::Duration::from_millis(50);
     })
     .await
     else {
@@ -1001,7 +1001,8 @@ async fn a_live_query_by_id_sees_the_write_that_replaces_abandoned_leftovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_write_still_in_flight_is_fenced_off_when_another_write_removes_its_first_part() {
-    let Some(e) = env(|c| c.attempt_timeout_ms = 60_000).await else {
+    let Some(e) = env(|c| c.attempt_timeout = std::time::Duration::from_millis(60_000)).await
+    else {
         return;
     };
     let id = pid("fence");
@@ -1134,8 +1135,8 @@ async fn tag_readers_get_every_event_once_from_slow_writers_with_skewed_clocks()
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
     let Some(e) = env(|c| {
-        c.tag_gap_timeout_ms = 500;
-        c.poll_interval_ms = 50;
+        c.tag_gap_timeout = std::time::Duration::from_millis(500);
+        c.poll_interval = std::time::Duration::from_millis(50);
     })
     .await
     else {

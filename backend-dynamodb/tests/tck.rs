@@ -17,9 +17,9 @@ impl Factory {
         let config = DynamoDbConfig {
             journal_table: "tck_journal".into(),
             snapshot_table: "tck_snapshot".into(),
-            poll_interval_ms: 100,
-            feed_settle_delay_ms: 500,
-            tag_gap_timeout_ms: 1000,
+            poll_interval: std::time::Duration::from_millis(100),
+            feed_settle_delay: std::time::Duration::from_millis(500),
+            tag_gap_timeout: std::time::Duration::from_millis(1000),
             ..DynamoDbConfig::local(endpoint)
         };
         let db = DynamoDb::connect(config.clone()).await?;

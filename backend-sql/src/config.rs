@@ -39,10 +39,10 @@ pub struct PostgresConfig {
     /// Pooled connections kept open. Default 0.
     pub min_connections: u32,
     /// How long to wait for a free pooled connection. Default 30 s.
-    #[serde(with = "millis", rename = "acquire_timeout_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "acquire_timeout_ms")]
     pub acquire_timeout: Duration,
     /// How often live queries poll when no notification woke them. Default 1 s.
-    #[serde(with = "millis", rename = "poll_interval_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// Rows per query page: the bound on memory of replays and queries. Default 500.
     pub page_size: usize,
@@ -159,11 +159,11 @@ pub struct SqliteConfig {
     /// Most pooled connections (readers; writes take turns on one). Default 4.
     pub max_connections: u32,
     /// How long a statement waits for another process's lock on the file. Default 5 s.
-    #[serde(with = "millis", rename = "busy_timeout_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "busy_timeout_ms")]
     pub busy_timeout: Duration,
     /// How often live queries poll for writes of other processes (writes through the same
     /// opened stores wake them at once). Default 1 s.
-    #[serde(with = "millis", rename = "poll_interval_ms")]
+    #[serde(with = "persistence_api::duration_ms", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// Rows per query page: the bound on memory of replays and queries. Default 500.
     pub page_size: usize,
@@ -259,20 +259,6 @@ pub(crate) fn redact_url(url: &str) -> String {
             &rest[at..]
         ),
         None => url.to_string(),
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod capabilities;
 mod codec;
+pub mod duration_ms;
 mod entity;
 mod error;
 pub mod replay_filter;
