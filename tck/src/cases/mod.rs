@@ -1,5 +1,5 @@
 //! The cases, by suite: `journal::*`, `snapshot::*`, `query::*`, `durability::*`,
-//! `concurrency::*`, `bad_input::*`, `deletes::*`.
+//! `concurrency::*`, `bad_input::*`, `deletes::*`, `paging::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -11,6 +11,7 @@ mod concurrency;
 mod deletes;
 mod durability;
 mod journal;
+mod paging;
 mod query;
 mod snapshot;
 
@@ -162,5 +163,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(concurrency::cases());
     all.extend(bad_input::cases());
     all.extend(deletes::cases());
+    all.extend(paging::cases());
     all
 }
