@@ -39,6 +39,7 @@
 mod cases;
 mod context;
 pub mod fault;
+pub mod layer;
 pub mod sweep;
 
 use std::future::Future;
@@ -249,6 +250,26 @@ where
     Fut: Future<Output = Result<S>>,
     S: StoreFactory,
 {
+    run_cases(backend, make, all_cases())
+}
+
+/// [`run_main`] for the checking layer's own cases ([`layer::layer_cases`]) instead of the
+/// backend cases: the kit's own `tests/layer.rs` runs them over the in-memory backend.
+pub fn run_layer_main<F, Fut, S>(backend: &str, make: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<S>>,
+    S: StoreFactory,
+{
+    run_cases(backend, make, layer::layer_cases())
+}
+
+fn run_cases<F, Fut, S>(backend: &str, make: F, cases: Vec<Case>) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<S>>,
+    S: StoreFactory,
+{
     let args = libtest_mimic::Arguments::from_args();
     let runtime = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -273,7 +294,7 @@ where
     };
     let _ = runtime.block_on(factory.cleanup(&format!("t{id}_probe")));
     let skips = Skips::default();
-    let trials = all_cases()
+    let trials = cases
         .into_iter()
         .enumerate()
         .map(|(i, case)| {
@@ -380,5 +401,36 @@ impl Skips {
             ));
         }
         line
+    }
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::Skips;
+
+    fn run(args: &[&str]) -> libtest_mimic::Conclusion {
+        let mut argv = vec!["kit"];
+        argv.extend_from_slice(args);
+        let args = libtest_mimic::Arguments::from_iter(argv);
+        let skips = Skips::default();
+        let trials = vec![skips.trial("test", "a::skipped".into(), "needs durable".into())];
+        libtest_mimic::run(&args, trials)
+    }
+
+    /// A skip is never a pass, whatever the flags: plain, `--include-ignored` and
+    /// `--ignored` each report it ignored or leave it out, never passed.
+    #[test]
+    fn a_skip_never_reports_a_pass() {
+        for flags in [&[][..], &["--include-ignored"], &["--ignored"]] {
+            let c = run(flags);
+            assert_eq!(c.num_passed, 0, "with {flags:?}: {c:?}");
+            assert_eq!(c.num_failed, 0, "with {flags:?}: {c:?}");
+            assert_eq!(
+                c.num_ignored + c.num_filtered_out,
+                1,
+                "with {flags:?}: ignored or filtered out: {c:?}"
+            );
+        }
+        assert_eq!(run(&["--include-ignored"]).num_ignored, 1);
     }
 }
