@@ -225,17 +225,31 @@ async fn tag_gap_is_looked_back_or_fails() {
     let err = got[1].as_ref().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unexpected, "{err}");
     assert!(err.to_string().contains("missing"), "{err}");
-    // The late row lands while a reader waits at the gap: delivered in order.
+    // The late row lands while a reader waits at the gap: delivered in order. The reader
+    // hands over each event as it comes; once it has delivered 1, it has read past the
+    // row before the gap and waits there (it cannot finish without event 2).
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn({
         let rj = stores.read_journal.clone();
         async move {
-            rj.current_events_by_tag("t".into(), Offset::NoOffset)
-                .map(|r| r.unwrap().event.sequence_nr)
-                .collect::<Vec<_>>()
-                .await
+            let mut s = rj.current_events_by_tag("t".into(), Offset::NoOffset);
+            let mut got = Vec::new();
+            while let Some(r) = s.next().await {
+                let seq = r.unwrap().event.sequence_nr;
+                got.push(seq);
+                let _ = seen_tx.send(seq);
+            }
+            got
         }
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let first = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .expect("the reader delivers the event before the gap");
+    assert_eq!(first, Some(1));
+    assert!(
+        !reader.is_finished(),
+        "the reader waits at the gap instead of finishing without event 2"
+    );
     session
         .query_unpaged(
             format!("INSERT INTO {ks}.tag_views (tag_name, timebucket, timestamp, tag_pid_sequence_nr, persistence_id, sequence_nr, writer_uuid, ser_id, ser_manifest, event_manifest, event, tags, event_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),

@@ -25,8 +25,30 @@ fn event(id: &str, seq: u64) -> AtomicWrite {
     .unwrap()
 }
 
-/// Writes through `write` after the live query of `read` has caught up, and returns how
-/// long the event took to arrive.
+/// The next item of a live stream within 10 s (the poll interval is 60 s, so only a
+/// wake-up delivers a write made after the query caught up); `what` names it.
+async fn next<T>(
+    s: &mut (impl futures::Stream<Item = persistence_api::Result<T>> + Unpin),
+    what: &str,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{what} did not arrive within 10 s: the live query was not woken")
+        })
+        .expect("live streams never complete")
+        .unwrap()
+}
+
+/// Writes through `write` once the live queries of `read` are sure to be woken, and
+/// returns how long the event took to arrive.
+///
+/// No sleep decides when that is: two warm-up events (`<id>-w1`, `<id>-w2`) are written
+/// one after the other, each awaited on both queries. The first may come from the
+/// queries' first read; the second, written after the first arrived, can only come by a
+/// wake-up (a notification, or PostgreSQL's listener announcing it has connected), so once
+/// it has arrived the wake-up path is in place and the timed write can only be delivered
+/// by it.
 async fn delay(
     read: &persistence_api::Stores,
     write: &persistence_api::Stores,
@@ -36,28 +58,19 @@ async fn delay(
         .read_journal
         .events_by_tag("live".into(), Offset::NoOffset);
     let mut persistence_ids = read.read_journal.persistence_ids();
-    // Let both queries reach their waiting point.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), live.next())
-            .await
-            .is_err(),
-        "nothing written yet"
-    );
-    let _ = tokio::time::timeout(Duration::from_millis(100), persistence_ids.next()).await;
+    for warm in [format!("{id}-w1"), format!("{id}-w2")] {
+        write.journal.write(event(&warm, 1)).await.unwrap();
+        let env = next(&mut live, &format!("warm-up event {warm}")).await;
+        assert_eq!(env.event.persistence_id.as_str(), warm);
+        let new_id = next(&mut persistence_ids, &format!("warm-up id {warm}")).await;
+        assert_eq!(new_id.as_str(), warm);
+    }
     let start = Instant::now();
     write.journal.write(event(id, 1)).await.unwrap();
-    let env = tokio::time::timeout(Duration::from_secs(10), live.next())
-        .await
-        .expect("the live tag query was not woken")
-        .unwrap()
-        .unwrap();
+    let env = next(&mut live, "the live tag query's event").await;
     let elapsed = start.elapsed();
     assert_eq!(env.event.persistence_id.as_str(), id);
-    let new_id = tokio::time::timeout(Duration::from_secs(10), persistence_ids.next())
-        .await
-        .expect("the live persistence-ids query was not woken")
-        .unwrap()
-        .unwrap();
+    let new_id = next(&mut persistence_ids, "the live persistence-ids query's id").await;
     assert_eq!(new_id.as_str(), id);
     elapsed
 }
@@ -111,8 +124,14 @@ async fn sqlite_wakes_in_process_and_polls_across_processes() {
         .stores()
         .read_journal
         .events_by_tag("live".into(), Offset::NoOffset);
-    let first = live.next().await.unwrap().unwrap();
-    assert_eq!(first.event.persistence_id.as_str(), "lite-a");
+    for warm in ["lite-a-w1", "lite-a-w2", "lite-a"] {
+        let env = live.next().await.unwrap().unwrap();
+        assert_eq!(
+            env.event.persistence_id.as_str(),
+            warm,
+            "the earlier events first"
+        );
+    }
     let start = Instant::now();
     writer
         .stores()

@@ -52,6 +52,24 @@ impl std::fmt::Debug for Stores {
 impl Stores {
     /// Wraps a backend's stores in the checking and tracing layer. The journal's
     /// capabilities are the ones the layer enforces for all three.
+    ///
+    /// # Behavior
+    /// - A call the declared capabilities rule out (tags, event or snapshot metadata,
+    ///   deleting events, snapshots, a kind of query, live queries) fails with
+    ///   [`ErrorKind::Unsupported`] naming what is missing and the operation; the backend
+    ///   is never asked.
+    /// - An atomic write of more than [`Capabilities::atomic_write_max_events`] events, or
+    ///   holding an event larger than [`Capabilities::max_event_size`], gets
+    ///   [`ErrorKind::Rejected`] in its place in the results and is never sent; the
+    ///   call's other writes are sent and their results come back in their places.
+    /// - A snapshot larger than [`Capabilities::max_snapshot_size`] is
+    ///   [`ErrorKind::Rejected`] and never sent.
+    /// - An empty tag is [`ErrorKind::InvalidInput`] for its atomic write.
+    /// - A replay with `from > to` or `max == 0` asks the backend only for the highest; a
+    ///   delete to 0, criteria that select nothing and a by-id query with `from > to` are
+    ///   answered without the backend; `from` 0 reaches it as 1.
+    /// - A backend that answers `write_events` with the wrong number of results makes
+    ///   the call fail with [`ErrorKind::Unexpected`].
     pub fn new(
         journal: Arc<dyn Journal>,
         snapshots: Arc<dyn SnapshotStore>,

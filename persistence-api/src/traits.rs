@@ -133,6 +133,8 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// Loads the snapshot with the highest sequence number matching `criteria`.
     ///
     /// # Behavior
+    /// - Of the snapshots matching `criteria` (every bound inclusive), the one with the
+    ///   highest sequence number, with its payload, timestamp and metadata as saved.
     /// - `None` when nothing matches (unknown id, criteria that select nothing).
     async fn load_snapshot(
         &self,
@@ -148,6 +150,10 @@ pub trait SnapshotStore: Send + Sync + 'static {
     async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()>;
 
     /// Deletes every snapshot of `persistence_id` matching `criteria`.
+    ///
+    /// # Behavior
+    /// - Deletes exactly the snapshots matching `criteria`, lower bounds included; the
+    ///   others, and other ids' snapshots, stay, and saving again afterwards works.
     async fn delete_snapshots(
         &self,
         persistence_id: &PersistenceId,
@@ -165,15 +171,34 @@ pub trait ReadJournal: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Every persistence id once, in any order, then completes.
+    ///
+    /// # Behavior
+    /// - Each id that has written an event appears exactly once, however many there are
+    ///   (also past the backend's page size) and however concurrently they were written;
+    ///   an id whose events were all deleted stays. Nothing of another namespace appears.
+    /// - Needs [`Capabilities::query_persistence_ids`].
     fn current_persistence_ids(&self) -> PersistenceIdStream;
 
     /// Every persistence id once, then each new id as it writes its first event; never
     /// completes. A further event of a known id emits nothing.
+    ///
+    /// # Behavior
+    /// - Delivers the stored ids once each, then every new id within
+    ///   [`Capabilities::live_query_max_delay`] of its first write; never an id twice.
+    /// - Needs [`Capabilities::query_persistence_ids`] and [`Capabilities::live_queries`].
     fn persistence_ids(&self) -> PersistenceIdStream;
 
     /// The events of one id with `from <= sequence_nr <= to` (from 0 behaves as 1), in
     /// order, up to the highest stored when the query started; then completes. Each
     /// envelope's offset is `Offset::Sequence(sequence_nr)`.
+    ///
+    /// # Behavior
+    /// - Delivers exactly the stored events in `from..=to` in order, each envelope carrying
+    ///   the event as written (payload, timestamp, writer, tags, metadata) and offset
+    ///   `Offset::Sequence(sequence_nr)`; `from > to`, an unknown id or a range above the
+    ///   highest give an empty stream.
+    /// - Stops at the highest stored when it started, even if later events arrive.
+    /// - Needs [`Capabilities::query_events_by_persistence_id`].
     fn current_events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
@@ -183,6 +208,14 @@ pub trait ReadJournal: Send + Sync + 'static {
 
     /// Like the current form, then delivers later events too; completes once `to` is
     /// delivered, never otherwise.
+    ///
+    /// # Behavior
+    /// - Delivers what is stored, then each later event within
+    ///   [`Capabilities::live_query_max_delay`] of its write's acknowledgement, in order,
+    ///   also for an id that had no events when it started.
+    /// - Completes right after delivering `to`; never completes otherwise.
+    /// - Needs [`Capabilities::query_events_by_persistence_id`] and
+    ///   [`Capabilities::live_queries`].
     fn events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
@@ -194,10 +227,25 @@ pub trait ReadJournal: Send + Sync + 'static {
     /// What it delivers of deleted events: see [`Journal::delete_events_to`].
     ///
     /// # Behavior
-    /// - Events of one id come in sequence order.
-    /// - Resuming from any delivered envelope's offset neither skips nor repeats events.
+    /// - The tag matches exactly: not by prefix, case or pattern, whatever characters it
+    ///   holds; an unknown tag gives an empty stream.
+    /// - Delivers every event carrying the tag whose write was acknowledged before the
+    ///   query was created (a backend whose tag index is eventually consistent waits it out
+    ///   before it completes), and none whose write started after the query delivered its
+    ///   first envelope; a write in between may or may not be delivered.
+    /// - Events of one id come in sequence order, also under concurrent writers.
+    /// - Resuming from any delivered envelope's offset neither skips nor repeats events,
+    ///   also across the backend's pages and while writers are writing.
+    /// - Needs [`Capabilities::query_events_by_tag`] (and [`Capabilities::tags`]).
     fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream;
 
     /// Like the current form, then delivers later events; never completes.
+    ///
+    /// # Behavior
+    /// - Delivers what is stored after `offset`, then each later event carrying the tag
+    ///   within [`Capabilities::live_query_max_delay`] of its write's acknowledgement;
+    ///   never an event twice.
+    /// - Two subscribers of one tag see each id's events in the same order.
+    /// - Needs [`Capabilities::query_events_by_tag`] and [`Capabilities::live_queries`].
     fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream;
 }

@@ -31,6 +31,10 @@
 //! }
 //! ```
 //!
+//! The kit's README (`tck/README.md`) maps every `# Behavior` bullet of the API to the
+//! cases that prove it, and a unit test keeps that table true. The checking layer in front
+//! of every backend has its own cases, [`layer::layer_cases`], run apart from a backend's.
+//!
 //! Cases follow `shared/tck-reference.md` (the Pekko persistence TCK and the query specs of
 //! the Cassandra, JDBC and R2DBC plugins) and add what none of them checks: racing writers,
 //! atomic-write and event-size limits at their edges, 10,000-event and 5 MB replays, ids at
@@ -41,6 +45,7 @@
 mod cases;
 mod context;
 pub mod fault;
+pub mod layer;
 pub mod sweep;
 
 use std::future::Future;
@@ -310,6 +315,26 @@ where
     Fut: Future<Output = Result<S>>,
     S: StoreFactory,
 {
+    run_cases(backend, make, all_cases())
+}
+
+/// [`run_main`] for the checking layer's own cases ([`layer::layer_cases`]) instead of the
+/// backend cases: the kit's own `tests/layer.rs` runs them over the in-memory backend.
+pub fn run_layer_main<F, Fut, S>(backend: &str, make: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<S>>,
+    S: StoreFactory,
+{
+    run_cases(backend, make, layer::layer_cases())
+}
+
+fn run_cases<F, Fut, S>(backend: &str, make: F, cases: Vec<Case>) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<S>>,
+    S: StoreFactory,
+{
     let args = libtest_mimic::Arguments::from_args();
     let runtime = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -334,7 +359,7 @@ where
     };
     let _ = runtime.block_on(factory.cleanup(&format!("t{id}_probe")));
     let skips = Skips::default();
-    let trials = all_cases()
+    let trials = cases
         .into_iter()
         .enumerate()
         .map(|(i, case)| {
@@ -449,5 +474,198 @@ impl Skips {
             ));
         }
         line
+    }
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::Skips;
+
+    fn run(args: &[&str]) -> libtest_mimic::Conclusion {
+        let mut argv = vec!["kit"];
+        argv.extend_from_slice(args);
+        let args = libtest_mimic::Arguments::from_iter(argv);
+        let skips = Skips::default();
+        let trials = vec![skips.trial("test", "a::skipped".into(), "needs durable".into())];
+        libtest_mimic::run(&args, trials)
+    }
+
+    /// A skip is never a pass, whatever the flags: plain, `--include-ignored` and
+    /// `--ignored` each report it ignored or leave it out, never passed.
+    #[test]
+    fn a_skip_never_reports_a_pass() {
+        for flags in [&[][..], &["--include-ignored"], &["--ignored"]] {
+            let c = run(flags);
+            assert_eq!(c.num_passed, 0, "with {flags:?}: {c:?}");
+            assert_eq!(c.num_failed, 0, "with {flags:?}: {c:?}");
+            assert_eq!(
+                c.num_ignored + c.num_filtered_out,
+                1,
+                "with {flags:?}: ignored or filtered out: {c:?}"
+            );
+        }
+        assert_eq!(run(&["--include-ignored"]).num_ignored, 1);
+    }
+}
+
+#[cfg(test)]
+mod traceability {
+    //! Keeps the table in the kit's README honest: every `# Behavior` bullet of
+    //! persistence-api's traits and of `Stores::new` has a row, every row names a bullet
+    //! that exists, and every case (or test file) a row cites exists.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const README: &str = include_str!("../README.md");
+    const SOURCES: [(&str, &str); 2] = [
+        (
+            "persistence-api/src/traits.rs",
+            include_str!("../../persistence-api/src/traits.rs"),
+        ),
+        (
+            "persistence-api/src/stores.rs",
+            include_str!("../../persistence-api/src/stores.rs"),
+        ),
+    ];
+
+    fn squash(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// `Owner::method` -> its bullets, whitespace squashed.
+    fn bullets() -> BTreeMap<String, Vec<String>> {
+        let mut all = BTreeMap::<String, Vec<String>>::new();
+        for (file, src) in SOURCES {
+            let mut owner = String::new();
+            let mut pending: Vec<String> = Vec::new();
+            let mut in_behavior = false;
+            for line in src.lines() {
+                let t = line.trim();
+                if let Some(rest) = t
+                    .strip_prefix("pub trait ")
+                    .or_else(|| t.strip_prefix("impl "))
+                {
+                    if let Some(name) = rest.split([' ', ':', '<', '{']).next() {
+                        owner = name.to_string();
+                    }
+                }
+                if t == "/// # Behavior" {
+                    in_behavior = true;
+                    continue;
+                }
+                if in_behavior {
+                    if let Some(b) = t.strip_prefix("/// - ") {
+                        pending.push(b.to_string());
+                        continue;
+                    }
+                    if let Some(more) = t.strip_prefix("///   ") {
+                        let last = pending
+                            .last_mut()
+                            .expect("a bullet before its continuation");
+                        last.push(' ');
+                        last.push_str(more);
+                        continue;
+                    }
+                    in_behavior = false;
+                }
+                if t.starts_with("//") || pending.is_empty() {
+                    continue;
+                }
+                if let Some(i) = t.find("fn ") {
+                    let name: String = t[i + 3..]
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    let key = format!("{owner}::{name}");
+                    all.entry(key)
+                        .or_default()
+                        .extend(pending.drain(..).map(|b| squash(&b)));
+                }
+            }
+            assert!(
+                pending.is_empty(),
+                "{file}: bullets without a method: {pending:?}"
+            );
+        }
+        all
+    }
+
+    /// `(method, bullet prefix, cited names)` of the table.
+    fn rows() -> Vec<(String, String, Vec<String>)> {
+        let start = README
+            .find("<!-- traceability:start -->")
+            .expect("the table's start marker");
+        let end = README
+            .find("<!-- traceability:end -->")
+            .expect("the table's end marker");
+        README[start..end]
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim().trim_matches('|').split('|').collect();
+                assert_eq!(cells.len(), 3, "three cells: {l}");
+                let method = cells[0].trim().trim_matches('`').to_string();
+                let cited = cells[2]
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect();
+                (method, squash(cells[1]), cited)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_bullet_has_a_case_and_every_row_a_bullet() {
+        let bullets = bullets();
+        let total: usize = bullets.values().map(Vec::len).sum();
+        assert!(total >= 40, "bullets found: {total} in {bullets:#?}");
+        let cases: BTreeSet<&str> = crate::all_cases()
+            .iter()
+            .chain(crate::layer::layer_cases().iter())
+            .map(|c| c.name)
+            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut covered = BTreeSet::<(String, usize)>::new();
+        for (method, prefix, cited) in rows() {
+            let of_method = bullets.get(&method).unwrap_or_else(|| {
+                panic!("the table names {method}, which has no # Behavior bullets")
+            });
+            let matching: Vec<usize> = (0..of_method.len())
+                .filter(|&i| of_method[i].starts_with(&prefix))
+                .collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "the row {method} \"{prefix}\" must start exactly one of its bullets: {of_method:#?}"
+            );
+            assert!(
+                !cited.is_empty(),
+                "the row {method} \"{prefix}\" cites no case"
+            );
+            for name in &cited {
+                if name.contains('/') {
+                    assert!(
+                        root.join(name).is_file(),
+                        "the row {method} \"{prefix}\" cites {name}, which is no file"
+                    );
+                } else {
+                    assert!(
+                        cases.contains(name.as_str()),
+                        "the row {method} \"{prefix}\" cites {name}, which is no case"
+                    );
+                }
+            }
+            covered.insert((method, matching[0]));
+        }
+        for (method, list) in &bullets {
+            for (i, b) in list.iter().enumerate() {
+                assert!(
+                    covered.contains(&(method.clone(), i)),
+                    "{method}: no row of the README's table covers the bullet \"{b}\""
+                );
+            }
+        }
     }
 }

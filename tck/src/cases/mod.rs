@@ -1,5 +1,6 @@
 //! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
-//! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `corruption::*`.
+//! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `paging::*`,
+//! `corruption::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -12,6 +13,7 @@ mod corruption;
 mod deletes;
 mod durability;
 mod journal;
+mod paging;
 mod query;
 mod snapshot;
 
@@ -193,6 +195,7 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(concurrency::cases());
     all.extend(bad_input::cases());
     all.extend(deletes::cases());
+    all.extend(paging::cases());
     all.extend(corruption::cases());
     all
 }

@@ -1,0 +1,20 @@
+//! The checking layer's own cases (`layer::*`), over the in-memory backend: what the layer
+//! answers by itself and what a backend is never asked.
+
+use std::process::ExitCode;
+
+use backend_memory::{MemoryBackend, MemoryConfig};
+use persistence_api::{Result, Stores};
+
+struct Factory;
+
+#[persistence_api::async_trait]
+impl tck::StoreFactory for Factory {
+    async fn create(&self, _namespace: &str) -> Result<Stores> {
+        Ok(MemoryBackend::new(MemoryConfig::default()).stores())
+    }
+}
+
+fn main() -> ExitCode {
+    tck::run_layer_main("layer", || async { Ok(Factory) })
+}
