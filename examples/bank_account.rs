@@ -61,7 +61,18 @@ fn euros(cents: i64) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    // An error is printed as its message (kind, what was wrong, the id), not as `Debug`.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let config = Config::load()?;
     let stores = persistence::open(&config).await?;
     let caps = stores.capabilities();

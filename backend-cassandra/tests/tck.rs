@@ -17,6 +17,8 @@ use tck::Corruption;
 
 struct Factory {
     base: CassandraPersistence,
+    /// The configured rows per page.
+    page_size: usize,
 }
 
 /// How a namespace prefixes the ids and tags it stores (the README's "Namespaces").
@@ -65,6 +67,10 @@ impl Factory {
 impl tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         Ok(self.base.with_namespace(namespace)?.stores())
+    }
+
+    fn page_size(&self) -> Option<usize> {
+        Some(self.page_size)
     }
 
     /// Deletes what the case stored, with the driver's own cleanup (so every case also
@@ -244,12 +250,15 @@ fn config(contact_points: String, local_datacenter: Option<String>) -> Cassandra
 }
 
 fn main() -> ExitCode {
-    let Some(contact_points) = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS") else {
-        return ExitCode::SUCCESS;
-    };
     let dc = std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok();
-    tck::run_main("cassandra", move || async move {
-        let base = CassandraPersistence::connect(config(contact_points, dc)).await?;
-        Ok(Factory { base })
-    })
+    tck::run_main_server(
+        "cassandra",
+        "PERSISTENCE_CASSANDRA_CONTACT_POINTS",
+        |contact_points| async move {
+            let config = config(contact_points, dc);
+            let page_size = config.page_size as usize;
+            let base = CassandraPersistence::connect(config).await?;
+            Ok(Factory { base, page_size })
+        },
+    )
 }

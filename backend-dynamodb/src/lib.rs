@@ -1,11 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-mod client;
 mod config;
+mod core;
 mod error;
 mod item;
 mod journal;
+mod large_write;
 mod query;
 mod schema;
 mod snapshot;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use persistence_api::{Capabilities, Result, Stores};
 
-pub use client::{http_client, sdk_config};
+pub use crate::core::{http_client, sdk_config};
 pub use config::DynamoDbConfig;
 pub use journal::{DynamoDbJournal, MAX_EVENT_SIZE, MAX_TAG_BYTES};
 pub use query::DynamoDbReadJournal;
@@ -29,7 +30,7 @@ pub use aws_sdk_dynamodb;
 /// snapshot store and the read journal.
 #[derive(Clone)]
 pub struct DynamoDb {
-    inner: Arc<client::Inner>,
+    inner: Arc<crate::core::Inner>,
 }
 
 impl std::fmt::Debug for DynamoDb {
@@ -54,7 +55,7 @@ impl DynamoDb {
     /// itself with the policy in `config`.
     pub fn with_client(client: aws_sdk_dynamodb::Client, config: DynamoDbConfig) -> Result<Self> {
         Ok(DynamoDb {
-            inner: Arc::new(client::Inner::new(client, config)?),
+            inner: Arc::new(crate::core::Inner::new(client, config)?),
         })
     }
 

@@ -11,9 +11,10 @@ use persistence_api::{
     ReadJournal, Result, SequenceNr,
 };
 
-use crate::client::{now_ms, Inner};
+use crate::core::{now_ms, Inner};
 use crate::item::{decode_event, event_seq, large_write, s, sk_str, Item};
-use crate::journal::{is_tombstone, range_stream, LargeWrites};
+use crate::journal::{is_tombstone, range_stream};
+use crate::large_write::LargeWrites;
 use crate::schema::{feed_time, feed_upper};
 
 /// The read journal on DynamoDB. Build it with [`crate::DynamoDb`].

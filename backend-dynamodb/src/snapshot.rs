@@ -15,7 +15,7 @@ use persistence_api::{
     SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
-use crate::client::Inner;
+use crate::core::Inner;
 use crate::error::corrupt;
 use crate::error::Class;
 use crate::item::{

@@ -40,10 +40,11 @@ use async_stream::try_stream;
 use aws_sdk_dynamodb::types::ReturnValue;
 use persistence_api::{AtomicWrite, Error, EventEnvelope, Offset, Result};
 
-use crate::client::{put_request, Inner};
+use crate::core::{put_request, Inner};
 use crate::error::Class;
 use crate::item::{self, decode_tag_entry, get_i64, key, large_write, n, sk_str, Item, PID};
-use crate::journal::{is_tombstone, tombstone, LargeWrites};
+use crate::journal::{is_tombstone, tombstone};
+use crate::large_write::LargeWrites;
 use crate::query::query_page;
 
 /// The sort key of a tag shard's counter item: above every entry number.

@@ -225,13 +225,16 @@ impl tck::StoreFactory for Factory {
         self.damage_item(&self.config.snapshot_table, head, what)
             .await
     }
+
+    fn page_size(&self) -> Option<usize> {
+        Some(self.config.page_size as usize)
+    }
 }
 
 fn main() -> ExitCode {
-    let Some(endpoint) = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
-        return ExitCode::SUCCESS;
-    };
-    tck::run_main("dynamodb", move || async move {
-        Factory::connect(endpoint).await
-    })
+    tck::run_main_server(
+        "dynamodb",
+        "PERSISTENCE_DYNAMODB_ENDPOINT",
+        |endpoint| async move { Factory::connect(endpoint).await },
+    )
 }

@@ -494,12 +494,15 @@ impl MemoryBackend {
                 };
                 let mut items = Vec::new();
                 if let Some(index) = state.tags.get(&tag).filter(|_| *last < end) {
-                    for (ordering, (id, seq)) in
-                        index.range(last.saturating_add(1)..=end).take(page)
-                    {
+                    // A page is `page` events that still exist: entries of deleted events
+                    // are passed over, so a page of them is not taken for the end.
+                    for (ordering, (id, seq)) in index.range(last.saturating_add(1)..=end) {
                         *last = *ordering;
                         if let Some(e) = state.logs.get(id).and_then(|l| l.events.get(seq)) {
                             items.push(envelope(e, Offset::Sequence(*ordering)));
+                            if items.len() == page {
+                                break;
+                            }
                         }
                     }
                 }

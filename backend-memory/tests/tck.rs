@@ -95,6 +95,10 @@ impl tck::StoreFactory for Factory {
             other => Err(typed(other)),
         }
     }
+
+    fn page_size(&self) -> Option<usize> {
+        Some(MemoryConfig::default().page_size)
+    }
 }
 
 fn main() -> ExitCode {

@@ -958,8 +958,9 @@ pub(crate) async fn commit_or_rollback<DB: sqlx::Database, T>(
 /// Why a write failed, before it becomes a public error.
 pub(crate) enum WriteError {
     Sql(SqlError),
-    /// The first sequence number is at or below the id's deleted-to mark.
-    Deleted,
+    /// The first sequence number is at or below the id's stored highest (or deleted-to
+    /// mark): taken, whether its event was stored, deleted, or skipped by a gap.
+    Taken,
 }
 
 impl<E: Into<SqlError>> From<E> for WriteError {
@@ -972,9 +973,10 @@ impl WriteError {
     pub(crate) fn into_public(self, write: &AtomicWrite) -> Error {
         let e = match self {
             WriteError::Sql(e) => crate::error::to_public(e, "write_events"),
-            WriteError::Deleted => Error::new(
+            WriteError::Taken => Error::new(
                 persistence_api::ErrorKind::Conflict,
-                "the sequence number is already taken (its event was deleted)",
+                "the sequence number is already taken: it is at or below the id's highest \
+                 (another writer got there first, or its event was deleted)",
             )
             .with_operation("write_events"),
         };

@@ -88,9 +88,13 @@ impl Statements {
         // 1. `locks` takes the tag locks in key order (an aggregate over the sorted keys, so
         //    all of them before it yields its row);
         // 2. `id_row` reads `locks`, then upserts the id's row (row lock, highest,
-        //    deleted-to);
+        //    deleted-to), but only while the first sequence number is above the stored
+        //    highest: every number up to the highest is taken, whether its event was
+        //    stored, deleted, or skipped by a write that left a gap (the row stays locked
+        //    and `id_row` empty otherwise);
         // 3. `e` joins `id_row`, so every ordering is taken after the locks, and inserts the
-        //    events unless the first sequence number is at or below deleted-to;
+        //    events only when `id_row` has its row (and the first sequence number is above
+        //    deleted-to, which never exceeds the highest);
         // 4. `t` inserts the tag rows of the events just inserted.
         let write = |source: &str| {
             format!(
@@ -99,6 +103,7 @@ impl Statements {
                  id_row AS (INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) \
                  SELECT $1, $13 FROM locks ON CONFLICT (persistence_id) DO UPDATE SET \
                  highest_sequence_nr = GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
+                 WHERE i.highest_sequence_nr < $14 \
                  RETURNING i.deleted_to, i.id_ordering IS NULL AS new_id), \
                  e AS (INSERT INTO {ev} ({columns}) {source} \
                  RETURNING ordering, sequence_nr, tags), \
@@ -369,13 +374,18 @@ impl PgBackend {
             .bind(clamp(write.lowest_sequence_nr()))
             .bind(lock_keys)
             .bind(self.channel.as_str())
-            .fetch_one(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
+        // No row: the first sequence number is at or below the stored highest, and
+        // nothing was inserted.
+        let Some(row) = row else {
+            return Err(WriteError::Taken);
+        };
         let deleted_to: i64 = row.try_get(0)?;
         let new_id: bool = row.try_get(1)?;
         if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
             // Nothing was inserted; the caller rolls back the raised highest.
-            return Err(WriteError::Deleted);
+            return Err(WriteError::Taken);
         }
         Ok(new_id)
     }
@@ -433,7 +443,7 @@ impl PgBackend {
             match self.assign_id_orderings(&mut tx, new_ids).await {
                 Ok(()) => {}
                 Err(WriteError::Sql(e)) => return Err(e),
-                Err(WriteError::Deleted) => {
+                Err(WriteError::Taken) => {
                     return Err(SqlError::Invariant(
                         "deleted-to while assigning positions".into(),
                     ))

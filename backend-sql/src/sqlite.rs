@@ -44,6 +44,7 @@ impl Statements {
                 "INSERT INTO {ids} (persistence_id, highest_sequence_nr) VALUES (?1, ?2) \
                  ON CONFLICT (persistence_id) DO UPDATE \
                  SET highest_sequence_nr = max(highest_sequence_nr, excluded.highest_sequence_nr) \
+                 WHERE highest_sequence_nr < ?3 \
                  RETURNING deleted_to"
             )),
             insert_event: s(format!(
@@ -180,13 +181,19 @@ impl SqliteBackend {
         write: &AtomicWrite,
     ) -> std::result::Result<(), WriteError> {
         let id = write.persistence_id().as_str();
-        let deleted_to: i64 = sqlx::query_scalar(q(&self.sql.upsert_id))
+        // Every number up to the stored highest is taken (stored, deleted, or skipped by
+        // a write that left a gap): the upsert updates, and returns, nothing then.
+        let deleted_to: Option<i64> = sqlx::query_scalar(q(&self.sql.upsert_id))
             .bind(id)
             .bind(clamp(write.highest_sequence_nr()))
-            .fetch_one(&mut *tx)
+            .bind(clamp(write.lowest_sequence_nr()))
+            .fetch_optional(&mut *tx)
             .await?;
+        let Some(deleted_to) = deleted_to else {
+            return Err(WriteError::Taken);
+        };
         if write.lowest_sequence_nr() <= unsigned(deleted_to, "deleted_to")? {
-            return Err(WriteError::Deleted);
+            return Err(WriteError::Taken);
         }
         for event in write.events() {
             let ordering = bind_event(sqlx::query(q(&self.sql.insert_event)), id, event)

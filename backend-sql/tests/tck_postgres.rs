@@ -89,6 +89,10 @@ impl tck::StoreFactory for Factory {
         open_postgres(config).await
     }
 
+    fn page_size(&self) -> Option<usize> {
+        Some(PostgresConfig::new(self.url.clone()).page_size)
+    }
+
     async fn cleanup(&self, namespace: &str) -> Result<()> {
         // The namespace is [a-z0-9_] (the kit's promise), so quoting it is enough.
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -130,10 +134,7 @@ impl tck::StoreFactory for Factory {
 }
 
 fn main() -> ExitCode {
-    let Some(url) = tck::server_env("PERSISTENCE_POSTGRES_URL") else {
-        return ExitCode::SUCCESS;
-    };
-    tck::run_main("postgres", move || async move {
+    tck::run_main_server("postgres", "PERSISTENCE_POSTGRES_URL", |url| async move {
         let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&url)

@@ -77,6 +77,10 @@ impl tck::StoreFactory for Factory {
         open_sqlite(SqliteConfig::new(self.path(namespace))).await
     }
 
+    fn page_size(&self) -> Option<usize> {
+        Some(SqliteConfig::new(self.path("any")).page_size)
+    }
+
     async fn cleanup(&self, namespace: &str) -> Result<()> {
         let db = self.path(namespace);
         for suffix in ["", "-wal", "-shm"] {

@@ -57,6 +57,10 @@ pub trait Journal: Send + Sync + 'static {
     ///   [`crate::ErrorKind::Conflict`] and stores nothing: no silent overwrite.
     /// - Writes of one id in one call are applied in the given order; a failed write does
     ///   not stop the others.
+    /// - A write may start above the highest plus one, as Pekko allows: it is stored and
+    ///   the highest becomes its last number. Every number at or below the highest is
+    ///   taken, whether its event was stored, deleted, or skipped by such a gap: a later
+    ///   write starting there is a [`crate::ErrorKind::Conflict`].
     /// - The outer `Err` means the whole call failed (for example the store went away);
     ///   each atomic write may or may not have been stored, but none in part.
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>>;
@@ -91,8 +95,22 @@ pub trait Journal: Send + Sync + 'static {
     /// # Behavior
     /// - Deleted events never replay, not even when the delete failed half-way (a
     ///   low-water mark is written first).
-    /// - `to` beyond the highest deletes everything and succeeds; the highest stays and
-    ///   the next write continues after it.
+    /// - `to` at or beyond the highest deletes everything and succeeds; the highest stays
+    ///   (it does not become `to`) and the next write continues after it, also after a
+    ///   restart. Deleting an id without events succeeds and takes no numbers.
+    /// - Touches this id's events only: ids that share a prefix keep theirs, the id's
+    ///   snapshots stay, and the id stays in `current_persistence_ids`.
+    /// - A delete racing writes of the id removes nothing above `to`.
+    /// - A replay or current query running while the delete happens goes on without
+    ///   failing and delivers every event above `to` (and may deliver deleted events it
+    ///   had read before); a live query delivers nothing for the delete and goes on with
+    ///   later writes.
+    /// - Once it has returned, replays and events-by-id queries deliver no deleted event,
+    ///   and a tag query delivers every event not deleted and either all of the deleted
+    ///   ones or none: a backend that keeps tag rows (Cassandra, as
+    ///   pekko-persistence-cassandra does) delivers them whole at their offsets; memory,
+    ///   SQL and DynamoDB deliver none. An offset taken at a deleted event still resumes
+    ///   right after it.
     /// - Needs [`Capabilities::delete_events`].
     async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()>;
 }
@@ -173,6 +191,7 @@ pub trait ReadJournal: Send + Sync + 'static {
     ) -> EnvelopeStream;
 
     /// The events carrying `tag` (exact match) after `offset` (exclusive), then completes.
+    /// What it delivers of deleted events: see [`Journal::delete_events_to`].
     ///
     /// # Behavior
     /// - Events of one id come in sequence order.

@@ -68,6 +68,15 @@ impl Ctx {
             .unwrap_or_else(|e| panic!("reopening namespace {} failed: {e}", self.namespace))
     }
 
+    /// The stores' page size ([`crate::StoreFactory::page_size`], else
+    /// [`crate::DEFAULT_PAGE_SIZE`]), at least 1.
+    pub fn page_size(&self) -> usize {
+        self.factory
+            .page_size()
+            .unwrap_or(crate::DEFAULT_PAGE_SIZE)
+            .max(1)
+    }
+
     /// Damages the stored event `(id, seq)` through the factory's
     /// [`crate::StoreFactory::corrupt_event`] and returns the column it damaged; when the
     /// factory does not support `what`, the [`Finish::Skipped`] that names the hook and its

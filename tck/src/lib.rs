@@ -66,6 +66,14 @@ pub trait StoreFactory: Send + Sync + 'static {
     /// made of `[a-z0-9_]`; use it as a journal name, table prefix, schema or keyspace.
     async fn create(&self, namespace: &str) -> Result<Stores>;
 
+    /// The events (or ids) the stores read per page of a replay or query: their
+    /// configured page size. The paging cases write across its boundaries and replay with
+    /// `max` at it and one above. `None` (the default): the kit takes
+    /// [`DEFAULT_PAGE_SIZE`], which still runs every case at that scale.
+    fn page_size(&self) -> Option<usize> {
+        None
+    }
+
     /// Removes what [`StoreFactory::create`] made for `namespace`, after its case ran.
     async fn cleanup(&self, _namespace: &str) -> Result<()> {
         Ok(())
@@ -129,6 +137,9 @@ pub enum Corruption {
     /// driver always writes one.
     Column,
 }
+
+/// The page size the paging cases assume when [`StoreFactory::page_size`] says nothing.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
 /// How long one case may run before it fails.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(180);

@@ -67,39 +67,7 @@ async fn no_partial_reads(ctx: Ctx) {
     let ctx = Arc::new(ctx);
     let done = Arc::new(AtomicBool::new(false));
     let started: Arc<Vec<AtomicU64>> = Arc::new(kinds.iter().map(|_| AtomicU64::new(0)).collect());
-    let writer = {
-        let (ctx, id, tag, done) = (ctx.clone(), id.clone(), tag.clone(), done.clone());
-        let started = started.clone();
-        tokio::spawn(async move {
-            for w in 0..WRITES {
-                let from = w * size + 1;
-                let mut write = ctx.atomic(&id, from, from + size - 1).into_events();
-                if tagged {
-                    for e in &mut write {
-                        e.tags = vec![tag.clone()];
-                    }
-                }
-                ctx.stores
-                    .journal
-                    .write(persistence_api::AtomicWrite::new(write).unwrap())
-                    .await
-                    .expect("write");
-                // Wait until every reader has started a read after this write, so the next
-                // write is in flight while those reads run.
-                let seen: Vec<u64> = started.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-                // (A reader that failed has dropped its handle: stop waiting for it.)
-                while Arc::strong_count(&started) == started.len() + 2
-                    && started
-                        .iter()
-                        .zip(&seen)
-                        .any(|(c, s)| c.load(Ordering::SeqCst) <= *s)
-                {
-                    tokio::task::yield_now().await;
-                }
-            }
-            done.store(true, Ordering::SeqCst);
-        })
-    };
+    // The readers first: the writer counts them by their handles on `started`.
     let readers: Vec<_> = kinds
         .into_iter()
         .enumerate()
@@ -156,6 +124,39 @@ async fn no_partial_reads(ctx: Ctx) {
             })
         })
         .collect();
+    let writer = {
+        let (ctx, id, tag, done) = (ctx.clone(), id.clone(), tag.clone(), done.clone());
+        let started = started.clone();
+        tokio::spawn(async move {
+            for w in 0..WRITES {
+                let from = w * size + 1;
+                let mut write = ctx.atomic(&id, from, from + size - 1).into_events();
+                if tagged {
+                    for e in &mut write {
+                        e.tags = vec![tag.clone()];
+                    }
+                }
+                ctx.stores
+                    .journal
+                    .write(persistence_api::AtomicWrite::new(write).unwrap())
+                    .await
+                    .expect("write");
+                // Wait until every reader has started a read after this write, so the next
+                // write is in flight while those reads run.
+                let seen: Vec<u64> = started.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+                // (A reader that failed has dropped its handle: stop waiting for it.)
+                while Arc::strong_count(&started) == started.len() + 2
+                    && started
+                        .iter()
+                        .zip(&seen)
+                        .any(|(c, s)| c.load(Ordering::SeqCst) <= *s)
+                {
+                    tokio::task::yield_now().await;
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
     writer.await.expect("the writer");
     for r in readers {
         let (kind, reads, between) = r.await.expect("a reader");

@@ -1,13 +1,15 @@
 //! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
-//! `durability::*`, `concurrency::*`, `corruption::*`.
+//! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `corruption::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
 
 use crate::context::Ctx;
 
+mod bad_input;
 mod concurrency;
 mod corruption;
+mod deletes;
 mod durability;
 mod journal;
 mod query;
@@ -189,6 +191,8 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(query::cases());
     all.extend(durability::cases());
     all.extend(concurrency::cases());
+    all.extend(bad_input::cases());
+    all.extend(deletes::cases());
     all.extend(corruption::cases());
     all
 }

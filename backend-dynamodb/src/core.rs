@@ -63,8 +63,14 @@ pub async fn sdk_config(config: &DynamoDbConfig) -> Result<aws_sdk_dynamodb::con
                 .operation_attempt_timeout(Duration::from_millis(config.attempt_timeout_ms))
                 .build(),
         );
+    let local = config.endpoint.as_deref().is_some_and(is_local_endpoint);
+    let env_set = |names: &[&str]| names.iter().any(|n| std::env::var_os(n).is_some());
     if let Some(region) = &config.region {
         loader = loader.region(Region::new(region.clone()));
+    } else if local && !env_set(&["AWS_REGION", "AWS_DEFAULT_REGION"]) {
+        // DynamoDB Local and its kin ignore the region; without this the chain would ask
+        // the instance metadata service and wait for it to time out.
+        loader = loader.region(Region::new("us-east-1"));
     }
     if let Some(endpoint) = &config.endpoint {
         loader = loader.endpoint_url(endpoint.clone());
@@ -76,6 +82,17 @@ pub async fn sdk_config(config: &DynamoDbConfig) -> Result<aws_sdk_dynamodb::con
             config.session_token.clone(),
             None,
             "persistence-config",
+        ));
+    } else if local && !env_set(&["AWS_ACCESS_KEY_ID", "AWS_PROFILE"]) {
+        // A local server accepts any credentials: static dummy ones, so pointing the
+        // backend at DynamoDB Local needs no AWS environment (the chain would end in the
+        // instance metadata service and fail after its retries).
+        loader = loader.credentials_provider(Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "persistence-local-endpoint",
         ));
     }
     let shared = loader.load().await;
@@ -267,4 +284,41 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Whether `endpoint` is not an AWS endpoint (DynamoDB Local, LocalStack, Alternator, ...):
+/// its host is not under `amazonaws.com` or `amazonaws.com.cn`.
+fn is_local_endpoint(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    }
+    .to_ascii_lowercase();
+    !(host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_endpoint;
+
+    #[test]
+    fn local_endpoints_are_the_ones_outside_aws() {
+        assert!(is_local_endpoint("http://127.0.0.1:8000"));
+        assert!(is_local_endpoint("http://localhost:8000/"));
+        assert!(is_local_endpoint("http://[::1]:8000"));
+        assert!(is_local_endpoint("http://dynamodb-local:8000"));
+        assert!(!is_local_endpoint(
+            "https://dynamodb.eu-west-1.amazonaws.com"
+        ));
+        assert!(!is_local_endpoint(
+            "https://dynamodb.cn-north-1.amazonaws.com.cn:443"
+        ));
+        assert!(!is_local_endpoint(
+            "https://vpce-1.dynamodb.us-east-1.vpce.amazonaws.com"
+        ));
+    }
 }
