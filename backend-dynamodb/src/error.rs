@@ -284,9 +284,14 @@ pub(crate) fn unprocessed_error(operation: &'static str, left: usize, attempts: 
     .with_operation(operation)
 }
 
-/// An error for stored data that breaks the layout's invariants.
-pub(crate) fn corrupt(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Unexpected, message)
+/// An error for a stored attribute that does not decode (or is missing where the driver
+/// always writes one): [`ErrorKind::Corrupt`] naming the attribute. The caller adds the
+/// record's persistence id and sequence number when it knows them.
+pub(crate) fn corrupt(attribute: &str, detail: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("attribute {attribute} does not decode: {detail}"),
+    )
 }
 
 thread_local! {

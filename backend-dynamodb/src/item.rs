@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use persistence_api::{Payload, PersistenceId, PersistentEvent, Result, Timestamp};
+use persistence_api::{Error, Payload, PersistenceId, PersistentEvent, Result, Timestamp};
 
 use crate::error::corrupt;
 use crate::schema::{PK, SK};
@@ -115,13 +115,6 @@ pub(crate) fn get_i64(item: &Item, name: &str) -> Option<i64> {
     }
 }
 
-pub(crate) fn get_bytes(item: &Item, name: &str) -> Vec<u8> {
-    match item.get(name) {
-        Some(AttributeValue::B(v)) => v.as_ref().to_vec(),
-        _ => Vec::new(),
-    }
-}
-
 /// The sort key as text.
 pub(crate) fn sk_str(item: &Item) -> &str {
     get_str(item, SK)
@@ -136,64 +129,194 @@ pub(crate) fn large_write(item: &Item) -> Option<LargeWrite> {
     })
 }
 
+/// The DynamoDB type of a value, for messages.
+fn type_name(v: &AttributeValue) -> &'static str {
+    match v {
+        AttributeValue::S(_) => "S",
+        AttributeValue::N(_) => "N",
+        AttributeValue::B(_) => "B",
+        AttributeValue::Bool(_) => "BOOL",
+        AttributeValue::Null(_) => "NULL",
+        AttributeValue::L(_) => "L",
+        AttributeValue::M(_) => "M",
+        AttributeValue::Ss(_) => "SS",
+        AttributeValue::Ns(_) => "NS",
+        AttributeValue::Bs(_) => "BS",
+        _ => "unknown",
+    }
+}
+
+/// `attribute` holds a value of the wrong type.
+fn wrong_type(attribute: &str, expected: &str, found: &AttributeValue) -> Error {
+    corrupt(
+        attribute,
+        format!("expected type {expected}, found {}", type_name(found)),
+    )
+}
+
+/// Takes a string attribute out of `item`: absent is empty (empty strings are not
+/// stored), another type is corrupt.
+pub(crate) fn take_str(item: &mut Item, name: &str) -> Result<String> {
+    match item.remove(name) {
+        None => Ok(String::new()),
+        Some(AttributeValue::S(v)) => Ok(v),
+        Some(other) => Err(wrong_type(name, "S", &other)),
+    }
+}
+
+/// Takes a binary attribute out of `item`: `None` when absent, another type is corrupt.
+pub(crate) fn take_bytes(item: &mut Item, name: &str) -> Result<Option<Vec<u8>>> {
+    match item.remove(name) {
+        None => Ok(None),
+        Some(AttributeValue::B(v)) => Ok(Some(v.into_inner())),
+        Some(other) => Err(wrong_type(name, "B", &other)),
+    }
+}
+
 /// Decodes an event's attributes (the id and sequence number come from the caller),
-/// moving the values out of the item instead of copying them.
-pub(crate) fn decode_event(
-    pid: PersistenceId,
-    seq: u64,
-    mut item: Item,
-) -> Result<PersistentEvent> {
-    let mut take_str = |name: &str| match item.remove(name) {
-        Some(AttributeValue::S(v)) => v,
-        _ => String::new(),
-    };
-    let serializer = take_str(SERIALIZER);
-    let manifest = take_str(MANIFEST);
-    let event_manifest = take_str(EVENT_MANIFEST);
-    let writer_id = take_str(WRITER);
-    let meta_serializer = take_str(META_SERIALIZER);
-    let meta_manifest = take_str(META_MANIFEST);
-    let mut take_bytes = |name: &str| match item.remove(name) {
-        Some(AttributeValue::B(v)) => Some(v.into_inner()),
-        _ => None,
-    };
-    let payload = take_bytes(PAYLOAD).unwrap_or_default();
-    let metadata =
-        take_bytes(META_BYTES).map(|bytes| Payload::new(meta_serializer, meta_manifest, bytes));
+/// moving the values out of the item instead of copying them. An attribute of the wrong
+/// type, or missing where [`event_attrs`] always writes one, is an
+/// [`persistence_api::ErrorKind::Corrupt`] error naming the event and the attribute.
+pub(crate) fn decode_event(pid: PersistenceId, seq: u64, item: Item) -> Result<PersistentEvent> {
+    match decode_attrs(item) {
+        Ok(a) => Ok(PersistentEvent {
+            persistence_id: pid,
+            sequence_nr: seq,
+            payload: a.payload,
+            event_manifest: a.event_manifest,
+            writer_id: a.writer_id,
+            timestamp: a.timestamp,
+            tags: a.tags,
+            metadata: a.metadata,
+        }),
+        Err(e) => Err(e
+            .with_persistence_id(pid.as_str())
+            .with_sequence_range(seq, seq)),
+    }
+}
+
+/// The decoded attributes of an event item, beside its key.
+struct EventAttrs {
+    payload: Payload,
+    event_manifest: String,
+    writer_id: String,
+    timestamp: Timestamp,
+    tags: Vec<String>,
+    metadata: Option<Payload>,
+}
+
+fn decode_attrs(mut item: Item) -> Result<EventAttrs> {
+    let serializer = take_str(&mut item, SERIALIZER)?;
+    let manifest = take_str(&mut item, MANIFEST)?;
+    let event_manifest = take_str(&mut item, EVENT_MANIFEST)?;
+    let writer_id = take_str(&mut item, WRITER)?;
+    let payload = take_bytes(&mut item, PAYLOAD)?.unwrap_or_default();
+    let metadata = take_metadata(&mut item)?;
     let tags = match item.remove(TAGS) {
+        None => Vec::new(),
         Some(AttributeValue::L(l)) => l
             .into_iter()
-            .map(|v| match v {
+            .enumerate()
+            .map(|(i, v)| match v {
                 AttributeValue::S(t) => Ok(t),
-                _ => Err(corrupt(format!("event {pid}/{seq}: a tag is not a string"))),
+                other => Err(corrupt(
+                    TAGS,
+                    format!("tag {i} is of type {}, not S", type_name(&other)),
+                )),
             })
             .collect::<Result<Vec<_>>>()?,
-        _ => Vec::new(),
+        Some(other) => return Err(wrong_type(TAGS, "L", &other)),
     };
-    Ok(PersistentEvent {
-        persistence_id: pid,
-        sequence_nr: seq,
+    let timestamp = match item.get(TIMESTAMP) {
+        Some(AttributeValue::N(v)) => v.parse::<i64>().map_err(|e| {
+            corrupt(
+                TIMESTAMP,
+                format!("{v:?} is not a number of milliseconds: {e}"),
+            )
+        })?,
+        Some(other) => return Err(wrong_type(TIMESTAMP, "N", other)),
+        None => {
+            return Err(corrupt(
+                TIMESTAMP,
+                "missing (every event is written with one)",
+            ))
+        }
+    };
+    Ok(EventAttrs {
         payload: Payload::new(serializer, manifest, payload),
         event_manifest,
         writer_id,
-        timestamp: Timestamp::from_millis(get_i64(&item, TIMESTAMP).unwrap_or(0)),
+        timestamp: Timestamp::from_millis(timestamp),
         tags,
         metadata,
     })
 }
 
+/// Takes the optional metadata (of an event or a snapshot) out of `item`: all three
+/// attributes, or none, as the driver writes them; some without the others, or one of the
+/// wrong type, is corrupt.
+pub(crate) fn take_metadata(item: &mut Item) -> Result<Option<Payload>> {
+    // The metadata is written as all three attributes or none.
+    let meta_serializer = item.remove(META_SERIALIZER);
+    let meta_manifest = item.remove(META_MANIFEST);
+    let meta_bytes = item.remove(META_BYTES);
+    match (meta_serializer, meta_manifest, meta_bytes) {
+        (None, None, None) => Ok(None),
+        (
+            Some(AttributeValue::S(serializer)),
+            Some(AttributeValue::S(manifest)),
+            Some(AttributeValue::B(bytes)),
+        ) => Ok(Some(Payload::new(serializer, manifest, bytes.into_inner()))),
+        (serializer, manifest, bytes) => {
+            let attrs = [
+                (META_SERIALIZER, serializer, "S"),
+                (META_MANIFEST, manifest, "S"),
+                (META_BYTES, bytes, "B"),
+            ];
+            let err = attrs
+                .iter()
+                .find_map(|(name, v, expected)| match v {
+                    None => Some(corrupt(
+                        name,
+                        "missing while other metadata attributes are set (metadata is stored with all three or none)",
+                    )),
+                    Some(v) if type_name(v) != *expected => Some(wrong_type(name, expected, v)),
+                    Some(_) => None,
+                })
+                .unwrap_or_else(|| corrupt(META_BYTES, "inconsistent metadata attributes"));
+            Err(err)
+        }
+    }
+}
+
 /// The sequence number of an event item (from its sort key).
 pub(crate) fn event_seq(item: &Item) -> Result<u64> {
-    sk_str(item)
-        .parse()
-        .map_err(|_| corrupt(format!("event item with sort key {:?}", sk_str(item))))
+    sk_str(item).parse().map_err(|_| {
+        corrupt(
+            SK,
+            format!(
+                "the event item of partition {:?} has the sort key {:?}, not a sequence number",
+                get_str(item, PK),
+                sk_str(item)
+            ),
+        )
+    })
 }
 
 /// Decodes a tag index entry: the event and its token.
 pub(crate) fn decode_tag_entry(item: Item) -> Result<(PersistentEvent, String)> {
-    let pid = PersistenceId::new(get_str(&item, PID))
-        .map_err(|e| corrupt(format!("tag entry with a bad persistence id: {e}")))?;
-    let seq = get_u64(&item, SEQ).ok_or_else(|| corrupt("tag entry without a sequence number"))?;
+    let pid = PersistenceId::new(get_str(&item, PID)).map_err(|e| {
+        corrupt(
+            PID,
+            format!(
+                "the tag entry {:?} holds no valid persistence id: {e}",
+                sk_str(&item)
+            ),
+        )
+    })?;
+    let seq = get_u64(&item, SEQ).ok_or_else(|| {
+        corrupt(SEQ, "the tag entry holds no sequence number").with_persistence_id(pid.as_str())
+    })?;
     let token = sk_str(&item).to_owned();
     Ok((decode_event(pid, seq, item)?, token))
 }

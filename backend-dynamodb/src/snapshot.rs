@@ -9,16 +9,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{PutRequest, ReturnValue, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, ReturnValue, WriteRequest};
 use persistence_api::{
     Capabilities, Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot,
     SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
 use crate::core::Inner;
+use crate::error::corrupt;
 use crate::error::Class;
 use crate::item::{
-    b, get_bytes, get_i64, get_str, get_u64, item_size, n, s, Item, MANIFEST, META_BYTES,
+    b, get_str, get_u64, item_size, n, s, take_metadata, take_str, Item, MANIFEST, META_BYTES,
     META_MANIFEST, META_SERIALIZER, PAYLOAD, SERIALIZER, TIMESTAMP,
 };
 use crate::schema::{MAX_ITEM_BYTES, PK, SK};
@@ -42,6 +43,16 @@ impl std::fmt::Debug for DynamoDbSnapshotStore {
         f.debug_struct("DynamoDbSnapshotStore")
             .field("table", &self.inner.config.snapshot_table)
             .finish()
+    }
+}
+
+/// A binary attribute of `item`: empty when absent (empty bytes are not stored), another
+/// type is corrupt.
+fn bytes_of(item: &Item, name: &str) -> Result<Vec<u8>> {
+    match item.get(name) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::B(v)) => Ok(v.as_ref().to_vec()),
+        Some(_) => Err(corrupt(name, "is not of type B")),
     }
 }
 
@@ -81,7 +92,7 @@ impl DynamoDbSnapshotStore {
     async fn payload_of(&self, head: &Item) -> Result<Option<Vec<u8>>> {
         let version = get_str(head, VERSION);
         if version.is_empty() {
-            return Ok(Some(get_bytes(head, PAYLOAD)));
+            return Ok(Some(bytes_of(head, PAYLOAD)?));
         }
         let inner = &self.inner;
         let count = get_u64(head, CHUNKS).unwrap_or(0);
@@ -107,7 +118,7 @@ impl DynamoDbSnapshotStore {
                 if get_u64(item, SK) != Some(next) {
                     return Ok(None);
                 }
-                data.extend_from_slice(&get_bytes(item, DATA));
+                data.extend_from_slice(&bytes_of(item, DATA)?);
                 next += 1;
             }
             match out.last_evaluated_key() {
@@ -161,25 +172,45 @@ impl DynamoDbSnapshotStore {
         Ok((out.items.unwrap_or_default(), last))
     }
 
-    fn selected(&self, pid: &PersistenceId, head: &Item, bytes: Vec<u8>) -> SelectedSnapshot {
-        let metadata = if head.contains_key(META_BYTES) {
-            Some(Payload::new(
-                get_str(head, META_SERIALIZER),
-                get_str(head, META_MANIFEST),
-                get_bytes(head, META_BYTES),
-            ))
-        } else {
-            None
+    /// The snapshot a head item holds, with its payload `bytes`. An attribute of the wrong
+    /// type, or metadata attributes set in part, is [`ErrorKind::Corrupt`] naming the
+    /// attribute (the caller adds the snapshot's id and sequence number).
+    fn selected(
+        &self,
+        pid: &PersistenceId,
+        seq: u64,
+        mut head: Item,
+        bytes: Vec<u8>,
+    ) -> Result<SelectedSnapshot> {
+        let metadata = take_metadata(&mut head)?;
+        let timestamp = match head.get(TIMESTAMP) {
+            Some(AttributeValue::N(v)) => v.parse::<i64>().map_err(|e| {
+                corrupt(
+                    TIMESTAMP,
+                    format!("{v:?} is not a number of milliseconds: {e}"),
+                )
+            })?,
+            None => {
+                return Err(corrupt(
+                    TIMESTAMP,
+                    "missing (every snapshot is written with one)",
+                ))
+            }
+            Some(_) => return Err(corrupt(TIMESTAMP, "is not of type N")),
         };
-        SelectedSnapshot {
+        Ok(SelectedSnapshot {
             metadata: SnapshotMetadata {
                 persistence_id: pid.clone(),
-                sequence_nr: get_u64(head, SK).unwrap_or(0),
-                timestamp: Timestamp::from_millis(get_i64(head, TIMESTAMP).unwrap_or(0)),
+                sequence_nr: seq,
+                timestamp: Timestamp::from_millis(timestamp),
                 metadata,
             },
-            snapshot: Payload::new(get_str(head, SERIALIZER), get_str(head, MANIFEST), bytes),
-        }
+            snapshot: Payload::new(
+                take_str(&mut head, SERIALIZER)?,
+                take_str(&mut head, MANIFEST)?,
+                bytes,
+            ),
+        })
     }
 }
 
@@ -291,8 +322,23 @@ impl SnapshotStore for DynamoDbSnapshotStore {
                 .await
                 .map_err(|e| e.with_persistence_id(pid))?;
             for head in heads {
-                match self.payload_of(&head).await? {
-                    Some(bytes) => return Ok(Some(self.selected(persistence_id, &head, bytes))),
+                let seq = get_u64(&head, SK).ok_or_else(|| {
+                    corrupt(SK, "a snapshot head's sort key is not a sequence number")
+                        .with_operation("load_snapshot")
+                        .with_persistence_id(pid)
+                })?;
+                let named = |e: Error| {
+                    e.with_operation("load_snapshot")
+                        .with_persistence_id(pid)
+                        .with_sequence_range(seq, seq)
+                };
+                match self.payload_of(&head).await.map_err(named)? {
+                    Some(bytes) => {
+                        return self
+                            .selected(persistence_id, seq, head, bytes)
+                            .map(Some)
+                            .map_err(named)
+                    }
                     None => tracing::warn!(
                         persistence_id = pid,
                         "a snapshot's chunks are incomplete (deleted concurrently?); trying an older one"

@@ -138,7 +138,9 @@ impl Inner {
             .map_err(|f| f.into_error("write_events"))?;
         out.attributes()
             .and_then(|a| item::get_u64(a, COUNTER))
-            .ok_or_else(|| crate::error::corrupt(format!("the tag counter {pk:?} has no number")))
+            .ok_or_else(|| {
+                crate::error::corrupt(COUNTER, format!("the tag counter {pk:?} holds no number"))
+            })
     }
 
     /// Tombstones on numbers a failed write took and did not use (best effort: a reader
@@ -351,7 +353,14 @@ pub(crate) fn by_tag(
                 let mut contiguous = true;
                 for it in items {
                     let num: u64 = sk_str(&it).parse().map_err(|_| {
-                        crate::error::corrupt(format!("tag entry with sort key {:?}", sk_str(&it)))
+                        crate::error::corrupt(
+                            crate::schema::SK,
+                            format!(
+                                "the tag entry of {:?} has the sort key {:?}, not a number",
+                                sh.pk,
+                                sk_str(&it)
+                            ),
+                        )
                     })?;
                     let written = get_i64(&it, item::TOKEN_TIME);
                     if num != sh.read + 1 {

@@ -4,8 +4,44 @@
 
 use std::process::ExitCode;
 
-use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
-use persistence_api::{Result, Stores};
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig, PK, SK};
+use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
+use tck::Corruption;
+
+/// Bytes no codec wrote: CBOR "break" codes out of place.
+const GARBAGE: [u8; 8] = [0xff; 8];
+
+type Item = HashMap<String, AttributeValue>;
+
+fn storage(what: &'static str) -> impl Fn(String) -> Error {
+    move |e| Error::new(ErrorKind::Storage, format!("{what}: {e}"))
+}
+
+/// The attribute a corruption damages, and the update that does it (the layout is the
+/// backend's README's: `p` payload, `tg` tags, `ms`/`mm`/`mb` metadata, `pm` manifest).
+fn damage(what: Corruption) -> (&'static str, &'static str, Option<AttributeValue>) {
+    match what {
+        Corruption::Payload => (
+            "p",
+            "SET p = :v",
+            Some(AttributeValue::B(Blob::new(GARBAGE.to_vec()))),
+        ),
+        Corruption::Tags => (
+            "tg",
+            "SET tg = :v",
+            Some(AttributeValue::S("not a list".into())),
+        ),
+        // The metadata bytes stay, their serializer id goes.
+        Corruption::Metadata => ("ms", "REMOVE ms", None),
+        // A number where the manifest string belongs.
+        Corruption::Column => ("pm", "SET pm = :v", Some(AttributeValue::N("7".into()))),
+        _ => ("", "", None),
+    }
+}
 
 struct Factory {
     client: aws_sdk_dynamodb::Client,
@@ -31,6 +67,112 @@ impl Factory {
     }
 }
 
+impl Factory {
+    /// Applies `what` to the item `key` of `table` with the raw client; the item must exist
+    /// (and, for metadata, carry it).
+    async fn damage_item(&self, table: &str, key: Item, what: Corruption) -> Result<String> {
+        let (attribute, update, value) = damage(what);
+        if attribute.is_empty() {
+            return Err(Error::unsupported(format!("no attribute for {what:?}")));
+        }
+        let condition = if what == Corruption::Metadata {
+            "attribute_exists(pk) AND attribute_exists(mb)"
+        } else {
+            "attribute_exists(pk)"
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .update_expression(update)
+            .condition_expression(condition);
+        if let Some(v) = value {
+            req = req.expression_attribute_values(":v", v);
+        }
+        req.send().await.map_err(|e| {
+            storage("update_item")(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+        })?;
+        Ok(attribute.to_owned())
+    }
+
+    /// The keys of the tag index entries (copies) of the event `(pid, seq)` of `namespace`,
+    /// by the layout of the backend's README: the event item records each tag's entry
+    /// number (`tn`, tag -> number); the entry is in the partition of the tag and one of its
+    /// shards, under the zero-padded number. A tag whose entry is not found is an error, so
+    /// a change of layout fails here loudly instead of leaving good copies behind.
+    async fn tag_entry_keys(&self, namespace: &str, pid: &str, seq: u64) -> Result<Vec<Item>> {
+        let event = self
+            .get(key(
+                format!("{namespace}|e|{pid}"),
+                AttributeValue::S(format!("{seq:020}")),
+            ))
+            .await?
+            .ok_or_else(|| Error::invalid_input(format!("no stored event {pid} {seq}")))?;
+        let numbers = match event.get("tn") {
+            Some(AttributeValue::M(m)) => m.clone(),
+            None => return Ok(Vec::new()),
+            Some(other) => {
+                return Err(Error::invalid_input(format!(
+                    "the tag numbers of {pid} {seq} are {other:?}, not a map"
+                )))
+            }
+        };
+        let mut keys = Vec::new();
+        for (tag, number) in numbers {
+            let number: u64 = match &number {
+                AttributeValue::N(v) => v.parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "the tag number of {pid} {seq} for {tag:?} is {number:?}"
+                ))
+            })?;
+            let found = keys.len();
+            for shard in 0..self.config.tag_shards {
+                let entry = key(
+                    format!("{namespace}|t|{shard:03}|{tag}"),
+                    AttributeValue::S(format!("{number:020}")),
+                );
+                let copy = self.get(entry.clone()).await?;
+                if copy.is_some_and(|c| {
+                    c.get("pid").and_then(|v| v.as_s().ok()).map(String::as_str) == Some(pid)
+                }) {
+                    keys.push(entry);
+                }
+            }
+            if keys.len() != found + 1 {
+                return Err(Error::invalid_input(format!(
+                    "the tag entry of {pid} {seq} under tag {tag:?} (number {number}) was found {} times where the layout puts it, not once",
+                    keys.len() - found
+                )));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The item `key` of the journal table, read consistently.
+    async fn get(&self, key: Item) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.config.journal_table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| {
+                storage("get_item")(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+            })?;
+        Ok(out.item)
+    }
+}
+
+fn key(pk: String, sk: AttributeValue) -> Item {
+    Item::from([(PK.to_owned(), AttributeValue::S(pk)), (SK.to_owned(), sk)])
+}
+
 #[persistence_api::async_trait]
 impl tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
@@ -39,6 +181,49 @@ impl tck::StoreFactory for Factory {
             ..self.config.clone()
         };
         Ok(DynamoDb::with_client(self.client.clone(), config)?.stores())
+    }
+
+    async fn corrupt_event(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        let pid = persistence_id.as_str();
+        // The event item, then every tag index entry that copies it.
+        let event = key(
+            format!("{namespace}|e|{pid}"),
+            AttributeValue::S(format!("{sequence_nr:020}")),
+        );
+        let entries = self.tag_entry_keys(namespace, pid, sequence_nr).await?;
+        let attribute = self
+            .damage_item(&self.config.journal_table, event, what)
+            .await?;
+        for entry in entries {
+            self.damage_item(&self.config.journal_table, entry, what)
+                .await?;
+        }
+        Ok(attribute)
+    }
+
+    async fn corrupt_snapshot(
+        &self,
+        namespace: &str,
+        persistence_id: &PersistenceId,
+        sequence_nr: SequenceNr,
+        what: Corruption,
+    ) -> Result<String> {
+        if what == Corruption::Tags {
+            return Err(Error::unsupported("snapshots have no tags"));
+        }
+        // The kit's snapshots are small, so their payload is inline in the head item.
+        let head = key(
+            format!("{namespace}|s|{}", persistence_id.as_str()),
+            AttributeValue::N(sequence_nr.to_string()),
+        );
+        self.damage_item(&self.config.snapshot_table, head, what)
+            .await
     }
 
     fn page_size(&self) -> Option<usize> {
