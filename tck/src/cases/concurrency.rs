@@ -178,22 +178,38 @@ async fn resuming_readers(ctx: Ctx) {
     let tag = ctx.tag("busy");
     let ctx = Arc::new(ctx);
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(WRITERS));
+    // Passes each reader completed while writers were writing. Halfway through, the writers
+    // wait for both readers to have one (a slow store's single pass could otherwise outlast
+    // all the writes, and the case would have tested nothing).
+    let passes: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let (ctx, tag, running) = (ctx.clone(), tag.clone(), running.clone());
+            let (ctx, tag, running, passes) =
+                (ctx.clone(), tag.clone(), running.clone(), passes.clone());
             tokio::spawn(async move {
                 let id = ctx.pid(&format!("w{w}"));
                 for seq in 1..=EACH {
                     ctx.write_tagged(&id, seq, &[&tag]).await;
                     tokio::task::yield_now().await;
+                    if seq == EACH / 2 {
+                        let deadline = Instant::now() + Duration::from_secs(120);
+                        while passes.iter().any(|p| p.load(Ordering::SeqCst) == 0) {
+                            assert!(
+                                Instant::now() < deadline,
+                                "the readers completed no pass in 120 s while the writers waited"
+                            );
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
                 }
                 running.fetch_sub(1, Ordering::SeqCst);
             })
         })
         .collect();
     let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (ctx, tag, running) = (ctx.clone(), tag.clone(), running.clone());
+        .map(|r| {
+            let (ctx, tag, running, passes) =
+                (ctx.clone(), tag.clone(), running.clone(), passes.clone());
             tokio::spawn(async move {
                 let mut got: Vec<EventEnvelope> = Vec::new();
                 let mut offset = Offset::NoOffset;
@@ -204,6 +220,7 @@ async fn resuming_readers(ctx: Ctx) {
                     let after = running.load(Ordering::SeqCst);
                     if before > 0 && after > 0 {
                         during += 1;
+                        passes[r].fetch_add(1, Ordering::SeqCst);
                     }
                     if let Some(last) = page.last() {
                         offset = last.offset.clone();
