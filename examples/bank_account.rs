@@ -8,7 +8,7 @@
 //! Run: `cargo run --example bank_account`
 
 use futures::StreamExt;
-use persistence::{
+use persistence_stores::{
     Config, Entity, EntityConfig, ErrorKind, EventSourced, Offset, PersistenceId, Result,
 };
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<()> {
     let config = Config::load()?;
-    let stores = persistence::open(&config).await?;
+    let stores = persistence_stores::open(&config).await?;
     let caps = stores.capabilities();
     println!("backend: {} (durable: {})", config.backend(), caps.durable);
 

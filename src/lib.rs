@@ -8,19 +8,19 @@ pub use persistence_api::*;
 
 /// The in-memory backend (cargo feature `memory`, on by default).
 #[cfg(feature = "memory")]
-pub use backend_memory as memory;
+pub use persistence_memory as memory;
 
 /// The SQL backends: PostgreSQL (cargo feature `postgres`) and SQLite (`sqlite`, on by default).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use backend_sql as sql;
+pub use persistence_sql as sql;
 
 /// The DynamoDB backend (cargo feature `dynamodb`).
 #[cfg(feature = "dynamodb")]
-pub use backend_dynamodb as dynamodb;
+pub use persistence_dynamodb as dynamodb;
 
 /// The Cassandra backend (cargo feature `cassandra`).
 #[cfg(feature = "cassandra")]
-pub use backend_cassandra as cassandra;
+pub use persistence_cassandra as cassandra;
 
 /// The names of the backends compiled into this build, by cargo feature.
 pub fn compiled_backends() -> Vec<&'static str> {
@@ -51,13 +51,13 @@ pub fn compiled_backends() -> Vec<&'static str> {
 /// whatever the backend reports when it connects.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> persistence::Result<()> {
-/// let config = persistence::Config::from_toml_str(r#"
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> persistence_stores::Result<()> {
+/// let config = persistence_stores::Config::from_toml_str(r#"
 ///     backend = "memory"
 ///     [memory]
 ///     max_event_size = 409600
 /// "#)?;
-/// let stores = persistence::open(&config).await?;
+/// let stores = persistence_stores::open(&config).await?;
 /// assert_eq!(stores.capabilities().max_event_size, Some(409600));
 /// # Ok(()) }
 /// ```
@@ -67,17 +67,17 @@ pub async fn open(config: &Config) -> Result<Stores> {
     match backend {
         #[cfg(feature = "memory")]
         "memory" => {
-            let section: backend_memory::MemoryConfig = config.section("memory")?;
-            Ok(backend_memory::MemoryBackend::new(section).stores())
+            let section: persistence_memory::MemoryConfig = config.section("memory")?;
+            Ok(persistence_memory::MemoryBackend::new(section).stores())
         }
         #[cfg(feature = "sqlite")]
-        "sqlite" => backend_sql::open_sqlite(config.section("sqlite")?).await,
+        "sqlite" => persistence_sql::open_sqlite(config.section("sqlite")?).await,
         #[cfg(feature = "postgres")]
-        "postgres" => backend_sql::open_postgres(config.section("postgres")?).await,
+        "postgres" => persistence_sql::open_postgres(config.section("postgres")?).await,
         #[cfg(feature = "dynamodb")]
-        "dynamodb" => backend_dynamodb::open(config.section("dynamodb")?).await,
+        "dynamodb" => persistence_dynamodb::open(config.section("dynamodb")?).await,
         #[cfg(feature = "cassandra")]
-        "cassandra" => backend_cassandra::connect(config.section("cassandra")?).await,
+        "cassandra" => persistence_cassandra::connect(config.section("cassandra")?).await,
         other => Err(unknown_backend(other)),
     }
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use persistence::memory::{MemoryBackend, MemoryConfig};
-use persistence::{
+use persistence_stores::memory::{MemoryBackend, MemoryConfig};
+use persistence_stores::{
     async_trait, AtomicWrite, Capabilities, EnvelopeStream, ErrorKind, Journal, JournalExt, Offset,
     Payload, PersistenceId, PersistenceIdStream, PersistentEvent, ReadJournal, Replay, Result,
     SequenceNr, SnapshotStore, Stores,
@@ -57,25 +57,29 @@ impl SnapshotStore for Reduced {
     fn capabilities(&self) -> Capabilities {
         self.caps
     }
-    async fn save_snapshot(&self, m: persistence::SnapshotMetadata, p: Payload) -> Result<()> {
+    async fn save_snapshot(
+        &self,
+        m: persistence_stores::SnapshotMetadata,
+        p: Payload,
+    ) -> Result<()> {
         self.seen();
         self.inner.save_snapshot(m, p).await
     }
     async fn load_snapshot(
         &self,
         id: &PersistenceId,
-        c: persistence::SnapshotSelectionCriteria,
-    ) -> Result<Option<persistence::SelectedSnapshot>> {
+        c: persistence_stores::SnapshotSelectionCriteria,
+    ) -> Result<Option<persistence_stores::SelectedSnapshot>> {
         self.seen();
         self.inner.load_snapshot(id, c).await
     }
-    async fn delete_snapshot(&self, m: &persistence::SnapshotMetadata) -> Result<()> {
+    async fn delete_snapshot(&self, m: &persistence_stores::SnapshotMetadata) -> Result<()> {
         self.inner.delete_snapshot(m).await
     }
     async fn delete_snapshots(
         &self,
         id: &PersistenceId,
-        c: persistence::SnapshotSelectionCriteria,
+        c: persistence_stores::SnapshotSelectionCriteria,
     ) -> Result<()> {
         self.inner.delete_snapshots(id, c).await
     }
@@ -176,7 +180,7 @@ async fn unsupported_and_oversized_calls_never_reach_the_backend() {
     let err = stores
         .snapshots
         .save_snapshot(
-            persistence::SnapshotMetadata::new(id.clone(), 1),
+            persistence_stores::SnapshotMetadata::new(id.clone(), 1),
             Payload::raw(vec![1]),
         )
         .await
@@ -223,7 +227,7 @@ async fn unsupported_and_oversized_calls_never_reach_the_backend() {
 struct ReducedFactory;
 
 #[async_trait]
-impl tck::StoreFactory for ReducedFactory {
+impl persistence_tck::StoreFactory for ReducedFactory {
     async fn create(&self, _namespace: &str) -> Result<Stores> {
         Ok(reduced(Arc::new(AtomicUsize::new(0))))
     }
@@ -231,12 +235,12 @@ impl tck::StoreFactory for ReducedFactory {
 
 #[tokio::test]
 async fn the_kit_skips_by_capability_and_names_what_is_missing() {
-    let report = tck::run_all(Arc::new(ReducedFactory), None).await;
+    let report = persistence_tck::run_all(Arc::new(ReducedFactory), None).await;
     let (passed, failed, skipped) = report.counts();
     let failures: Vec<_> = report
         .cases
         .iter()
-        .filter(|(_, o)| matches!(o, tck::Outcome::Failed(_)))
+        .filter(|(_, o)| matches!(o, persistence_tck::Outcome::Failed(_)))
         .collect();
     assert_eq!(failed, 0, "{failures:#?}");
     assert!(
@@ -254,28 +258,28 @@ async fn the_kit_skips_by_capability_and_names_what_is_missing() {
     };
     assert_eq!(
         reason("snapshot::latest"),
-        tck::Outcome::Skipped("snapshots".into())
+        persistence_tck::Outcome::Skipped("snapshots".into())
     );
     assert_eq!(
         reason("query::live_events_by_tag"),
-        tck::Outcome::Skipped("query_events_by_tag, live_queries".into())
+        persistence_tck::Outcome::Skipped("query_events_by_tag, live_queries".into())
     );
     assert_eq!(
         reason("journal::conflict_stores_nothing_of_atomic_write"),
-        tck::Outcome::Skipped("atomic_write_max_events >= 2".into())
+        persistence_tck::Outcome::Skipped("atomic_write_max_events >= 2".into())
     );
     assert_eq!(
         reason("journal::atomic_write_above_declared_maximum"),
-        tck::Outcome::Passed
+        persistence_tck::Outcome::Passed
     );
     assert_eq!(
         reason("journal::event_over_size_limit_rejects_its_atomic_write"),
-        tck::Outcome::Passed
+        persistence_tck::Outcome::Passed
     );
     // A hook the factory does not implement is found out when the case runs: skipped with
     // the hook's name, not passed.
     match reason("corruption::garbage_event_payload_names_the_event") {
-        tck::Outcome::Skipped(why) => assert!(
+        persistence_tck::Outcome::Skipped(why) => assert!(
             why.contains("StoreFactory::corrupt_event(Corruption::Payload)"),
             "{why}"
         ),

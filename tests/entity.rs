@@ -1,7 +1,7 @@
 //! The typed layer end to end on the in-memory store: recovery from snapshot plus events,
 //! snapshot policy, conflicts between two writers, schema upcasting, the replay filter.
 
-use persistence::{
+use persistence_stores::{
     AtomicWrite, CborCodec, Entity, EntityConfig, ErrorKind, EventSourced, JournalExt,
     PersistenceId, PersistentEvent, ReplayFilter, ReplayFilterMode, SnapshotSelectionCriteria,
 };
@@ -38,7 +38,7 @@ fn id() -> PersistenceId {
 
 #[tokio::test]
 async fn recovers_from_snapshot_plus_events() {
-    let stores = persistence::memory::stores();
+    let stores = persistence_stores::memory::stores();
     let config = EntityConfig::<Counter>::default().snapshot_every(3);
     let mut c = Entity::<Counter>::recover(&stores, id(), config.clone())
         .await
@@ -69,7 +69,7 @@ async fn recovers_from_snapshot_plus_events() {
 
 #[tokio::test]
 async fn second_writer_gets_conflict_and_state_is_unchanged() {
-    let stores = persistence::memory::stores();
+    let stores = persistence_stores::memory::stores();
     let config = EntityConfig::<Counter>::default();
     let mut a = Entity::<Counter>::recover(&stores, id(), config.clone())
         .await
@@ -102,13 +102,13 @@ async fn old_schema_versions_are_upcast_at_replay() {
     enum OldEvent {
         Incremented,
     }
-    let stores = persistence::memory::stores();
+    let stores = persistence_stores::memory::stores();
     // Version 1 had a unit variant `Incremented`; version 2 is `Added { by }`.
     let v1 = CborCodec::<()>::new("test.Counter.Event");
-    let old_payload = persistence::Payload::new(
-        persistence::CBOR_SERIALIZER_ID,
+    let old_payload = persistence_stores::Payload::new(
+        persistence_stores::CBOR_SERIALIZER_ID,
         v1.manifest(),
-        persistence::to_cbor(&OldEvent::Incremented).unwrap(),
+        persistence_stores::to_cbor(&OldEvent::Incremented).unwrap(),
     );
     stores
         .journal
@@ -132,8 +132,8 @@ async fn old_schema_versions_are_upcast_at_replay() {
 }
 
 /// `{variant: {field: value, ...}}`, serde's externally tagged enum encoding.
-fn ciborium_map(variant: &str, fields: Vec<(&str, i64)>) -> persistence::ciborium::Value {
-    use persistence::ciborium::Value;
+fn ciborium_map(variant: &str, fields: Vec<(&str, i64)>) -> persistence_stores::ciborium::Value {
+    use persistence_stores::ciborium::Value;
     let inner = fields
         .into_iter()
         .map(|(k, v)| (Value::Text(k.into()), Value::Integer(v.into())))
@@ -143,9 +143,9 @@ fn ciborium_map(variant: &str, fields: Vec<(&str, i64)>) -> persistence::ciboriu
 
 #[tokio::test]
 async fn replay_filter_in_fail_mode_accepts_a_clean_handover_between_writers() {
-    let stores = persistence::memory::stores();
+    let stores = persistence_stores::memory::stores();
     let codec = CborCodec::<CounterEvent>::new("test.Counter.Event");
-    use persistence::Codec;
+    use persistence_stores::Codec;
     let payload = codec.encode(&CounterEvent::Added { by: 1 }).unwrap();
     // Writer A writes 1-2, writer B takes over at 3; then A (unaware) would have written 3
     // but the journal refused it, so the history is clean: the filter lets it through.

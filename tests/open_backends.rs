@@ -4,7 +4,7 @@
 //! with `CI=true` that is a failure.
 
 use futures::StreamExt;
-use persistence::{
+use persistence_stores::{
     AtomicWrite, Config, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
 
@@ -56,7 +56,7 @@ fn server(var: &str) -> Option<String> {
 #[tokio::test]
 async fn memory_opens_from_toml() {
     let config = Config::from_toml_str("backend = \"memory\"").unwrap();
-    exercise(&persistence::open(&config).await.unwrap(), "memory").await;
+    exercise(&persistence_stores::open(&config).await.unwrap(), "memory").await;
 }
 
 #[cfg(feature = "sqlite")]
@@ -74,7 +74,7 @@ async fn sqlite_opens_from_environment_style_settings_and_is_durable() {
             ),
         ])
         .unwrap();
-    let stores = persistence::open(&config).await.unwrap();
+    let stores = persistence_stores::open(&config).await.unwrap();
     exercise(&stores, "sqlite").await;
     let ids: Vec<_> = stores
         .read_journal
@@ -83,7 +83,7 @@ async fn sqlite_opens_from_environment_style_settings_and_is_durable() {
         .await;
     drop(stores);
     // A second open of the same file sees what the first stored.
-    let again = persistence::open(&config).await.unwrap();
+    let again = persistence_stores::open(&config).await.unwrap();
     let ids_again: Vec<_> = again.read_journal.current_persistence_ids().collect().await;
     assert_eq!(ids.len(), 1);
     assert_eq!(ids_again.len(), 1);
@@ -99,7 +99,11 @@ async fn postgres_opens_from_configuration() {
     let mut config = Config::for_backend("postgres");
     config.set("postgres", "url", url);
     config.set("postgres", "schema", unique("open_"));
-    exercise(&persistence::open(&config).await.unwrap(), "postgres").await;
+    exercise(
+        &persistence_stores::open(&config).await.unwrap(),
+        "postgres",
+    )
+    .await;
 }
 
 #[cfg(feature = "dynamodb")]
@@ -112,7 +116,11 @@ async fn dynamodb_opens_from_configuration() {
     config.set("dynamodb", "endpoint", endpoint);
     config.set("dynamodb", "journal_name", unique("open"));
     config.set("dynamodb", "create_tables", true);
-    exercise(&persistence::open(&config).await.unwrap(), "dynamodb").await;
+    exercise(
+        &persistence_stores::open(&config).await.unwrap(),
+        "dynamodb",
+    )
+    .await;
 }
 
 #[cfg(feature = "cassandra")]
@@ -130,5 +138,9 @@ async fn cassandra_opens_from_configuration() {
     config.set("cassandra", "keyspace", unique("open_"));
     config.set("cassandra", "keyspace_autocreate", true);
     config.set("cassandra", "tables_autocreate", true);
-    exercise(&persistence::open(&config).await.unwrap(), "cassandra").await;
+    exercise(
+        &persistence_stores::open(&config).await.unwrap(),
+        "cassandra",
+    )
+    .await;
 }

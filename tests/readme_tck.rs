@@ -2,13 +2,13 @@
 //! Here the "backend" is the in-memory store configured with DynamoDB's limits.
 use std::process::ExitCode;
 
-use persistence::memory::{MemoryBackend, MemoryConfig};
-use persistence::{Result, Stores};
+use persistence_stores::memory::{MemoryBackend, MemoryConfig};
+use persistence_stores::{Result, Stores};
 
 struct MyFactory;
 
-#[persistence::async_trait]
-impl tck::StoreFactory for MyFactory {
+#[persistence_stores::async_trait]
+impl persistence_tck::StoreFactory for MyFactory {
     async fn create(&self, _namespace: &str) -> Result<Stores> {
         // Build stores that see nothing of other namespaces: a journal name, table prefix,
         // schema or keyspace derived from `namespace`. A fresh in-memory store is one.
@@ -22,5 +22,5 @@ impl tck::StoreFactory for MyFactory {
 }
 
 fn main() -> ExitCode {
-    tck::run_main("my-backend", || async { Ok(MyFactory) })
+    persistence_tck::run_main("my-backend", || async { Ok(MyFactory) })
 }

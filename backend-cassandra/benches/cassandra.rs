@@ -4,20 +4,20 @@
 //!
 //! ```text
 //! bash scripts/servers/cassandra.sh start && source .servers/cassandra/env
-//! cargo bench -p backend-cassandra --bench cassandra
+//! cargo bench -p persistence-cassandra --bench cassandra
 //! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_cassandra::scylla::client::session::Session;
-use backend_cassandra::scylla::statement::batch::{Batch, BatchType};
-use backend_cassandra::scylla::statement::prepared::PreparedStatement;
-use backend_cassandra::scylla::statement::{Consistency, SerialConsistency};
-use backend_cassandra::scylla::value::{CqlTimeuuid, Row};
-use backend_cassandra::{CassandraConfig, CassandraPersistence};
 use futures::StreamExt;
 use persistence_api::{AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent};
+use persistence_cassandra::scylla::client::session::Session;
+use persistence_cassandra::scylla::statement::batch::{Batch, BatchType};
+use persistence_cassandra::scylla::statement::prepared::PreparedStatement;
+use persistence_cassandra::scylla::statement::{Consistency, SerialConsistency};
+use persistence_cassandra::scylla::value::{CqlTimeuuid, Row};
+use persistence_cassandra::{CassandraConfig, CassandraPersistence};
 
 const EVENTS: u64 = 10_000;
 /// Ids written concurrently by the single-event workload (each id's writes in order).
@@ -77,8 +77,8 @@ impl Raw {
         });
         batch.set_consistency(Consistency::Quorum);
         batch.set_serial_consistency(Some(SerialConsistency::Serial));
-        let mut values: Vec<Vec<backend_cassandra::scylla::value::CqlValue>> = Vec::new();
-        use backend_cassandra::scylla::value::CqlValue as V;
+        let mut values: Vec<Vec<persistence_cassandra::scylla::value::CqlValue>> = Vec::new();
+        use persistence_cassandra::scylla::value::CqlValue as V;
         let first = if !guarded {
             batch.append_statement(self.plain_used.clone());
             vec![V::BigInt(to), V::Text(id.into()), V::BigInt(0)]
@@ -219,7 +219,8 @@ where
 }
 
 fn main() {
-    let Some(contact_points) = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS") else {
+    let Some(contact_points) = persistence_tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS")
+    else {
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -507,10 +508,10 @@ async fn run(contact_points: String) {
     probe_config.keyspace = probe.clone();
     let start = Instant::now();
     base.session()
-        .query_unpaged(backend_cassandra::create_keyspace(&probe_config), ())
+        .query_unpaged(persistence_cassandra::create_keyspace(&probe_config), ())
         .await
         .unwrap();
-    for cql in backend_cassandra::create_tables(&probe_config) {
+    for cql in persistence_cassandra::create_tables(&probe_config) {
         base.session().query_unpaged(cql, ()).await.unwrap();
     }
     let ddl = start.elapsed();

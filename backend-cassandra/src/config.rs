@@ -131,7 +131,7 @@ impl Default for TableNames {
 /// so a TOML section needs only what differs:
 ///
 /// ```
-/// let config: backend_cassandra::CassandraConfig = toml::from_str(r#"
+/// let config: persistence_cassandra::CassandraConfig = toml::from_str(r#"
 ///     contact_points = ["10.0.0.1:9042", "10.0.0.2:9042"]
 ///     local_datacenter = "eu-west"
 ///     consistency = "LOCAL_QUORUM"

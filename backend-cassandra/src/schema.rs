@@ -131,7 +131,7 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
 /// The whole schema as one CQL script (keyspace, then tables), for `cqlsh -f`.
 ///
 /// ```
-/// let cql = backend_cassandra::schema_cql(&Default::default());
+/// let cql = persistence_cassandra::schema_cql(&Default::default());
 /// assert!(cql.contains("PRIMARY KEY ((persistence_id, partition_nr), sequence_nr, timestamp))"));
 /// ```
 pub fn schema_cql(config: &CassandraConfig) -> String {

@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use backend_cassandra::{CassandraConfig, CassandraPersistence};
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Offset, Payload, PersistenceId, PersistentEvent,
     SnapshotMetadata, SnapshotSelectionCriteria,
 };
+use persistence_cassandra::{CassandraConfig, CassandraPersistence};
 
 async fn backend(target_partition_size: u64) -> Option<CassandraPersistence> {
-    let contact_points = tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS")?;
+    let contact_points = persistence_tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS")?;
     let config = CassandraConfig {
         contact_points: contact_points.split(',').map(str::to_owned).collect(),
         local_datacenter: std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok(),
@@ -193,7 +193,7 @@ async fn tag_gap_is_looked_back_or_fails() {
         .unwrap();
     type Row = (
         i64,
-        backend_cassandra::scylla::value::CqlTimeuuid,
+        persistence_cassandra::scylla::value::CqlTimeuuid,
         i64,
         String,
         i64,

@@ -1,5 +1,5 @@
 //! Cassandra goes away mid-write: the driver's session talks to the node through
-//! [`tck::fault::FaultProxy`], which cuts every connection after a chosen number of
+//! [`persistence_tck::fault::FaultProxy`], which cuts every connection after a chosen number of
 //! client-to-server bytes, swept over the whole write (the guarded LWT batch of the events,
 //! then the tag rows and their progress). After every cut the caller must hold a retryable
 //! error (`Unavailable`/`Timeout`), and a second session talking to the node directly must
@@ -18,16 +18,18 @@
 //! `rpc_address` is not the proxy's IP, would bypass the proxy: that needs an address
 //! translator hook in the backend's configuration.
 //!
-//! `source .servers/cassandra/env && cargo test -p backend-cassandra --test faults`
+//! `source .servers/cassandra/env && cargo test -p persistence-cassandra --test faults`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use backend_cassandra::{CassandraConfig, CassandraPersistence};
 use futures::StreamExt;
 use persistence_api::{AtomicWrite, ErrorKind, JournalExt, PersistenceId, Stores};
-use tck::fault::FaultProxy;
-use tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, tagged, unique, Seen, Shape};
+use persistence_cassandra::{CassandraConfig, CassandraPersistence};
+use persistence_tck::fault::FaultProxy;
+use persistence_tck::sweep::{
+    batch, expected, pid_of, seen, server_env, tag_of, tagged, unique, Seen, Shape,
+};
 
 /// One untagged event: one guarded (LWT) batch.
 const SINGLE: Shape = Shape {

@@ -1,7 +1,7 @@
 //! The conformance kit against a real Cassandra node.
 //!
 //! `source .servers/cassandra/env` (after `bash scripts/servers/cassandra.sh start`), then
-//! `cargo test -p backend-cassandra --test tck`. One keyspace (`persistence_tck`, created if
+//! `cargo test -p persistence-cassandra --test tck`. One keyspace (`persistence_tck`, created if
 //! missing) serves every run; each case gets its own namespace inside it, so no schema change
 //! happens per case (see the README for why), and afterwards deletes what it stored with the
 //! driver's cleanup.
@@ -9,11 +9,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use backend_cassandra::scylla::value::CqlTimeuuid;
-use backend_cassandra::{CassandraConfig, CassandraPersistence, ConsistencyLevel};
 use persistence_api::futures::TryStreamExt;
 use persistence_api::{Error, ErrorKind, PersistenceId, ReadJournal, Result, SequenceNr, Stores};
-use tck::Corruption;
+use persistence_cassandra::scylla::value::CqlTimeuuid;
+use persistence_cassandra::{CassandraConfig, CassandraPersistence, ConsistencyLevel};
+use persistence_tck::Corruption;
 
 struct Factory {
     base: CassandraPersistence,
@@ -53,8 +53,8 @@ impl Factory {
     async fn run(
         &self,
         cql: String,
-        values: impl backend_cassandra::scylla::serialize::row::SerializeRow,
-    ) -> Result<backend_cassandra::scylla::response::query_result::QueryResult> {
+        values: impl persistence_cassandra::scylla::serialize::row::SerializeRow,
+    ) -> Result<persistence_cassandra::scylla::response::query_result::QueryResult> {
         self.base
             .session()
             .query_unpaged(cql, values)
@@ -64,7 +64,7 @@ impl Factory {
 }
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         Ok(self.base.with_namespace(namespace)?.stores())
     }
@@ -251,7 +251,7 @@ fn config(contact_points: String, local_datacenter: Option<String>) -> Cassandra
 
 fn main() -> ExitCode {
     let dc = std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok();
-    tck::run_main_server(
+    persistence_tck::run_main_server(
         "cassandra",
         "PERSISTENCE_CASSANDRA_CONTACT_POINTS",
         |contact_points| async move {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! bash scripts/servers/dynamodb.sh start && source .servers/dynamodb/env
-//! cargo bench -p backend-dynamodb --bench dynamodb          # BENCH_EVENTS=10000 by default
+//! cargo bench -p persistence-dynamodb --bench dynamodb          # BENCH_EVENTS=10000 by default
 //! ```
 
 use std::collections::HashMap;
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
-use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
+use persistence_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -669,7 +669,7 @@ fn main() {
         }
         if !only_layouts {
             println!(
-                "backend-dynamodb against {} ({} events of {PAYLOAD} B per workload; events/s)\n",
+                "persistence-dynamodb against {} ({} events of {PAYLOAD} B per workload; events/s)\n",
                 config.endpoint.as_deref().unwrap_or(""),
                 events
             );

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// (environment, profile, web identity, ECS, IMDS).
 ///
 /// ```
-/// use backend_dynamodb::DynamoDbConfig;
+/// use persistence_dynamodb::DynamoDbConfig;
 /// let c: DynamoDbConfig = toml::from_str(r#"
 ///     endpoint = "http://127.0.0.1:8000"
 ///     journal_name = "orders"

@@ -40,7 +40,7 @@ pub fn http_client(config: &DynamoDbConfig) -> Result<SharedHttpClient> {
         if https {
             return Err(Error::config(
                 "dynamodb: HTTPS endpoints (and so the real AWS endpoints) need the crate feature `tls` \
-                 of backend-dynamodb; without it only plain http:// endpoints such as DynamoDB Local work",
+                 of persistence-dynamodb; without it only plain http:// endpoints such as DynamoDB Local work",
             ));
         }
         Ok(aws_smithy_http_client::Builder::new().build_http())

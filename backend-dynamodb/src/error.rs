@@ -196,8 +196,8 @@ where
         }
         if self.class == Class::NotFound {
             message.push_str(
-                "; create the tables with backend_dynamodb::create_tables, `create_tables = true`, \
-                 or the schema in the backend-dynamodb README",
+                "; create the tables with persistence_dynamodb::create_tables, `create_tables = true`, \
+                 or the schema in the persistence-dynamodb README",
             );
         }
         let kind = self.class.kind();

@@ -1,5 +1,5 @@
 //! DynamoDB goes away mid-write: the driver talks to DynamoDB Local through
-//! [`tck::fault::FaultProxy`], which cuts every connection after a chosen number of
+//! [`persistence_tck::fault::FaultProxy`], which cuts every connection after a chosen number of
 //! client-to-server bytes, swept over the whole request (request partly sent, fully sent
 //! but unanswered, answered). After every cut the caller must hold a retryable error
 //! (`Unavailable`/`Timeout`), and a second store talking to DynamoDB directly must see the
@@ -8,14 +8,14 @@
 //! same write succeeds (nothing was stored) or gets `Conflict` (it was), and the next write
 //! succeeds.
 //!
-//! `source .servers/dynamodb/env && cargo test -p backend-dynamodb --test faults`
+//! `source .servers/dynamodb/env && cargo test -p persistence-dynamodb --test faults`
 
 use std::time::Duration;
 
-use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
 use persistence_api::{AtomicWrite, ErrorKind, JournalExt, PersistenceId, Stores};
-use tck::fault::FaultProxy;
-use tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, unique, Shape};
+use persistence_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
+use persistence_tck::fault::FaultProxy;
+use persistence_tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, unique, Shape};
 
 const JOURNAL_TABLE: &str = "faults_journal";
 const SNAPSHOT_TABLE: &str = "faults_snapshot";

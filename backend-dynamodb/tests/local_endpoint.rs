@@ -4,8 +4,8 @@
 //! token ... gave up after 9 attempts"). The test runs itself again as a child process with
 //! every AWS variable removed, so the environment of the other tests stays untouched.
 
-use backend_dynamodb::DynamoDbConfig;
 use persistence_api::{AtomicWrite, JournalExt, Payload, PersistenceId, PersistentEvent};
+use persistence_dynamodb::DynamoDbConfig;
 
 const CHILD: &str = "PERSISTENCE_LOCAL_ENDPOINT_CHILD";
 const AWS_VARS: [&str; 7] = [
@@ -20,7 +20,7 @@ const AWS_VARS: [&str; 7] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_endpoint_needs_no_aws_environment() {
-    let Some(endpoint) = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
+    let Some(endpoint) = persistence_tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
         return;
     };
     if std::env::var_os(CHILD).is_none() {
@@ -58,7 +58,7 @@ async fn a_local_endpoint_needs_no_aws_environment() {
         create_tables: true,
         ..DynamoDbConfig::local(endpoint)
     };
-    let stores = backend_dynamodb::open(config)
+    let stores = persistence_dynamodb::open(config)
         .await
         .unwrap_or_else(|e| panic!("open with a local endpoint and no AWS environment: {e}"));
     let id = PersistenceId::new("local-1").unwrap();

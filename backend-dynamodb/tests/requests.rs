@@ -16,11 +16,11 @@ use aws_smithy_runtime_api::client::http::{
 };
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_types::body::SdkBody;
-use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
 };
+use persistence_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -212,7 +212,7 @@ struct Env {
 }
 
 async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
-    let endpoint = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT")?;
+    let endpoint = persistence_tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT")?;
     let mut config = DynamoDbConfig {
         journal_table: "requests_journal".into(),
         snapshot_table: "requests_snapshot".into(),
@@ -223,7 +223,7 @@ async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
     };
     tweak(&mut config);
     let shared = Shared::default();
-    let base = backend_dynamodb::http_client(&config).unwrap();
+    let base = persistence_dynamodb::http_client(&config).unwrap();
     let faults = shared.clone();
     let http = http_client_fn(move |settings, components| {
         SharedHttpConnector::new(Faulty {
@@ -233,7 +233,7 @@ async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
             shared: faults.clone(),
         })
     });
-    let sdk = backend_dynamodb::sdk_config(&config)
+    let sdk = persistence_dynamodb::sdk_config(&config)
         .await
         .unwrap()
         .http_client(http)
@@ -735,14 +735,14 @@ async fn an_incomplete_large_atomic_write_is_never_replayed_or_queried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_is_a_configuration_error_that_says_what_to_do() {
-    let Some(endpoint) = tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
+    let Some(endpoint) = persistence_tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
         return;
     };
     let config = DynamoDbConfig {
         journal_table: format!("missing_{}", uuid::Uuid::new_v4().simple()),
         ..DynamoDbConfig::local(endpoint)
     };
-    let stores = backend_dynamodb::open(config).await.unwrap();
+    let stores = persistence_dynamodb::open(config).await.unwrap();
     let err = stores
         .journal
         .highest_sequence_nr(&pid("x"))

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use backend_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig, PK, SK};
 use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
-use tck::Corruption;
+use persistence_dynamodb::{aws_sdk_dynamodb, DynamoDb, DynamoDbConfig, PK, SK};
+use persistence_tck::Corruption;
 
 /// Bytes no codec wrote: CBOR "break" codes out of place.
 const GARBAGE: [u8; 8] = [0xff; 8];
@@ -174,7 +174,7 @@ fn key(pk: String, sk: AttributeValue) -> Item {
 }
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         let config = DynamoDbConfig {
             journal_name: namespace.to_owned(),
@@ -232,7 +232,7 @@ impl tck::StoreFactory for Factory {
 }
 
 fn main() -> ExitCode {
-    tck::run_main_server(
+    persistence_tck::run_main_server(
         "dynamodb",
         "PERSISTENCE_DYNAMODB_ENDPOINT",
         |endpoint| async move { Factory::connect(endpoint).await },

@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the memory driver and the CBOR codec, each beside the same work
 //! done directly on a `Vec` in the same run (the bound).
 //!
-//! Run: `cargo bench -p backend-memory --bench memory`. Throughputs are in events/s.
+//! Run: `cargo bench -p persistence-memory --bench memory`. Throughputs are in events/s.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -49,7 +49,7 @@ fn appends(c: &mut Criterion) {
     for batch in [1u64, 100] {
         let mut g = c.benchmark_group(format!("append_{batch}_event_atomic_writes"));
         g.throughput(Throughput::Elements(batch));
-        let stores: Stores = backend_memory::stores();
+        let stores: Stores = persistence_memory::stores();
         let mut next = 1u64;
         g.bench_function("memory_journal", |b| {
             b.iter(|| {
@@ -82,7 +82,7 @@ fn replay(c: &mut Criterion) {
     let payload = codec.encode(&typical()).unwrap();
     let id = PersistenceId::new("bench-replay").unwrap();
     let rt = rt();
-    let stores = backend_memory::stores();
+    let stores = persistence_memory::stores();
     let mut vec = Vec::new();
     for start in (1..=10_000u64).step_by(100) {
         let events: Vec<_> = (start..start + 100)

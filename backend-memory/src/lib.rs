@@ -52,7 +52,7 @@ impl Default for MemoryConfig {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> persistence_api::Result<()> {
 /// use persistence_api::{AtomicWrite, JournalExt, Payload, PersistenceId, PersistentEvent};
-/// let stores = backend_memory::stores();
+/// let stores = persistence_memory::stores();
 /// let id = PersistenceId::new("account-1")?;
 /// stores.journal.write(AtomicWrite::single(PersistentEvent::new(id.clone(), 1, Payload::raw(b"opened".to_vec())))?).await?;
 /// assert_eq!(stores.journal.highest_sequence_nr(&id).await?, 1);

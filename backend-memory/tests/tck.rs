@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
-use backend_memory::{MemoryBackend, MemoryConfig};
 use persistence_api::{Error, PersistenceId, Result, SequenceNr, Stores};
-use tck::Corruption;
+use persistence_memory::{MemoryBackend, MemoryConfig};
+use persistence_tck::Corruption;
 
 /// Bytes no codec wrote: CBOR "break" codes out of place.
 const GARBAGE: [u8; 8] = [0xff; 8];
@@ -36,7 +36,7 @@ fn typed(what: Corruption) -> Error {
 }
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         // A fresh backend per case is the memory driver's namespace (and a reopen is a new,
         // empty process: the backend does not declare `durable`).
@@ -102,5 +102,5 @@ impl tck::StoreFactory for Factory {
 }
 
 fn main() -> ExitCode {
-    tck::run_main("memory", || async { Ok(Factory::default()) })
+    persistence_tck::run_main("memory", || async { Ok(Factory::default()) })
 }

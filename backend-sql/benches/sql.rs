@@ -3,9 +3,9 @@
 //! PostgreSQL.
 //!
 //! ```text
-//! cargo bench -p backend-sql --bench sql                      # SQLite only
+//! cargo bench -p persistence-sql --bench sql                      # SQLite only
 //! bash scripts/servers/postgres.sh start && source .servers/postgres/env
-//! cargo bench -p backend-sql --bench sql                      # SQLite and PostgreSQL
+//! cargo bench -p persistence-sql --bench sql                      # SQLite and PostgreSQL
 //! ```
 //!
 //! Workloads (10,000 events each): single-event writes one after the other, 100-event
@@ -21,11 +21,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use backend_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
+use persistence_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
 use sqlx::{AssertSqlSafe, Row};
 
 const EVENTS: u64 = 10_000;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of the PostgreSQL backend (the `[postgres]` section of the facade's configuration).
 ///
 /// ```
-/// use backend_sql::PostgresConfig;
+/// use persistence_sql::PostgresConfig;
 /// let config: PostgresConfig = toml::from_str(r#"
 ///     url = "postgres://app@db.internal:5432/app"
 ///     password = "s3cret"
@@ -143,7 +143,7 @@ pub enum SqliteSync {
 /// Settings of the SQLite backend (the `[sqlite]` section of the facade's configuration).
 ///
 /// ```
-/// use backend_sql::SqliteConfig;
+/// use persistence_sql::SqliteConfig;
 /// let config: SqliteConfig = toml::from_str(r#"path = "data/journal.db""#).unwrap();
 /// assert_eq!(config.path.to_str(), Some("data/journal.db"));
 /// assert_eq!(config.page_size, 500);

@@ -1,5 +1,5 @@
 //! PostgreSQL goes away mid-write: the pool talks to the server through
-//! [`tck::fault::FaultProxy`], which cuts every connection after a chosen number of
+//! [`persistence_tck::fault::FaultProxy`], which cuts every connection after a chosen number of
 //! client-to-server bytes, swept over the whole exchange of one write (`BEGIN`, the write
 //! statement, `COMMIT`), including the last byte before `COMMIT` reaches the server and the
 //! moment right after it (committed, but no answer: the ambiguous case). After every cut the
@@ -11,15 +11,15 @@
 //!
 //! Each test uses a fresh schema, dropped at the end.
 //!
-//! `source .servers/postgres/env && cargo test -p backend-sql --test faults`
+//! `source .servers/postgres/env && cargo test -p persistence-sql --test faults`
 #![cfg(feature = "postgres")]
 
 use std::time::Duration;
 
-use backend_sql::{sqlx, PostgresConfig, PostgresStores};
 use persistence_api::{ErrorKind, JournalExt, Stores};
-use tck::fault::FaultProxy;
-use tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, unique, Shape};
+use persistence_sql::{sqlx, PostgresConfig, PostgresStores};
+use persistence_tck::fault::FaultProxy;
+use persistence_tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, unique, Shape};
 
 const SINGLE: Shape = Shape {
     name: "single",

@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use backend_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
 use futures::StreamExt;
 use persistence_api::{AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent};
+use persistence_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
 
 const SLOW_POLL: Duration = Duration::from_secs(60);
 

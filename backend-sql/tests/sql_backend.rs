@@ -8,14 +8,14 @@
 
 use std::time::Duration;
 
-use backend_sql::{
-    migrate_postgres, migrate_sqlite, open_postgres, open_sqlite, schema, sqlx, PostgresConfig,
-    PostgresStores, SqliteConfig, SqliteStores,
-};
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, SnapshotMetadata,
     SnapshotSelectionCriteria, Stores, Timestamp,
+};
+use persistence_sql::{
+    migrate_postgres, migrate_sqlite, open_postgres, open_sqlite, schema, sqlx, PostgresConfig,
+    PostgresStores, SqliteConfig, SqliteStores,
 };
 
 fn postgres_url() -> Option<String> {

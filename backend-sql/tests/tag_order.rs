@@ -18,11 +18,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use backend_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, EventEnvelope, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
+use persistence_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
 
 const WRITERS: usize = 16;
 const WRITES_PER_WRITER: u64 = 40;

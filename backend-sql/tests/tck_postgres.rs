@@ -2,13 +2,13 @@
 //! migrations, dropped afterwards), so runs can share one server.
 //!
 //! `bash scripts/servers/postgres.sh start && source .servers/postgres/env &&
-//! cargo test -p backend-sql --test tck_postgres`
+//! cargo test -p persistence-sql --test tck_postgres`
 
 use std::process::ExitCode;
 
-use backend_sql::{open_postgres, sqlx, PostgresConfig};
 use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
-use tck::Corruption;
+use persistence_sql::{open_postgres, sqlx, PostgresConfig};
+use persistence_tck::Corruption;
 
 struct Factory {
     url: String,
@@ -82,7 +82,7 @@ impl Factory {
 }
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         let mut config = PostgresConfig::new(self.url.clone()).with_schema(namespace);
         config.max_connections = 8;
@@ -134,7 +134,7 @@ impl tck::StoreFactory for Factory {
 }
 
 fn main() -> ExitCode {
-    tck::run_main_server("postgres", "PERSISTENCE_POSTGRES_URL", |url| async move {
+    persistence_tck::run_main_server("postgres", "PERSISTENCE_POSTGRES_URL", |url| async move {
         let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&url)

@@ -1,13 +1,13 @@
 //! The whole conformance kit against SQLite: one database file per case in a temporary
-//! directory (no server, nothing to install). Run: `cargo test -p backend-sql --test tck_sqlite`.
+//! directory (no server, nothing to install). Run: `cargo test -p persistence-sql --test tck_sqlite`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backend_sql::sqlx::{self, Connection};
-use backend_sql::{open_sqlite, SqliteConfig};
 use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
-use tck::Corruption;
+use persistence_sql::sqlx::{self, Connection};
+use persistence_sql::{open_sqlite, SqliteConfig};
+use persistence_tck::Corruption;
 
 struct Factory {
     dir: tempfile::TempDir,
@@ -72,7 +72,7 @@ impl Factory {
 }
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         open_sqlite(SqliteConfig::new(self.path(namespace))).await
     }
@@ -121,7 +121,7 @@ impl tck::StoreFactory for Factory {
 }
 
 fn main() -> ExitCode {
-    tck::run_main("sqlite", || async {
+    persistence_tck::run_main("sqlite", || async {
         let dir = tempfile::Builder::new()
             .prefix("backend-sql-tck-")
             .tempdir()

@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! let proxy = tck::fault::FaultProxy::start("127.0.0.1:5432").await?;
+//! let proxy = persistence_tck::fault::FaultProxy::start("127.0.0.1:5432").await?;
 //! // connect the backend to proxy.addr() ...
 //! proxy.cut_after(200); // the next request is cut after 200 bytes reach the server
 //! // ... the write fails with a retryable error; nothing of it is half-stored

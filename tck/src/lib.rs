@@ -19,7 +19,7 @@
 //! struct MyFactory;
 //!
 //! #[persistence_api::async_trait]
-//! impl tck::StoreFactory for MyFactory {
+//! impl persistence_tck::StoreFactory for MyFactory {
 //!     async fn create(&self, namespace: &str) -> Result<Stores> {
 //!         // Build your stores in a namespace no other case uses.
 //!         my_backend::open(my_backend::Config::with_namespace(namespace)).await
@@ -27,7 +27,7 @@
 //! }
 //!
 //! fn main() -> ExitCode {
-//!     tck::run_main("my-backend", || async { Ok(MyFactory) })
+//!     persistence_tck::run_main("my-backend", || async { Ok(MyFactory) })
 //! }
 //! ```
 //!

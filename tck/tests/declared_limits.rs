@@ -1,4 +1,4 @@
-//! Every backend case against the in-memory backend behind a [`tck::layer::Recorder`] that
+//! Every backend case against the in-memory backend behind a [`persistence_tck::layer::Recorder`] that
 //! declares limits memory does not have: at most 10 events per atomic write, events of at
 //! most 64 KiB and snapshots of at most 256 KiB. The cases at and above a declared maximum
 //! (`journal::atomic_write_at_declared_maximum`, `..._above_...`, the size-limit cases of
@@ -7,8 +7,8 @@
 
 use std::process::ExitCode;
 
-use backend_memory::{MemoryBackend, MemoryConfig};
 use persistence_api::{Capabilities, Result, Stores};
+use persistence_memory::{MemoryBackend, MemoryConfig};
 
 /// The limits this run declares, each below what memory itself declares.
 const ATOMIC_WRITE_MAX_EVENTS: usize = 10;
@@ -26,7 +26,7 @@ fn below(own: Option<usize>, declared: usize, what: &str) -> Option<usize> {
 struct Factory;
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, _namespace: &str) -> Result<Stores> {
         let memory = MemoryBackend::new(MemoryConfig::default()).stores();
         let own = memory.capabilities();
@@ -44,7 +44,7 @@ impl tck::StoreFactory for Factory {
             ),
             ..own
         };
-        Ok(tck::layer::Recorder::wrap(memory, declared).0)
+        Ok(persistence_tck::layer::Recorder::wrap(memory, declared).0)
     }
 
     fn page_size(&self) -> Option<usize> {
@@ -53,5 +53,5 @@ impl tck::StoreFactory for Factory {
 }
 
 fn main() -> ExitCode {
-    tck::run_main("memory-with-declared-limits", || async { Ok(Factory) })
+    persistence_tck::run_main("memory-with-declared-limits", || async { Ok(Factory) })
 }

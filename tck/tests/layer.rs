@@ -3,18 +3,18 @@
 
 use std::process::ExitCode;
 
-use backend_memory::{MemoryBackend, MemoryConfig};
 use persistence_api::{Result, Stores};
+use persistence_memory::{MemoryBackend, MemoryConfig};
 
 struct Factory;
 
 #[persistence_api::async_trait]
-impl tck::StoreFactory for Factory {
+impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, _namespace: &str) -> Result<Stores> {
         Ok(MemoryBackend::new(MemoryConfig::default()).stores())
     }
 }
 
 fn main() -> ExitCode {
-    tck::run_layer_main("layer", || async { Ok(Factory) })
+    persistence_tck::run_layer_main("layer", || async { Ok(Factory) })
 }

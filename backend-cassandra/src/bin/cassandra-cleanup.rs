@@ -3,7 +3,7 @@
 //! only) unless `--execute`.
 //!
 //! ```text
-//! cargo run -p backend-cassandra --bin cassandra-cleanup -- [--config FILE] [--execute] ID...
+//! cargo run -p persistence-cassandra --bin cassandra-cleanup -- [--config FILE] [--execute] ID...
 //! ```
 //!
 //! The connection comes from `FILE` (the keys of `CassandraConfig` in TOML: `contact_points`,
@@ -13,8 +13,8 @@
 
 use std::process::ExitCode;
 
-use backend_cassandra::{CassandraConfig, CassandraPersistence};
 use persistence_api::PersistenceId;
+use persistence_cassandra::{CassandraConfig, CassandraPersistence};
 
 const USAGE: &str = "usage: cassandra-cleanup [--config FILE] [--execute] ID...";
 
