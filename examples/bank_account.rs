@@ -8,6 +8,7 @@
 //! Run: `cargo run --example bank_account`
 
 use futures::StreamExt;
+use persistence_stores::ReadJournalExt;
 use persistence_stores::{
     Config, Entity, EntityConfig, ErrorKind, EventSourced, Offset, PersistenceId, Result,
 };

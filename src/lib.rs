@@ -22,19 +22,25 @@ pub use persistence_dynamodb as dynamodb;
 #[cfg(feature = "cassandra")]
 pub use persistence_cassandra as cassandra;
 
+/// Every backend this crate knows, whether compiled in or not: each is the name of a
+/// cargo feature, a configuration section and an environment prefix
+/// (`PERSISTENCE_<BACKEND>_<KEY>`). Each backend crate declares its own name as `NAME`
+/// (`Memory::NAME`, `Sqlite::NAME`, ...); a unit test keeps the two in step.
+pub const BACKENDS: [&str; 5] = ["memory", "sqlite", "postgres", "dynamodb", "cassandra"];
+
 /// The names of the backends compiled into this build, by cargo feature.
 pub fn compiled_backends() -> Vec<&'static str> {
     [
         #[cfg(feature = "memory")]
-        "memory",
+        persistence_memory::Memory::NAME,
         #[cfg(feature = "sqlite")]
-        "sqlite",
+        persistence_sql::Sqlite::NAME,
         #[cfg(feature = "postgres")]
-        "postgres",
+        persistence_sql::Postgres::NAME,
         #[cfg(feature = "dynamodb")]
-        "dynamodb",
+        persistence_dynamodb::DynamoDb::NAME,
         #[cfg(feature = "cassandra")]
-        "cassandra",
+        persistence_cassandra::Cassandra::NAME,
     ]
     .to_vec()
 }
@@ -66,24 +72,34 @@ pub async fn open(config: &Config) -> Result<Stores> {
     tracing::info!(backend, "opening persistence backend");
     match backend {
         #[cfg(feature = "memory")]
-        "memory" => {
-            let section: persistence_memory::MemoryConfig = config.section("memory")?;
-            Ok(persistence_memory::MemoryBackend::new(section).stores())
+        persistence_memory::Memory::NAME => {
+            let section: persistence_memory::MemoryConfig = config.section(backend)?;
+            persistence_memory::open(section).await
         }
         #[cfg(feature = "sqlite")]
-        "sqlite" => persistence_sql::open_sqlite(config.section("sqlite")?).await,
+        persistence_sql::Sqlite::NAME => {
+            let section: persistence_sql::SqliteConfig = config.section(backend)?;
+            persistence_sql::open(section).await
+        }
         #[cfg(feature = "postgres")]
-        "postgres" => persistence_sql::open_postgres(config.section("postgres")?).await,
+        persistence_sql::Postgres::NAME => {
+            let section: persistence_sql::PostgresConfig = config.section(backend)?;
+            persistence_sql::open(section).await
+        }
         #[cfg(feature = "dynamodb")]
-        "dynamodb" => persistence_dynamodb::open(config.section("dynamodb")?).await,
+        persistence_dynamodb::DynamoDb::NAME => {
+            persistence_dynamodb::open(config.section(backend)?).await
+        }
         #[cfg(feature = "cassandra")]
-        "cassandra" => persistence_cassandra::connect(config.section("cassandra")?).await,
+        persistence_cassandra::Cassandra::NAME => {
+            persistence_cassandra::open(config.section(backend)?).await
+        }
         other => Err(unknown_backend(other)),
     }
 }
 
 fn unknown_backend(name: &str) -> Error {
-    let known = ["memory", "dynamodb", "cassandra", "postgres", "sqlite"];
+    let known = BACKENDS;
     let compiled = compiled_backends().join(", ");
     if known.contains(&name) {
         Error::config(format!(
@@ -106,6 +122,16 @@ mod tests {
             readme.contains(example),
             "README.md must show tests/readme_tck.rs verbatim"
         );
+    }
+
+    #[test]
+    fn every_compiled_backend_is_known() {
+        for name in crate::compiled_backends() {
+            assert!(
+                crate::BACKENDS.contains(&name),
+                "{name} is compiled in but not in BACKENDS"
+            );
+        }
     }
 
     #[tokio::test]

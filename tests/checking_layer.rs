@@ -5,17 +5,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use persistence_stores::memory::{MemoryBackend, MemoryConfig};
+use persistence_stores::memory::{Memory, MemoryConfig};
 use persistence_stores::{
     async_trait, AtomicWrite, Capabilities, EnvelopeStream, ErrorKind, Journal, JournalExt, Offset,
-    Payload, PersistenceId, PersistenceIdStream, PersistentEvent, ReadJournal, Replay, Result,
-    SequenceNr, SnapshotStore, Stores,
+    Payload, PersistenceId, PersistenceIdStream, PersistentEvent, QueryMode, ReadJournal,
+    ReadJournalExt, Replay, Result, SequenceNr, SnapshotStore, Stores,
 };
 
 /// Delegates to memory, declares `caps`, and counts the calls that reach it.
 struct Reduced {
-    inner: MemoryBackend,
-    caps: Capabilities,
+    inner: Memory,
     calls: Arc<AtomicUsize>,
 }
 
@@ -27,9 +26,6 @@ impl Reduced {
 
 #[async_trait]
 impl Journal for Reduced {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         self.seen();
         self.inner.write_events(writes).await
@@ -54,9 +50,6 @@ impl Journal for Reduced {
 
 #[async_trait]
 impl SnapshotStore for Reduced {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
     async fn save_snapshot(
         &self,
         m: persistence_stores::SnapshotMetadata,
@@ -86,40 +79,28 @@ impl SnapshotStore for Reduced {
 }
 
 impl ReadJournal for Reduced {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        if mode.is_live() {
+            self.seen();
+        }
+        self.inner.query_persistence_ids(mode)
     }
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        self.inner.current_persistence_ids()
-    }
-    fn persistence_ids(&self) -> PersistenceIdStream {
-        self.seen();
-        self.inner.persistence_ids()
-    }
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
-        self.inner.current_events_by_persistence_id(id, from, to)
+        if mode.is_live() {
+            self.seen();
+        }
+        self.inner
+            .query_events_by_persistence_id(id, from, to, mode)
     }
-    fn events_by_persistence_id(
-        &self,
-        id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
         self.seen();
-        self.inner.events_by_persistence_id(id, from, to)
-    }
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.seen();
-        self.inner.current_events_by_tag(tag, offset)
-    }
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.seen();
-        self.inner.events_by_tag(tag, offset)
+        self.inner.query_events_by_tag(tag, offset, mode)
     }
 }
 
@@ -136,11 +117,10 @@ fn reduced_caps() -> Capabilities {
 
 fn reduced(calls: Arc<AtomicUsize>) -> Stores {
     let r = Arc::new(Reduced {
-        inner: MemoryBackend::new(MemoryConfig::default()),
-        caps: reduced_caps(),
+        inner: Memory::new(MemoryConfig::default()),
         calls,
     });
-    Stores::new(r.clone(), r.clone(), r)
+    Stores::new("reduced", reduced_caps(), r.clone(), r.clone(), r)
 }
 
 #[tokio::test]

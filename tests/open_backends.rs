@@ -4,6 +4,7 @@
 //! with `CI=true` that is a failure.
 
 use futures::StreamExt;
+use persistence_stores::ReadJournalExt;
 use persistence_stores::{
     AtomicWrite, Config, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
@@ -114,8 +115,8 @@ async fn dynamodb_opens_from_configuration() {
     };
     let mut config = Config::for_backend("dynamodb");
     config.set("dynamodb", "endpoint", endpoint);
-    config.set("dynamodb", "journal_name", unique("open"));
-    config.set("dynamodb", "create_tables", true);
+    config.set("dynamodb", "namespace", unique("open"));
+    config.set("dynamodb", "create_schema", true);
     exercise(
         &persistence_stores::open(&config).await.unwrap(),
         "dynamodb",
@@ -136,8 +137,7 @@ async fn cassandra_opens_from_configuration() {
         config.set("cassandra", "local_datacenter", dc);
     }
     config.set("cassandra", "keyspace", unique("open_"));
-    config.set("cassandra", "keyspace_autocreate", true);
-    config.set("cassandra", "tables_autocreate", true);
+    config.set("cassandra", "create_schema", true);
     exercise(
         &persistence_stores::open(&config).await.unwrap(),
         "cassandra",

@@ -2,7 +2,7 @@
 //! Here the "backend" is the in-memory store configured with DynamoDB's limits.
 use std::process::ExitCode;
 
-use persistence_stores::memory::{MemoryBackend, MemoryConfig};
+use persistence_stores::memory::{Memory, MemoryConfig};
 use persistence_stores::{Result, Stores};
 
 struct MyFactory;
@@ -17,7 +17,7 @@ impl persistence_tck::StoreFactory for MyFactory {
             max_event_size: Some(400 * 1024 - 2048),
             ..MemoryConfig::default()
         };
-        Ok(MemoryBackend::new(config).stores())
+        Ok(Memory::new(config).stores())
     }
 }
 

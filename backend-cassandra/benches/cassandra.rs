@@ -7,6 +7,7 @@
 //! cargo bench -p persistence-cassandra --bench cassandra
 //! ```
 
+use persistence_api::ReadJournalExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use persistence_cassandra::scylla::statement::batch::{Batch, BatchType};
 use persistence_cassandra::scylla::statement::prepared::PreparedStatement;
 use persistence_cassandra::scylla::statement::{Consistency, SerialConsistency};
 use persistence_cassandra::scylla::value::{CqlTimeuuid, Row};
-use persistence_cassandra::{CassandraConfig, CassandraPersistence};
+use persistence_cassandra::{Cassandra, CassandraConfig};
 
 const EVENTS: u64 = 10_000;
 /// Ids written concurrently by the single-event workload (each id's writes in order).
@@ -244,21 +245,16 @@ async fn run(contact_points: String) {
         contact_points: contact_points.split(',').map(str::to_owned).collect(),
         local_datacenter: std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok(),
         keyspace: ks.into(),
-        keyspace_autocreate: true,
-        tables_autocreate: true,
+        create_schema: true,
         overwrite_guard: guard,
         eventual_consistency_delay: Duration::ZERO,
         ..CassandraConfig::default()
     };
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let run_id = run_id.as_str();
-    let base = CassandraPersistence::connect(config(true))
-        .await
-        .expect("connect");
+    let base = Cassandra::open(config(true)).await.expect("connect");
     let guarded = base.with_namespace(&format!("b{run_id}")).unwrap().stores();
-    let unguarded_base = CassandraPersistence::connect(config(false))
-        .await
-        .expect("connect");
+    let unguarded_base = Cassandra::open(config(false)).await.expect("connect");
     let unguarded = unguarded_base
         .with_namespace(&format!("u{run_id}"))
         .unwrap()

@@ -47,7 +47,7 @@ impl TimeBucket {
     }
 }
 
-/// The replication of the keyspace when [`CassandraConfig::keyspace_autocreate`] creates it.
+/// The replication of the keyspace when [`CassandraConfig::create_schema`] creates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "class")]
 pub enum Replication {
@@ -178,13 +178,13 @@ pub struct CassandraConfig {
     /// (see the README's figures) and is only safe with a single writer per id.
     pub overwrite_guard: bool,
     /// Rows per page of replays and queries (default 1,000): bounds the memory of a replay.
-    pub page_size: i32,
-    /// Create the keyspace when missing (default false; logs a warning when on: concurrent
-    /// schema changes from several processes break Cassandra's schema agreement).
-    pub keyspace_autocreate: bool,
-    /// Create the tables when missing (default false; warns when on, as above).
-    pub tables_autocreate: bool,
-    /// The keyspace's replication when `keyspace_autocreate` creates it.
+    pub page_size: u32,
+    /// Create the keyspace and the tables when missing, at [`crate::open`] (default true).
+    /// Where several processes first start at once on a new cluster, concurrent schema
+    /// changes can break Cassandra's schema agreement: there apply [`crate::schema_cql`]
+    /// by hand and set it to false.
+    pub create_schema: bool,
+    /// The keyspace's replication when `create_schema` creates it.
     pub replication: Replication,
     /// How long events-by-tag waits before reading a stretch of time, so that writes still
     /// in flight (and writers' clock skew) land first (default 2 s).
@@ -223,8 +223,7 @@ impl Default for CassandraConfig {
             tag_time_bucket: TimeBucket::Hour,
             overwrite_guard: true,
             page_size: 1000,
-            keyspace_autocreate: false,
-            tables_autocreate: false,
+            create_schema: false,
             replication: Replication::default(),
             eventual_consistency_delay: Duration::from_secs(2),
             poll_interval: Duration::from_secs(1),
@@ -250,8 +249,7 @@ impl fmt::Debug for CassandraConfig {
             .field("tag_time_bucket", &self.tag_time_bucket)
             .field("overwrite_guard", &self.overwrite_guard)
             .field("page_size", &self.page_size)
-            .field("keyspace_autocreate", &self.keyspace_autocreate)
-            .field("tables_autocreate", &self.tables_autocreate)
+            .field("create_schema", &self.create_schema)
             .field("replication", &self.replication)
             .field(
                 "eventual_consistency_delay",
@@ -311,8 +309,10 @@ impl CassandraConfig {
                 "cassandra: target_partition_size must be at least 1",
             ));
         }
-        if self.page_size < 1 {
-            return Err(Error::config("cassandra: page_size must be at least 1"));
+        if self.page_size < 1 || self.page_size > i32::MAX as u32 {
+            return Err(Error::config(
+                "cassandra: page_size must be between 1 and 2,147,483,647",
+            ));
         }
         if self.poll_interval.is_zero() {
             return Err(Error::config("cassandra: poll_interval must not be zero"));

@@ -45,9 +45,9 @@ use crate::timeuuid;
 /// The most bytes (sum of [`PersistentEvent::stored_size`]) of one atomic write: it is one
 /// mutation, and Cassandra refuses mutations above half the commit-log segment (16 MiB by
 /// default).
-pub const MAX_ATOMIC_WRITE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_ATOMIC_WRITE_SIZE: usize = 8 * 1024 * 1024;
 /// The largest event the driver declares ([`Capabilities::max_event_size`]).
-pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+pub const MAX_EVENT_SIZE: usize = 1024 * 1024;
 
 /// Absent optional columns are left unset, not bound to null: an event row is written once,
 /// and a null would store a tombstone per column and event.
@@ -223,8 +223,8 @@ pub(crate) fn capabilities(inner: &Inner) -> Capabilities {
     let c = &inner.config;
     Capabilities {
         atomic_write_max_events: None,
-        max_event_size: Some(MAX_EVENT_BYTES),
-        max_snapshot_size: Some(crate::snapshot::MAX_SNAPSHOT_BYTES),
+        max_event_size: Some(MAX_EVENT_SIZE),
+        max_snapshot_size: Some(crate::snapshot::MAX_SNAPSHOT_SIZE),
         tags: true,
         event_metadata: true,
         snapshot_metadata: true,
@@ -271,11 +271,11 @@ impl CassandraJournal {
                 .with_sequence_range(lowest, highest)
         };
         let total: usize = write.events().iter().map(|e| e.stored_size()).sum();
-        if total > MAX_ATOMIC_WRITE_BYTES {
+        if total > MAX_ATOMIC_WRITE_SIZE {
             return Err(ctx(Error::new(
                 ErrorKind::Rejected,
                 format!(
-                    "an atomic write of {total} bytes is larger than one Cassandra mutation may be ({MAX_ATOMIC_WRITE_BYTES} bytes)"
+                    "an atomic write of {total} bytes is larger than one Cassandra mutation may be ({MAX_ATOMIC_WRITE_SIZE} bytes)"
                 ),
             )
             .with_operation("write_events")));
@@ -853,10 +853,6 @@ pub(crate) fn event_stream(
 
 #[async_trait]
 impl Journal for CassandraJournal {
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&self.inner)
-    }
-
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         // Writes of one id in order; different ids concurrently.
         let mut by_id: BTreeMap<&PersistenceId, Vec<usize>> = BTreeMap::new();

@@ -18,45 +18,51 @@ use scylla::client::session::Session;
 
 pub use cleanup::CleanupReport;
 pub use config::{CassandraConfig, ConsistencyLevel, Replication, TableNames, TimeBucket};
-pub use journal::{CassandraJournal, MAX_ATOMIC_WRITE_BYTES, MAX_EVENT_BYTES};
+pub use journal::{CassandraJournal, MAX_ATOMIC_WRITE_SIZE, MAX_EVENT_SIZE};
 pub use query::CassandraReadJournal;
 pub use schema::{create_keyspace, create_tables, schema_cql};
-pub use snapshot::{CassandraSnapshotStore, MAX_SNAPSHOT_BYTES};
+pub use snapshot::{CassandraSnapshotStore, MAX_SNAPSHOT_SIZE};
 
 /// Re-exported so users and benchmarks name the driver version this crate was built with.
 pub use scylla;
 
 use store::Inner;
 
-/// Connects to Cassandra and returns the journal, snapshot store and read journal behind
-/// the checking layer of [`Stores`].
-pub async fn connect(config: CassandraConfig) -> Result<Stores> {
-    Ok(CassandraPersistence::connect(config).await?.stores())
+/// Opens the backend (see [`Cassandra::open`]) and returns its journal, snapshot store and
+/// read journal behind the checking layer of [`Stores`]: the one-call entry point every
+/// backend has (`persistence_<backend>::open`).
+pub async fn open(config: CassandraConfig) -> Result<Stores> {
+    Ok(Cassandra::open(config).await?.stores())
 }
 
 /// One connected backend: a session, its prepared statements and a namespace.
 ///
-/// Cheap to clone; [`CassandraPersistence::with_namespace`] makes stores of another
+/// Cheap to clone; [`Cassandra::with_namespace`] makes stores of another
 /// namespace on the same session and statements.
 #[derive(Clone)]
-pub struct CassandraPersistence {
+pub struct Cassandra {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for CassandraPersistence {
+impl std::fmt::Debug for Cassandra {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CassandraPersistence")
+        f.debug_struct("Cassandra")
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
 
-impl CassandraPersistence {
-    /// Connects a session, creates the schema when the autocreate switches say so (with a
-    /// warning), and prepares every statement.
-    pub async fn connect(config: CassandraConfig) -> Result<Self> {
+impl Cassandra {
+    /// The backend's name: its configuration section, its cargo feature in the facade, and
+    /// the name its errors carry.
+    pub const NAME: &'static str = "cassandra";
+
+    /// Connects a session (an unreachable cluster fails here), creates the keyspace and
+    /// tables when `create_schema` is set (the default), and prepares every statement (so
+    /// a missing schema fails here too).
+    pub async fn open(config: CassandraConfig) -> Result<Self> {
         let (session, stmts) = store::connect(&config).await?;
-        Ok(CassandraPersistence {
+        Ok(Cassandra {
             inner: Arc::new(Inner::new(session, stmts, config)),
         })
     }
@@ -66,7 +72,7 @@ impl CassandraPersistence {
         let mut config = self.inner.config.clone();
         config.namespace = namespace.to_owned();
         config.validate()?;
-        Ok(CassandraPersistence {
+        Ok(Cassandra {
             inner: Arc::new(Inner::new(
                 self.inner.session.clone(),
                 self.inner.stmts.clone(),
@@ -78,13 +84,15 @@ impl CassandraPersistence {
     /// The three stores behind the checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
+            Self::NAME,
+            crate::journal::capabilities(&self.inner),
             Arc::new(self.journal()),
-            Arc::new(self.snapshot_store()),
+            Arc::new(self.snapshots()),
             Arc::new(self.read_journal()),
         )
     }
 
-    /// The journal, unchecked (prefer [`CassandraPersistence::stores`]).
+    /// The journal, unchecked (prefer [`Cassandra::stores`]).
     pub fn journal(&self) -> CassandraJournal {
         CassandraJournal {
             inner: self.inner.clone(),
@@ -92,7 +100,7 @@ impl CassandraPersistence {
     }
 
     /// The snapshot store, unchecked.
-    pub fn snapshot_store(&self) -> CassandraSnapshotStore {
+    pub fn snapshots(&self) -> CassandraSnapshotStore {
         CassandraSnapshotStore {
             inner: self.inner.clone(),
         }

@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use persistence_api::{
-    Capabilities, EnvelopeStream, Error, ErrorKind, EventEnvelope, Offset, PersistenceId,
-    PersistenceIdStream, ReadJournal, Result, SequenceNr,
+    EnvelopeStream, Error, ErrorKind, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
+    QueryMode, ReadJournal, Result, SequenceNr,
 };
 use scylla::value::CqlTimeuuid;
 use scylla::DeserializeRow;
@@ -339,15 +339,10 @@ fn by_id_stream(
 }
 
 impl ReadJournal for CassandraReadJournal {
-    fn capabilities(&self) -> Capabilities {
-        crate::journal::capabilities(&self.inner)
-    }
-
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        scan_ids(self.inner.clone())
-    }
-
-    fn persistence_ids(&self) -> PersistenceIdStream {
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        if !mode.is_live() {
+            return scan_ids(self.inner.clone());
+        }
         let inner = self.inner.clone();
         Box::pin(async_stream::try_stream! {
             let mut known: HashSet<PersistenceId> = HashSet::new();
@@ -364,29 +359,17 @@ impl ReadJournal for CassandraReadJournal {
         })
     }
 
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
-        by_id_stream(self.inner.clone(), persistence_id, from, to, false)
+        by_id_stream(self.inner.clone(), persistence_id, from, to, mode.is_live())
     }
 
-    fn events_by_persistence_id(
-        &self,
-        persistence_id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
-        by_id_stream(self.inner.clone(), persistence_id, from, to, true)
-    }
-
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        tag_stream(self.inner.clone(), tag, offset, false)
-    }
-
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        tag_stream(self.inner.clone(), tag, offset, true)
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
+        tag_stream(self.inner.clone(), tag, offset, mode.is_live())
     }
 }

@@ -1,7 +1,7 @@
 //! The CQL schema: keyspace and tables, modelled on pekko-persistence-cassandra.
 //!
 //! Users create these before production ([`schema_cql`] prints them); the
-//! `keyspace_autocreate` / `tables_autocreate` switches run them at start-up for development.
+//! `create_schema` switch runs them at start-up.
 
 use crate::config::CassandraConfig;
 

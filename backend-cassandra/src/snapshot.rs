@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use persistence_api::{
-    Capabilities, Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot,
-    SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
+    Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot, SnapshotMetadata,
+    SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 use scylla::{DeserializeRow, SerializeRow};
 
@@ -15,7 +15,7 @@ use crate::store::Inner;
 
 /// The largest snapshot ([`persistence_api::Payload::stored_size`]) the driver stores: one
 /// row, one mutation, well below Cassandra's mutation limit (half the commit-log segment).
-pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_SNAPSHOT_SIZE: usize = 4 * 1024 * 1024;
 
 #[derive(SerializeRow)]
 struct SnapshotRow<'a> {
@@ -83,10 +83,6 @@ impl CassandraSnapshotStore {
 
 #[async_trait]
 impl SnapshotStore for CassandraSnapshotStore {
-    fn capabilities(&self) -> Capabilities {
-        crate::journal::capabilities(&self.inner)
-    }
-
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         let size =
             snapshot.stored_size() + metadata.metadata.as_ref().map_or(0, |m| m.stored_size());
@@ -94,10 +90,10 @@ impl SnapshotStore for CassandraSnapshotStore {
             e.with_persistence_id(metadata.persistence_id.as_str())
                 .with_sequence_range(metadata.sequence_nr, metadata.sequence_nr)
         };
-        if size > MAX_SNAPSHOT_BYTES {
+        if size > MAX_SNAPSHOT_SIZE {
             return Err(ctx(Error::new(
                 ErrorKind::Rejected,
-                format!("a snapshot of {size} bytes is larger than {MAX_SNAPSHOT_BYTES} bytes"),
+                format!("a snapshot of {size} bytes is larger than {MAX_SNAPSHOT_SIZE} bytes"),
             )
             .with_operation("save_snapshot")));
         }

@@ -80,7 +80,7 @@ impl Statements {
             }
             ConsistencyLevel::One => (Consistency::One, SerialConsistency::LocalSerial),
         };
-        let page_size = config.page_size;
+        let page_size = i32::try_from(config.page_size).unwrap_or(i32::MAX);
         let prep = |cql: String| async move {
             let mut p = session.prepare(cql).await.op("prepare")?;
             p.set_consistency(consistency);
@@ -548,25 +548,26 @@ pub(crate) async fn connect(config: &CassandraConfig) -> Result<(Arc<Session>, A
             .with_operation("connect")
             .with_source(e)
     })?;
-    if config.keyspace_autocreate {
-        tracing::warn!(
-            keyspace = %config.keyspace,
-            "keyspace_autocreate is on: creating the keyspace if missing. Do not use this in production; concurrent schema changes break Cassandra's schema agreement"
-        );
-        session
-            .query_unpaged(schema::create_keyspace(config), ())
-            .await
-            .op("create_keyspace")?;
-    }
-    if config.tables_autocreate {
-        tracing::warn!(
-            keyspace = %config.keyspace,
-            "tables_autocreate is on: creating the tables if missing. Do not use this in production; concurrent schema changes break Cassandra's schema agreement"
-        );
-        for cql in schema::create_tables(config) {
-            session.query_unpaged(cql, ()).await.op("create_table")?;
-        }
+    if config.create_schema {
+        create_schema(&session, config).await?;
     }
     let stmts = Statements::prepare(&session, config).await?;
     Ok((Arc::new(session), Arc::new(stmts)))
+}
+
+/// Creates the keyspace (with `config.replication`) and the tables when missing: the
+/// statements of [`crate::schema_cql`], each `IF NOT EXISTS`.
+pub(crate) async fn create_schema(session: &Session, config: &CassandraConfig) -> Result<()> {
+    tracing::info!(
+        keyspace = %config.keyspace,
+        "create_schema is on: creating the keyspace and tables if missing (with several processes starting at once on a new cluster, apply the schema by hand and set create_schema = false: concurrent schema changes can break Cassandra's schema agreement)"
+    );
+    session
+        .query_unpaged(schema::create_keyspace(config), ())
+        .await
+        .op("create_keyspace")?;
+    for cql in schema::create_tables(config) {
+        session.query_unpaged(cql, ()).await.op("create_table")?;
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! events-by-tag gap look-back. Against the real node from
 //! `PERSISTENCE_CASSANDRA_CONTACT_POINTS`; skipped loudly when it is unset.
 
+use persistence_api::ReadJournalExt;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,16 +11,15 @@ use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Offset, Payload, PersistenceId, PersistentEvent,
     SnapshotMetadata, SnapshotSelectionCriteria,
 };
-use persistence_cassandra::{CassandraConfig, CassandraPersistence};
+use persistence_cassandra::{Cassandra, CassandraConfig};
 
-async fn backend(target_partition_size: u64) -> Option<CassandraPersistence> {
+async fn backend(target_partition_size: u64) -> Option<Cassandra> {
     let contact_points = persistence_tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS")?;
     let config = CassandraConfig {
         contact_points: contact_points.split(',').map(str::to_owned).collect(),
         local_datacenter: std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER").ok(),
         keyspace: "persistence_tck".into(),
-        keyspace_autocreate: true,
-        tables_autocreate: true,
+        create_schema: true,
         target_partition_size,
         eventual_consistency_delay: Duration::from_millis(300),
         poll_interval: Duration::from_millis(100),
@@ -28,7 +28,7 @@ async fn backend(target_partition_size: u64) -> Option<CassandraPersistence> {
     };
     let ns = format!("own{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     Some(
-        CassandraPersistence::connect(config)
+        Cassandra::open(config)
             .await
             .expect("connect")
             .with_namespace(&ns)
@@ -49,7 +49,7 @@ fn atomic(id: &PersistenceId, from: u64, to: u64) -> AtomicWrite {
     AtomicWrite::new((from..=to).map(|s| event(id, s, &[])).collect()).unwrap()
 }
 
-async fn seqs(b: &CassandraPersistence, id: &PersistenceId, from: u64) -> (Vec<u64>, u64) {
+async fn seqs(b: &Cassandra, id: &PersistenceId, from: u64) -> (Vec<u64>, u64) {
     let stores = b.stores();
     let replay = stores
         .journal
@@ -288,7 +288,7 @@ async fn tag_rows_of_a_crashed_write_are_repaired() {
         )
         .await
         .unwrap();
-    let by_tag = |b: CassandraPersistence| async move {
+    let by_tag = |b: Cassandra| async move {
         b.stores()
             .read_journal
             .current_events_by_tag("t".into(), Offset::NoOffset)

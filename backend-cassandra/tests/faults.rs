@@ -20,12 +20,13 @@
 //!
 //! `source .servers/cassandra/env && cargo test -p persistence-cassandra --test faults`
 
+use persistence_api::ReadJournalExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use persistence_api::{AtomicWrite, ErrorKind, JournalExt, PersistenceId, Stores};
-use persistence_cassandra::{CassandraConfig, CassandraPersistence};
+use persistence_cassandra::{Cassandra, CassandraConfig};
 use persistence_tck::fault::FaultProxy;
 use persistence_tck::sweep::{
     batch, expected, pid_of, seen, server_env, tag_of, tagged, unique, Seen, Shape,
@@ -57,7 +58,7 @@ struct Env {
     /// Straight to the node, same keyspace and namespace: the judge.
     direct: Stores,
     /// The same, for the clean-up at the end.
-    direct_backend: CassandraPersistence,
+    direct_backend: Cassandra,
 }
 
 async fn env(shape: &str) -> Option<Env> {
@@ -78,26 +79,24 @@ async fn env(shape: &str) -> Option<Env> {
             .collect(),
         local_datacenter: dc,
         keyspace: "persistence_tck".into(),
-        keyspace_autocreate: true,
-        tables_autocreate: true,
+        create_schema: true,
         eventual_consistency_delay: Duration::from_millis(50),
         poll_interval: Duration::from_millis(100),
         gap_timeout: Duration::from_secs(1),
         ..CassandraConfig::default()
     };
-    let direct = CassandraPersistence::connect(direct_config.clone())
+    let direct = Cassandra::open(direct_config.clone())
         .await
         .expect("connect directly")
         .with_namespace(&namespace)
         .expect("namespace");
     let via_config = CassandraConfig {
         contact_points: vec![proxy.addr().to_string()],
-        keyspace_autocreate: false,
-        tables_autocreate: false,
+        create_schema: false,
         request_timeout: Duration::from_secs(2),
         ..direct_config
     };
-    let via = CassandraPersistence::connect(via_config)
+    let via = Cassandra::open(via_config)
         .await
         .expect("connect through the proxy")
         .with_namespace(&namespace)

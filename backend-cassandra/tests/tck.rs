@@ -6,19 +6,20 @@
 //! happens per case (see the README for why), and afterwards deletes what it stored with the
 //! driver's cleanup.
 
+use persistence_api::ReadJournalExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use persistence_api::futures::TryStreamExt;
-use persistence_api::{Error, ErrorKind, PersistenceId, ReadJournal, Result, SequenceNr, Stores};
+use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
 use persistence_cassandra::scylla::value::CqlTimeuuid;
-use persistence_cassandra::{CassandraConfig, CassandraPersistence, ConsistencyLevel};
+use persistence_cassandra::{Cassandra, CassandraConfig, ConsistencyLevel};
 use persistence_tck::Corruption;
 
 struct Factory {
-    base: CassandraPersistence,
+    base: Cassandra,
     /// The configured rows per page.
-    page_size: usize,
+    page_size: u32,
 }
 
 /// How a namespace prefixes the ids and tags it stores (the README's "Namespaces").
@@ -69,7 +70,7 @@ impl persistence_tck::StoreFactory for Factory {
         Ok(self.base.with_namespace(namespace)?.stores())
     }
 
-    fn page_size(&self) -> Option<usize> {
+    fn page_size(&self) -> Option<u32> {
         Some(self.page_size)
     }
 
@@ -239,8 +240,7 @@ fn config(contact_points: String, local_datacenter: Option<String>) -> Cassandra
             .collect(),
         local_datacenter,
         keyspace: "persistence_tck".into(),
-        keyspace_autocreate: true,
-        tables_autocreate: true,
+        create_schema: true,
         consistency: ConsistencyLevel::Quorum,
         eventual_consistency_delay: Duration::from_millis(400),
         poll_interval: Duration::from_millis(200),
@@ -256,8 +256,8 @@ fn main() -> ExitCode {
         "PERSISTENCE_CASSANDRA_CONTACT_POINTS",
         |contact_points| async move {
             let config = config(contact_points, dc);
-            let page_size = config.page_size as usize;
-            let base = CassandraPersistence::connect(config).await?;
+            let page_size = config.page_size;
+            let base = Cassandra::open(config).await?;
             Ok(Factory { base, page_size })
         },
     )

@@ -7,6 +7,7 @@
 //! cargo bench -p persistence-dynamodb --bench dynamodb          # BENCH_EVENTS=10000 by default
 //! ```
 
+use persistence_api::ReadJournalExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,7 +185,7 @@ impl Bench {
     }
 
     fn raw_pk(&self, name: &str) -> String {
-        format!("{}raw|e|{name}", self.config.journal_name)
+        format!("{}raw|e|{name}", self.config.namespace)
     }
 
     fn pid(&self, name: &str) -> PersistenceId {
@@ -234,7 +235,7 @@ impl Bench {
             let pk = self.raw_pk(&name);
             let tag_pk = format!(
                 "{}raw|t|1700000000000|000|single-tag",
-                self.config.journal_name
+                self.config.namespace
             );
             for seq in 1..=count {
                 let mut entry = raw_event(&tag_pk, seq);
@@ -331,7 +332,7 @@ impl Bench {
         let count = if driver {
             self.stores.journal.replay_all(&id).await.unwrap().len() as u64
         } else {
-            let pk = format!("{}|e|atomic-0", self.config.journal_name);
+            let pk = format!("{}|e|atomic-0", self.config.namespace);
             let (hi, _meta) = futures::join!(
                 self.client
                     .query()
@@ -385,7 +386,7 @@ impl Bench {
             // The driver's requests: every shard's counter, then every shard's entries up
             // to it, all shards at once, page after page.
             let shards = (0..self.config.tag_shards).map(|shard| {
-                let pk = format!("{}|t|{shard:03}|{tag}", self.config.journal_name);
+                let pk = format!("{}|t|{shard:03}|{tag}", self.config.namespace);
                 let client = self.client.clone();
                 let table = self.table().to_owned();
                 let limit = self.config.page_size as i32;
@@ -642,11 +643,11 @@ fn main() {
         let config = DynamoDbConfig {
             journal_table: "bench_journal".into(),
             snapshot_table: "bench_snapshot".into(),
-            journal_name: format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            namespace: format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             ..DynamoDbConfig::local(endpoint)
         };
-        let db = DynamoDb::connect(config.clone()).await.unwrap();
-        db.create_tables().await.unwrap();
+        let db = DynamoDb::open(config.clone()).await.unwrap();
+        db.create_schema().await.unwrap();
         let bench = Arc::new(Bench {
             client: db.client().clone(),
             stores: db.stores(),
@@ -654,7 +655,7 @@ fn main() {
             events,
         });
         // Warm up DynamoDB Local's JIT and the connection pool before anything is timed.
-        let warm = format!("{}warm|e|w", config.journal_name);
+        let warm = format!("{}warm|e|w", config.namespace);
         for seq in 1..=1500u64 {
             put(&bench.client, bench.table(), raw_event(&warm, seq)).await;
         }
@@ -708,13 +709,13 @@ fn main() {
             assert_eq!(row.events, tagged);
             row.print();
             let t = Instant::now();
-            let pk = format!("{}|e|atomic-0", config.journal_name);
+            let pk = format!("{}|e|atomic-0", config.namespace);
             let c = query_all(&b.client, b.table(), &pk, None).await;
             println!(
                 "\nReference: replay as sequential 1 MB Query pages (raw): {:.0} events/s",
                 c as f64 / t.elapsed().as_secs_f64()
             );
         }
-        layouts(&bench.client, bench.table(), &config.journal_name, events).await;
+        layouts(&bench.client, bench.table(), &config.namespace, events).await;
     });
 }

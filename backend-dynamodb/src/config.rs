@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// use persistence_dynamodb::DynamoDbConfig;
 /// let c: DynamoDbConfig = toml::from_str(r#"
 ///     endpoint = "http://127.0.0.1:8000"
-///     journal_name = "orders"
+///     namespace = "orders"
 ///     secret_access_key = "s3cr3t"
 /// "#).unwrap();
 /// assert_eq!(c.journal_table, "persistence_journal");
@@ -44,10 +44,10 @@ pub struct DynamoDbConfig {
     pub journal_table: String,
     /// The table holding snapshots and their chunks.
     pub snapshot_table: String,
-    /// The journal name: the prefix of every key this journal writes, so several journals
-    /// (services, namespaces, test runs) share one pair of tables. `[A-Za-z0-9_.-]`, 1 to
-    /// 64 characters.
-    pub journal_name: String,
+    /// Keeps this journal's data apart from others' in the same tables: the prefix of every
+    /// key it writes, so several journals (services, test runs) share one pair of tables.
+    /// `[A-Za-z0-9_.-]`, 1 to 64 characters. Default `default`.
+    pub namespace: String,
     /// Strongly consistent reads for replay, queries and snapshots (the default; turning it
     /// off halves read cost but may replay a stale history).
     pub consistent_reads: bool,
@@ -99,8 +99,9 @@ pub struct DynamoDbConfig {
     /// The cap of the retry delay.
     #[serde(with = "persistence_api::duration_ms", rename = "retry_max_delay_ms")]
     pub retry_max_delay: Duration,
-    /// Whether [`crate::open`] creates missing tables (on-demand billing).
-    pub create_tables: bool,
+    /// Whether [`crate::open`] creates missing tables (on-demand billing). Default true;
+    /// with false, create them by hand ([`crate::create_schema`] or the README's layout).
+    pub create_schema: bool,
 }
 
 impl Default for DynamoDbConfig {
@@ -113,7 +114,7 @@ impl Default for DynamoDbConfig {
             session_token: None,
             journal_table: "persistence_journal".into(),
             snapshot_table: "persistence_snapshot".into(),
-            journal_name: "default".into(),
+            namespace: "default".into(),
             consistent_reads: true,
             page_size: 1000,
             replay_parallelism: 4,
@@ -129,7 +130,7 @@ impl Default for DynamoDbConfig {
             max_retries: 8,
             retry_base_delay: Duration::from_millis(20),
             retry_max_delay: Duration::from_millis(2_000),
-            create_tables: false,
+            create_schema: true,
         }
     }
 }
@@ -145,7 +146,7 @@ impl fmt::Debug for DynamoDbConfig {
             .field("session_token", &hidden(&self.session_token))
             .field("journal_table", &self.journal_table)
             .field("snapshot_table", &self.snapshot_table)
-            .field("journal_name", &self.journal_name)
+            .field("namespace", &self.namespace)
             .field("consistent_reads", &self.consistent_reads)
             .field("page_size", &self.page_size)
             .field("replay_parallelism", &self.replay_parallelism)
@@ -164,7 +165,7 @@ impl fmt::Debug for DynamoDbConfig {
             .field("max_retries", &self.max_retries)
             .field("retry_base_delay_ms", &self.retry_base_delay.as_millis())
             .field("retry_max_delay_ms", &self.retry_max_delay.as_millis())
-            .field("create_tables", &self.create_tables)
+            .field("create_schema", &self.create_schema)
             .finish()
     }
 }
@@ -180,16 +181,16 @@ impl DynamoDbConfig {
 
     /// Checks the values; [`crate::open`] calls it.
     pub fn validate(&self) -> Result<()> {
-        let name_ok = !self.journal_name.is_empty()
-            && self.journal_name.len() <= 64
+        let name_ok = !self.namespace.is_empty()
+            && self.namespace.len() <= 64
             && self
-                .journal_name
+                .namespace
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !name_ok {
             return Err(Error::config(format!(
-                "dynamodb.journal_name {:?} must be 1 to 64 characters of [A-Za-z0-9_.-]",
-                self.journal_name
+                "dynamodb.namespace {:?} must be 1 to 64 characters of [A-Za-z0-9_.-]",
+                self.namespace
             )));
         }
         for (key, table) in [

@@ -196,7 +196,7 @@ where
         }
         if self.class == Class::NotFound {
             message.push_str(
-                "; create the tables with persistence_dynamodb::create_tables, `create_tables = true`, \
+                "; create the tables with persistence_dynamodb::create_schema, `create_schema = true`, \
                  or the schema in the persistence-dynamodb README",
             );
         }

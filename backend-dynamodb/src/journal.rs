@@ -44,7 +44,7 @@ impl std::fmt::Debug for DynamoDbJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamoDbJournal")
             .field("table", &self.inner.config.journal_table)
-            .field("journal_name", &self.inner.config.journal_name)
+            .field("namespace", &self.inner.config.namespace)
             .finish()
     }
 }
@@ -519,10 +519,6 @@ fn conflict(taken: Option<u64>) -> Error {
 
 #[async_trait]
 impl Journal for DynamoDbJournal {
-    fn capabilities(&self) -> Capabilities {
-        capabilities(&self.inner)
-    }
-
     async fn write_events(&self, mut writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         let count = writes.len();
         if count == 1 {

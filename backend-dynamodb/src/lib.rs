@@ -20,7 +20,7 @@ pub use crate::core::{http_client, sdk_config};
 pub use config::DynamoDbConfig;
 pub use journal::{DynamoDbJournal, MAX_EVENT_SIZE, MAX_TAG_BYTES};
 pub use query::DynamoDbReadJournal;
-pub use schema::{create_tables, delete_tables, PK, SK};
+pub use schema::{create_schema, delete_tables, PK, SK};
 pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
 
 /// The SDK crate this backend is built on, re-exported so callers name the same version.
@@ -42,12 +42,22 @@ impl std::fmt::Debug for DynamoDb {
 }
 
 impl DynamoDb {
+    /// The backend's name: its configuration section, its cargo feature in the facade, and
+    /// the name its errors carry.
+    pub const NAME: &'static str = "dynamodb";
+
     /// Builds the SDK client from `config` (standard AWS chains, endpoint override,
-    /// timeouts). Sends no request.
-    pub async fn connect(config: DynamoDbConfig) -> Result<Self> {
+    /// timeouts) and, when `config.create_schema` is set (the default), creates the tables
+    /// that are missing (a `DescribeTable` each when they exist). With `create_schema =
+    /// false` it sends no request.
+    pub async fn open(config: DynamoDbConfig) -> Result<Self> {
         let builder = sdk_config(&config).await?;
         let client = aws_sdk_dynamodb::Client::from_conf(builder.build());
-        Self::with_client(client, config)
+        let db = Self::with_client(client, config)?;
+        if db.config().create_schema {
+            db.create_schema().await?;
+        }
+        Ok(db)
     }
 
     /// Uses a client you built (for instance from [`sdk_config`] plus interceptors). Its
@@ -82,9 +92,9 @@ impl DynamoDb {
         journal::capabilities(&self.inner)
     }
 
-    /// Creates the tables if missing (see [`create_tables`]).
-    pub async fn create_tables(&self) -> Result<()> {
-        create_tables(&self.inner.client, &self.inner.config).await
+    /// Creates the tables if missing (see [`create_schema`]).
+    pub async fn create_schema(&self) -> Result<()> {
+        create_schema(&self.inner.client, &self.inner.config).await
     }
 
     /// The journal alone.
@@ -95,7 +105,7 @@ impl DynamoDb {
     }
 
     /// The snapshot store alone.
-    pub fn snapshot_store(&self) -> DynamoDbSnapshotStore {
+    pub fn snapshots(&self) -> DynamoDbSnapshotStore {
         DynamoDbSnapshotStore {
             inner: self.inner.clone(),
         }
@@ -111,19 +121,18 @@ impl DynamoDb {
     /// The three stores behind the API's checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
+            Self::NAME,
+            self.capabilities(),
             Arc::new(self.journal()),
-            Arc::new(self.snapshot_store()),
+            Arc::new(self.snapshots()),
             Arc::new(self.read_journal()),
         )
     }
 }
 
-/// Connects with `config`, creates the tables when `config.create_tables` is set, and
-/// returns the stores.
+/// Opens the backend (see [`DynamoDb::open`]) and returns its journal, snapshot store and
+/// read journal: the one-call entry point every backend has
+/// (`persistence_<backend>::open`).
 pub async fn open(config: DynamoDbConfig) -> Result<Stores> {
-    let db = DynamoDb::connect(config).await?;
-    if db.config().create_tables {
-        db.create_tables().await?;
-    }
-    Ok(db.stores())
+    Ok(DynamoDb::open(config).await?.stores())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_stream::try_stream;
 use futures::StreamExt;
 use persistence_api::{
-    Capabilities, EnvelopeStream, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
+    EnvelopeStream, EventEnvelope, Offset, PersistenceId, PersistenceIdStream, QueryMode,
     ReadJournal, Result, SequenceNr,
 };
 
@@ -27,57 +27,38 @@ impl std::fmt::Debug for DynamoDbReadJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamoDbReadJournal")
             .field("table", &self.inner.config.journal_table)
-            .field("journal_name", &self.inner.config.journal_name)
+            .field("namespace", &self.inner.config.namespace)
             .finish()
     }
 }
 
 impl ReadJournal for DynamoDbReadJournal {
-    fn capabilities(&self) -> Capabilities {
-        crate::journal::capabilities(&self.inner)
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        Box::pin(ids_stream(self.inner.clone(), mode.is_live()))
     }
 
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        Box::pin(ids_stream(self.inner.clone(), false))
-    }
-
-    fn persistence_ids(&self) -> PersistenceIdStream {
-        Box::pin(ids_stream(self.inner.clone(), true))
-    }
-
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
-        Box::pin(by_id(self.inner.clone(), persistence_id, from, to, false))
-    }
-
-    fn events_by_persistence_id(
-        &self,
-        persistence_id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
-        Box::pin(by_id(self.inner.clone(), persistence_id, from, to, true))
-    }
-
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        Box::pin(crate::tag_index::by_tag(
+        Box::pin(by_id(
             self.inner.clone(),
-            tag,
-            offset,
-            false,
+            persistence_id,
+            from,
+            to,
+            mode.is_live(),
         ))
     }
 
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
         Box::pin(crate::tag_index::by_tag(
             self.inner.clone(),
             tag,
             offset,
-            true,
+            mode.is_live(),
         ))
     }
 }

@@ -1,4 +1,4 @@
-//! The two tables, their keys, and [`create_tables`].
+//! The two tables, their keys, and [`create_schema`].
 //!
 //! Journal table (`pk` S hash key, `sk` S range key), every key prefixed by the journal
 //! name `<j>` so several journals share the table:
@@ -72,7 +72,7 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn new(config: &DynamoDbConfig) -> Self {
         Keys {
-            j: config.journal_name.clone(),
+            j: config.namespace.clone(),
             tag_shards: config.tag_shards,
             id_shards: config.id_shards,
             bucket_ms: (config.feed_bucket_secs as i64).saturating_mul(1000).max(1),
@@ -157,7 +157,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// Creates the journal and snapshot tables if they do not exist (on-demand billing), and
 /// waits until both are active. Idempotent: existing tables are left as they are.
-pub async fn create_tables(client: &Client, config: &DynamoDbConfig) -> Result<()> {
+pub async fn create_schema(client: &Client, config: &DynamoDbConfig) -> Result<()> {
     config.validate()?;
     let retry = RetryPolicy {
         max_retries: config.max_retries,
@@ -206,7 +206,7 @@ async fn create_table(
         .attribute_definitions(attr(SK, sk_type)?)
         .key_schema(key(PK, KeyType::Hash)?)
         .key_schema(key(SK, KeyType::Range)?);
-    match retry.run("create_tables", || req.clone().send()).await {
+    match retry.run("create_schema", || req.clone().send()).await {
         Ok(_) => {
             tracing::info!(table, "created DynamoDB table");
             Ok(())
@@ -216,7 +216,7 @@ async fn create_table(
             if code == Some("ResourceInUseException") {
                 Ok(())
             } else {
-                Err(f.into_error("create_tables"))
+                Err(f.into_error("create_schema"))
             }
         }
     }
@@ -225,7 +225,7 @@ async fn create_table(
 async fn wait_active(client: &Client, retry: &RetryPolicy, table: &str) -> Result<()> {
     for _ in 0..600 {
         let out = retry
-            .run("create_tables", || {
+            .run("create_schema", || {
                 client.describe_table().table_name(table).send()
             })
             .await;
@@ -236,7 +236,7 @@ async fn wait_active(client: &Client, retry: &RetryPolicy, table: &str) -> Resul
                 }
             }
             Err(f) if f.class == Class::NotFound => {}
-            Err(f) => return Err(f.into_error("create_tables")),
+            Err(f) => return Err(f.into_error("create_schema")),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

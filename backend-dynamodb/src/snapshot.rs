@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, ReturnValue, WriteRequest};
 use persistence_api::{
-    Capabilities, Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot,
-    SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
+    Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot, SnapshotMetadata,
+    SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
 use crate::core::Inner;
@@ -216,10 +216,6 @@ impl DynamoDbSnapshotStore {
 
 #[async_trait]
 impl SnapshotStore for DynamoDbSnapshotStore {
-    fn capabilities(&self) -> Capabilities {
-        crate::journal::capabilities(&self.inner)
-    }
-
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         let inner = &self.inner;
         let pid = metadata.persistence_id.as_str();

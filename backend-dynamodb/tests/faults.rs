@@ -60,7 +60,7 @@ struct Env {
     direct: Stores,
     /// The raw client and journal name, to count the items a cut left in an id's partition.
     raw: aws_sdk_dynamodb::Client,
-    journal_name: String,
+    namespace: String,
 }
 
 async fn env(shape: &str) -> Option<Env> {
@@ -72,17 +72,17 @@ async fn env(shape: &str) -> Option<Env> {
         .expect("endpoint host:port")
         .to_owned();
     let proxy = FaultProxy::start(target).await.expect("start the proxy");
-    let journal_name = format!("faults_{shape}_{}", unique() % 1_000_000_000_000);
+    let namespace = format!("faults_{shape}_{}", unique() % 1_000_000_000_000);
     let direct_config = DynamoDbConfig {
         journal_table: JOURNAL_TABLE.into(),
         snapshot_table: SNAPSHOT_TABLE.into(),
-        journal_name: journal_name.clone(),
+        namespace: namespace.clone(),
         ..DynamoDbConfig::local(endpoint)
     };
-    let direct = DynamoDb::connect(direct_config.clone())
+    let direct = DynamoDb::open(direct_config.clone())
         .await
         .expect("direct client");
-    direct.create_tables().await.expect("create the tables");
+    direct.create_schema().await.expect("create the tables");
     let via_config = DynamoDbConfig {
         endpoint: Some(format!("http://{}", proxy.addr())),
         max_retries: 2,
@@ -92,13 +92,13 @@ async fn env(shape: &str) -> Option<Env> {
         attempt_timeout: std::time::Duration::from_millis(3_000),
         ..direct_config
     };
-    let via = DynamoDb::connect(via_config).await.expect("proxied client");
+    let via = DynamoDb::open(via_config).await.expect("proxied client");
     Some(Env {
         proxy,
         via: via.stores(),
         raw: direct.client().clone(),
         direct: direct.stores(),
-        journal_name,
+        namespace,
     })
 }
 
@@ -122,7 +122,7 @@ async fn stored_events(env: &Env, pid: &PersistenceId) -> usize {
             .key_condition_expression("pk = :pk AND sk > :meta")
             .expression_attribute_values(
                 ":pk",
-                aws_sdk_dynamodb::types::AttributeValue::S(format!("{}|e|{pid}", env.journal_name)),
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("{}|e|{pid}", env.namespace)),
             )
             .expression_attribute_values(
                 ":meta",

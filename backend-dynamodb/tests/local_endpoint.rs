@@ -54,8 +54,8 @@ async fn a_local_endpoint_needs_no_aws_environment() {
     let config = DynamoDbConfig {
         journal_table: "local_endpoint_journal".into(),
         snapshot_table: "local_endpoint_snapshot".into(),
-        journal_name: format!("l{}", uuid::Uuid::new_v4().simple()),
-        create_tables: true,
+        namespace: format!("l{}", uuid::Uuid::new_v4().simple()),
+        create_schema: true,
         ..DynamoDbConfig::local(endpoint)
     };
     let stores = persistence_dynamodb::open(config)

@@ -5,6 +5,7 @@
 //! operations with throttling, 5xx, transaction-conflict or unprocessed-items responses a
 //! given number of times before it lets requests through (DynamoDB Local never throttles).
 
+use persistence_api::ReadJournalExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -216,7 +217,7 @@ async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
     let mut config = DynamoDbConfig {
         journal_table: "requests_journal".into(),
         snapshot_table: "requests_snapshot".into(),
-        journal_name: format!("r{}", uuid::Uuid::new_v4().simple()),
+        namespace: format!("r{}", uuid::Uuid::new_v4().simple()),
         retry_base_delay: std::time::Duration::from_millis(1),
         retry_max_delay: std::time::Duration::from_millis(5),
         ..DynamoDbConfig::local(endpoint)
@@ -240,7 +241,7 @@ async fn env(tweak: impl FnOnce(&mut DynamoDbConfig)) -> Option<Env> {
         .interceptor(Counter(shared.clone()))
         .build();
     let db = DynamoDb::with_client(aws_sdk_dynamodb::Client::from_conf(sdk), config).unwrap();
-    db.create_tables().await.unwrap();
+    db.create_schema().await.unwrap();
     shared.reset();
     Some(Env {
         stores: db.stores(),
@@ -501,7 +502,7 @@ async fn unprocessed_batch_items_are_retried_not_dropped() {
                 .scan()
                 .table_name(&e.db.config().journal_table)
                 .filter_expression("begins_with(pk, :j)")
-                .expression_attribute_values(":j", S(format!("{}|", e.db.config().journal_name)))
+                .expression_attribute_values(":j", S(format!("{}|", e.db.config().namespace)))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -625,7 +626,7 @@ async fn large_snapshots_are_chunked_and_a_half_written_one_is_never_loaded() {
         e.db.client()
             .get_item()
             .table_name(&config.snapshot_table)
-            .key("pk", S(format!("{}|s|s", config.journal_name)))
+            .key("pk", S(format!("{}|s|s", config.namespace)))
             .key(
                 "sk",
                 aws_sdk_dynamodb::types::AttributeValue::N("20".into()),
@@ -637,7 +638,7 @@ async fn large_snapshots_are_chunked_and_a_half_written_one_is_never_loaded() {
     e.db.client()
         .delete_item()
         .table_name(&config.snapshot_table)
-        .key("pk", S(format!("{}|c|{version}", config.journal_name)))
+        .key("pk", S(format!("{}|c|{version}", config.namespace)))
         .key("sk", aws_sdk_dynamodb::types::AttributeValue::N("3".into()))
         .send()
         .await
@@ -749,7 +750,7 @@ async fn a_missing_table_is_a_configuration_error_that_says_what_to_do() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
-    assert!(err.to_string().contains("create_tables"), "{err}");
+    assert!(err.to_string().contains("create_schema"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1024,7 +1025,7 @@ async fn a_large_write_still_in_flight_is_fenced_off_when_another_write_removes_
     assert_eq!(e.shared.count("TransactWriteItems"), 2);
     // Writer B (the same sequence numbers seen from another process: A's parts look like
     // leftovers) writes 2..=3: it fences A off, removes A's first part and is stored.
-    let b = DynamoDb::connect(e.db.config().clone())
+    let b = DynamoDb::open(e.db.config().clone())
         .await
         .unwrap()
         .stores();

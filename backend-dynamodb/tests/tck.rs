@@ -58,8 +58,8 @@ impl Factory {
             tag_gap_timeout: std::time::Duration::from_millis(1000),
             ..DynamoDbConfig::local(endpoint)
         };
-        let db = DynamoDb::connect(config.clone()).await?;
-        db.create_tables().await?;
+        let db = DynamoDb::open(config.clone()).await?;
+        db.create_schema().await?;
         Ok(Factory {
             client: db.client().clone(),
             config,
@@ -177,7 +177,7 @@ fn key(pk: String, sk: AttributeValue) -> Item {
 impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         let config = DynamoDbConfig {
-            journal_name: namespace.to_owned(),
+            namespace: namespace.to_owned(),
             ..self.config.clone()
         };
         Ok(DynamoDb::with_client(self.client.clone(), config)?.stores())
@@ -226,8 +226,8 @@ impl persistence_tck::StoreFactory for Factory {
             .await
     }
 
-    fn page_size(&self) -> Option<usize> {
-        Some(self.config.page_size as usize)
+    fn page_size(&self) -> Option<u32> {
+        Some(self.config.page_size)
     }
 }
 

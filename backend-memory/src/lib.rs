@@ -9,15 +9,12 @@ use async_trait::async_trait;
 use futures::{stream, Stream, StreamExt};
 use persistence_api::{
     AtomicWrite, Capabilities, EnvelopeStream, Error, ErrorKind, EventEnvelope, Journal, Offset,
-    Payload, PersistenceId, PersistenceIdStream, PersistentEvent, ReadJournal, Replay, Result,
-    SelectedSnapshot, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore,
-    Stores, Timestamp,
+    Payload, PersistenceId, PersistenceIdStream, PersistentEvent, QueryMode, ReadJournal, Replay,
+    Result, SelectedSnapshot, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria,
+    SnapshotStore, Stores, Timestamp,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
-
-/// The backend's name in configuration.
-pub const BACKEND_NAME: &str = "memory";
 
 /// Settings of the in-memory backend. Its limits are declared as capabilities, so a test
 /// suite can make the memory store refuse what a production store would (for example
@@ -32,7 +29,7 @@ pub struct MemoryConfig {
     /// The largest snapshot (default 64 MiB).
     pub max_snapshot_size: Option<usize>,
     /// Events copied out per lock acquisition when replaying and querying (default 1,000).
-    pub page_size: usize,
+    pub page_size: u32,
 }
 
 impl Default for MemoryConfig {
@@ -59,18 +56,32 @@ impl Default for MemoryConfig {
 /// # Ok(()) }
 /// ```
 pub fn stores() -> Stores {
-    MemoryBackend::new(MemoryConfig::default()).stores()
+    Memory::new(MemoryConfig::default()).stores()
+}
+
+/// Opens a fresh, empty in-memory store with `config`: the one-call entry point every
+/// backend has (`persistence_<backend>::open(config)`). Sends no request (there is no
+/// server) and has no schema to create.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> persistence_api::Result<()> {
+/// let stores = persistence_memory::open(persistence_memory::MemoryConfig::default()).await?;
+/// assert_eq!(stores.backend(), "memory");
+/// # Ok(()) }
+/// ```
+pub async fn open(config: MemoryConfig) -> Result<Stores> {
+    Ok(Memory::open(config).await?.stores())
 }
 
 /// An in-memory journal, snapshot store and read journal sharing one state. Clones share it.
 #[derive(Clone)]
-pub struct MemoryBackend {
+pub struct Memory {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for MemoryBackend {
+impl std::fmt::Debug for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryBackend")
+        f.debug_struct("Memory")
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
@@ -99,11 +110,15 @@ struct IdLog {
     highest: SequenceNr,
 }
 
-impl MemoryBackend {
+impl Memory {
+    /// The backend's name: its configuration section, its cargo feature in the facade, and
+    /// the name its errors carry.
+    pub const NAME: &'static str = "memory";
+
     /// A fresh, empty backend.
     pub fn new(config: MemoryConfig) -> Self {
         let (changed, _) = watch::channel(0);
-        MemoryBackend {
+        Memory {
             shared: Arc::new(Shared {
                 state: RwLock::new(State::default()),
                 changed,
@@ -112,9 +127,30 @@ impl MemoryBackend {
         }
     }
 
+    /// A fresh, empty store with `config`, as a handle ([`open`] gives its [`Stores`]).
+    pub async fn open(config: MemoryConfig) -> Result<Self> {
+        Ok(Memory::new(config))
+    }
+
+    /// What this backend declares: its configured limits, everything else supported,
+    /// not durable.
+    pub fn capabilities(&self) -> Capabilities {
+        let c = &self.shared.config;
+        Capabilities {
+            atomic_write_max_events: c.atomic_write_max_events,
+            max_event_size: c.max_event_size,
+            max_snapshot_size: c.max_snapshot_size,
+            durable: false,
+            live_query_max_delay: Some(std::time::Duration::from_millis(10)),
+            ..Capabilities::all()
+        }
+    }
+
     /// This backend's three stores behind the checking layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
+            Self::NAME,
+            self.capabilities(),
             Arc::new(self.clone()),
             Arc::new(self.clone()),
             Arc::new(self.clone()),
@@ -151,7 +187,7 @@ impl MemoryBackend {
     }
 
     /// Replaces the bytes of the stored snapshot `(id, sequence_nr)`, like
-    /// [`MemoryBackend::overwrite_stored_payload`] for an event.
+    /// [`Memory::overwrite_stored_payload`] for an event.
     pub fn overwrite_stored_snapshot(
         &self,
         id: &PersistenceId,
@@ -222,13 +258,13 @@ impl MemoryBackend {
         F: FnMut(&State, &mut C, usize) -> (Vec<T>, bool) + Send + 'static,
     {
         struct Paging<C, F> {
-            backend: MemoryBackend,
+            backend: Memory,
             rx: watch::Receiver<u64>,
             cursor: C,
             fetch: F,
             done: bool,
         }
-        let page = self.shared.config.page_size.max(1);
+        let page = self.shared.config.page_size.max(1) as usize;
         let init = Paging {
             backend: self.clone(),
             rx: self.shared.changed.subscribe(),
@@ -271,19 +307,7 @@ fn envelope(event: &PersistentEvent, offset: Offset) -> EventEnvelope {
 }
 
 #[async_trait]
-impl Journal for MemoryBackend {
-    fn capabilities(&self) -> Capabilities {
-        let c = &self.shared.config;
-        Capabilities {
-            atomic_write_max_events: c.atomic_write_max_events,
-            max_event_size: c.max_event_size,
-            max_snapshot_size: c.max_snapshot_size,
-            durable: false,
-            live_query_max_delay: Some(std::time::Duration::from_millis(10)),
-            ..Capabilities::all()
-        }
-    }
-
+impl Journal for Memory {
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         let results = {
             let mut state = self.write_lock();
@@ -356,11 +380,7 @@ impl Journal for MemoryBackend {
 }
 
 #[async_trait]
-impl SnapshotStore for MemoryBackend {
-    fn capabilities(&self) -> Capabilities {
-        Journal::capabilities(self)
-    }
-
+impl SnapshotStore for Memory {
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         let mut state = self.write_lock();
         state
@@ -416,7 +436,7 @@ impl SnapshotStore for MemoryBackend {
     }
 }
 
-impl MemoryBackend {
+impl Memory {
     fn ids(&self, live: bool) -> PersistenceIdStream {
         self.paged(
             (0usize, None::<usize>),
@@ -513,42 +533,22 @@ impl MemoryBackend {
     }
 }
 
-impl ReadJournal for MemoryBackend {
-    fn capabilities(&self) -> Capabilities {
-        Journal::capabilities(self)
+impl ReadJournal for Memory {
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        self.ids(mode.is_live())
     }
 
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        self.ids(false)
-    }
-
-    fn persistence_ids(&self) -> PersistenceIdStream {
-        self.ids(true)
-    }
-
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
-        self.by_id(persistence_id, from, to, false)
+        self.by_id(persistence_id, from, to, mode.is_live())
     }
 
-    fn events_by_persistence_id(
-        &self,
-        persistence_id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
-        self.by_id(persistence_id, from, to, true)
-    }
-
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.by_tag(tag, offset, false)
-    }
-
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.by_tag(tag, offset, true)
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
+        self.by_tag(tag, offset, mode.is_live())
     }
 }

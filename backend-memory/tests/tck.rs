@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use persistence_api::{Error, PersistenceId, Result, SequenceNr, Stores};
-use persistence_memory::{MemoryBackend, MemoryConfig};
+use persistence_memory::{Memory, MemoryConfig};
 use persistence_tck::Corruption;
 
 /// Bytes no codec wrote: CBOR "break" codes out of place.
@@ -16,11 +16,11 @@ const GARBAGE: [u8; 8] = [0xff; 8];
 #[derive(Default)]
 struct Factory {
     /// The backend of each namespace, for the corruption hooks.
-    backends: Mutex<HashMap<String, MemoryBackend>>,
+    backends: Mutex<HashMap<String, Memory>>,
 }
 
 impl Factory {
-    fn backend(&self, namespace: &str) -> Result<MemoryBackend> {
+    fn backend(&self, namespace: &str) -> Result<Memory> {
         let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         backends
             .get(namespace)
@@ -40,7 +40,7 @@ impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         // A fresh backend per case is the memory driver's namespace (and a reopen is a new,
         // empty process: the backend does not declare `durable`).
-        let backend = MemoryBackend::new(MemoryConfig::default());
+        let backend = Memory::new(MemoryConfig::default());
         self.backends
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -96,7 +96,7 @@ impl persistence_tck::StoreFactory for Factory {
         }
     }
 
-    fn page_size(&self) -> Option<usize> {
+    fn page_size(&self) -> Option<u32> {
         Some(MemoryConfig::default().page_size)
     }
 }

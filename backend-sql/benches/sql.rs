@@ -18,6 +18,7 @@
 //! measures what the PostgreSQL tag-order lock costs 16 concurrent writers of one tag, and
 //! how many events a resuming reader misses without it.
 
+use persistence_api::ReadJournalExt;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
-use persistence_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
+use persistence_sql::{sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig};
 use sqlx::{AssertSqlSafe, Row};
 
 const EVENTS: u64 = 10_000;
@@ -355,7 +356,7 @@ async fn bench_sqlite() {
         config.page_size,
         config.max_connections
     );
-    let opened = SqliteStores::open(config).await.unwrap();
+    let opened = Sqlite::open(config).await.unwrap();
     let stores = opened.stores();
     let pool = opened.pool().clone();
     let r = rounds_of(&stores, &SqliteRaw(pool)).await;
@@ -629,7 +630,7 @@ async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
 async fn bench_postgres(url: &str) {
     let schema = unique_schema("bench");
     let config = PostgresConfig::new(url).with_schema(&schema);
-    let opened = PostgresStores::open(config.clone()).await.unwrap();
+    let opened = Postgres::open(config.clone()).await.unwrap();
     let stores = opened.stores();
     let pool = opened.pool().clone();
     let settings: Vec<(String, String)> = sqlx::query(
@@ -669,7 +670,7 @@ async fn tag_lock_cost(url: &str) {
             let mut config = PostgresConfig::new(url).with_schema(&schema);
             config.tag_order_lock = lock;
             config.max_connections = (WRITERS + 4) as u32;
-            let opened = PostgresStores::open(config).await.unwrap();
+            let opened = Postgres::open(config).await.unwrap();
             let stores = opened.stores();
             let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let reader = {

@@ -34,6 +34,8 @@ pub(crate) struct IdState {
 /// the wake-ups of live queries. Everything else is the shared [`Store`].
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
+    /// The backend's name (`postgres` or `sqlite`), as errors and configuration name it.
+    const NAME: &'static str;
     /// The reads, deletes and snapshots, the same for both databases.
     type Store: Store;
     /// The shared statements of this database.
@@ -988,6 +990,8 @@ impl WriteError {
 /// The journal, snapshot store and read journal of `backend` (behind the checking layer).
 pub(crate) fn stores<B: Backend>(backend: &std::sync::Arc<B>) -> Stores {
     Stores::new(
+        B::NAME,
+        backend.store().capabilities(),
         std::sync::Arc::new(SqlJournal {
             backend: backend.clone(),
         }),

@@ -32,8 +32,9 @@ pub struct PostgresConfig {
     pub password: Option<String>,
     /// The schema holding the tables (created when missing). Default `public`.
     pub schema: String,
-    /// Prefix of every table name (`[A-Za-z0-9_]*`). Default empty.
-    pub table_prefix: String,
+    /// Keeps this journal's tables apart from others' in the same database: the tables
+    /// are named `<namespace>_<table>` (`[A-Za-z0-9_]*`). Default empty: the plain names.
+    pub namespace: String,
     /// Most pooled connections. Default 10.
     pub max_connections: u32,
     /// Pooled connections kept open. Default 0.
@@ -45,7 +46,7 @@ pub struct PostgresConfig {
     #[serde(with = "persistence_api::duration_ms", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// Rows per query page: the bound on memory of replays and queries. Default 500.
-    pub page_size: usize,
+    pub page_size: u32,
     /// Send `NOTIFY` on each write so live queries of other processes wake at once
     /// (they poll every `poll_interval` regardless). Default true.
     pub notify: bool,
@@ -54,9 +55,10 @@ pub struct PostgresConfig {
     /// lets a live or resumed tag query skip events under concurrent writers; it exists
     /// for measurements only. Default true.
     pub tag_order_lock: bool,
-    /// Run the embedded migrations when the stores are opened. Default true; with false,
-    /// run [`crate::migrate_postgres`] (or the SQL of [`crate::schema::postgres_ddl`]) by hand.
-    pub migrate: bool,
+    /// Create the schema (run the embedded migrations that have not run) when the stores
+    /// are opened. Default true; with false, run [`crate::create_schema`] (or the SQL of
+    /// [`crate::schema::postgres_ddl`]) by hand.
+    pub create_schema: bool,
 }
 
 impl Default for PostgresConfig {
@@ -65,7 +67,7 @@ impl Default for PostgresConfig {
             url: "postgres://localhost/postgres".into(),
             password: None,
             schema: "public".into(),
-            table_prefix: String::new(),
+            namespace: String::new(),
             max_connections: 10,
             min_connections: 0,
             acquire_timeout: Duration::from_secs(30),
@@ -73,12 +75,17 @@ impl Default for PostgresConfig {
             page_size: 500,
             notify: true,
             tag_order_lock: true,
-            migrate: true,
+            create_schema: true,
         }
     }
 }
 
 impl PostgresConfig {
+    /// The prefix of every table name: `<namespace>_`, or nothing.
+    pub(crate) fn table_prefix(&self) -> String {
+        table_prefix(&self.namespace)
+    }
+
     /// The defaults with `url`.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
@@ -102,7 +109,7 @@ impl PostgresConfig {
             )));
         }
         check_identifier("schema", &self.schema, false)?;
-        check_identifier("table_prefix", &self.table_prefix, true)?;
+        check_identifier("namespace", &self.namespace, true)?;
         check_common(self.max_connections, self.page_size, self.poll_interval)
     }
 }
@@ -113,7 +120,7 @@ impl fmt::Debug for PostgresConfig {
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("schema", &self.schema)
-            .field("table_prefix", &self.table_prefix)
+            .field("namespace", &self.namespace)
             .field("max_connections", &self.max_connections)
             .field("min_connections", &self.min_connections)
             .field("acquire_timeout", &self.acquire_timeout)
@@ -121,7 +128,7 @@ impl fmt::Debug for PostgresConfig {
             .field("page_size", &self.page_size)
             .field("notify", &self.notify)
             .field("tag_order_lock", &self.tag_order_lock)
-            .field("migrate", &self.migrate)
+            .field("create_schema", &self.create_schema)
             .finish()
     }
 }
@@ -154,8 +161,9 @@ pub struct SqliteConfig {
     /// The database file; it and its parent directories are created when missing.
     /// Default `persistence.db`.
     pub path: PathBuf,
-    /// Prefix of every table name (`[A-Za-z0-9_]*`). Default empty.
-    pub table_prefix: String,
+    /// Keeps this journal's tables apart from others' in the same database: the tables
+    /// are named `<namespace>_<table>` (`[A-Za-z0-9_]*`). Default empty: the plain names.
+    pub namespace: String,
     /// Most pooled connections (readers; writes take turns on one). Default 4.
     pub max_connections: u32,
     /// How long a statement waits for another process's lock on the file. Default 5 s.
@@ -166,29 +174,36 @@ pub struct SqliteConfig {
     #[serde(with = "persistence_api::duration_ms", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// Rows per query page: the bound on memory of replays and queries. Default 500.
-    pub page_size: usize,
+    pub page_size: u32,
     /// `PRAGMA synchronous`. Default `full`.
     pub synchronous: SqliteSync,
-    /// Run the embedded migrations when the stores are opened. Default true.
-    pub migrate: bool,
+    /// Create the schema (run the embedded migrations that have not run) when the stores
+    /// are opened. Default true; with false, run [`crate::create_schema`] (or the SQL of
+    /// [`crate::schema::sqlite_ddl`]) by hand.
+    pub create_schema: bool,
 }
 
 impl Default for SqliteConfig {
     fn default() -> Self {
         SqliteConfig {
             path: PathBuf::from("persistence.db"),
-            table_prefix: String::new(),
+            namespace: String::new(),
             max_connections: 4,
             busy_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             page_size: 500,
             synchronous: SqliteSync::Full,
-            migrate: true,
+            create_schema: true,
         }
     }
 }
 
 impl SqliteConfig {
+    /// The prefix of every table name: `<namespace>_`, or nothing.
+    pub(crate) fn table_prefix(&self) -> String {
+        table_prefix(&self.namespace)
+    }
+
     /// The defaults with `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteConfig {
@@ -202,12 +217,21 @@ impl SqliteConfig {
         if self.path.as_os_str().is_empty() {
             return Err(Error::config("sqlite.path must not be empty"));
         }
-        check_identifier("table_prefix", &self.table_prefix, true)?;
+        check_identifier("namespace", &self.namespace, true)?;
         check_common(self.max_connections, self.page_size, self.poll_interval)
     }
 }
 
-fn check_common(max_connections: u32, page_size: usize, poll_interval: Duration) -> Result<()> {
+/// `<namespace>_`, or nothing for the empty namespace.
+fn table_prefix(namespace: &str) -> String {
+    if namespace.is_empty() {
+        String::new()
+    } else {
+        format!("{namespace}_")
+    }
+}
+
+fn check_common(max_connections: u32, page_size: u32, poll_interval: Duration) -> Result<()> {
     if max_connections == 0 {
         return Err(Error::config("max_connections must be at least 1"));
     }
@@ -287,7 +311,7 @@ mod tests {
             .validate()
             .is_err());
         let mut s = SqliteConfig::new("x.db");
-        s.table_prefix = "p-".into();
+        s.namespace = "p-".into();
         assert!(s.validate().is_err());
     }
 }

@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use async_stream::try_stream;
 use async_trait::async_trait;
-use persistence_api::{
-    AtomicWrite, Capabilities, Journal, PersistenceId, Replay, Result, SequenceNr,
-};
+use persistence_api::{AtomicWrite, Journal, PersistenceId, Replay, Result, SequenceNr};
 
 use crate::backend::{Backend, Store};
 
@@ -17,10 +15,6 @@ pub(crate) struct SqlJournal<B> {
 
 #[async_trait]
 impl<B: Backend> Journal for SqlJournal<B> {
-    fn capabilities(&self) -> Capabilities {
-        self.backend.store().capabilities()
-    }
-
     /// Atomic writes are applied in the given order, each all or nothing; a failed one does
     /// not stop the others (PostgreSQL: a transaction each; SQLite: one transaction with a
     /// savepoint each).

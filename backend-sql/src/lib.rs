@@ -23,9 +23,76 @@ mod sqlite;
 
 pub use config::{PostgresConfig, SqliteConfig, SqliteSync};
 #[cfg(feature = "postgres")]
-pub use postgres::{migrate_postgres, open_postgres, PostgresStores};
+pub use postgres::Postgres;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{migrate_sqlite, open_sqlite, SqliteStores};
+pub use sqlite::Sqlite;
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use persistence_api::{Result, Stores};
+
+/// The configuration of one of the two databases this crate serves: [`PostgresConfig`]
+/// (feature `postgres`) or [`SqliteConfig`] (feature `sqlite`). [`open`] and
+/// [`create_schema`] take either.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[persistence_api::async_trait]
+pub trait SqlConfig: sealed::Sealed + Send + Sync + 'static {
+    /// Opens the database and returns its stores (what [`open`] does).
+    async fn open_stores(self) -> Result<Stores>;
+    /// Runs the embedded migrations that have not run yet (what [`create_schema`] does).
+    async fn create_schema(&self) -> Result<()>;
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::PostgresConfig {}
+    impl Sealed for crate::SqliteConfig {}
+}
+
+#[cfg(feature = "postgres")]
+#[persistence_api::async_trait]
+impl SqlConfig for PostgresConfig {
+    async fn open_stores(self) -> Result<Stores> {
+        Ok(Postgres::open(self).await?.stores())
+    }
+    async fn create_schema(&self) -> Result<()> {
+        postgres::create_schema(self).await
+    }
+}
+
+#[cfg(feature = "sqlite")]
+#[persistence_api::async_trait]
+impl SqlConfig for SqliteConfig {
+    async fn open_stores(self) -> Result<Stores> {
+        Ok(Sqlite::open(self).await?.stores())
+    }
+    async fn create_schema(&self) -> Result<()> {
+        sqlite::create_schema(self).await
+    }
+}
+
+/// Opens the database of `config` and returns its journal, snapshot store and read
+/// journal: the one-call entry point every backend has (`persistence_<backend>::open`).
+/// It connects (an unreachable server or an unwritable file fails here, not at the first
+/// write) and creates the schema when `create_schema` is set (the default).
+///
+/// ```no_run
+/// # async fn demo() -> persistence_api::Result<()> {
+/// let stores = persistence_sql::open(persistence_sql::SqliteConfig::new("journal.db")).await?;
+/// # let _ = stores; Ok(()) }
+/// ```
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub async fn open(config: impl SqlConfig) -> Result<Stores> {
+    config.open_stores().await
+}
+
+/// Creates the schema of `config`'s database: runs the embedded migrations that have not
+/// run yet (idempotent; several processes at once take turns). For deployments that set
+/// `create_schema = false` and create the schema in a separate step.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub async fn create_schema(config: &impl SqlConfig) -> Result<()> {
+    config.create_schema().await
+}
 
 /// Re-exported so callers of [`SqliteStores::pool`] / [`PostgresStores::pool`] name the
 /// same sqlx.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use persistence_api::{AtomicWrite, Error, PersistentEvent, Result, Stores};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres as PgDb};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -140,7 +140,7 @@ impl Drop for ListenerTask {
 /// One opened PostgreSQL database (one schema and prefix).
 pub(crate) struct PgBackend {
     /// The pool and the shared statements.
-    store: SqlStore<Postgres>,
+    store: SqlStore<PgDb>,
     options: PgConnectOptions,
     sql: Statements,
     /// Lock-key namespace: schema and prefix, so namespaces never contend.
@@ -181,7 +181,7 @@ async fn connect(config: &PostgresConfig, options: &PgConnectOptions) -> Result<
 /// Runs the embedded PostgreSQL migrations that have not run yet in `config`'s schema
 /// (creating the schema when missing). Safe to run from several processes at once: they
 /// take turns on an advisory lock.
-pub async fn migrate_postgres(config: &PostgresConfig) -> Result<()> {
+pub(crate) async fn create_schema(config: &PostgresConfig) -> Result<()> {
     let options = connect_options(config)?;
     let pool = connect(config, &options).await?;
     let result = run_migrations(&pool, config).await;
@@ -190,7 +190,7 @@ pub async fn migrate_postgres(config: &PostgresConfig) -> Result<()> {
 }
 
 async fn run_migrations(pool: &PgPool, config: &PostgresConfig) -> Result<()> {
-    let names = Names::new(Some(&config.schema), &config.table_prefix);
+    let names = Names::new(Some(&config.schema), &config.table_prefix());
     let key = fnv1a(&format!("backend-sql:migrate:{}", config.schema)) as i64;
     let mut conn = pool.acquire().await.map_err(err("migrate"))?;
     sqlx::query("SELECT pg_advisory_lock($1)")
@@ -233,7 +233,7 @@ async fn apply_migrations(conn: &mut sqlx::PgConnection, names: &Names) -> Resul
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(err("migrate"))?;
-        apply_migration::<Postgres>(&mut tx, names, table, m, &POSTGRES).await?;
+        apply_migration::<PgDb>(&mut tx, names, table, m, &POSTGRES).await?;
         tx.commit().await.map_err(err("migrate"))?;
         tracing::info!(
             version = m.version,
@@ -248,16 +248,16 @@ impl PgBackend {
     pub(crate) async fn open(config: PostgresConfig) -> Result<PgBackend> {
         let options = connect_options(&config)?;
         let pool = connect(&config, &options).await?;
-        if config.migrate {
+        if config.create_schema {
             run_migrations(&pool, &config).await?;
         }
-        let names = Names::new(Some(&config.schema), &config.table_prefix);
-        let namespace = format!("{}.{}", config.schema, config.table_prefix);
+        let names = Names::new(Some(&config.schema), &config.table_prefix());
+        let namespace = format!("{}.{}", config.schema, config.table_prefix());
         Ok(PgBackend {
             store: SqlStore::new(
                 pool,
                 StoreSql::new(&names, &POSTGRES),
-                config.page_size,
+                config.page_size as usize,
                 config.poll_interval,
                 false,
                 None,
@@ -504,9 +504,10 @@ async fn listen(options: PgConnectOptions, channel: String, wake: Arc<watch::Sen
 
 #[async_trait]
 impl Backend for PgBackend {
-    type Store = SqlStore<Postgres>;
+    const NAME: &'static str = Postgres::NAME;
+    type Store = SqlStore<PgDb>;
 
-    fn store(&self) -> &SqlStore<Postgres> {
+    fn store(&self) -> &SqlStore<PgDb> {
         &self.store
     }
 
@@ -567,24 +568,23 @@ impl Backend for PgBackend {
     }
 }
 
-/// Connects to the PostgreSQL database of `config` (running the migrations unless
-/// `migrate = false`) and returns its journal, snapshot store and read journal.
-pub async fn open_postgres(config: PostgresConfig) -> Result<Stores> {
-    Ok(PostgresStores::open(config).await?.stores())
-}
-
 /// An opened PostgreSQL database: its [`Stores`] and its connection pool.
 ///
-/// [`open_postgres`] is the short way; this handle also gives the pool, for tools and
+/// [`crate::open`] is the short way; this handle also gives the pool, for tools and
 /// benchmarks that issue their own statements, and closes it.
-pub struct PostgresStores {
+pub struct Postgres {
     backend: Arc<PgBackend>,
 }
 
-impl PostgresStores {
-    /// Connects to the database of `config`.
-    pub async fn open(config: PostgresConfig) -> Result<PostgresStores> {
-        Ok(PostgresStores {
+impl Postgres {
+    /// The backend's name: its configuration section, its cargo feature in the facade, and
+    /// the name its errors carry.
+    pub const NAME: &'static str = "postgres";
+
+    /// Connects to the database of `config` (a pool; the first connection is made here, so
+    /// an unreachable server fails now) and creates the schema when `create_schema` is set.
+    pub async fn open(config: PostgresConfig) -> Result<Postgres> {
+        Ok(Postgres {
             backend: Arc::new(PgBackend::open(config).await?),
         })
     }

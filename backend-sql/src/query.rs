@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_stream::try_stream;
 use persistence_api::{
-    Capabilities, EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
+    EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, PersistenceIdStream, QueryMode,
     ReadJournal, SequenceNr,
 };
 use tokio::sync::watch;
@@ -147,41 +147,21 @@ impl<B: Backend> SqlReadJournal<B> {
 }
 
 impl<B: Backend> ReadJournal for SqlReadJournal<B> {
-    fn capabilities(&self) -> Capabilities {
-        self.backend.store().capabilities()
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        self.ids_stream(mode.is_live())
     }
 
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        self.ids_stream(false)
-    }
-
-    fn persistence_ids(&self) -> PersistenceIdStream {
-        self.ids_stream(true)
-    }
-
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
-        self.id_stream(persistence_id, from, to, false)
+        self.id_stream(persistence_id, from, to, mode.is_live())
     }
 
-    fn events_by_persistence_id(
-        &self,
-        persistence_id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
-        self.id_stream(persistence_id, from, to, true)
-    }
-
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.tag_stream(tag, offset, false)
-    }
-
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.tag_stream(tag, offset, true)
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
+        self.tag_stream(tag, offset, mode.is_live())
     }
 }

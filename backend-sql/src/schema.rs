@@ -102,7 +102,7 @@ impl Names {
 /// the stores run when opened, for running by hand (`psql -f`).
 #[cfg(feature = "postgres")]
 pub fn postgres_ddl(config: &PostgresConfig) -> String {
-    let names = Names::new(Some(&config.schema), &config.table_prefix);
+    let names = Names::new(Some(&config.schema), &config.table_prefix());
     render_all(&names, POSTGRES_MIGRATIONS)
 }
 
@@ -110,7 +110,7 @@ pub fn postgres_ddl(config: &PostgresConfig) -> String {
 /// (`sqlite3 FILE < ddl.sql`).
 #[cfg(feature = "sqlite")]
 pub fn sqlite_ddl(config: &SqliteConfig) -> String {
-    let names = Names::new(None, &config.table_prefix);
+    let names = Names::new(None, &config.table_prefix());
     render_all(&names, SQLITE_MIGRATIONS)
 }
 

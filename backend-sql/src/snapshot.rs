@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use persistence_api::{
-    Capabilities, Payload, PersistenceId, Result, SelectedSnapshot, SnapshotMetadata,
-    SnapshotSelectionCriteria, SnapshotStore, Timestamp,
+    Payload, PersistenceId, Result, SelectedSnapshot, SnapshotMetadata, SnapshotSelectionCriteria,
+    SnapshotStore, Timestamp,
 };
 
 use crate::backend::{Backend, Store};
@@ -17,10 +17,6 @@ pub(crate) struct SqlSnapshotStore<B> {
 
 #[async_trait]
 impl<B: Backend> SnapshotStore for SqlSnapshotStore<B> {
-    fn capabilities(&self) -> Capabilities {
-        self.backend.store().capabilities()
-    }
-
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         self.backend
             .store()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use persistence_api::{AtomicWrite, Error, ErrorKind, Result, Stores};
 use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    Sqlite as SqliteDb, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
 use sqlx::AssertSqlSafe;
@@ -64,7 +64,7 @@ impl Statements {
 /// One opened SQLite database.
 pub(crate) struct SqliteBackend {
     /// The pool, the shared statements and the write turns.
-    store: SqlStore<Sqlite>,
+    store: SqlStore<SqliteDb>,
     sql: Statements,
     wake: watch::Sender<u64>,
 }
@@ -107,7 +107,7 @@ async fn connect(config: &SqliteConfig) -> Result<SqlitePool> {
 }
 
 /// Runs the embedded SQLite migrations that have not run yet on the database of `config`.
-pub async fn migrate_sqlite(config: &SqliteConfig) -> Result<()> {
+pub(crate) async fn create_schema(config: &SqliteConfig) -> Result<()> {
     let pool = connect(config).await?;
     let result = run_migrations(&pool, config).await;
     pool.close().await;
@@ -115,7 +115,7 @@ pub async fn migrate_sqlite(config: &SqliteConfig) -> Result<()> {
 }
 
 async fn run_migrations(pool: &SqlitePool, config: &SqliteConfig) -> Result<()> {
-    let names = Names::new(None, &config.table_prefix);
+    let names = Names::new(None, &config.table_prefix());
     let table = names.get("persistence_migrations");
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
@@ -137,7 +137,7 @@ async fn run_migrations(pool: &SqlitePool, config: &SqliteConfig) -> Result<()> 
         if applied.contains(&m.version) {
             continue;
         }
-        apply_migration::<Sqlite>(&mut tx, &names, table, m, &SQLITE).await?;
+        apply_migration::<SqliteDb>(&mut tx, &names, table, m, &SQLITE).await?;
         tracing::info!(
             version = m.version,
             description = m.description,
@@ -150,15 +150,15 @@ async fn run_migrations(pool: &SqlitePool, config: &SqliteConfig) -> Result<()> 
 impl SqliteBackend {
     pub(crate) async fn open(config: SqliteConfig) -> Result<SqliteBackend> {
         let pool = connect(&config).await?;
-        if config.migrate {
+        if config.create_schema {
             run_migrations(&pool, &config).await?;
         }
-        let names = Names::new(None, &config.table_prefix);
+        let names = Names::new(None, &config.table_prefix());
         Ok(SqliteBackend {
             store: SqlStore::new(
                 pool,
                 StoreSql::new(&names, &SQLITE),
-                config.page_size,
+                config.page_size as usize,
                 config.poll_interval,
                 true,
                 Some("BEGIN IMMEDIATE"),
@@ -257,9 +257,10 @@ impl SqliteBackend {
 
 #[async_trait]
 impl Backend for SqliteBackend {
-    type Store = SqlStore<Sqlite>;
+    const NAME: &'static str = Sqlite::NAME;
+    type Store = SqlStore<SqliteDb>;
 
-    fn store(&self) -> &SqlStore<Sqlite> {
+    fn store(&self) -> &SqlStore<SqliteDb> {
         &self.store
     }
 
@@ -287,24 +288,23 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// Opens the SQLite database of `config` (creating the file, its directory and the tables
-/// when missing) and returns its journal, snapshot store and read journal.
-pub async fn open_sqlite(config: SqliteConfig) -> Result<Stores> {
-    Ok(SqliteStores::open(config).await?.stores())
-}
-
 /// An opened SQLite database: its [`Stores`] and its connection pool.
 ///
-/// [`open_sqlite`] is the short way; this handle also gives the pool, for tools and
+/// [`crate::open`] is the short way; this handle also gives the pool, for tools and
 /// benchmarks that issue their own statements, and closes it.
-pub struct SqliteStores {
+pub struct Sqlite {
     backend: Arc<SqliteBackend>,
 }
 
-impl SqliteStores {
-    /// Opens the database of `config`.
-    pub async fn open(config: SqliteConfig) -> Result<SqliteStores> {
-        Ok(SqliteStores {
+impl Sqlite {
+    /// The backend's name: its configuration section, its cargo feature in the facade, and
+    /// the name its errors carry.
+    pub const NAME: &'static str = "sqlite";
+
+    /// Opens the database file of `config` (creating it and its directories when missing)
+    /// and creates the schema when `create_schema` is set.
+    pub async fn open(config: SqliteConfig) -> Result<Sqlite> {
+        Ok(Sqlite {
             backend: Arc::new(SqliteBackend::open(config).await?),
         })
     }

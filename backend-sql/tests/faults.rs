@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use persistence_api::{ErrorKind, JournalExt, Stores};
-use persistence_sql::{sqlx, PostgresConfig, PostgresStores};
+use persistence_sql::{sqlx, Postgres, PostgresConfig};
 use persistence_tck::fault::FaultProxy;
 use persistence_tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, unique, Shape};
 
@@ -104,14 +104,14 @@ async fn env(shape: &str) -> Option<Env> {
         .expect("connect directly");
     let mut direct = PostgresConfig::new(url).with_schema(schema.clone());
     direct.max_connections = 2;
-    let direct = PostgresStores::open(direct).await.expect("direct store");
+    let direct = Postgres::open(direct).await.expect("direct store");
     let mut via = PostgresConfig::new(via_url).with_schema(schema.clone());
     // One connection: every write runs on it (prepared statements cached), so each cut
     // write sends the same bytes as the calibration.
     via.max_connections = 1;
     via.acquire_timeout = Duration::from_secs(2);
-    via.migrate = false;
-    let via = PostgresStores::open(via).await.expect("proxied store");
+    via.create_schema = false;
+    let via = Postgres::open(via).await.expect("proxied store");
     Some(Env {
         proxy,
         via: via.stores(),

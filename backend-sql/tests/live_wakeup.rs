@@ -9,11 +9,12 @@
 //! PostgreSQL cases need `PERSISTENCE_POSTGRES_URL` (skipped loudly without it, a failure
 //! with `CI=true`).
 
+use persistence_api::ReadJournalExt;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use persistence_api::{AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent};
-use persistence_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
+use persistence_sql::{sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig};
 
 const SLOW_POLL: Duration = Duration::from_secs(60);
 
@@ -91,8 +92,8 @@ async fn postgres_notify_wakes_other_instances() {
     let schema = format!("live_{}", std::process::id());
     let mut config = PostgresConfig::new(url).with_schema(&schema);
     config.poll_interval = SLOW_POLL;
-    let reader = PostgresStores::open(config.clone()).await.unwrap();
-    let writer = PostgresStores::open(config).await.unwrap();
+    let reader = Postgres::open(config.clone()).await.unwrap();
+    let writer = Postgres::open(config).await.unwrap();
     let took = delay(&reader.stores(), &writer.stores(), "pg-a").await;
     eprintln!("postgres: delivered {took:?} after the write (poll interval {SLOW_POLL:?})");
     assert!(took < Duration::from_secs(5), "took {took:?}");
@@ -110,7 +111,7 @@ async fn sqlite_wakes_in_process_and_polls_across_processes() {
     let path = dir.path().join("nested/dir/live.db");
     let mut config = SqliteConfig::new(&path);
     config.poll_interval = SLOW_POLL;
-    let one = SqliteStores::open(config.clone()).await.unwrap();
+    let one = Sqlite::open(config.clone()).await.unwrap();
     assert!(path.exists(), "the file and its directories are created");
     let took = delay(&one.stores(), &one.stores(), "lite-a").await;
     eprintln!("sqlite, same stores: delivered {took:?} after the write");
@@ -118,8 +119,8 @@ async fn sqlite_wakes_in_process_and_polls_across_processes() {
 
     // Another opened database on the same file stands for another process: polling.
     config.poll_interval = Duration::from_millis(200);
-    let reader = SqliteStores::open(config.clone()).await.unwrap();
-    let writer = SqliteStores::open(config).await.unwrap();
+    let reader = Sqlite::open(config.clone()).await.unwrap();
+    let writer = Sqlite::open(config).await.unwrap();
     let mut live = reader
         .stores()
         .read_journal

@@ -6,6 +6,7 @@
 //! PostgreSQL cases need `PERSISTENCE_POSTGRES_URL` (skipped loudly without it, a failure
 //! with `CI=true`).
 
+use persistence_api::ReadJournalExt;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,10 +14,7 @@ use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, SnapshotMetadata,
     SnapshotSelectionCriteria, Stores, Timestamp,
 };
-use persistence_sql::{
-    migrate_postgres, migrate_sqlite, open_postgres, open_sqlite, schema, sqlx, PostgresConfig,
-    PostgresStores, SqliteConfig, SqliteStores,
-};
+use persistence_sql::{schema, sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig};
 
 fn postgres_url() -> Option<String> {
     match std::env::var("PERSISTENCE_POSTGRES_URL") {
@@ -81,7 +79,7 @@ async fn sqlite_file_survives_a_restart() {
     let path = dir.path().join("state/deeper/app.db");
     let id = PersistenceId::new("account-1").unwrap();
     {
-        let opened = SqliteStores::open(SqliteConfig::new(&path)).await.unwrap();
+        let opened = Sqlite::open(SqliteConfig::new(&path)).await.unwrap();
         let stores = opened.stores();
         stores.journal.write(write(&id, 1, 3)).await.unwrap();
         stores
@@ -95,7 +93,9 @@ async fn sqlite_file_survives_a_restart() {
         opened.close().await;
     }
     assert!(path.is_file());
-    let stores = open_sqlite(SqliteConfig::new(&path)).await.unwrap();
+    let stores = persistence_sql::open(SqliteConfig::new(&path))
+        .await
+        .unwrap();
     assert_eq!(stores.journal.highest_sequence_nr(&id).await.unwrap(), 3);
     assert_eq!(stores.journal.replay_all(&id).await.unwrap().len(), 3);
     let snapshot = stores
@@ -115,7 +115,7 @@ async fn sqlite_file_survives_a_restart() {
 #[tokio::test]
 async fn sqlite_deleted_sequence_numbers_stay_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = open_sqlite(SqliteConfig::new(dir.path().join("d.db")))
+    let stores = persistence_sql::open(SqliteConfig::new(dir.path().join("d.db")))
         .await
         .unwrap();
     deleted_sequence_numbers_stay_taken(&stores).await;
@@ -125,11 +125,11 @@ async fn sqlite_deleted_sequence_numbers_stay_taken() {
 async fn sqlite_migrations_by_hand_then_open_without_migrating() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = SqliteConfig::new(dir.path().join("m.db"));
-    config.table_prefix = "app_".into();
-    migrate_sqlite(&config).await.unwrap();
-    migrate_sqlite(&config).await.unwrap();
-    config.migrate = false;
-    let stores = open_sqlite(config.clone()).await.unwrap();
+    config.namespace = "app".into();
+    persistence_sql::create_schema(&config).await.unwrap();
+    persistence_sql::create_schema(&config).await.unwrap();
+    config.create_schema = false;
+    let stores = persistence_sql::open(config.clone()).await.unwrap();
     let id = PersistenceId::new("a").unwrap();
     stores.journal.write(write(&id, 1, 1)).await.unwrap();
     assert!(schema::sqlite_ddl(&config).contains("\"app_event_journal\""));
@@ -140,7 +140,7 @@ async fn sqlite_unwritable_path_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    let err = open_sqlite(SqliteConfig::new(file.join("db.sqlite")))
+    let err = persistence_sql::open(SqliteConfig::new(file.join("db.sqlite")))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
@@ -150,7 +150,7 @@ async fn sqlite_unwritable_path_is_an_error() {
 async fn postgres_deleted_sequence_numbers_stay_taken() {
     let Some(url) = postgres_url() else { return };
     let schema = format!("deleted_{}", std::process::id());
-    let opened = PostgresStores::open(PostgresConfig::new(url).with_schema(&schema))
+    let opened = Postgres::open(PostgresConfig::new(url).with_schema(&schema))
         .await
         .unwrap();
     deleted_sequence_numbers_stay_taken(&opened.stores()).await;
@@ -162,19 +162,19 @@ async fn postgres_concurrent_migrations_and_prefixes() {
     let Some(url) = postgres_url() else { return };
     let schema = format!("migr_{}", std::process::id());
     let mut config = PostgresConfig::new(url).with_schema(&schema);
-    config.table_prefix = "app_".into();
+    config.namespace = "app".into();
     // Eight processes starting at once: the advisory lock lets one create, the rest see it.
     let runs: Vec<_> = (0..8)
         .map(|_| {
             let config = config.clone();
-            tokio::spawn(async move { migrate_postgres(&config).await })
+            tokio::spawn(async move { persistence_sql::create_schema(&config).await })
         })
         .collect();
     for run in runs {
         run.await.unwrap().unwrap();
     }
-    config.migrate = false;
-    let opened = PostgresStores::open(config.clone()).await.unwrap();
+    config.create_schema = false;
+    let opened = Postgres::open(config.clone()).await.unwrap();
     let stores = opened.stores();
     let id = PersistenceId::new("a").unwrap();
     stores.journal.write(write(&id, 1, 2)).await.unwrap();
@@ -194,7 +194,7 @@ async fn postgres_unreachable_server_is_retryable() {
     // Nothing listens on port 1.
     let mut config = PostgresConfig::new("postgres://nobody:secret@127.0.0.1:1/nothing");
     config.acquire_timeout = Duration::from_secs(2);
-    let err = open_postgres(config).await.unwrap_err();
+    let err = persistence_sql::open(config).await.unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
         "{err}"
@@ -205,11 +205,11 @@ async fn postgres_unreachable_server_is_retryable() {
 
 #[tokio::test]
 async fn bad_configuration_is_config_invalid() {
-    let err = open_postgres(PostgresConfig::new("mysql://x").with_schema("s"))
+    let err = persistence_sql::open(PostgresConfig::new("mysql://x").with_schema("s"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
-    let err = open_postgres(PostgresConfig::new("postgres://x/y").with_schema("bad-name"))
+    let err = persistence_sql::open(PostgresConfig::new("postgres://x/y").with_schema("bad-name"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
@@ -255,7 +255,7 @@ async fn batch_with_a_conflict_in_the_middle(stores: &Stores) {
 #[tokio::test]
 async fn sqlite_batch_with_a_conflict_in_the_middle() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = open_sqlite(SqliteConfig::new(dir.path().join("b.db")))
+    let stores = persistence_sql::open(SqliteConfig::new(dir.path().join("b.db")))
         .await
         .unwrap();
     batch_with_a_conflict_in_the_middle(&stores).await;
@@ -265,7 +265,7 @@ async fn sqlite_batch_with_a_conflict_in_the_middle() {
 async fn postgres_batch_with_a_conflict_in_the_middle() {
     let Some(url) = postgres_url() else { return };
     let schema = format!("batch_{}", std::process::id());
-    let opened = PostgresStores::open(PostgresConfig::new(url).with_schema(&schema))
+    let opened = Postgres::open(PostgresConfig::new(url).with_schema(&schema))
         .await
         .unwrap();
     batch_with_a_conflict_in_the_middle(&opened.stores()).await;
@@ -280,7 +280,7 @@ async fn postgres_without_notify_or_tag_lock_still_writes_and_reads() {
     config.notify = false;
     config.tag_order_lock = false;
     config.poll_interval = Duration::from_millis(50);
-    let opened = PostgresStores::open(config).await.unwrap();
+    let opened = Postgres::open(config).await.unwrap();
     let stores = opened.stores();
     let id = PersistenceId::new("plain").unwrap();
     let mut live = stores

@@ -15,6 +15,7 @@
 //! PostgreSQL cases need `PERSISTENCE_POSTGRES_URL` (skipped loudly without it, a failure
 //! with `CI=true`).
 
+use persistence_api::ReadJournalExt;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, EventEnvelope, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
-use persistence_sql::{sqlx, PostgresConfig, PostgresStores, SqliteConfig, SqliteStores};
+use persistence_sql::{sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig};
 
 const WRITERS: usize = 16;
 const WRITES_PER_WRITER: u64 = 40;
@@ -229,7 +230,7 @@ async fn many_writers(stores: Stores) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_writers_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let opened = SqliteStores::open(SqliteConfig::new(dir.path().join("gaps.db")))
+    let opened = Sqlite::open(SqliteConfig::new(dir.path().join("gaps.db")))
         .await
         .unwrap();
     many_writers(opened.stores()).await;
@@ -241,7 +242,7 @@ async fn many_writers_postgres() {
     let schema = unique("gaps");
     let mut config = PostgresConfig::new(url).with_schema(&schema);
     config.max_connections = 24;
-    let opened = PostgresStores::open(config).await.unwrap();
+    let opened = Postgres::open(config).await.unwrap();
     many_writers(opened.stores()).await;
     drop_schema(opened.pool(), &schema).await;
 }
@@ -293,7 +294,7 @@ async fn commit_order(tag_order_lock: bool) -> (Vec<String>, Vec<String>) {
     });
     let mut config = PostgresConfig::new(url).with_schema(&schema);
     config.tag_order_lock = tag_order_lock;
-    let opened = PostgresStores::open(config).await.unwrap();
+    let opened = Postgres::open(config).await.unwrap();
     let stores = opened.stores();
     let pool = opened.pool().clone();
     let x = PersistenceId::new("x").unwrap();

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
-use persistence_sql::{open_postgres, sqlx, PostgresConfig};
+use persistence_sql::{sqlx, PostgresConfig};
 use persistence_tck::Corruption;
 
 struct Factory {
@@ -86,10 +86,10 @@ impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
         let mut config = PostgresConfig::new(self.url.clone()).with_schema(namespace);
         config.max_connections = 8;
-        open_postgres(config).await
+        persistence_sql::open(config).await
     }
 
-    fn page_size(&self) -> Option<usize> {
+    fn page_size(&self) -> Option<u32> {
         Some(PostgresConfig::new(self.url.clone()).page_size)
     }
 

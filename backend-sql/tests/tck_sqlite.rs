@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use persistence_api::{Error, ErrorKind, PersistenceId, Result, SequenceNr, Stores};
 use persistence_sql::sqlx::{self, Connection};
-use persistence_sql::{open_sqlite, SqliteConfig};
+use persistence_sql::SqliteConfig;
 use persistence_tck::Corruption;
 
 struct Factory {
@@ -74,10 +74,10 @@ impl Factory {
 #[persistence_api::async_trait]
 impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, namespace: &str) -> Result<Stores> {
-        open_sqlite(SqliteConfig::new(self.path(namespace))).await
+        persistence_sql::open(SqliteConfig::new(self.path(namespace))).await
     }
 
-    fn page_size(&self) -> Option<usize> {
+    fn page_size(&self) -> Option<u32> {
         Some(SqliteConfig::new(self.path("any")).page_size)
     }
 

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::codec::{CborCodec, Codec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::replay_filter::ReplayFilter;
-use crate::stores::{JournalExt, Stores};
+use crate::stores::Stores;
+use crate::traits::JournalExt;
 use crate::types::{
     AtomicWrite, PersistenceId, PersistentEvent, SequenceNr, SnapshotMetadata,
     SnapshotSelectionCriteria, Timestamp,

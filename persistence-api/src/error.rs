@@ -105,12 +105,19 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// );
 /// ```
 pub struct Error {
+    // Boxed: an error travels in every `Result` of the API, and a small `Err` keeps the
+    // happy path's `Result`s small (clippy's `result_large_err`).
+    inner: Box<ErrorInner>,
+}
+
+struct ErrorInner {
     kind: ErrorKind,
     message: String,
     retryable: bool,
     operation: Option<&'static str>,
     persistence_id: Option<String>,
     sequence_range: Option<(u64, u64)>,
+    backend: Option<&'static str>,
     source: Option<Source>,
 }
 
@@ -118,13 +125,16 @@ impl Error {
     /// A new error of `kind`; retryable as [`ErrorKind::is_retryable_by_default`] says.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind,
-            message: message.into(),
-            retryable: kind.is_retryable_by_default(),
-            operation: None,
-            persistence_id: None,
-            sequence_range: None,
-            source: None,
+            inner: Box::new(ErrorInner {
+                kind,
+                message: message.into(),
+                retryable: kind.is_retryable_by_default(),
+                operation: None,
+                persistence_id: None,
+                sequence_range: None,
+                backend: None,
+                source: None,
+            }),
         }
     }
 
@@ -173,104 +183,143 @@ impl Error {
 
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl Into<Source>) -> Self {
-        self.source = Some(source.into());
+        self.inner.source = Some(source.into());
         self
     }
 
     /// Names the operation that failed (`write`, `replay`, `load_snapshot`, ...).
     pub fn with_operation(mut self, operation: &'static str) -> Self {
-        self.operation = Some(operation);
+        self.inner.operation = Some(operation);
         self
     }
 
     /// Names the persistence id involved.
     pub fn with_persistence_id(mut self, id: impl Into<String>) -> Self {
-        self.persistence_id = Some(id.into());
+        self.inner.persistence_id = Some(id.into());
         self
     }
 
     /// Names the (inclusive) range of sequence numbers involved.
     pub fn with_sequence_range(mut self, from: u64, to: u64) -> Self {
-        self.sequence_range = Some((from, to));
+        self.inner.sequence_range = Some((from, to));
+        self
+    }
+
+    /// Names the backend that answered (`sqlite`, `dynamodb`, ...). [`crate::Stores`] adds
+    /// it to every error a backend returns.
+    pub fn with_backend(mut self, backend: &'static str) -> Self {
+        self.inner.backend = Some(backend);
+        self
+    }
+
+    /// Adds the context [`crate::Stores`] knows of a call (operation, persistence id,
+    /// sequence range, backend), keeping what the error already names: a backend that
+    /// named a more precise id or range (the one event that does not decode) keeps it.
+    pub(crate) fn with_context(
+        mut self,
+        backend: &'static str,
+        operation: &'static str,
+        persistence_id: Option<&str>,
+        sequence_range: Option<(u64, u64)>,
+    ) -> Self {
+        self.inner.backend.get_or_insert(backend);
+        self.inner.operation.get_or_insert(operation);
+        if self.inner.persistence_id.is_none() {
+            self.inner.persistence_id = persistence_id.map(str::to_owned);
+        }
+        if self.inner.sequence_range.is_none() {
+            self.inner.sequence_range = sequence_range;
+        }
         self
     }
 
     /// Overrides whether a retry may help.
     pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+        self.inner.retryable = retryable;
         self
     }
 
     /// The kind to match on.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The message, without context.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// Whether trying the same operation again may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.inner.retryable
     }
 
     /// The operation that failed, if known.
     pub fn operation(&self) -> Option<&'static str> {
-        self.operation
+        self.inner.operation
     }
 
     /// The persistence id involved, if any.
     pub fn persistence_id(&self) -> Option<&str> {
-        self.persistence_id.as_deref()
+        self.inner.persistence_id.as_deref()
     }
 
     /// The inclusive range of sequence numbers involved, if any.
     pub fn sequence_range(&self) -> Option<(u64, u64)> {
-        self.sequence_range
+        self.inner.sequence_range
+    }
+
+    /// The backend that answered, if known.
+    pub fn backend(&self) -> Option<&'static str> {
+        self.inner.backend
     }
 
     /// A copy of this error without its source (sources are not `Clone`); the source's
     /// text is kept in the message. Used where one failure answers several callers.
     pub fn clone_shallow(&self) -> Error {
-        let message = match &self.source {
-            Some(source) => format!("{}: {}", self.message, source),
-            None => self.message.clone(),
+        let message = match &self.inner.source {
+            Some(source) => format!("{}: {}", self.inner.message, source),
+            None => self.inner.message.clone(),
         };
         Error {
-            kind: self.kind,
-            message,
-            retryable: self.retryable,
-            operation: self.operation,
-            persistence_id: self.persistence_id.clone(),
-            sequence_range: self.sequence_range,
-            source: None,
+            inner: Box::new(ErrorInner {
+                kind: self.inner.kind,
+                message,
+                retryable: self.inner.retryable,
+                operation: self.inner.operation,
+                persistence_id: self.inner.persistence_id.clone(),
+                sequence_range: self.inner.sequence_range,
+                backend: self.inner.backend,
+                source: None,
+            }),
         }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
+        write!(f, "{}: {}", self.inner.kind, self.inner.message)?;
         let mut context = Vec::new();
-        if let Some(op) = self.operation {
+        if let Some(op) = self.inner.operation {
             context.push(format!("operation {op}"));
         }
-        if let Some(id) = &self.persistence_id {
+        if let Some(id) = &self.inner.persistence_id {
             context.push(format!("persistence id {id}"));
         }
-        if let Some((from, to)) = self.sequence_range {
+        if let Some((from, to)) = self.inner.sequence_range {
             if from == to {
                 context.push(format!("sequence number {from}"));
             } else {
                 context.push(format!("sequence numbers {from}..={to}"));
             }
         }
+        if let Some(backend) = self.inner.backend {
+            context.push(format!("backend {backend}"));
+        }
         if !context.is_empty() {
             write!(f, " ({})", context.join(", "))?;
         }
-        if self.retryable && !self.kind.is_retryable_by_default() {
+        if self.inner.retryable && !self.inner.kind.is_retryable_by_default() {
             write!(f, " [retryable]")?;
         }
         Ok(())
@@ -280,19 +329,22 @@ impl fmt::Display for Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind)
-            .field("message", &self.message)
-            .field("retryable", &self.retryable);
-        if let Some(op) = self.operation {
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message)
+            .field("retryable", &self.inner.retryable);
+        if let Some(op) = self.inner.operation {
             d.field("operation", &op);
         }
-        if let Some(id) = &self.persistence_id {
+        if let Some(id) = &self.inner.persistence_id {
             d.field("persistence_id", id);
         }
-        if let Some(range) = self.sequence_range {
+        if let Some(range) = self.inner.sequence_range {
             d.field("sequence_range", &range);
         }
-        if let Some(source) = &self.source {
+        if let Some(backend) = self.inner.backend {
+            d.field("backend", &backend);
+        }
+        if let Some(source) = &self.inner.source {
             d.field("source", source);
         }
         d.finish()
@@ -301,7 +353,8 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.inner
+            .source
             .as_ref()
             .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
     }

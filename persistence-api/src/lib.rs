@@ -16,9 +16,10 @@ pub use codec::{from_cbor, to_cbor, CborCodec, Codec, Upcaster, CBOR_SERIALIZER_
 pub use entity::{Entity, EntityConfig, EventSourced, RecoveryInfo};
 pub use error::{Error, ErrorKind, Result};
 pub use replay_filter::{ReplayFilter, ReplayFilterMode};
-pub use stores::{JournalExt, Stores};
+pub use stores::Stores;
 pub use traits::{
-    EnvelopeStream, EventStream, Journal, PersistenceIdStream, ReadJournal, Replay, SnapshotStore,
+    EnvelopeStream, EventStream, Journal, JournalExt, PersistenceIdStream, QueryMode, ReadJournal,
+    ReadJournalExt, Replay, SnapshotStore,
 };
 pub use types::{
     AtomicWrite, EventEnvelope, Offset, Payload, PersistenceId, PersistentEvent, SelectedSnapshot,

@@ -13,7 +13,8 @@ use tracing::Instrument;
 use crate::capabilities::Capabilities;
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{
-    EnvelopeStream, EventStream, Journal, PersistenceIdStream, ReadJournal, Replay, SnapshotStore,
+    EnvelopeStream, EventStream, Journal, PersistenceIdStream, QueryMode, ReadJournal, Replay,
+    SnapshotStore,
 };
 use crate::types::{
     AtomicWrite, Offset, Payload, PersistenceId, SelectedSnapshot, SequenceNr, SnapshotMetadata,
@@ -25,8 +26,9 @@ use crate::types::{
 /// ```
 /// # use persistence_api::*;
 /// # fn demo(j: std::sync::Arc<dyn Journal>, s: std::sync::Arc<dyn SnapshotStore>, r: std::sync::Arc<dyn ReadJournal>) {
-/// let stores = Stores::new(j, s, r);
+/// let stores = Stores::new("my-backend", Capabilities::default(), j, s, r);
 /// let caps: Capabilities = stores.capabilities();
+/// assert_eq!(stores.backend(), "my-backend");
 /// # let _ = caps;
 /// # }
 /// ```
@@ -39,19 +41,22 @@ pub struct Stores {
     /// The read journal, checked and traced.
     pub read_journal: Arc<dyn ReadJournal>,
     capabilities: Capabilities,
+    backend: &'static str,
 }
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stores")
+            .field("backend", &self.backend)
             .field("capabilities", &self.capabilities)
             .finish_non_exhaustive()
     }
 }
 
 impl Stores {
-    /// Wraps a backend's stores in the checking and tracing layer. The journal's
-    /// capabilities are the ones the layer enforces for all three.
+    /// Wraps a backend's stores in the checking and tracing layer. `backend` names the
+    /// backend in every error and span (`"sqlite"`, `"dynamodb"`, ...); `capabilities` is
+    /// what the backend declares, enforced here for all three stores.
     ///
     /// # Behavior
     /// - A call the declared capabilities rule out (tags, event or snapshot metadata,
@@ -70,27 +75,41 @@ impl Stores {
     ///   answered without the backend; `from` 0 reaches it as 1.
     /// - A backend that answers `write_events` with the wrong number of results makes
     ///   the call fail with [`ErrorKind::Unexpected`].
+    /// - Every error a backend returns leaves with the operation, the backend's name, and
+    ///   the persistence id and sequence range of the call (an error that already names
+    ///   a more precise id or range keeps it); backends do not add them themselves.
     pub fn new(
+        backend: &'static str,
+        capabilities: Capabilities,
         journal: Arc<dyn Journal>,
         snapshots: Arc<dyn SnapshotStore>,
         read_journal: Arc<dyn ReadJournal>,
     ) -> Self {
-        let capabilities = journal.capabilities();
+        let ctx = Ctx {
+            backend,
+            caps: capabilities,
+        };
         Stores {
             journal: Arc::new(CheckedJournal {
                 inner: journal,
-                caps: capabilities,
+                ctx,
             }),
             snapshots: Arc::new(CheckedSnapshotStore {
                 inner: snapshots,
-                caps: capabilities,
+                ctx,
             }),
             read_journal: Arc::new(CheckedReadJournal {
                 inner: read_journal,
-                caps: capabilities,
+                ctx,
             }),
             capabilities,
+            backend,
         }
+    }
+
+    /// The backend's name, as given to [`Stores::new`].
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 
     /// What the backend declared.
@@ -99,22 +118,42 @@ impl Stores {
     }
 }
 
-fn unsupported(operation: &'static str, what: &str) -> Error {
-    Error::unsupported(format!("this backend does not support {what}")).with_operation(operation)
+/// What the checking layer knows of the backend behind it.
+#[derive(Clone, Copy)]
+struct Ctx {
+    backend: &'static str,
+    caps: Capabilities,
+}
+
+impl Ctx {
+    /// Adds the call's context to a backend's error (see [`Error::with_context`]).
+    fn err(
+        &self,
+        operation: &'static str,
+        id: Option<&str>,
+        range: Option<(u64, u64)>,
+    ) -> impl Fn(Error) -> Error + Send + Sync + 'static {
+        let id = id.map(str::to_owned);
+        let backend = self.backend;
+        move |e: Error| e.with_context(backend, operation, id.as_deref(), range)
+    }
+
+    fn unsupported(&self, operation: &'static str, what: &str) -> Error {
+        Error::unsupported(format!("this backend does not support {what}"))
+            .with_operation(operation)
+            .with_backend(self.backend)
+    }
 }
 
 /// Checks one atomic write against the capabilities; `Err` is that write's result.
-fn check_write(caps: &Capabilities, write: &AtomicWrite) -> Result<()> {
+fn check_write(ctx: &Ctx, write: &AtomicWrite) -> Result<()> {
+    let caps = &ctx.caps;
     let id = write.persistence_id().as_str();
-    let range = (write.lowest_sequence_nr(), write.highest_sequence_nr());
-    let ctx = |e: Error| {
-        e.with_operation("write_events")
-            .with_persistence_id(id)
-            .with_sequence_range(range.0, range.1)
-    };
+    let range = Some((write.lowest_sequence_nr(), write.highest_sequence_nr()));
+    let err = ctx.err("write_events", Some(id), range);
     if let Some(max) = caps.atomic_write_max_events {
         if write.len() > max {
-            return Err(ctx(Error::new(
+            return Err(err(Error::new(
                 ErrorKind::Rejected,
                 format!(
                     "an atomic write of {} events is larger than this backend's limit of {max} events",
@@ -125,29 +164,27 @@ fn check_write(caps: &Capabilities, write: &AtomicWrite) -> Result<()> {
     }
     for event in write.events() {
         if !event.tags.is_empty() && !caps.tags {
-            return Err(ctx(unsupported("write_events", "tags")));
+            return Err(err(ctx.unsupported("write_events", "tags")));
         }
         if event.metadata.is_some() && !caps.event_metadata {
-            return Err(ctx(unsupported("write_events", "event metadata")));
+            return Err(err(ctx.unsupported("write_events", "event metadata")));
         }
         if let Some(tag) = event.tags.iter().find(|t| t.is_empty()) {
-            return Err(ctx(Error::invalid_input(format!(
+            return Err(err(Error::invalid_input(format!(
                 "tags must not be empty (got {tag:?})"
             ))));
         }
         if let Some(max) = caps.max_event_size {
             let size = event.stored_size();
             if size > max {
-                return Err(Error::new(
+                return Err(err(Error::new(
                     ErrorKind::Rejected,
                     format!(
                         "event {} of {id} is {size} bytes; this backend stores at most {max} bytes per event",
                         event.sequence_nr
                     ),
                 )
-                .with_operation("write_events")
-                .with_persistence_id(id)
-                .with_sequence_range(event.sequence_nr, event.sequence_nr));
+                .with_sequence_range(event.sequence_nr, event.sequence_nr)));
             }
         }
     }
@@ -156,35 +193,47 @@ fn check_write(caps: &Capabilities, write: &AtomicWrite) -> Result<()> {
 
 struct CheckedJournal {
     inner: Arc<dyn Journal>,
-    caps: Capabilities,
+    ctx: Ctx,
 }
 
 #[async_trait]
 impl Journal for CheckedJournal {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
-
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         let events: usize = writes.iter().map(AtomicWrite::len).sum();
+        let first_id = writes
+            .first()
+            .map(|w| w.persistence_id().as_str().to_owned());
+        let whole = match (writes.first(), writes.last()) {
+            (Some(f), Some(l))
+                if writes
+                    .iter()
+                    .all(|w| w.persistence_id() == f.persistence_id()) =>
+            {
+                Some((f.lowest_sequence_nr(), l.highest_sequence_nr()))
+            }
+            _ => None,
+        };
         let span = tracing::info_span!(
             "persistence.write_events",
+            backend = self.ctx.backend,
             atomic_writes = writes.len(),
             events,
-            persistence_id = writes
-                .first()
-                .map(|w| w.persistence_id().as_str())
-                .unwrap_or(""),
+            persistence_id = first_id.as_deref().unwrap_or(""),
             from = writes.first().map(|w| w.lowest_sequence_nr()).unwrap_or(0),
             to = writes.last().map(|w| w.highest_sequence_nr()).unwrap_or(0),
         );
         async move {
             let mut results: Vec<Option<Result<()>>> = Vec::with_capacity(writes.len());
             let mut accepted = Vec::with_capacity(writes.len());
+            let mut contexts = Vec::with_capacity(writes.len());
             for write in writes {
-                match check_write(&self.caps, &write) {
+                match check_write(&self.ctx, &write) {
                     Ok(()) => {
                         results.push(None);
+                        contexts.push((
+                            write.persistence_id().as_str().to_owned(),
+                            (write.lowest_sequence_nr(), write.highest_sequence_nr()),
+                        ));
                         accepted.push(write);
                     }
                     Err(e) => results.push(Some(Err(e))),
@@ -192,26 +241,36 @@ impl Journal for CheckedJournal {
             }
             if !accepted.is_empty() {
                 let n = accepted.len();
+                // A failure of the whole call names the id (and range) when all its
+                // writes are of one id.
+                let one_id = contexts.iter().all(|(id, _)| Some(id) == first_id.as_ref());
+                let call_err = self.ctx.err(
+                    "write_events",
+                    if one_id { first_id.as_deref() } else { None },
+                    if one_id { whole } else { None },
+                );
                 let inner = match self.inner.write_events(accepted).await {
                     Ok(r) => r,
                     Err(e) => {
+                        let e = call_err(e);
                         tracing::warn!(error = %e, "write_events failed");
                         return Err(e);
                     }
                 };
                 if inner.len() != n {
-                    return Err(Error::new(
+                    return Err(call_err(Error::new(
                         ErrorKind::Unexpected,
                         format!(
                             "backend answered {} results for {n} atomic writes",
                             inner.len()
                         ),
-                    )
-                    .with_operation("write_events"));
+                    )));
                 }
-                let mut inner = inner.into_iter();
+                let mut inner = inner.into_iter().zip(contexts);
                 for slot in results.iter_mut().filter(|s| s.is_none()) {
-                    *slot = inner.next();
+                    *slot = inner.next().map(|(r, (id, range))| {
+                        r.map_err(self.ctx.err("write_events", Some(&id), Some(range)))
+                    });
                 }
             }
             let results: Vec<Result<()>> =
@@ -233,6 +292,7 @@ impl Journal for CheckedJournal {
     ) -> Result<Replay> {
         let span = tracing::info_span!(
             "persistence.replay",
+            backend = self.ctx.backend,
             persistence_id = persistence_id.as_str(),
             from,
             to,
@@ -240,17 +300,31 @@ impl Journal for CheckedJournal {
         );
         async move {
             let from = from.max(1);
+            let err = self.ctx.err("replay", Some(persistence_id.as_str()), None);
             if from > to || max == 0 {
-                let highest = self.inner.highest_sequence_nr(persistence_id).await?;
+                let highest = self
+                    .inner
+                    .highest_sequence_nr(persistence_id)
+                    .await
+                    .map_err(&err)?;
                 let events: EventStream = Box::pin(stream::empty());
                 return Ok(Replay {
                     highest_sequence_nr: highest,
                     events,
                 });
             }
-            let replay = self.inner.replay(persistence_id, from, to, max).await?;
+            let replay = self
+                .inner
+                .replay(persistence_id, from, to, max)
+                .await
+                .map_err(&err)?;
             tracing::debug!(highest = replay.highest_sequence_nr, "replay started");
-            Ok(replay)
+            let err = self.ctx.err("replay", Some(persistence_id.as_str()), None);
+            let events: EventStream = Box::pin(replay.events.map(move |r| r.map_err(&err)));
+            Ok(Replay {
+                highest_sequence_nr: replay.highest_sequence_nr,
+                events,
+            })
         }
         .instrument(span)
         .await
@@ -259,29 +333,42 @@ impl Journal for CheckedJournal {
     async fn highest_sequence_nr(&self, persistence_id: &PersistenceId) -> Result<SequenceNr> {
         let span = tracing::info_span!(
             "persistence.highest_sequence_nr",
+            backend = self.ctx.backend,
             persistence_id = persistence_id.as_str()
         );
         self.inner
             .highest_sequence_nr(persistence_id)
             .instrument(span)
             .await
+            .map_err(
+                self.ctx
+                    .err("highest_sequence_nr", Some(persistence_id.as_str()), None),
+            )
     }
 
     async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()> {
         let span = tracing::info_span!(
             "persistence.delete_events_to",
+            backend = self.ctx.backend,
             persistence_id = persistence_id.as_str(),
             to
         );
+        let err = self
+            .ctx
+            .err("delete_events_to", Some(persistence_id.as_str()), None);
         async move {
-            if !self.caps.delete_events {
-                return Err(unsupported("delete_events_to", "deleting events")
-                    .with_persistence_id(persistence_id.as_str()));
+            if !self.ctx.caps.delete_events {
+                return Err(err(self
+                    .ctx
+                    .unsupported("delete_events_to", "deleting events")));
             }
             if to == 0 {
                 return Ok(());
             }
-            self.inner.delete_events_to(persistence_id, to).await
+            self.inner
+                .delete_events_to(persistence_id, to)
+                .await
+                .map_err(&err)
         }
         .instrument(span)
         .await
@@ -290,46 +377,50 @@ impl Journal for CheckedJournal {
 
 struct CheckedSnapshotStore {
     inner: Arc<dyn SnapshotStore>,
-    caps: Capabilities,
+    ctx: Ctx,
 }
 
 #[async_trait]
 impl SnapshotStore for CheckedSnapshotStore {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
-
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         let span = tracing::info_span!(
             "persistence.save_snapshot",
+            backend = self.ctx.backend,
             persistence_id = metadata.persistence_id.as_str(),
             sequence_nr = metadata.sequence_nr,
             bytes = snapshot.bytes.len()
         );
+        let seq = metadata.sequence_nr;
+        let err = self.ctx.err(
+            "save_snapshot",
+            Some(metadata.persistence_id.as_str()),
+            Some((seq, seq)),
+        );
         async move {
-            let id = metadata.persistence_id.as_str().to_owned();
-            let seq = metadata.sequence_nr;
-            if !self.caps.snapshots {
-                return Err(unsupported("save_snapshot", "snapshots"));
+            let caps = &self.ctx.caps;
+            if !caps.snapshots {
+                return Err(err(self.ctx.unsupported("save_snapshot", "snapshots")));
             }
-            if metadata.metadata.is_some() && !self.caps.snapshot_metadata {
-                return Err(unsupported("save_snapshot", "snapshot metadata"));
+            if metadata.metadata.is_some() && !caps.snapshot_metadata {
+                return Err(err(self
+                    .ctx
+                    .unsupported("save_snapshot", "snapshot metadata")));
             }
-            if let Some(max) = self.caps.max_snapshot_size {
+            if let Some(max) = caps.max_snapshot_size {
                 let size = snapshot.stored_size();
                 if size > max {
-                    return Err(Error::new(
+                    return Err(err(Error::new(
                         ErrorKind::Rejected,
                         format!(
                             "snapshot is {size} bytes; this backend stores at most {max} bytes"
                         ),
-                    )
-                    .with_operation("save_snapshot")
-                    .with_persistence_id(id)
-                    .with_sequence_range(seq, seq));
+                    )));
                 }
             }
-            self.inner.save_snapshot(metadata, snapshot).await
+            self.inner
+                .save_snapshot(metadata, snapshot)
+                .await
+                .map_err(&err)
         }
         .instrument(span)
         .await
@@ -342,16 +433,24 @@ impl SnapshotStore for CheckedSnapshotStore {
     ) -> Result<Option<SelectedSnapshot>> {
         let span = tracing::info_span!(
             "persistence.load_snapshot",
+            backend = self.ctx.backend,
             persistence_id = persistence_id.as_str()
         );
+        let err = self
+            .ctx
+            .err("load_snapshot", Some(persistence_id.as_str()), None);
         async move {
-            if !self.caps.snapshots {
-                return Err(unsupported("load_snapshot", "snapshots"));
+            if !self.ctx.caps.snapshots {
+                return Err(err(self.ctx.unsupported("load_snapshot", "snapshots")));
             }
             if criteria.is_empty() {
                 return Ok(None);
             }
-            let loaded = self.inner.load_snapshot(persistence_id, criteria).await?;
+            let loaded = self
+                .inner
+                .load_snapshot(persistence_id, criteria)
+                .await
+                .map_err(&err)?;
             tracing::debug!(
                 found = loaded.as_ref().map(|s| s.metadata.sequence_nr),
                 "load_snapshot done"
@@ -365,14 +464,21 @@ impl SnapshotStore for CheckedSnapshotStore {
     async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()> {
         let span = tracing::info_span!(
             "persistence.delete_snapshot",
+            backend = self.ctx.backend,
             persistence_id = metadata.persistence_id.as_str(),
             sequence_nr = metadata.sequence_nr
         );
+        let seq = metadata.sequence_nr;
+        let err = self.ctx.err(
+            "delete_snapshot",
+            Some(metadata.persistence_id.as_str()),
+            Some((seq, seq)),
+        );
         async move {
-            if !self.caps.snapshots {
-                return Err(unsupported("delete_snapshot", "snapshots"));
+            if !self.ctx.caps.snapshots {
+                return Err(err(self.ctx.unsupported("delete_snapshot", "snapshots")));
             }
-            self.inner.delete_snapshot(metadata).await
+            self.inner.delete_snapshot(metadata).await.map_err(&err)
         }
         .instrument(span)
         .await
@@ -385,16 +491,23 @@ impl SnapshotStore for CheckedSnapshotStore {
     ) -> Result<()> {
         let span = tracing::info_span!(
             "persistence.delete_snapshots",
+            backend = self.ctx.backend,
             persistence_id = persistence_id.as_str()
         );
+        let err = self
+            .ctx
+            .err("delete_snapshots", Some(persistence_id.as_str()), None);
         async move {
-            if !self.caps.snapshots {
-                return Err(unsupported("delete_snapshots", "snapshots"));
+            if !self.ctx.caps.snapshots {
+                return Err(err(self.ctx.unsupported("delete_snapshots", "snapshots")));
             }
             if criteria.is_empty() {
                 return Ok(());
             }
-            self.inner.delete_snapshots(persistence_id, criteria).await
+            self.inner
+                .delete_snapshots(persistence_id, criteria)
+                .await
+                .map_err(&err)
         }
         .instrument(span)
         .await
@@ -403,7 +516,7 @@ impl SnapshotStore for CheckedSnapshotStore {
 
 struct CheckedReadJournal {
     inner: Arc<dyn ReadJournal>,
-    caps: Capabilities,
+    ctx: Ctx,
 }
 
 fn failing<T: Send + 'static>(error: Error) -> BoxedStream<T> {
@@ -418,147 +531,88 @@ enum QueryKind {
     EventsByTag,
 }
 
+impl QueryKind {
+    /// The Pekko name of the query in `mode`, as errors and spans name it.
+    fn operation(self, mode: QueryMode) -> &'static str {
+        match (self, mode) {
+            (QueryKind::PersistenceIds, QueryMode::Current) => "current_persistence_ids",
+            (QueryKind::PersistenceIds, QueryMode::Live) => "persistence_ids",
+            (QueryKind::EventsById, QueryMode::Current) => "current_events_by_persistence_id",
+            (QueryKind::EventsById, QueryMode::Live) => "events_by_persistence_id",
+            (QueryKind::EventsByTag, QueryMode::Current) => "current_events_by_tag",
+            (QueryKind::EventsByTag, QueryMode::Live) => "events_by_tag",
+        }
+    }
+}
+
 type BoxedStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>;
 
 impl CheckedReadJournal {
-    /// Runs `query` if the backend supports `kind` (and live queries when `live`); else a
-    /// stream of one `Unsupported` error.
+    /// Runs `query` if the backend supports `kind` (and live queries when live), adding
+    /// the call's context to every error it yields; else a stream of one `Unsupported`
+    /// error.
     fn guard<T: Send + 'static>(
         &self,
-        operation: &'static str,
         kind: QueryKind,
-        live: bool,
+        mode: QueryMode,
+        persistence_id: Option<&str>,
         query: impl FnOnce(&dyn ReadJournal) -> BoxedStream<T>,
     ) -> BoxedStream<T> {
+        let caps = &self.ctx.caps;
+        let operation = kind.operation(mode);
         let (supported, what) = match kind {
-            QueryKind::PersistenceIds => {
-                (self.caps.query_persistence_ids, "persistence id queries")
-            }
+            QueryKind::PersistenceIds => (caps.query_persistence_ids, "persistence id queries"),
             QueryKind::EventsById => (
-                self.caps.query_events_by_persistence_id,
+                caps.query_events_by_persistence_id,
                 "events-by-persistence-id queries",
             ),
             QueryKind::EventsByTag => (
-                self.caps.query_events_by_tag && self.caps.tags,
+                caps.query_events_by_tag && caps.tags,
                 "events-by-tag queries",
             ),
         };
+        let ctx = self.ctx;
+        let id = persistence_id.map(str::to_owned);
+        let err = move |e: Error| e.with_context(ctx.backend, operation, id.as_deref(), None);
         if !supported {
-            return failing(unsupported(operation, what));
+            return failing(err(self.ctx.unsupported(operation, what)));
         }
-        if live && !self.caps.live_queries {
-            return failing(unsupported(operation, "live queries"));
+        if mode.is_live() && !caps.live_queries {
+            return failing(err(self.ctx.unsupported(operation, "live queries")));
         }
-        tracing::info!(target: "persistence", operation, "query started");
-        query(self.inner.as_ref())
+        tracing::info!(target: "persistence", backend = ctx.backend, operation, "query started");
+        Box::pin(query(self.inner.as_ref()).map(move |r| r.map_err(&err)))
     }
 }
 
 impl ReadJournal for CheckedReadJournal {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
-
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        self.guard(
-            "current_persistence_ids",
-            QueryKind::PersistenceIds,
-            false,
-            |r| r.current_persistence_ids(),
-        )
-    }
-
-    fn persistence_ids(&self) -> PersistenceIdStream {
-        self.guard("persistence_ids", QueryKind::PersistenceIds, true, |r| {
-            r.persistence_ids()
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        self.guard(QueryKind::PersistenceIds, mode, None, |r| {
+            r.query_persistence_ids(mode)
         })
     }
 
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
         let from = from.max(1);
-        self.guard(
-            "current_events_by_persistence_id",
-            QueryKind::EventsById,
-            false,
-            |r| {
-                if from > to {
-                    Box::pin(stream::empty())
-                } else {
-                    r.current_events_by_persistence_id(id, from, to)
-                }
-            },
-        )
-    }
-
-    fn events_by_persistence_id(
-        &self,
-        id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
-        let from = from.max(1);
-        self.guard(
-            "events_by_persistence_id",
-            QueryKind::EventsById,
-            true,
-            |r| {
-                if from > to {
-                    Box::pin(stream::empty())
-                } else {
-                    r.events_by_persistence_id(id, from, to)
-                }
-            },
-        )
-    }
-
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.guard(
-            "current_events_by_tag",
-            QueryKind::EventsByTag,
-            false,
-            |r| r.current_events_by_tag(tag, offset),
-        )
-    }
-
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.guard("events_by_tag", QueryKind::EventsByTag, true, |r| {
-            r.events_by_tag(tag, offset)
-        })
-    }
-}
-
-/// Conveniences over [`Journal`], for every journal (blanket impl).
-#[async_trait]
-pub trait JournalExt: Journal {
-    /// Writes one atomic write and returns its own result.
-    async fn write(&self, write: AtomicWrite) -> Result<()> {
-        let mut results = self.write_events(vec![write]).await?;
-        results.pop().unwrap_or_else(|| {
-            Err(Error::new(
-                ErrorKind::Unexpected,
-                "backend answered no result for one atomic write",
-            ))
+        let name = id.as_str().to_owned();
+        self.guard(QueryKind::EventsById, mode, Some(&name), |r| {
+            if from > to {
+                Box::pin(stream::empty())
+            } else {
+                r.query_events_by_persistence_id(id, from, to, mode)
+            }
         })
     }
 
-    /// Replays everything of `persistence_id` into a `Vec` (for tests and small histories).
-    async fn replay_all(
-        &self,
-        persistence_id: &PersistenceId,
-    ) -> Result<Vec<crate::PersistentEvent>> {
-        let replay = self.replay(persistence_id, 1, u64::MAX, u64::MAX).await?;
-        replay
-            .events
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
+        self.guard(QueryKind::EventsByTag, mode, None, |r| {
+            r.query_events_by_tag(tag, offset, mode)
+        })
     }
 }
-
-impl<J: Journal + ?Sized> JournalExt for J {}

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures::Stream;
 
+#[cfg(doc)]
 use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::types::{
@@ -42,9 +43,6 @@ impl std::fmt::Debug for Replay {
 /// input checks and tracing in front of it.
 #[async_trait]
 pub trait Journal: Send + Sync + 'static {
-    /// What this backend supports.
-    fn capabilities(&self) -> Capabilities;
-
     /// Stores atomic writes, each all or nothing, and answers one result per write.
     ///
     /// # Behavior
@@ -118,9 +116,6 @@ pub trait Journal: Send + Sync + 'static {
 /// The snapshot store (Pekko's `SnapshotStore`).
 #[async_trait]
 pub trait SnapshotStore: Send + Sync + 'static {
-    /// What this backend supports.
-    fn capabilities(&self) -> Capabilities;
-
     /// Saves a snapshot.
     ///
     /// # Behavior
@@ -161,91 +156,182 @@ pub trait SnapshotStore: Send + Sync + 'static {
     ) -> Result<()>;
 }
 
+/// Whether a query completes with what is stored or goes on delivering.
+///
+/// Pekko names the two forms of each query `currentEventsByTag` and `eventsByTag`; here a
+/// backend implements one method per query taking the mode, and [`ReadJournalExt`] gives
+/// callers the Pekko names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueryMode {
+    /// Delivers what was stored when the query started, then completes.
+    Current,
+    /// Delivers what is stored, then each later write, within
+    /// [`Capabilities::live_query_max_delay`]; never completes (unless a `to` bound is
+    /// reached). Needs [`Capabilities::live_queries`].
+    Live,
+}
+
+impl QueryMode {
+    /// `true` for [`QueryMode::Live`].
+    pub fn is_live(self) -> bool {
+        matches!(self, QueryMode::Live)
+    }
+}
+
 /// The read side: queries over what the journal stored (Pekko Persistence Query).
 ///
-/// "Current" queries complete once they have delivered what was stored when they
-/// started; live queries never complete (unless a `to` bound is reached) and deliver new
-/// events as they are written, within [`Capabilities::live_query_max_delay`].
+/// A backend implements the three methods here, each taking a [`QueryMode`]; callers use
+/// the Pekko names (`current_events_by_tag`, `events_by_tag`, ...) from [`ReadJournalExt`],
+/// which every `ReadJournal` has. "Current" queries complete once they have delivered
+/// what was stored when they started; live queries never complete (unless a `to` bound is
+/// reached) and deliver new events as they are written, within
+/// [`Capabilities::live_query_max_delay`].
 pub trait ReadJournal: Send + Sync + 'static {
-    /// What this backend supports.
-    fn capabilities(&self) -> Capabilities;
-
-    /// Every persistence id once, in any order, then completes.
+    /// Every persistence id once, in any order. Current: then completes. Live: then each
+    /// new id as it writes its first event, never completing; a further event of a known
+    /// id emits nothing.
     ///
     /// # Behavior
-    /// - Each id that has written an event appears exactly once, however many there are
-    ///   (also past the backend's page size) and however concurrently they were written;
-    ///   an id whose events were all deleted stays. Nothing of another namespace appears.
-    /// - Needs [`Capabilities::query_persistence_ids`].
-    fn current_persistence_ids(&self) -> PersistenceIdStream;
-
-    /// Every persistence id once, then each new id as it writes its first event; never
-    /// completes. A further event of a known id emits nothing.
-    ///
-    /// # Behavior
-    /// - Delivers the stored ids once each, then every new id within
+    /// - Current: each id that has written an event appears exactly once, however many
+    ///   there are (also past the backend's page size) and however concurrently they were
+    ///   written; an id whose events were all deleted stays. Nothing of another namespace
+    ///   appears.
+    /// - Live: delivers the stored ids once each, then every new id within
     ///   [`Capabilities::live_query_max_delay`] of its first write; never an id twice.
-    /// - Needs [`Capabilities::query_persistence_ids`] and [`Capabilities::live_queries`].
-    fn persistence_ids(&self) -> PersistenceIdStream;
+    /// - Needs [`Capabilities::query_persistence_ids`], and
+    ///   [`Capabilities::live_queries`] when live.
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream;
 
     /// The events of one id with `from <= sequence_nr <= to` (from 0 behaves as 1), in
-    /// order, up to the highest stored when the query started; then completes. Each
-    /// envelope's offset is `Offset::Sequence(sequence_nr)`.
+    /// order. Current: up to the highest stored when the query started, then completes.
+    /// Live: then later events too, completing once `to` is delivered, never otherwise.
+    /// Each envelope's offset is `Offset::Sequence(sequence_nr)`.
     ///
     /// # Behavior
-    /// - Delivers exactly the stored events in `from..=to` in order, each envelope carrying
-    ///   the event as written (payload, timestamp, writer, tags, metadata) and offset
-    ///   `Offset::Sequence(sequence_nr)`; `from > to`, an unknown id or a range above the
-    ///   highest give an empty stream.
-    /// - Stops at the highest stored when it started, even if later events arrive.
-    /// - Needs [`Capabilities::query_events_by_persistence_id`].
+    /// - Current: delivers exactly the stored events in `from..=to` in order, each
+    ///   envelope carrying the event as written (payload, timestamp, writer, tags,
+    ///   metadata) and offset `Offset::Sequence(sequence_nr)`; `from > to`, an unknown id
+    ///   or a range above the highest give an empty stream.
+    /// - Current: stops at the highest stored when it started, even if later events
+    ///   arrive.
+    /// - Live: delivers what is stored, then each later event within
+    ///   [`Capabilities::live_query_max_delay`] of its write's acknowledgement, in order,
+    ///   also for an id that had no events when it started.
+    /// - Live: completes right after delivering `to`; never completes otherwise.
+    /// - Needs [`Capabilities::query_events_by_persistence_id`], and
+    ///   [`Capabilities::live_queries`] when live.
+    fn query_events_by_persistence_id(
+        &self,
+        persistence_id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        mode: QueryMode,
+    ) -> EnvelopeStream;
+
+    /// The events carrying `tag` (exact match) after `offset` (exclusive). Current: then
+    /// completes. Live: then later events, never completing. What it delivers of deleted
+    /// events: see [`Journal::delete_events_to`].
+    ///
+    /// # Behavior
+    /// - Current: the tag matches exactly: not by prefix, case or pattern, whatever
+    ///   characters it holds; an unknown tag gives an empty stream.
+    /// - Current: delivers every event carrying the tag whose write was acknowledged
+    ///   before the query was created (a backend whose tag index is eventually consistent
+    ///   waits it out before it completes), and none whose write started after the query
+    ///   delivered its first envelope; a write in between may or may not be delivered.
+    /// - Current: events of one id come in sequence order, also under concurrent writers.
+    /// - Current: resuming from any delivered envelope's offset neither skips nor repeats
+    ///   events, also across the backend's pages and while writers are writing.
+    /// - Live: delivers what is stored after `offset`, then each later event carrying the
+    ///   tag within [`Capabilities::live_query_max_delay`] of its write's
+    ///   acknowledgement; never an event twice.
+    /// - Live: two subscribers of one tag see each id's events in the same order.
+    /// - Needs [`Capabilities::query_events_by_tag`] (and [`Capabilities::tags`]), and
+    ///   [`Capabilities::live_queries`] when live.
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream;
+}
+
+/// The Pekko names of the read journal's queries, for every [`ReadJournal`].
+///
+/// Implemented for every `ReadJournal` (also `dyn ReadJournal`) by a blanket impl; do not
+/// implement it yourself. Each method is the [`ReadJournal`] method with the mode filled
+/// in; the contracts are stated there.
+pub trait ReadJournalExt: ReadJournal {
+    /// Every persistence id once, then completes:
+    /// [`ReadJournal::query_persistence_ids`] in [`QueryMode::Current`].
+    fn current_persistence_ids(&self) -> PersistenceIdStream {
+        self.query_persistence_ids(QueryMode::Current)
+    }
+
+    /// Every persistence id once, then each new one; never completes:
+    /// [`ReadJournal::query_persistence_ids`] in [`QueryMode::Live`].
+    fn persistence_ids(&self) -> PersistenceIdStream {
+        self.query_persistence_ids(QueryMode::Live)
+    }
+
+    /// The stored events of one id in `from..=to`, then completes:
+    /// [`ReadJournal::query_events_by_persistence_id`] in [`QueryMode::Current`].
     fn current_events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
-    ) -> EnvelopeStream;
+    ) -> EnvelopeStream {
+        self.query_events_by_persistence_id(persistence_id, from, to, QueryMode::Current)
+    }
 
-    /// Like the current form, then delivers later events too; completes once `to` is
-    /// delivered, never otherwise.
-    ///
-    /// # Behavior
-    /// - Delivers what is stored, then each later event within
-    ///   [`Capabilities::live_query_max_delay`] of its write's acknowledgement, in order,
-    ///   also for an id that had no events when it started.
-    /// - Completes right after delivering `to`; never completes otherwise.
-    /// - Needs [`Capabilities::query_events_by_persistence_id`] and
-    ///   [`Capabilities::live_queries`].
+    /// The events of one id in `from..=to`, stored and later ones, completing at `to`:
+    /// [`ReadJournal::query_events_by_persistence_id`] in [`QueryMode::Live`].
     fn events_by_persistence_id(
         &self,
         persistence_id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
-    ) -> EnvelopeStream;
+    ) -> EnvelopeStream {
+        self.query_events_by_persistence_id(persistence_id, from, to, QueryMode::Live)
+    }
 
-    /// The events carrying `tag` (exact match) after `offset` (exclusive), then completes.
-    /// What it delivers of deleted events: see [`Journal::delete_events_to`].
-    ///
-    /// # Behavior
-    /// - The tag matches exactly: not by prefix, case or pattern, whatever characters it
-    ///   holds; an unknown tag gives an empty stream.
-    /// - Delivers every event carrying the tag whose write was acknowledged before the
-    ///   query was created (a backend whose tag index is eventually consistent waits it out
-    ///   before it completes), and none whose write started after the query delivered its
-    ///   first envelope; a write in between may or may not be delivered.
-    /// - Events of one id come in sequence order, also under concurrent writers.
-    /// - Resuming from any delivered envelope's offset neither skips nor repeats events,
-    ///   also across the backend's pages and while writers are writing.
-    /// - Needs [`Capabilities::query_events_by_tag`] (and [`Capabilities::tags`]).
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream;
+    /// The stored events carrying `tag` after `offset`, then completes:
+    /// [`ReadJournal::query_events_by_tag`] in [`QueryMode::Current`].
+    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+        self.query_events_by_tag(tag, offset, QueryMode::Current)
+    }
 
-    /// Like the current form, then delivers later events; never completes.
-    ///
-    /// # Behavior
-    /// - Delivers what is stored after `offset`, then each later event carrying the tag
-    ///   within [`Capabilities::live_query_max_delay`] of its write's acknowledgement;
-    ///   never an event twice.
-    /// - Two subscribers of one tag see each id's events in the same order.
-    /// - Needs [`Capabilities::query_events_by_tag`] and [`Capabilities::live_queries`].
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream;
+    /// The events carrying `tag` after `offset`, stored and later ones; never completes:
+    /// [`ReadJournal::query_events_by_tag`] in [`QueryMode::Live`].
+    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
+        self.query_events_by_tag(tag, offset, QueryMode::Live)
+    }
 }
+
+impl<T: ReadJournal + ?Sized> ReadJournalExt for T {}
+
+/// Conveniences over [`Journal`], for every journal (blanket impl; do not implement it
+/// yourself).
+#[async_trait]
+pub trait JournalExt: Journal {
+    /// Writes one atomic write and returns its own result.
+    async fn write(&self, write: AtomicWrite) -> Result<()> {
+        let mut results = self.write_events(vec![write]).await?;
+        results.pop().unwrap_or_else(|| {
+            Err(crate::Error::new(
+                crate::ErrorKind::Unexpected,
+                "backend answered no result for one atomic write",
+            ))
+        })
+    }
+
+    /// Replays everything of `persistence_id` into a `Vec` (for tests and small histories).
+    async fn replay_all(&self, persistence_id: &PersistenceId) -> Result<Vec<PersistentEvent>> {
+        use futures::StreamExt;
+        let replay = self.replay(persistence_id, 1, u64::MAX, u64::MAX).await?;
+        replay
+            .events
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+impl<J: Journal + ?Sized> JournalExt for J {}

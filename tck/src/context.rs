@@ -1,5 +1,6 @@
 //! What a case works with: the stores under test, its namespace, and small helpers.
 
+use persistence_api::ReadJournalExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,7 +75,7 @@ impl Ctx {
         self.factory
             .page_size()
             .unwrap_or(crate::DEFAULT_PAGE_SIZE)
-            .max(1)
+            .max(1) as usize
     }
 
     /// Damages the stored event `(id, seq)` through the factory's

@@ -12,6 +12,7 @@
 //! limits it does not have (`tck/tests/declared_limits.rs`), so the cases at and above a
 //! declared maximum run somewhere on every `cargo test`.
 
+use persistence_api::{QueryMode, ReadJournalExt};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -35,13 +36,19 @@ pub enum Misbehave {
     Never,
     /// Answers `write_events` with one result fewer than it was given writes.
     DropAResult,
+    /// Fails every write, replay, snapshot load and query with a bare error that names
+    /// no operation, id, sequence number or backend, as a backend is allowed to.
+    FailBare,
+}
+
+fn bare() -> Error {
+    Error::new(ErrorKind::Unavailable, "the backend failed")
 }
 
 /// Declares chosen capabilities in front of a backend's stores, passes every call on, and
 /// records each call that reached it (`"replay(p, 1, 5, 10)"` and the like).
 pub struct Recorder {
     inner: Stores,
-    caps: Capabilities,
     misbehave: Misbehave,
     calls: Mutex<Vec<String>>,
 }
@@ -61,11 +68,13 @@ impl Recorder {
     ) -> (Stores, Arc<Recorder>) {
         let r = Arc::new(Recorder {
             inner,
-            caps,
             misbehave,
             calls: Mutex::new(Vec::new()),
         });
-        (Stores::new(r.clone(), r.clone(), r.clone()), r)
+        (
+            Stores::new("recorder", caps, r.clone(), r.clone(), r.clone()),
+            r,
+        )
     }
 
     /// The calls that reached the recorder so far, in order.
@@ -96,12 +105,11 @@ fn ranges(writes: &[AtomicWrite]) -> String {
 
 #[async_trait]
 impl Journal for Recorder {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
-
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         self.record(format!("write_events[{}]", ranges(&writes)));
+        if self.misbehave == Misbehave::FailBare {
+            return Ok(writes.iter().map(|_| Err(bare())).collect());
+        }
         let mut results = self.inner.journal.write_events(writes).await?;
         if self.misbehave == Misbehave::DropAResult {
             results.pop();
@@ -117,6 +125,9 @@ impl Journal for Recorder {
         max: u64,
     ) -> Result<Replay> {
         self.record(format!("replay({id}, {from}, {to}, {max})"));
+        if self.misbehave == Misbehave::FailBare {
+            return Err(bare());
+        }
         self.inner.journal.replay(id, from, to, max).await
     }
 
@@ -133,10 +144,6 @@ impl Journal for Recorder {
 
 #[async_trait]
 impl SnapshotStore for Recorder {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
-    }
-
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         self.record(format!(
             "save_snapshot({}, {})",
@@ -151,6 +158,9 @@ impl SnapshotStore for Recorder {
         criteria: SnapshotSelectionCriteria,
     ) -> Result<Option<SelectedSnapshot>> {
         self.record(format!("load_snapshot({id})"));
+        if self.misbehave == Misbehave::FailBare {
+            return Err(bare());
+        }
         self.inner.snapshots.load_snapshot(id, criteria).await
     }
 
@@ -173,54 +183,45 @@ impl SnapshotStore for Recorder {
 }
 
 impl ReadJournal for Recorder {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        self.record(
+            match mode {
+                QueryMode::Current => "current_persistence_ids",
+                QueryMode::Live => "persistence_ids",
+            }
+            .into(),
+        );
+        self.inner.read_journal.query_persistence_ids(mode)
     }
 
-    fn current_persistence_ids(&self) -> PersistenceIdStream {
-        self.record("current_persistence_ids".into());
-        self.inner.read_journal.current_persistence_ids()
-    }
-
-    fn persistence_ids(&self) -> PersistenceIdStream {
-        self.record("persistence_ids".into());
-        self.inner.read_journal.persistence_ids()
-    }
-
-    fn current_events_by_persistence_id(
+    fn query_events_by_persistence_id(
         &self,
         id: PersistenceId,
         from: SequenceNr,
         to: SequenceNr,
+        mode: QueryMode,
     ) -> EnvelopeStream {
+        let prefix = if mode.is_live() { "" } else { "current_" };
         self.record(format!(
-            "current_events_by_persistence_id({id}, {from}, {to})"
+            "{prefix}events_by_persistence_id({id}, {from}, {to})"
         ));
+        if self.misbehave == Misbehave::FailBare {
+            return Box::pin(futures::stream::once(async { Err(bare()) }));
+        }
         self.inner
             .read_journal
-            .current_events_by_persistence_id(id, from, to)
+            .query_events_by_persistence_id(id, from, to, mode)
     }
 
-    fn events_by_persistence_id(
-        &self,
-        id: PersistenceId,
-        from: SequenceNr,
-        to: SequenceNr,
-    ) -> EnvelopeStream {
-        self.record(format!("events_by_persistence_id({id}, {from}, {to})"));
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
+        let prefix = if mode.is_live() { "" } else { "current_" };
+        self.record(format!("{prefix}events_by_tag({tag})"));
+        if self.misbehave == Misbehave::FailBare {
+            return Box::pin(futures::stream::once(async { Err(bare()) }));
+        }
         self.inner
             .read_journal
-            .events_by_persistence_id(id, from, to)
-    }
-
-    fn current_events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.record(format!("current_events_by_tag({tag})"));
-        self.inner.read_journal.current_events_by_tag(tag, offset)
-    }
-
-    fn events_by_tag(&self, tag: String, offset: Offset) -> EnvelopeStream {
-        self.record(format!("events_by_tag({tag})"));
-        self.inner.read_journal.events_by_tag(tag, offset)
+            .query_events_by_tag(tag, offset, mode)
     }
 }
 
@@ -235,6 +236,7 @@ pub fn layer_cases() -> Vec<Case> {
         "layer::an_empty_tag_is_invalid_input" => [] empty_tag;
         "layer::empty_ranges_and_criteria_never_reach_the_backend" => [] empty_requests;
         "layer::a_backend_answering_too_few_results_is_unexpected" => [] too_few_results;
+        "layer::a_backend_error_leaves_with_the_call_context" => [] context_added;
     ]
 }
 
@@ -728,4 +730,80 @@ async fn too_few_results(ctx: Ctx) {
     );
     assert_eq!(e.operation(), Some("write_events"), "{e}");
     assert_eq!(rec.calls(), vec!["write_events[1..=1, 2..=2]".to_string()]);
+}
+
+/// A backend's bare errors leave the layer naming the operation, the backend, and the
+/// call's persistence id and sequence numbers.
+async fn context_added(ctx: Ctx) {
+    let (stores, _rec) = Recorder::wrap_misbehaving(
+        ctx.stores.clone(),
+        Capabilities {
+            conflict_detection: true,
+            snapshots: true,
+            query_events_by_persistence_id: true,
+            query_events_by_tag: true,
+            tags: true,
+            ..nothing()
+        },
+        Misbehave::FailBare,
+    );
+    let id = ctx.pid("ctx");
+    let check = |e: &Error, operation: &str, range: Option<(u64, u64)>, what: &str| {
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{what}: {e}");
+        assert_eq!(e.operation(), Some(operation), "{what}: {e}");
+        assert_eq!(e.backend(), Some("recorder"), "{what}: {e}");
+        assert_eq!(e.persistence_id(), Some(id.as_str()), "{what}: {e}");
+        assert_eq!(e.sequence_range(), range, "{what}: {e}");
+        let text = e.to_string();
+        for part in [operation, "recorder", id.as_str()] {
+            assert!(
+                text.contains(part),
+                "{what}: the message names {part:?}: {text}"
+            );
+        }
+    };
+    let results = stores
+        .journal
+        .write_events(vec![ctx.atomic(&id, 1, 2), ctx.atomic(&id, 3, 3)])
+        .await
+        .expect("per-write results");
+    assert_eq!(results.len(), 2);
+    let e = results[0].as_ref().expect_err("the first write failed");
+    check(e, "write_events", Some((1, 2)), "the first write");
+    let e = results[1].as_ref().expect_err("the second write failed");
+    check(e, "write_events", Some((3, 3)), "the second write");
+    let e = stores
+        .journal
+        .replay(&id, 1, 10, 10)
+        .await
+        .expect_err("replay failed");
+    check(&e, "replay", None, "replay");
+    let e = stores
+        .snapshots
+        .load_snapshot(&id, persistence_api::SnapshotSelectionCriteria::latest())
+        .await
+        .expect_err("load failed");
+    check(&e, "load_snapshot", None, "load_snapshot");
+    let got = collect(
+        stores
+            .read_journal
+            .current_events_by_persistence_id(id.clone(), 1, 10),
+    )
+    .await
+    .expect_err("the query failed");
+    check(
+        &got,
+        "current_events_by_persistence_id",
+        None,
+        "events by id",
+    );
+    let got = collect(
+        stores
+            .read_journal
+            .current_events_by_tag("t".into(), Offset::NoOffset),
+    )
+    .await
+    .expect_err("the query failed");
+    assert_eq!(got.operation(), Some("current_events_by_tag"), "{got}");
+    assert_eq!(got.backend(), Some("recorder"), "{got}");
 }

@@ -75,7 +75,7 @@ pub trait StoreFactory: Send + Sync + 'static {
     /// configured page size. The paging cases write across its boundaries and replay with
     /// `max` at it and one above. `None` (the default): the kit takes
     /// [`DEFAULT_PAGE_SIZE`], which still runs every case at that scale.
-    fn page_size(&self) -> Option<usize> {
+    fn page_size(&self) -> Option<u32> {
         None
     }
 
@@ -144,7 +144,7 @@ pub enum Corruption {
 }
 
 /// The page size the paging cases assume when [`StoreFactory::page_size`] says nothing.
-pub const DEFAULT_PAGE_SIZE: usize = 1000;
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 
 /// How long one case may run before it fails.
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(180);

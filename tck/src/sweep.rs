@@ -5,6 +5,7 @@
 //! everywhere: the replayed events, the highest sequence number (asked directly and as a
 //! replay reports it) and the id's events under the case's tag.
 
+use persistence_api::ReadJournalExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;

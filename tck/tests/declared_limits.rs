@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use persistence_api::{Capabilities, Result, Stores};
-use persistence_memory::{MemoryBackend, MemoryConfig};
+use persistence_memory::{Memory, MemoryConfig};
 
 /// The limits this run declares, each below what memory itself declares.
 const ATOMIC_WRITE_MAX_EVENTS: usize = 10;
@@ -28,7 +28,7 @@ struct Factory;
 #[persistence_api::async_trait]
 impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, _namespace: &str) -> Result<Stores> {
-        let memory = MemoryBackend::new(MemoryConfig::default()).stores();
+        let memory = Memory::new(MemoryConfig::default()).stores();
         let own = memory.capabilities();
         let declared = Capabilities {
             atomic_write_max_events: below(
@@ -47,7 +47,7 @@ impl persistence_tck::StoreFactory for Factory {
         Ok(persistence_tck::layer::Recorder::wrap(memory, declared).0)
     }
 
-    fn page_size(&self) -> Option<usize> {
+    fn page_size(&self) -> Option<u32> {
         Some(MemoryConfig::default().page_size)
     }
 }

@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 
 use persistence_api::{Result, Stores};
-use persistence_memory::{MemoryBackend, MemoryConfig};
+use persistence_memory::{Memory, MemoryConfig};
 
 struct Factory;
 
 #[persistence_api::async_trait]
 impl persistence_tck::StoreFactory for Factory {
     async fn create(&self, _namespace: &str) -> Result<Stores> {
-        Ok(MemoryBackend::new(MemoryConfig::default()).stores())
+        Ok(Memory::new(MemoryConfig::default()).stores())
     }
 }
 

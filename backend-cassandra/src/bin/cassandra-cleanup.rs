@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 
 use persistence_api::PersistenceId;
-use persistence_cassandra::{CassandraConfig, CassandraPersistence};
+use persistence_cassandra::{Cassandra, CassandraConfig};
 
 const USAGE: &str = "usage: cassandra-cleanup [--config FILE] [--execute] ID...";
 
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     let result = runtime.block_on(async {
-        let backend = CassandraPersistence::connect(config).await?;
+        let backend = Cassandra::open(config).await?;
         backend.cleanup(&ids, !execute).await
     });
     match result {

@@ -3,6 +3,7 @@
 //! resumed while writers were still writing), so a run that happened to serialise cannot
 //! pass by luck.
 
+use persistence_api::ReadJournalExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -15,6 +15,7 @@
 //! answers `Unsupported`, and the case is reported as ignored with that reason.
 
 use futures::{Stream, StreamExt};
+use persistence_api::ReadJournalExt;
 use persistence_api::{
     AtomicWrite, CborCodec, Entity, EntityConfig, Error, ErrorKind, EventSourced, JournalExt,
     Offset, Payload, PersistenceId, PersistentEvent, SequenceNr, SnapshotSelectionCriteria,

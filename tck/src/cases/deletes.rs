@@ -2,6 +2,7 @@
 //! prefix, racing writes, and what replays, current and live queries (by id and by tag)
 //! deliver while a delete runs and after it (the `Journal::delete_events_to` docs).
 
+use persistence_api::ReadJournalExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;

@@ -3,6 +3,7 @@
 //! queries resume from offsets taken before the restart. The first stores stay open, so
 //! the cases also check two processes on one namespace.
 
+use persistence_api::ReadJournalExt;
 use std::time::Instant;
 
 use persistence_api::{

@@ -1,5 +1,6 @@
 //! Journal cases: replay bounds, deletes, conflicts, limits, ids, round trips.
 
+use persistence_api::ReadJournalExt;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 

@@ -3,6 +3,7 @@
 //! takes a short page for the end, repeats the last row of a page or skips the first of
 //! the next one is caught.
 
+use persistence_api::ReadJournalExt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! Read journal cases: persistence ids, events by persistence id, events by tag.
 
+use persistence_api::ReadJournalExt;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
