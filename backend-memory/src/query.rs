@@ -1,0 +1,134 @@
+//! The read journal: persistence ids, events by id and events by tag, current and live,
+//! all paged through the shared state by the paging helper of `core.rs`.
+
+use futures::stream;
+use persistence_api::{
+    EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
+    PersistentEvent, QueryMode, ReadJournal, SequenceNr,
+};
+
+use crate::Memory;
+
+impl ReadJournal for Memory {
+    fn query_persistence_ids(&self, mode: QueryMode) -> PersistenceIdStream {
+        self.ids(mode.is_live())
+    }
+
+    fn query_events_by_persistence_id(
+        &self,
+        persistence_id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        mode: QueryMode,
+    ) -> EnvelopeStream {
+        self.by_id(persistence_id, from, to, mode.is_live())
+    }
+
+    fn query_events_by_tag(&self, tag: String, offset: Offset, mode: QueryMode) -> EnvelopeStream {
+        self.by_tag(tag, offset, mode.is_live())
+    }
+}
+
+impl Memory {
+    fn ids(&self, live: bool) -> PersistenceIdStream {
+        self.paged(
+            (0usize, None::<usize>),
+            live,
+            move |state, (next, bound), page| {
+                let end = *bound.get_or_insert(state.id_order.len());
+                let end = if live { state.id_order.len() } else { end };
+                let items: Vec<PersistenceId> = state.id_order[*next..end]
+                    .iter()
+                    .take(page)
+                    .cloned()
+                    .collect();
+                *next += items.len();
+                (items, !live && *next >= end)
+            },
+        )
+    }
+
+    fn by_id(
+        &self,
+        id: PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        live: bool,
+    ) -> EnvelopeStream {
+        self.paged(
+            (from, None::<SequenceNr>),
+            live,
+            move |state, (next, bound), page| {
+                let log = state.logs.get(&id);
+                let highest = log.map_or(0, |l| l.highest);
+                let end = if live {
+                    to
+                } else {
+                    (*bound.get_or_insert(highest)).min(to)
+                };
+                let items: Vec<EventEnvelope> = match log {
+                    Some(log) if *next <= end => log
+                        .events
+                        .range(*next..=end)
+                        .take(page)
+                        .map(|(s, e)| envelope(e, Offset::Sequence(*s)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if let Some(last) = items.last() {
+                    *next = last.sequence_nr() + 1;
+                }
+                let complete = *next > end || (!live && items.len() < page);
+                (items, complete)
+            },
+        )
+    }
+
+    fn by_tag(&self, tag: String, offset: Offset, live: bool) -> EnvelopeStream {
+        let after = match offset {
+            Offset::NoOffset => 0,
+            Offset::Sequence(n) => n,
+            other => {
+                let e = Error::invalid_input(format!(
+                    "the memory backend's tag offsets are Offset::Sequence, not {other:?}"
+                ))
+                .with_operation("events_by_tag");
+                return Box::pin(stream::once(async move { Err(e) }));
+            }
+        };
+        self.paged(
+            (after, None::<u64>),
+            live,
+            move |state, (last, bound), page| {
+                let end = if live {
+                    u64::MAX
+                } else {
+                    *bound.get_or_insert(state.next_ordering)
+                };
+                let mut items = Vec::new();
+                if let Some(index) = state.tags.get(&tag).filter(|_| *last < end) {
+                    // A page is `page` events that still exist: entries of deleted events
+                    // are passed over, so a page of them is not taken for the end.
+                    for (ordering, (id, seq)) in index.range(last.saturating_add(1)..=end) {
+                        *last = *ordering;
+                        if let Some(e) = state.logs.get(id).and_then(|l| l.events.get(seq)) {
+                            items.push(envelope(e, Offset::Sequence(*ordering)));
+                            if items.len() == page {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let complete = !live && (items.is_empty() || *last >= end);
+                (items, complete)
+            },
+        )
+    }
+}
+
+fn envelope(event: &PersistentEvent, offset: Offset) -> EventEnvelope {
+    EventEnvelope {
+        offset,
+        event: event.clone(),
+    }
+}
