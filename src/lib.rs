@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 
@@ -8,18 +9,22 @@ pub use persistence_api::*;
 
 /// The in-memory backend (cargo feature `memory`, on by default).
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use persistence_memory as memory;
 
 /// The SQL backends: PostgreSQL (cargo feature `postgres`) and SQLite (`sqlite`, on by default).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use persistence_sql as sql;
 
 /// The DynamoDB backend (cargo feature `dynamodb`).
 #[cfg(feature = "dynamodb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dynamodb")))]
 pub use persistence_dynamodb as dynamodb;
 
 /// The Cassandra backend (cargo feature `cassandra`).
 #[cfg(feature = "cassandra")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cassandra")))]
 pub use persistence_cassandra as cassandra;
 
 /// Every backend this crate knows, whether compiled in or not: each is the name of a
