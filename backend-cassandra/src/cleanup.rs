@@ -5,7 +5,7 @@
 use persistence_api::{PersistenceId, Result};
 use scylla::value::CqlTimeuuid;
 
-use crate::store::Inner;
+use crate::core::Inner;
 use crate::timeuuid;
 
 /// What a cleanup found (and, unless a dry run, deleted).
@@ -36,7 +36,10 @@ pub(crate) async fn cleanup(
         ..CleanupReport::default()
     };
     for id in ids {
-        let ctx = |e: persistence_api::Error| e.with_persistence_id(id.as_str());
+        // Not a store call: nothing else names the operation and the id (one of several).
+        let ctx = |e: persistence_api::Error| {
+            e.with_operation("cleanup").with_persistence_id(id.as_str())
+        };
         let pid = inner.pid_key(id);
         let (highest, _) = inner.highest_and_deleted_to(&pid).await.map_err(ctx)?;
         let last = inner.partition_of(highest.max(1)) + 1;

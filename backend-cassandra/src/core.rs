@@ -1,4 +1,7 @@
-//! The shared core: one session, the prepared statements, the key mapping and small caches.
+//! The shared core: one session, the prepared statements, [`Inner`] (what the journal,
+//! snapshot store and read journal of one namespace share), the key mapping and the
+//! helpers every store uses (executing statements, reading rows and LWT answers, the
+//! highest-sequence-number walk).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,15 +19,9 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::CqlValue;
 
 use crate::config::{CassandraConfig, ConsistencyLevel};
-use crate::error::{unexpected, DriverError, ResultExt};
-use crate::schema;
-
-/// Separates the namespace from the id or tag in stored keys. A control character, which a
-/// valid persistence id never contains, so namespaced keys cannot collide with plain ones.
-pub(crate) const NS_SEP: char = '\u{1f}';
-
-/// The columns read back for an event, from `messages` and from `tag_views` alike.
-pub(crate) const EVENT_COLUMNS: &str = "sequence_nr, timestamp, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time";
+use crate::error::{connect_failed, unexpected, ResultExt};
+use crate::schema::{self, EVENT_COLUMNS, NS_SEP};
+use crate::tags::TagSeqs;
 
 /// Every prepared statement the driver uses.
 pub(crate) struct Statements {
@@ -82,7 +79,7 @@ impl Statements {
         };
         let page_size = i32::try_from(config.page_size).unwrap_or(i32::MAX);
         let prep = |cql: String| async move {
-            let mut p = session.prepare(cql).await.op("prepare")?;
+            let mut p = session.prepare(cql).await.op_outside_stores("prepare")?;
             p.set_consistency(consistency);
             p.set_serial_consistency(Some(serial));
             p.set_page_size(page_size);
@@ -197,29 +194,14 @@ pub(crate) struct Inner {
     pub config: CassandraConfig,
     /// Ids this process knows to be in `all_persistence_ids`.
     pub known_ids: Mutex<HashSet<String>>,
-    /// Per stored id: the tag numbers this journal continues from (see [`TagSeqs`]).
+    /// Per stored id: the tag numbers this journal continues from (see [`TagSeqs`] in
+    /// `tags.rs`, which keeps the three tag caches).
     pub tag_seqs: Mutex<HashMap<String, TagSeqs>>,
     /// Ids whose last write here failed: the next write of the id (tagged or not) first
     /// repairs the tag rows that write may have left out and derives the numbers afresh.
     pub repair_due: Mutex<HashSet<String>>,
     /// Per stored tag: the earliest bucket known to be registered in `tag_buckets`.
     pub tag_first_bucket: Mutex<HashMap<String, i64>>,
-}
-
-/// The tag numbers of one id as this journal continues them.
-///
-/// They hold only while this journal is the id's one writer: `next` is the first sequence
-/// number of the write they are valid for (the write they were derived for, then one past
-/// each write of the id that this journal stored). A write starting anywhere else means
-/// another writer (or a write whose outcome this journal does not know) came in between, so
-/// the numbers are derived afresh from the tables. With the overwrite guard, a write that
-/// starts at `next` and is applied proves no other writer stored events of the id since.
-#[derive(Default)]
-pub(crate) struct TagSeqs {
-    /// The first sequence number of the write these numbers are valid for (0: none).
-    pub next: u64,
-    /// Per stored tag: the last tag sequence number written.
-    pub per_tag: HashMap<String, u64>,
 }
 
 /// What [`Inner::walk`] found.
@@ -291,20 +273,17 @@ impl Inner {
     /// Executes `stmt` unpaged and maps the error.
     pub async fn exec(
         &self,
-        operation: &'static str,
+        step: &'static str,
         stmt: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<QueryResult> {
-        self.session
-            .execute_unpaged(stmt, values)
-            .await
-            .op(operation)
+        self.session.execute_unpaged(stmt, values).await.op(step)
     }
 
     /// Executes `stmt` and collects every row (use only for bounded results) as typed rows.
     pub async fn fetch_all<R>(
         &self,
-        operation: &'static str,
+        step: &'static str,
         stmt: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<Vec<R>>
@@ -315,40 +294,31 @@ impl Inner {
             .session
             .execute_iter(stmt.clone(), values)
             .await
-            .op(operation)?;
-        let mut stream = pager
-            .rows_stream::<R>()
-            .map_err(|e| unexpected(operation, e))?;
+            .op(step)?;
+        let mut stream = pager.rows_stream::<R>().map_err(|e| unexpected(step, e))?;
         let mut out = Vec::new();
         while let Some(row) = stream.next().await {
-            out.push(row.op(operation)?);
+            out.push(row.op(step)?);
         }
         Ok(out)
     }
 
     /// The first row of an unpaged result, typed.
-    pub fn first_row<R>(operation: &'static str, result: QueryResult) -> Result<Option<R>>
+    pub fn first_row<R>(step: &'static str, result: QueryResult) -> Result<Option<R>>
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| unexpected(operation, e))?;
-        let mut iter = rows.rows::<R>().map_err(|e| unexpected(operation, e))?;
+        let rows = result.into_rows_result().map_err(|e| unexpected(step, e))?;
+        let mut iter = rows.rows::<R>().map_err(|e| unexpected(step, e))?;
         match iter.next() {
             None => Ok(None),
-            Some(r) => Ok(Some(r.map_err(|e| unexpected(operation, e))?)),
+            Some(r) => Ok(Some(r.map_err(|e| unexpected(step, e))?)),
         }
     }
 
     /// Reads an LWT answer: whether it applied, and the current `used` value if returned.
-    pub fn lwt_outcome(
-        operation: &'static str,
-        result: QueryResult,
-    ) -> Result<(bool, Option<i64>)> {
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| unexpected(operation, e))?;
+    pub fn lwt_outcome(step: &'static str, result: QueryResult) -> Result<(bool, Option<i64>)> {
+        let rows = result.into_rows_result().map_err(|e| unexpected(step, e))?;
         let specs: Vec<String> = rows
             .column_specs()
             .iter()
@@ -356,15 +326,14 @@ impl Inner {
             .collect();
         let mut iter = rows
             .rows::<scylla::value::Row>()
-            .map_err(|e| unexpected(operation, e))?;
+            .map_err(|e| unexpected(step, e))?;
         let Some(row) = iter.next() else {
             return Err(Error::new(
                 ErrorKind::Unexpected,
-                "a lightweight transaction answered no row",
-            )
-            .with_operation(operation));
+                format!("cassandra {step}: a lightweight transaction answered no row"),
+            ));
         };
-        let row = row.map_err(|e| unexpected(operation, e))?;
+        let row = row.map_err(|e| unexpected(step, e))?;
         let mut applied = None;
         let mut used = None;
         for (name, value) in specs.iter().zip(row.columns) {
@@ -377,9 +346,8 @@ impl Inner {
         let applied = applied.ok_or_else(|| {
             Error::new(
                 ErrorKind::Unexpected,
-                "a lightweight transaction answered without [applied]",
+                format!("cassandra {step}: a lightweight transaction answered without [applied]"),
             )
-            .with_operation(operation)
         })?;
         Ok((applied, used))
     }
@@ -463,61 +431,6 @@ impl Inner {
         }
         Ok(walk)
     }
-
-    /// Forgets what this process cached about an id's tags (it may have a new writer).
-    pub fn forget_tag_seqs(&self, pid_key: &str) {
-        self.tag_seqs.lock().unwrap().remove(pid_key);
-    }
-
-    /// After a failed write of an id (any error, `Conflict` included: the events may be
-    /// stored without their tag rows, or another writer may have stored tagged events):
-    /// forget its tag numbers and have its next write repair and derive them afresh.
-    pub fn write_failed(&self, pid_key: &str) {
-        self.forget_tag_seqs(pid_key);
-        let mut due = self.repair_due.lock().unwrap();
-        if due.len() >= CACHE_LIMIT {
-            // Cleared, the ids are still repaired at their next replay.
-            due.clear();
-        }
-        due.insert(pid_key.to_owned());
-    }
-
-    /// Caches the tag numbers of an id (bounded: past [`CACHE_LIMIT`] ids the cache is
-    /// cleared and refilled from the tables).
-    pub fn cache_tag_seqs(&self, pid_key: &str, seqs: TagSeqs) {
-        let mut map = self.tag_seqs.lock().unwrap();
-        if map.len() >= CACHE_LIMIT {
-            map.clear();
-        }
-        map.insert(pid_key.to_owned(), seqs);
-    }
-
-    /// Whether the cached tag numbers of an id hold for a write starting at `lowest`;
-    /// stale ones are forgotten.
-    pub fn tag_seqs_hold(&self, pid_key: &str, lowest: u64) -> bool {
-        let mut map = self.tag_seqs.lock().unwrap();
-        match map.get(pid_key) {
-            Some(seqs) if seqs.next == lowest => true,
-            Some(_) => {
-                map.remove(pid_key);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// A write of `lowest..=highest` was stored: the cached numbers (if they were valid for
-    /// it) now hold for the write after it.
-    pub fn tag_seqs_advance(&self, pid_key: &str, lowest: u64, highest: u64) {
-        let mut map = self.tag_seqs.lock().unwrap();
-        if let Some(seqs) = map.get_mut(pid_key) {
-            if seqs.next == lowest {
-                seqs.next = highest + 1;
-            } else {
-                map.remove(pid_key);
-            }
-        }
-    }
 }
 
 /// Connects a session as the configuration says and, when switched on, creates the schema.
@@ -539,15 +452,10 @@ pub(crate) async fn connect(config: &CassandraConfig) -> Result<(Arc<Session>, A
     if let Some(user) = &config.username {
         builder = builder.user(user.clone(), config.password.clone().unwrap_or_default());
     }
-    let session = builder.build().await.map_err(|e| {
-        let msg = format!(
-            "cassandra: cannot connect to {:?}: {e}",
-            config.contact_points
-        );
-        Error::new(e.kind(), msg)
-            .with_operation("connect")
-            .with_source(e)
-    })?;
+    let session = builder
+        .build()
+        .await
+        .map_err(|e| connect_failed(&config.contact_points, e))?;
     if config.create_schema {
         create_schema(&session, config).await?;
     }
@@ -565,9 +473,12 @@ pub(crate) async fn create_schema(session: &Session, config: &CassandraConfig) -
     session
         .query_unpaged(schema::create_keyspace(config), ())
         .await
-        .op("create_keyspace")?;
+        .op_outside_stores("create_keyspace")?;
     for cql in schema::create_tables(config) {
-        session.query_unpaged(cql, ()).await.op("create_table")?;
+        session
+            .query_unpaged(cql, ())
+            .await
+            .op_outside_stores("create_table")?;
     }
     Ok(())
 }

@@ -9,6 +9,13 @@
 //! | `Invalid`, `SyntaxError`, `ConfigError`, `Unauthorized`, ... | `Storage` |
 //! | (de)serialization of values | `Unexpected` (a bug or a foreign schema) |
 //! | a stored event or snapshot column NULL where the driver always writes it, metadata columns set in part, an empty tag | `Corrupt`, naming the persistence id, sequence number and column |
+//!
+//! A mapped error's message says which step failed (`cassandra read_highest failed`), and
+//! the driver's error is its [`source`](std::error::Error::source), not copied into the
+//! message. The call's operation, persistence id and sequence range are added by the
+//! checking layer ([`persistence_api::Stores`]); errors here name only what is more precise
+//! than the call (the one event of a corrupt row), or, outside the stores (opening the
+//! session, cleanup), their operation.
 
 use persistence_api::{Error, ErrorKind};
 use scylla::errors::{
@@ -44,11 +51,9 @@ fn request_kind(e: &RequestError) -> ErrorKind {
 pub(crate) trait DriverError: std::error::Error + Send + Sync + Sized + 'static {
     fn kind(&self) -> ErrorKind;
 
-    /// The public error for `operation`, with this one as its source.
-    fn into_error(self, operation: &'static str) -> Error {
-        Error::new(self.kind(), format!("cassandra {operation} failed: {self}"))
-            .with_operation(operation)
-            .with_source(self)
+    /// The public error for a failed `step`, with this one as its source.
+    fn into_error(self, step: &'static str) -> Error {
+        Error::new(self.kind(), format!("cassandra {step} failed")).with_source(self)
     }
 }
 
@@ -110,16 +115,16 @@ impl DriverError for NewSessionError {
     }
 }
 
-/// Wraps any other driver-side failure (result shape, row decoding) as `Unexpected`.
+/// Wraps any other driver-side failure of `step` (result shape, row decoding) as
+/// `Unexpected`, with it as the source.
 pub(crate) fn unexpected(
-    operation: &'static str,
+    step: &'static str,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> Error {
     Error::new(
         ErrorKind::Unexpected,
-        format!("cassandra {operation}: unexpected result: {e}"),
+        format!("cassandra {step}: unexpected result"),
     )
-    .with_operation(operation)
     .with_source(e)
 }
 
@@ -174,13 +179,32 @@ pub(crate) fn metadata(
     }
 }
 
-/// `Result<T, DriverError>` → `Result<T, persistence_api::Error>` for one operation.
+/// `Result<T, DriverError>` → `Result<T, persistence_api::Error>`.
 pub(crate) trait ResultExt<T> {
-    fn op(self, operation: &'static str) -> persistence_api::Result<T>;
+    /// For a `step` of a store call (the checking layer adds the call's context).
+    fn op(self, step: &'static str) -> persistence_api::Result<T>;
+
+    /// For an `operation` outside the stores (opening the session), which nothing else
+    /// names: the error carries it as its operation.
+    fn op_outside_stores(self, operation: &'static str) -> persistence_api::Result<T>;
 }
 
 impl<T, E: DriverError> ResultExt<T> for Result<T, E> {
-    fn op(self, operation: &'static str) -> persistence_api::Result<T> {
-        self.map_err(|e| e.into_error(operation))
+    fn op(self, step: &'static str) -> persistence_api::Result<T> {
+        self.map_err(|e| e.into_error(step))
     }
+
+    fn op_outside_stores(self, operation: &'static str) -> persistence_api::Result<T> {
+        self.map_err(|e| e.into_error(operation).with_operation(operation))
+    }
+}
+
+/// A failed connection to `contact_points`, with the driver's error as the source.
+pub(crate) fn connect_failed(contact_points: &[String], e: NewSessionError) -> Error {
+    Error::new(
+        e.kind(),
+        format!("cassandra: cannot connect to {contact_points:?}"),
+    )
+    .with_operation("connect")
+    .with_source(e)
 }

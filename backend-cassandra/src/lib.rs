@@ -3,17 +3,18 @@
 
 mod cleanup;
 mod config;
+mod core;
 mod error;
 mod journal;
 mod query;
 mod schema;
 mod snapshot;
-mod store;
+mod tags;
 mod timeuuid;
 
 use std::sync::Arc;
 
-use persistence_api::{PersistenceId, Result, Stores};
+use persistence_api::{Capabilities, PersistenceId, Result, Stores};
 use scylla::client::session::Session;
 
 pub use cleanup::CleanupReport;
@@ -26,7 +27,7 @@ pub use snapshot::{CassandraSnapshotStore, MAX_SNAPSHOT_SIZE};
 /// Re-exported so users and benchmarks name the driver version this crate was built with.
 pub use scylla;
 
-use store::Inner;
+use crate::core::Inner;
 
 /// Opens the backend (see [`Cassandra::open`]) and returns its journal, snapshot store and
 /// read journal behind the checking layer of [`Stores`]: the one-call entry point every
@@ -61,7 +62,7 @@ impl Cassandra {
     /// tables when `create_schema` is set (the default), and prepares every statement (so
     /// a missing schema fails here too).
     pub async fn open(config: CassandraConfig) -> Result<Self> {
-        let (session, stmts) = store::connect(&config).await?;
+        let (session, stmts) = crate::core::connect(&config).await?;
         Ok(Cassandra {
             inner: Arc::new(Inner::new(session, stmts, config)),
         })
@@ -81,11 +82,39 @@ impl Cassandra {
         })
     }
 
+    /// What this backend supports (the same for the three stores). Conflicts are detected
+    /// when `overwrite_guard` is on; live queries deliver within the eventual-consistency
+    /// delay plus two polls.
+    pub fn capabilities(&self) -> Capabilities {
+        let c = &self.inner.config;
+        Capabilities {
+            atomic_write_max_events: None,
+            max_event_size: Some(MAX_EVENT_SIZE),
+            max_snapshot_size: Some(MAX_SNAPSHOT_SIZE),
+            tags: true,
+            event_metadata: true,
+            snapshot_metadata: true,
+            delete_events: true,
+            conflict_detection: c.overwrite_guard,
+            durable: true,
+            snapshots: true,
+            query_persistence_ids: true,
+            query_events_by_persistence_id: true,
+            query_events_by_tag: true,
+            live_queries: true,
+            live_query_max_delay: Some(
+                c.eventual_consistency_delay
+                    + c.poll_interval * 2
+                    + std::time::Duration::from_secs(1),
+            ),
+        }
+    }
+
     /// The three stores behind the checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
-            crate::journal::capabilities(&self.inner),
+            self.capabilities(),
             Arc::new(self.journal()),
             Arc::new(self.snapshots()),
             Arc::new(self.read_journal()),

@@ -27,11 +27,11 @@ use persistence_api::{
     QueryMode, ReadJournal, Result, SequenceNr,
 };
 use scylla::value::CqlTimeuuid;
-use scylla::DeserializeRow;
 
+use crate::core::Inner;
 use crate::error::{unexpected, ResultExt};
-use crate::journal::{event_stream, EventRow};
-use crate::store::Inner;
+use crate::journal::event_stream;
+use crate::schema::TagRow;
 use crate::timeuuid;
 
 /// The Cassandra read journal.
@@ -57,48 +57,6 @@ fn scan_ids(inner: Arc<Inner>) -> PersistenceIdStream {
             }
         }
     })
-}
-
-/// One row of `tag_views`.
-#[derive(DeserializeRow)]
-struct TagRow {
-    persistence_id: String,
-    tag_pid_sequence_nr: i64,
-    sequence_nr: Option<i64>,
-    timestamp: Option<CqlTimeuuid>,
-    writer_uuid: Option<String>,
-    ser_id: Option<String>,
-    ser_manifest: Option<String>,
-    event_manifest: Option<String>,
-    event: Option<Vec<u8>>,
-    meta_ser_id: Option<String>,
-    meta_ser_manifest: Option<String>,
-    meta: Option<Vec<u8>>,
-    tags: Option<Vec<String>>,
-    event_time: Option<i64>,
-}
-
-impl TagRow {
-    fn timestamp(&self) -> CqlTimeuuid {
-        self.timestamp.unwrap_or_else(CqlTimeuuid::nil)
-    }
-
-    fn into_event_row(self) -> EventRow {
-        EventRow {
-            sequence_nr: self.sequence_nr,
-            timestamp: self.timestamp,
-            writer_uuid: self.writer_uuid,
-            ser_id: self.ser_id,
-            ser_manifest: self.ser_manifest,
-            event_manifest: self.event_manifest,
-            event: self.event,
-            meta_ser_id: self.meta_ser_id,
-            meta_ser_manifest: self.meta_ser_manifest,
-            meta: self.meta,
-            tags: self.tags,
-            event_time: self.event_time,
-        }
-    }
 }
 
 struct TagQuery {
@@ -195,7 +153,6 @@ impl TagQuery {
                         self.tag, config.gap_lookback, config.gap_timeout
                     ),
                 )
-                .with_operation("events_by_tag")
                 .with_persistence_id(id));
             }
             tokio::time::sleep(config.poll_interval).await;
@@ -308,10 +265,7 @@ fn by_id_stream(
         let pid = inner.pid_key(&persistence_id);
         let mut next = from.max(1);
         loop {
-            let (highest, deleted_to) = inner
-                .highest_and_deleted_to(&pid)
-                .await
-                .map_err(|e| e.with_persistence_id(persistence_id.as_str()))?;
+            let (highest, deleted_to) = inner.highest_and_deleted_to(&pid).await?;
             let end = to.min(highest);
             if next <= end {
                 let mut events = event_stream(

@@ -1,9 +1,26 @@
-//! The CQL schema: keyspace and tables, modelled on pekko-persistence-cassandra.
+//! The CQL schema: keyspace and tables (modelled on pekko-persistence-cassandra), the
+//! stored form of keys, and the row layouts the stores write and read.
 //!
-//! Users create these before production ([`schema_cql`] prints them); the
+//! Users create the tables before production ([`schema_cql`] prints them); the
 //! `create_schema` switch runs them at start-up.
 
+use persistence_api::{Payload, PersistenceId, PersistentEvent, Result, Timestamp};
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
+use scylla::serialize::SerializationError;
+use scylla::value::{CqlTimeuuid, MaybeUnset};
+use scylla::{DeserializeRow, SerializeRow};
+
 use crate::config::CassandraConfig;
+use crate::error::{corrupt, metadata, required};
+use crate::timeuuid;
+
+/// Separates the namespace from the id or tag in stored keys. A control character, which a
+/// valid persistence id never contains, so namespaced keys cannot collide with plain ones.
+pub(crate) const NS_SEP: char = '\u{1f}';
+
+/// The columns read back for an event, from `messages` and from `tag_views` alike.
+pub(crate) const EVENT_COLUMNS: &str = "sequence_nr, timestamp, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time";
 
 /// The `CREATE KEYSPACE` statement (with the configured development replication).
 pub fn create_keyspace(config: &CassandraConfig) -> String {
@@ -142,6 +159,263 @@ pub fn schema_cql(config: &CassandraConfig) -> String {
         out.push_str(";\n\n");
     }
     out
+}
+
+// ---- Row layouts -------------------------------------------------------------------------
+
+/// Absent optional columns are left unset, not bound to null: an event row is written once,
+/// and a null would store a tombstone per column and event.
+pub(crate) fn unset_none<T>(v: Option<T>) -> MaybeUnset<T> {
+    v.map_or(MaybeUnset::Unset, MaybeUnset::Set)
+}
+
+/// An event row of `messages`, as written.
+#[derive(SerializeRow)]
+pub(crate) struct MessageRow<'a> {
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+    pub sequence_nr: i64,
+    pub timestamp: CqlTimeuuid,
+    pub timebucket: i64,
+    pub writer_uuid: &'a str,
+    pub ser_id: &'a str,
+    pub ser_manifest: &'a str,
+    pub event_manifest: &'a str,
+    pub event: &'a [u8],
+    pub meta_ser_id: MaybeUnset<&'a str>,
+    pub meta_ser_manifest: MaybeUnset<&'a str>,
+    pub meta: MaybeUnset<&'a [u8]>,
+    pub tags: MaybeUnset<&'a [String]>,
+    pub event_time: i64,
+}
+
+/// The overwrite guard of a partition already written: `used` set `IF used < lowest`.
+#[derive(SerializeRow)]
+pub(crate) struct GuardRow<'a> {
+    pub used: i64,
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+    pub lowest: i64,
+}
+
+/// The static `used` of a partition (its first guarded write, or an unguarded write).
+#[derive(SerializeRow)]
+pub(crate) struct UsedRow<'a> {
+    pub used: i64,
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+}
+
+/// A copy of a tagged event in `tag_views`, as written.
+#[derive(SerializeRow)]
+pub(crate) struct TagViewRow<'a> {
+    pub tag_name: &'a str,
+    pub timebucket: i64,
+    pub timestamp: CqlTimeuuid,
+    pub persistence_id: &'a str,
+    pub tag_pid_sequence_nr: i64,
+    pub sequence_nr: i64,
+    pub writer_uuid: &'a str,
+    pub ser_id: &'a str,
+    pub ser_manifest: &'a str,
+    pub event_manifest: &'a str,
+    pub event: &'a [u8],
+    pub meta_ser_id: MaybeUnset<&'a str>,
+    pub meta_ser_manifest: MaybeUnset<&'a str>,
+    pub meta: MaybeUnset<&'a [u8]>,
+    pub tags: MaybeUnset<&'a [String]>,
+    pub event_time: i64,
+}
+
+/// The static `tag_pending` of a partition: the first sequence number of its latest tagged
+/// write (see `tags.rs`).
+#[derive(SerializeRow)]
+pub(crate) struct PendingRow<'a> {
+    pub pending: i64,
+    pub persistence_id: &'a str,
+    pub partition_nr: i64,
+}
+
+/// One statement's values in a batch whose statements differ.
+pub(crate) enum BatchRow<'a> {
+    Guard(GuardRow<'a>),
+    Used(UsedRow<'a>),
+    Pending(PendingRow<'a>),
+    Message(MessageRow<'a>),
+}
+
+impl SerializeRow for BatchRow<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> std::result::Result<(), SerializationError> {
+        match self {
+            BatchRow::Guard(r) => r.serialize(ctx, writer),
+            BatchRow::Used(r) => r.serialize(ctx, writer),
+            BatchRow::Pending(r) => r.serialize(ctx, writer),
+            BatchRow::Message(r) => r.serialize(ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// An event as read back from `messages` or `tag_views`.
+#[derive(DeserializeRow)]
+pub(crate) struct EventRow {
+    pub sequence_nr: Option<i64>,
+    pub timestamp: Option<CqlTimeuuid>,
+    pub writer_uuid: Option<String>,
+    pub ser_id: Option<String>,
+    pub ser_manifest: Option<String>,
+    pub event_manifest: Option<String>,
+    pub event: Option<Vec<u8>>,
+    pub meta_ser_id: Option<String>,
+    pub meta_ser_manifest: Option<String>,
+    pub meta: Option<Vec<u8>>,
+    pub tags: Option<Vec<String>>,
+    pub event_time: Option<i64>,
+}
+
+impl EventRow {
+    /// The event of `persistence_id` this row holds. A column the driver always writes that
+    /// is NULL, a negative sequence number or metadata set in part is
+    /// [`persistence_api::ErrorKind::Corrupt`] naming the event and the column.
+    pub fn into_event(self, persistence_id: PersistenceId) -> Result<PersistentEvent> {
+        let id = &persistence_id;
+        // Without a sequence number the error names the id only.
+        let seq = match self.sequence_nr {
+            Some(seq) if seq >= 0 => seq as u64,
+            other => {
+                let detail = match other {
+                    Some(seq) => format!("{seq} is negative"),
+                    None => "is NULL, but the driver always writes it".to_owned(),
+                };
+                return Err(persistence_api::Error::corrupt("sequence_nr", detail)
+                    .with_persistence_id(id.as_str()));
+            }
+        };
+        let metadata = metadata(
+            (self.meta_ser_id, self.meta_ser_manifest, self.meta),
+            id,
+            seq,
+        )?;
+        let payload = Payload::new(
+            required(self.ser_id, id, seq, "ser_id")?,
+            required(self.ser_manifest, id, seq, "ser_manifest")?,
+            required(self.event, id, seq, "event")?,
+        );
+        let event_manifest = required(self.event_manifest, id, seq, "event_manifest")?;
+        // An empty list is stored as NULL; an empty tag is refused on every write.
+        let tags = self.tags.unwrap_or_default();
+        if let Some(i) = tags.iter().position(|t| t.is_empty()) {
+            return Err(corrupt(
+                id,
+                seq,
+                "tags",
+                format!("tag {i} is empty, and an empty tag is refused on every write"),
+            ));
+        }
+        let writer_id = required(self.writer_uuid, id, seq, "writer_uuid")?;
+        let timestamp = Timestamp::from_millis(self.event_time.unwrap_or_else(|| {
+            self.timestamp
+                .map(|t| timeuuid::millis_of(t.as_ref()))
+                .unwrap_or(0)
+        }));
+        Ok(PersistentEvent {
+            persistence_id,
+            sequence_nr: seq,
+            payload,
+            event_manifest,
+            writer_id,
+            timestamp,
+            tags,
+            metadata,
+        })
+    }
+}
+
+/// One row of `tag_views` as read back: the tag numbering columns and the event.
+#[derive(DeserializeRow)]
+pub(crate) struct TagRow {
+    pub persistence_id: String,
+    pub tag_pid_sequence_nr: i64,
+    pub sequence_nr: Option<i64>,
+    pub timestamp: Option<CqlTimeuuid>,
+    pub writer_uuid: Option<String>,
+    pub ser_id: Option<String>,
+    pub ser_manifest: Option<String>,
+    pub event_manifest: Option<String>,
+    pub event: Option<Vec<u8>>,
+    pub meta_ser_id: Option<String>,
+    pub meta_ser_manifest: Option<String>,
+    pub meta: Option<Vec<u8>>,
+    pub tags: Option<Vec<String>>,
+    pub event_time: Option<i64>,
+}
+
+impl TagRow {
+    /// The row's time-based UUID (nil when NULL).
+    pub fn timestamp(&self) -> CqlTimeuuid {
+        self.timestamp.unwrap_or_else(CqlTimeuuid::nil)
+    }
+
+    /// The event columns of the row.
+    pub fn into_event_row(self) -> EventRow {
+        EventRow {
+            sequence_nr: self.sequence_nr,
+            timestamp: self.timestamp,
+            writer_uuid: self.writer_uuid,
+            ser_id: self.ser_id,
+            ser_manifest: self.ser_manifest,
+            event_manifest: self.event_manifest,
+            event: self.event,
+            meta_ser_id: self.meta_ser_id,
+            meta_ser_manifest: self.meta_ser_manifest,
+            meta: self.meta,
+            tags: self.tags,
+            event_time: self.event_time,
+        }
+    }
+}
+
+/// One row of `tag_write_progress`: the last tag row written for one `(id, tag)`.
+#[derive(DeserializeRow)]
+pub(crate) struct TagProgressRow {
+    pub tag: String,
+    pub sequence_nr: Option<i64>,
+    pub tag_pid_sequence_nr: Option<i64>,
+    pub offset: Option<CqlTimeuuid>,
+}
+
+/// A snapshot row, as written.
+#[derive(SerializeRow)]
+pub(crate) struct SnapshotRow<'a> {
+    pub persistence_id: &'a str,
+    pub sequence_nr: i64,
+    pub timestamp: i64,
+    pub ser_id: &'a str,
+    pub ser_manifest: &'a str,
+    pub snapshot_data: &'a [u8],
+    pub meta_ser_id: Option<&'a str>,
+    pub meta_ser_manifest: Option<&'a str>,
+    pub meta: Option<&'a [u8]>,
+}
+
+/// A snapshot row, as read back.
+#[derive(DeserializeRow)]
+pub(crate) struct LoadedSnapshotRow {
+    pub sequence_nr: i64,
+    pub timestamp: Option<i64>,
+    pub ser_id: Option<String>,
+    pub ser_manifest: Option<String>,
+    pub snapshot_data: Option<Vec<u8>>,
+    pub meta_ser_id: Option<String>,
+    pub meta_ser_manifest: Option<String>,
+    pub meta: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

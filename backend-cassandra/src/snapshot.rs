@@ -8,39 +8,14 @@ use persistence_api::{
     Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot, SnapshotMetadata,
     SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
-use scylla::{DeserializeRow, SerializeRow};
 
+use crate::core::Inner;
 use crate::error::{metadata, required, unexpected, ResultExt};
-use crate::store::Inner;
+use crate::schema::{LoadedSnapshotRow, SnapshotRow};
 
 /// The largest snapshot ([`persistence_api::Payload::stored_size`]) the driver stores: one
 /// row, one mutation, well below Cassandra's mutation limit (half the commit-log segment).
 pub const MAX_SNAPSHOT_SIZE: usize = 4 * 1024 * 1024;
-
-#[derive(SerializeRow)]
-struct SnapshotRow<'a> {
-    persistence_id: &'a str,
-    sequence_nr: i64,
-    timestamp: i64,
-    ser_id: &'a str,
-    ser_manifest: &'a str,
-    snapshot_data: &'a [u8],
-    meta_ser_id: Option<&'a str>,
-    meta_ser_manifest: Option<&'a str>,
-    meta: Option<&'a [u8]>,
-}
-
-#[derive(DeserializeRow)]
-struct LoadedRow {
-    sequence_nr: i64,
-    timestamp: Option<i64>,
-    ser_id: Option<String>,
-    ser_manifest: Option<String>,
-    snapshot_data: Option<Vec<u8>>,
-    meta_ser_id: Option<String>,
-    meta_ser_manifest: Option<String>,
-    meta: Option<Vec<u8>>,
-}
 
 fn clamp(n: u64) -> i64 {
     n.min(i64::MAX as u64) as i64
@@ -86,16 +61,11 @@ impl SnapshotStore for CassandraSnapshotStore {
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         let size =
             snapshot.stored_size() + metadata.metadata.as_ref().map_or(0, |m| m.stored_size());
-        let ctx = |e: Error| {
-            e.with_persistence_id(metadata.persistence_id.as_str())
-                .with_sequence_range(metadata.sequence_nr, metadata.sequence_nr)
-        };
         if size > MAX_SNAPSHOT_SIZE {
-            return Err(ctx(Error::new(
+            return Err(Error::new(
                 ErrorKind::Rejected,
                 format!("a snapshot of {size} bytes is larger than {MAX_SNAPSHOT_SIZE} bytes"),
-            )
-            .with_operation("save_snapshot")));
+            ));
         }
         let pid = self.inner.pid_key(&metadata.persistence_id);
         let meta = metadata.metadata.as_ref();
@@ -112,8 +82,7 @@ impl SnapshotStore for CassandraSnapshotStore {
         };
         self.inner
             .exec("save_snapshot", &self.inner.stmts.insert_snapshot, row)
-            .await
-            .map_err(ctx)?;
+            .await?;
         Ok(())
     }
 
@@ -126,7 +95,6 @@ impl SnapshotStore for CassandraSnapshotStore {
             return Ok(None);
         }
         let pid = self.inner.pid_key(persistence_id);
-        let ctx = |e: Error| e.with_persistence_id(persistence_id.as_str());
         let pager = self
             .inner
             .session
@@ -139,14 +107,13 @@ impl SnapshotStore for CassandraSnapshotStore {
                 ),
             )
             .await
-            .op("load_snapshot")
-            .map_err(ctx)?;
+            .op("load_snapshot")?;
         let mut rows = pager
-            .rows_stream::<LoadedRow>()
-            .map_err(|e| ctx(unexpected("load_snapshot", e)))?;
+            .rows_stream::<LoadedSnapshotRow>()
+            .map_err(|e| unexpected("load_snapshot", e))?;
         // Newest first (CLUSTERING ORDER BY sequence_nr DESC): the first match wins.
         while let Some(row) = rows.next().await {
-            let row = row.op("load_snapshot").map_err(ctx)?;
+            let row = row.op("load_snapshot")?;
             let timestamp = Timestamp::from_millis(row.timestamp.unwrap_or(0));
             let seq = row.sequence_nr.max(0) as u64;
             if !criteria.matches(seq, timestamp) {
@@ -177,10 +144,6 @@ impl SnapshotStore for CassandraSnapshotStore {
     async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()> {
         let pid = self.inner.pid_key(&metadata.persistence_id);
         let seq = clamp(metadata.sequence_nr);
-        let ctx = |e: Error| {
-            e.with_persistence_id(metadata.persistence_id.as_str())
-                .with_sequence_range(metadata.sequence_nr, metadata.sequence_nr)
-        };
         if metadata.timestamp != Timestamp::MIN {
             let rows: Vec<(i64, Option<i64>)> = self
                 .inner
@@ -189,8 +152,7 @@ impl SnapshotStore for CassandraSnapshotStore {
                     &self.inner.stmts.select_snapshot_timestamps,
                     (pid.as_str(), seq, seq),
                 )
-                .await
-                .map_err(ctx)?;
+                .await?;
             if !rows
                 .iter()
                 .any(|(_, ts)| ts.unwrap_or(0) == metadata.timestamp.as_millis())
@@ -204,8 +166,7 @@ impl SnapshotStore for CassandraSnapshotStore {
                 &self.inner.stmts.delete_snapshot,
                 (pid.as_str(), seq),
             )
-            .await
-            .map_err(ctx)?;
+            .await?;
         Ok(())
     }
 
@@ -215,16 +176,14 @@ impl SnapshotStore for CassandraSnapshotStore {
         criteria: SnapshotSelectionCriteria,
     ) -> Result<()> {
         let pid = self.inner.pid_key(persistence_id);
-        let ctx = |e: Error| e.with_persistence_id(persistence_id.as_str());
-        for (seq, _) in self.matching(&pid, &criteria).await.map_err(ctx)? {
+        for (seq, _) in self.matching(&pid, &criteria).await? {
             self.inner
                 .exec(
                     "delete_snapshots",
                     &self.inner.stmts.delete_snapshot,
                     (pid.as_str(), seq),
                 )
-                .await
-                .map_err(ctx)?;
+                .await?;
         }
         Ok(())
     }
