@@ -1,4 +1,6 @@
-//! The SDK client, built from [`DynamoDbConfig`], and the request helpers every store uses.
+//! The SDK client, built from [`DynamoDbConfig`]; [`Inner`], what the three stores share
+//! (client, settings, caches); and the requests more than one store sends: the id's
+//! highest/deleted-to item, a range of event items, batch writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -14,9 +16,9 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use persistence_api::{Error, Result};
 
 use crate::config::DynamoDbConfig;
-use crate::error::{unprocessed_error, RetryPolicy};
-use crate::item::Item;
-use crate::schema::{Keys, MAX_BATCH_WRITE};
+use crate::error::{build_error, unprocessed_error, Failed};
+use crate::retry::RetryPolicy;
+use crate::schema::{key, s, seq_sk, Item, Keys, Meta, MAX_BATCH_WRITE, META_SK};
 
 /// The HTTP client the backend gives the SDK: plain HTTP (hyper), plus HTTPS through
 /// rustls when the crate feature `tls` is on. Tests wrap it to inject faults.
@@ -132,11 +134,7 @@ impl Inner {
         Ok(Inner {
             client,
             keys: Keys::new(&config),
-            retry: RetryPolicy {
-                max_retries: config.max_retries,
-                base: config.retry_base_delay,
-                cap: config.retry_max_delay,
-            },
+            retry: RetryPolicy::new(&config),
             config,
             known_ids: Mutex::new(HashMap::new()),
             clock: AtomicI64::new(0),
@@ -193,6 +191,60 @@ impl Inner {
         prev.max(now)
     }
 
+    /// The id's highest/deleted-to item (zeros when there is none).
+    pub(crate) async fn meta(&self, pid: &str) -> Result<Meta> {
+        let req = self
+            .client
+            .get_item()
+            .table_name(self.journal_table())
+            .set_key(Some(key(self.keys.event_pk(pid), META_SK.to_owned())))
+            .consistent_read(self.consistent());
+        let out = self
+            .retry
+            .run("replay", || req.clone().send())
+            .await
+            .map_err(Failed::into_error)?;
+        Ok(out.item().map(Meta::of).unwrap_or_default())
+    }
+
+    /// The event items of `pid` with `from <= seq <= to`, all pages (at most `limit` items
+    /// when given: one page then).
+    pub(crate) async fn query_events(
+        &self,
+        operation: &'static str,
+        pid: &str,
+        from: u64,
+        to: u64,
+        limit: Option<i32>,
+    ) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let req = self
+                .client
+                .query()
+                .table_name(self.journal_table())
+                .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+                .expression_attribute_values(":pk", s(self.keys.event_pk(pid)))
+                .expression_attribute_values(":a", s(seq_sk(from)))
+                .expression_attribute_values(":b", s(seq_sk(to)))
+                .limit(limit.unwrap_or(self.config.page_size.min(i32::MAX as u32) as i32))
+                .consistent_read(self.consistent())
+                .set_exclusive_start_key(start.take());
+            let out = self
+                .retry
+                .run(operation, || req.clone().send())
+                .await
+                .map_err(Failed::into_error)?;
+            let last = out.last_evaluated_key().cloned();
+            items.extend(out.items.unwrap_or_default());
+            match last {
+                Some(k) if limit.is_none() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     /// Deletes `keys` from `table` in batches of 25, several at once, retrying unprocessed
     /// items with backoff until none is left.
     pub(crate) async fn batch_delete(
@@ -244,11 +296,11 @@ impl Inner {
                 .retry
                 .run(operation, || req.clone().send())
                 .await
-                .map_err(|f| f.into_error(operation))?;
+                .map_err(Failed::into_error)?;
             if let Some(left) = out.unprocessed_items().and_then(|m| m.get(table)) {
                 if !left.is_empty() {
                     if round >= self.retry.max_retries {
-                        return Err(unprocessed_error(operation, left.len(), round + 1));
+                        return Err(unprocessed_error(left.len(), round + 1));
                     }
                     tokio::time::sleep(self.retry.delay(round)).await;
                     round += 1;
@@ -265,7 +317,7 @@ pub(crate) fn delete_request(key: Item) -> Result<WriteRequest> {
     let del = DeleteRequest::builder()
         .set_key(Some(key))
         .build()
-        .map_err(|e| Error::new(persistence_api::ErrorKind::Unexpected, e.to_string()))?;
+        .map_err(build_error)?;
     Ok(WriteRequest::builder().delete_request(del).build())
 }
 
@@ -274,7 +326,7 @@ pub(crate) fn put_request(item: Item) -> Result<WriteRequest> {
     let put = PutRequest::builder()
         .set_item(Some(item))
         .build()
-        .map_err(|e| Error::new(persistence_api::ErrorKind::Unexpected, e.to_string()))?;
+        .map_err(build_error)?;
     Ok(WriteRequest::builder().put_request(put).build())
 }
 

@@ -1,11 +1,8 @@
-//! The one place where DynamoDB's errors become [`persistence_api::Error`]s, and the retry
-//! policy that decides which of them are tried again.
+//! The one place where DynamoDB's errors become [`persistence_api::Error`]s: how a failed
+//! request is classified (which the retry policy in `retry.rs` reads), and the public
+//! error each class becomes.
 
-use std::cell::Cell;
-use std::future::Future;
-use std::time::Duration;
-
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use persistence_api::{Error, ErrorKind};
 
@@ -180,108 +177,87 @@ impl<E> Failed<E>
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    /// The public error for this failure.
-    pub(crate) fn into_error(self, operation: &'static str) -> Error {
-        let mut message = match (&self.err, self.err.code()) {
-            (SdkError::ServiceError(_), Some(code)) => {
-                format!("DynamoDB {code}: {}", self.err.message().unwrap_or(""))
-            }
-            _ => format!(
-                "DynamoDB request failed: {}",
-                DisplayErrorContext(&self.err)
-            ),
-        };
-        if self.class.retryable() {
-            message.push_str(&format!(" (gave up after {} attempts)", self.attempts));
-        }
-        if self.class == Class::NotFound {
-            message.push_str(
-                "; create the tables with persistence_dynamodb::create_schema, `create_schema = true`, \
-                 or the schema in the persistence-dynamodb README",
-            );
-        }
-        let kind = self.class.kind();
-        Error::new(kind, message)
-            .with_operation(operation)
-            .with_retryable(self.class.retryable())
-            .with_source(self.err)
+    /// The public error for this failure, the SDK's error as its source. A retryable one
+    /// says that the driver's retries are exhausted. The operation, persistence id and
+    /// sequence numbers are the call's: the checking layer (`Stores`) adds them.
+    pub(crate) fn into_error(self) -> Error {
+        let note = self.class.retryable().then(|| {
+            let n = self.attempts;
+            format!(
+                "retries exhausted after {n} attempt{}",
+                if n == 1 { "" } else { "s" }
+            )
+        });
+        sdk_error(self.err, self.class, note)
     }
 }
 
-/// Capped exponential backoff with full jitter, over our own attempts (the SDK's own retry
-/// layer is turned off so that every attempt passes through here and is counted).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RetryPolicy {
-    pub(crate) max_retries: u32,
-    pub(crate) base: Duration,
-    pub(crate) cap: Duration,
+/// The public error for a request sent once, without the retry policy.
+pub(crate) fn unretried<E>(err: SdkError<E, HttpResponse>) -> Error
+where
+    E: std::error::Error + ProvideErrorMetadata + Cancellation + Send + Sync + 'static,
+{
+    let class = classify(&err);
+    sdk_error(err, class, None)
 }
 
-impl RetryPolicy {
-    /// The delay before retry number `retry` (0-based): uniform in `[0, min(cap, base * 2^retry)]`.
-    pub(crate) fn delay(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << retry.min(20))
-            .min(self.cap);
-        let nanos = ceiling.as_nanos() as u64;
-        if nanos == 0 {
-            return Duration::ZERO;
+/// `err` as a public error of `class`'s kind, `note` appended to its message. The message
+/// says what happened in a few words (the DynamoDB error code when there is one); the
+/// SDK's error, holding the service's own message or the underlying I/O error, is the
+/// source and is not copied into the message.
+fn sdk_error<E>(err: SdkError<E, HttpResponse>, class: Class, note: Option<String>) -> Error
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    let mut message = match &err {
+        SdkError::ServiceError(s) => match err.code() {
+            Some(code) => format!("DynamoDB answered {code}"),
+            None => format!("DynamoDB answered HTTP {}", s.raw().status().as_u16()),
+        },
+        SdkError::TimeoutError(_) => "the DynamoDB request timed out".to_owned(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            "connecting to DynamoDB timed out".to_owned()
         }
-        Duration::from_nanos(random_u64() % (nanos + 1))
+        SdkError::DispatchFailure(d) if d.is_user() => {
+            "the DynamoDB request could not be sent".to_owned()
+        }
+        SdkError::DispatchFailure(_) => "the connection to DynamoDB failed".to_owned(),
+        SdkError::ResponseError(_) => "DynamoDB's answer could not be read".to_owned(),
+        SdkError::ConstructionFailure(_) => "the DynamoDB request could not be built".to_owned(),
+        _ => "the DynamoDB request failed".to_owned(),
+    };
+    if let Some(note) = note {
+        message.push_str(&format!(" ({note})"));
     }
+    if class == Class::NotFound {
+        message.push_str(
+            "; create the tables with persistence_dynamodb::create_schema, `create_schema = true`, \
+             or the schema in the persistence-dynamodb README",
+        );
+    }
+    Error::new(class.kind(), message)
+        .with_retryable(class.retryable())
+        .with_source(err)
+}
 
-    /// Runs `attempt` until it succeeds, fails for good, or the retries are used up.
-    pub(crate) async fn run<T, E, F, Fut>(
-        &self,
-        operation: &'static str,
-        mut attempt: F,
-    ) -> Result<T, Failed<E>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-        E: ProvideErrorMetadata + Cancellation,
-    {
-        let mut ambiguous = false;
-        let mut retry = 0;
-        loop {
-            match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(err) => {
-                    let class = classify(&err);
-                    ambiguous |= class.ambiguous();
-                    if class.retryable() && retry < self.max_retries {
-                        let delay = self.delay(retry);
-                        tracing::debug!(
-                            operation,
-                            ?class,
-                            retry,
-                            ?delay,
-                            "retrying DynamoDB request"
-                        );
-                        tokio::time::sleep(delay).await;
-                        retry += 1;
-                        continue;
-                    }
-                    return Err(Failed {
-                        err,
-                        class,
-                        ambiguous,
-                        attempts: retry + 1,
-                    });
-                }
-            }
-        }
-    }
+/// A request (or a part of one) the SDK's builders refused: a bug of the driver, the
+/// builder's error as the source.
+pub(crate) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        "a DynamoDB request could not be built",
+    )
+    .with_source(e)
 }
 
 /// The error for a batch whose unprocessed items were still refused after every retry.
-pub(crate) fn unprocessed_error(operation: &'static str, left: usize, attempts: u32) -> Error {
+pub(crate) fn unprocessed_error(left: usize, attempts: u32) -> Error {
     Error::new(
         ErrorKind::RateLimited,
-        format!("DynamoDB left {left} batch items unprocessed after {attempts} attempts"),
+        format!(
+            "DynamoDB left {left} batch items unprocessed (retries exhausted after {attempts} attempts)"
+        ),
     )
-    .with_operation(operation)
 }
 
 /// An error for a stored attribute that does not decode (or is missing where the driver
@@ -292,27 +268,4 @@ pub(crate) fn corrupt(attribute: &str, detail: impl std::fmt::Display) -> Error 
         ErrorKind::Corrupt,
         format!("attribute {attribute} does not decode: {detail}"),
     )
-}
-
-thread_local! {
-    static RNG: Cell<u64> = Cell::new({
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
-        let addr = &t as *const u64 as u64;
-        (t ^ addr.rotate_left(32)) | 1
-    });
-}
-
-/// A xorshift generator: enough for jitter, no dependency.
-pub(crate) fn random_u64() -> u64 {
-    RNG.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    })
 }

@@ -1,38 +1,28 @@
-//! The write path ([`DynamoDbJournal`]: writes, deletes, the highest) and the replay
-//! machinery the queries share; writes over several transactions are in `large_write.rs`.
+//! [`DynamoDbJournal`]: the write path (single events, one transaction, gaps' tombstones,
+//! conflicts), replay, the highest sequence number and deletes. Writes over several
+//! transactions are in `large_write.rs`, tag numbers in `tag_index.rs`, the ranged reads
+//! replay shares with the queries in `query.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
-use futures::{stream, Stream, StreamExt};
+use futures::{stream, StreamExt};
 use persistence_api::{
-    AtomicWrite, Capabilities, Error, ErrorKind, EventStream, Journal, PersistenceId,
-    PersistentEvent, Replay, Result, SequenceNr,
+    AtomicWrite, Error, ErrorKind, EventStream, Journal, PersistenceId, Replay, Result, SequenceNr,
 };
 
 use crate::core::{put_request, Inner};
-use crate::error::{Cancellation, Class};
-use crate::item::{
-    self, decode_event, event_attrs, event_seq, get_u64, item_size, key, large_write, n, s, Item,
-    LargeWrite, AW_TIME, DELETED_TO, HIGHEST, PAYLOAD, PID, SEQ, TAGS, TIMESTAMP, TOKEN_TIME,
-    WRITER,
-};
-use crate::large_write::LargeWrites;
+use crate::error::{build_error, Cancellation, Class, Failed};
+use crate::query::range_stream;
 use crate::schema::{
-    seq_sk, MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK, PURGED_TO,
-    TAG_NUMBERS, TOMBSTONE,
+    entry_sk, event_attrs, event_seq, feed_sk, get_u64, is_tombstone, item_size, key, key_of,
+    large_write, n, s, seq_sk, sk_str, tombstone, Item, LargeWrite, AW_TIME, HIGHEST,
+    MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TAG_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK, PAYLOAD, PID,
+    SEQ, TAGS, TAG_NUMBERS, TIMESTAMP, TOKEN_TIME, WRITER,
 };
-use crate::tag_index::{entry_sk, Numbers};
-
-/// The largest [`PersistentEvent::stored_size`] this backend declares: DynamoDB's 400 KB
-/// item limit less room for keys, attribute names and numbers. The driver also checks the
-/// exact item size of every event and tag entry before sending anything.
-pub const MAX_EVENT_SIZE: usize = MAX_ITEM_BYTES - 4 * 1024;
-
-/// The longest tag (bytes): a tag is part of its index entries' partition key.
-pub const MAX_TAG_BYTES: usize = 1024;
+use crate::tag_index::Numbers;
 
 /// The journal on DynamoDB. Build it with [`crate::DynamoDb`].
 #[derive(Clone)]
@@ -46,33 +36,6 @@ impl std::fmt::Debug for DynamoDbJournal {
             .field("table", &self.inner.config.journal_table)
             .field("namespace", &self.inner.config.namespace)
             .finish()
-    }
-}
-
-pub(crate) fn capabilities(inner: &Inner) -> Capabilities {
-    let c = &inner.config;
-    Capabilities {
-        atomic_write_max_events: None,
-        max_event_size: Some(MAX_EVENT_SIZE),
-        max_snapshot_size: None,
-        tags: true,
-        event_metadata: true,
-        snapshot_metadata: true,
-        delete_events: true,
-        conflict_detection: true,
-        durable: true,
-        snapshots: true,
-        query_persistence_ids: true,
-        query_events_by_persistence_id: true,
-        query_events_by_tag: true,
-        live_queries: true,
-        live_query_max_delay: Some(
-            // Tags: a poll, plus at most the gap timeout while an earlier number of the
-            // shard is held by a write in flight; the id feed: a poll plus its settle delay.
-            c.poll_interval
-                + c.tag_gap_timeout.max(c.feed_settle_delay)
-                + std::time::Duration::from_millis(300),
-        ),
     }
 }
 
@@ -151,15 +114,16 @@ impl DynamoDbJournal {
             items.push((
                 key(
                     keys.ids_feed_pk(keys.bucket_of(time), shard),
-                    crate::query::feed_sk(time, pid),
+                    feed_sk(time, pid),
                 ),
                 Kind::Marker,
             ));
         }
         let shard = keys.tag_shard(pid);
+        // Names the refused event (the id with it: the driver is also used without the
+        // checking layer, which would add the id).
         let reject = |seq: u64, msg: String| {
             Error::new(ErrorKind::Rejected, msg)
-                .with_operation("write_events")
                 .with_persistence_id(pid)
                 .with_sequence_range(seq, seq)
         };
@@ -168,9 +132,7 @@ impl DynamoDbJournal {
             let mut tags: Vec<&String> = Vec::new();
             for t in &e.tags {
                 if t.is_empty() {
-                    return Err(Error::invalid_input("tags must not be empty")
-                        .with_operation("write_events")
-                        .with_persistence_id(pid));
+                    return Err(Error::invalid_input("tags must not be empty"));
                 }
                 if t.len() > MAX_TAG_BYTES {
                     return Err(reject(
@@ -242,16 +204,11 @@ impl DynamoDbJournal {
     async fn write_one(&self, write: AtomicWrite) -> Result<()> {
         let pid = write.persistence_id().as_str().to_owned();
         let (from, to) = (write.lowest_sequence_nr(), write.highest_sequence_nr());
-        let ctx = |e: Error| {
-            e.with_operation("write_events")
-                .with_persistence_id(pid.clone())
-                .with_sequence_range(from, to)
-        };
         // Every number up to the highest is taken, also the ones a write that left a gap
         // skipped: they get tombstones, and a write at or below a known highest is a
         // `Conflict` without a request.
-        let mut gap = match self.write_start(&pid, from).await.map_err(ctx)? {
-            Start::Taken => return Err(ctx(conflict(Some(from)))),
+        let mut gap = match self.write_start(&pid, from).await? {
+            Start::Taken => return Err(conflict(Some(from))),
             Start::Next => Vec::new(),
             Start::Gap(lo) => (lo..from)
                 .map(|seq| {
@@ -273,7 +230,7 @@ impl DynamoDbJournal {
         let mut cleared = 0;
         let mut filled = 0;
         loop {
-            let numbers = self.inner.take_numbers(&write).await.map_err(ctx)?;
+            let numbers = self.inner.take_numbers(&write).await?;
             let time = self.inner.token_time();
             let mut prepared = match self.prepare(&write, None, time, &numbers) {
                 Ok(p) => p,
@@ -295,10 +252,10 @@ impl DynamoDbJournal {
                     for chunk in std::mem::take(&mut gap).chunks(MAX_TX_ITEMS) {
                         match self.transact(chunk, None).await {
                             Ok(()) => {}
-                            Err(Fail::Other(e)) => return Err(ctx(e)),
-                            Err(Fail::Taken(taken)) => return Err(ctx(conflict(taken))),
+                            Err(Fail::Other(e)) => return Err(e),
+                            Err(Fail::Taken(taken)) => return Err(conflict(taken)),
                             // Only events (tombstones) here, no tag entries.
-                            Err(Fail::Filled) => return Err(ctx(conflict(None))),
+                            Err(Fail::Filled) => return Err(conflict(None)),
                         }
                     }
                 }
@@ -333,14 +290,14 @@ impl DynamoDbJournal {
             }
             match result {
                 Ok(()) => break,
-                Err(Fail::Other(e)) => return Err(ctx(e)),
+                Err(Fail::Other(e)) => return Err(e),
                 Err(Fail::Filled) => {
                     filled += 1;
                     if filled > MAX_REFILLS {
-                        return Err(ctx(Error::new(
+                        return Err(Error::new(
                             ErrorKind::Unavailable,
                             format!("readers of a tag filled this write's tag index numbers {filled} times (each attempt took longer than tag_gap_timeout_ms, {} ms); nothing was stored", self.inner.config.tag_gap_timeout.as_millis()),
-                        )));
+                        ));
                     }
                     continue;
                 }
@@ -349,13 +306,11 @@ impl DynamoDbJournal {
                     // completed (its writer's clean-up failed): garbage that holds sequence
                     // numbers nobody sees. Remove it and write again.
                     let seq = taken.unwrap_or(from);
-                    if cleared < MAX_CLEARS
-                        && self.inner.clear_leftover(&pid, seq).await.map_err(ctx)?
-                    {
+                    if cleared < MAX_CLEARS && self.inner.clear_leftover(&pid, seq).await? {
                         cleared += 1;
                         continue;
                     }
-                    return Err(ctx(conflict(taken)));
+                    return Err(conflict(taken));
                 }
             }
         }
@@ -405,7 +360,7 @@ impl DynamoDbJournal {
                     Err(Fail::Taken(seq))
                 }
             }
-            Err(f) => Err(Fail::Other(f.into_error("write_events"))),
+            Err(f) => Err(Fail::Other(f.into_error())),
         }
     }
 
@@ -426,9 +381,7 @@ impl DynamoDbJournal {
             if matches!(kind, Kind::Event | Kind::TagEntry) {
                 put = put.condition_expression("attribute_not_exists(pk)");
             }
-            let put = put
-                .build()
-                .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?;
+            let put = put.build().map_err(build_error)?;
             actions.push(TransactWriteItem::builder().put(put).build());
         }
         if let Some((first, lw)) = fence {
@@ -439,7 +392,7 @@ impl DynamoDbJournal {
                 .expression_attribute_values(":f", n(lw.from))
                 .expression_attribute_values(":t", n(lw.time_ms))
                 .build()
-                .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?;
+                .map_err(build_error)?;
             actions.push(TransactWriteItem::builder().condition_check(check).build());
         }
         let req = inner
@@ -472,7 +425,7 @@ impl DynamoDbJournal {
                     }
                 }
             }
-            Err(f) => Err(Fail::Other(f.into_error("write_events"))),
+            Err(f) => Err(Fail::Other(f.into_error())),
         }
     }
 
@@ -483,7 +436,7 @@ impl DynamoDbJournal {
             .client
             .get_item()
             .table_name(inner.journal_table())
-            .set_key(Some(item::key_of(item)))
+            .set_key(Some(key_of(item)))
             .consistent_read(true);
         match inner.retry.run("write_events", || req.clone().send()).await {
             Ok(out) => out.item().is_some_and(|stored| {
@@ -494,17 +447,6 @@ impl DynamoDbJournal {
             Err(_) => false,
         }
     }
-}
-
-/// The tombstone that replaces a deleted event: its key, marked.
-pub(crate) fn tombstone(mut key: Item) -> Item {
-    key.insert(TOMBSTONE.into(), n(1));
-    key
-}
-
-/// Whether an event item is the tombstone of a deleted event.
-pub(crate) fn is_tombstone(item: &Item) -> bool {
-    item.contains_key(TOMBSTONE)
 }
 
 fn conflict(taken: Option<u64>) -> Error {
@@ -568,8 +510,7 @@ impl Journal for DynamoDbJournal {
     ) -> Result<Replay> {
         let inner = self.inner.clone();
         let pid = persistence_id.as_str();
-        let (highest, meta) = futures::try_join!(inner.highest(pid), inner.meta(pid))
-            .map_err(|e| e.with_operation("replay").with_persistence_id(pid))?;
+        let (highest, meta) = futures::try_join!(inner.highest(pid), inner.meta(pid))?;
         let highest = highest.max(meta.highest);
         let start = from.max(meta.deleted_to.saturating_add(1)).max(1);
         let end = to.min(highest);
@@ -585,28 +526,12 @@ impl Journal for DynamoDbJournal {
     }
 
     async fn highest_sequence_nr(&self, persistence_id: &PersistenceId) -> Result<SequenceNr> {
-        self.inner
-            .highest(persistence_id.as_str())
-            .await
-            .map_err(|e| e.with_persistence_id(persistence_id.as_str()))
+        self.inner.highest(persistence_id.as_str()).await
     }
 
     async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()> {
-        let pid = persistence_id.as_str();
-        self.inner.delete_to(pid, to).await.map_err(|e| {
-            e.with_operation("delete_events_to")
-                .with_persistence_id(pid)
-        })
+        self.inner.delete_to(persistence_id.as_str(), to).await
     }
-}
-
-/// An id's highest/deleted-to item.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Meta {
-    pub(crate) highest: u64,
-    pub(crate) deleted_to: u64,
-    /// How far the physical delete (events turned into tombstones) got.
-    pub(crate) purged_to: u64,
 }
 
 impl Inner {
@@ -624,7 +549,7 @@ impl Inner {
             let Some(top) = self.top_item(pid, below).await? else {
                 break 0;
             };
-            if item::sk_str(&top) == META_SK {
+            if sk_str(&top) == META_SK {
                 break get_u64(&top, HIGHEST).unwrap_or(0);
             }
             let seq = event_seq(&top)?;
@@ -669,85 +594,8 @@ impl Inner {
             .retry
             .run("highest_sequence_nr", || req.clone().send())
             .await
-            .map_err(|f| f.into_error("highest_sequence_nr"))?;
+            .map_err(Failed::into_error)?;
         Ok(out.items.unwrap_or_default().into_iter().next())
-    }
-
-    /// The id's highest/deleted-to item (zeros when there is none).
-    pub(crate) async fn meta(&self, pid: &str) -> Result<Meta> {
-        let req = self
-            .client
-            .get_item()
-            .table_name(self.journal_table())
-            .set_key(Some(key(self.keys.event_pk(pid), META_SK.to_owned())))
-            .consistent_read(self.consistent());
-        let out = self
-            .retry
-            .run("replay", || req.clone().send())
-            .await
-            .map_err(|f| f.into_error("replay"))?;
-        Ok(out
-            .item()
-            .map(|i| Meta {
-                highest: get_u64(i, HIGHEST).unwrap_or(0),
-                deleted_to: get_u64(i, DELETED_TO).unwrap_or(0),
-                purged_to: get_u64(i, PURGED_TO).unwrap_or(0),
-            })
-            .unwrap_or_default())
-    }
-
-    /// The event items of `pid` with `from <= seq <= to`, all pages (at most `limit` items
-    /// when given: one page then).
-    pub(crate) async fn query_events(
-        &self,
-        operation: &'static str,
-        pid: &str,
-        from: u64,
-        to: u64,
-        limit: Option<i32>,
-    ) -> Result<Vec<Item>> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let req = self
-                .client
-                .query()
-                .table_name(self.journal_table())
-                .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
-                .expression_attribute_values(":pk", s(self.keys.event_pk(pid)))
-                .expression_attribute_values(":a", s(seq_sk(from)))
-                .expression_attribute_values(":b", s(seq_sk(to)))
-                .limit(limit.unwrap_or(self.config.page_size.min(i32::MAX as u32) as i32))
-                .consistent_read(self.consistent())
-                .set_exclusive_start_key(start.take());
-            let out = self
-                .retry
-                .run(operation, || req.clone().send())
-                .await
-                .map_err(|f| f.into_error(operation))?;
-            let last = out.last_evaluated_key().cloned();
-            items.extend(out.items.unwrap_or_default());
-            match last {
-                Some(k) if limit.is_none() => start = Some(k),
-                _ => return Ok(items),
-            }
-        }
-    }
-
-    /// The keys of the tag index entries of a stored event (from the numbers it records).
-    pub(crate) fn tag_entry_keys(&self, pid: &str, ev: &Item) -> Vec<Item> {
-        let shard = self.keys.tag_shard(pid);
-        match ev.get(TAG_NUMBERS) {
-            Some(AttributeValue::M(m)) => m
-                .iter()
-                .filter_map(|(t, v)| match v {
-                    AttributeValue::N(num) => num.parse::<u64>().ok().map(|num| (t, num)),
-                    _ => None,
-                })
-                .map(|(t, num)| key(self.keys.tag_pk(t, shard), entry_sk(num)))
-                .collect(),
-            _ => Vec::new(),
-        }
     }
 
     /// Deletes events up to `to`: the deleted-to mark first (so nothing deleted ever
@@ -785,7 +633,7 @@ impl Inner {
                     }
                     // The highest grew meanwhile: read it again.
                 }
-                Err(f) => return Err(f.into_error("delete_events_to")),
+                Err(f) => return Err(f.into_error()),
             }
         }
         // Physical deletes, a page at a time, from where the last finished delete stopped.
@@ -811,7 +659,7 @@ impl Inner {
                 if is_tombstone(ev) {
                     continue;
                 }
-                writes.push(put_request(tombstone(item::key_of(ev)))?);
+                writes.push(put_request(tombstone(key_of(ev)))?);
                 // Its tag entries become tombstones too: a tag reader skips them instead
                 // of waiting for a missing number.
                 for k in self.tag_entry_keys(pid, ev) {
@@ -843,78 +691,8 @@ impl Inner {
             Ok(_) => {}
             // Another delete got further meanwhile.
             Err(f) if f.class == Class::Conflict => {}
-            Err(f) => return Err(f.into_error("delete_events_to")),
+            Err(f) => return Err(f.into_error()),
         }
         Ok(())
     }
-}
-
-/// The events of `pid` in `start..=end`, at most `max`, fetched by a task that runs
-/// `replay_parallelism` page-sized ranges ahead of the consumer.
-pub(crate) fn range_stream(
-    inner: Arc<Inner>,
-    pid: PersistenceId,
-    start: u64,
-    end: u64,
-    max: u64,
-) -> impl Stream<Item = Result<PersistentEvent>> + Send + 'static {
-    // Ranges no longer than `max`, so a small `max` reads no more than it needs.
-    let page = (inner.config.page_size as u64).min(max).max(1);
-    let needed_ranges = max.div_ceil(page).max(1);
-    let parallelism = (inner.config.replay_parallelism as u64)
-        .min(needed_ranges)
-        .max(1) as usize;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<PersistentEvent>>>(1);
-    let producer = async move {
-        let ranges = (0u64..)
-            .map(move |i| start.saturating_add(i.saturating_mul(page)))
-            .take_while(move |a| *a <= end && *a >= start)
-            .map(move |a| (a, a.saturating_add(page - 1).min(end)));
-        let inner2 = inner.clone();
-        let pid_s = pid.as_str().to_owned();
-        let mut pages = stream::iter(ranges)
-            .map(move |(a, b)| {
-                let inner = inner2.clone();
-                let pid_s = pid_s.clone();
-                async move { inner.query_events("replay", &pid_s, a, b, None).await }
-            })
-            .buffered(parallelism);
-        let mut left = max;
-        let mut large = LargeWrites::new();
-        while let Some(page) = pages.next().await {
-            let out = async {
-                let mut events = Vec::new();
-                for item in page? {
-                    if left == 0 {
-                        break;
-                    }
-                    if is_tombstone(&item) {
-                        continue;
-                    }
-                    if let Some(lw) = large_write(&item) {
-                        if large.check(&inner, pid.as_str(), lw, false).await? != Some(true) {
-                            continue;
-                        }
-                    }
-                    let seq = event_seq(&item)?;
-                    events.push(decode_event(pid.clone(), seq, item)?);
-                    left -= 1;
-                }
-                Ok::<_, Error>(events)
-            }
-            .await;
-            let failed = out.is_err();
-            if tx.send(out).await.is_err() || failed || left == 0 {
-                break;
-            }
-        }
-    };
-    tokio::spawn(producer);
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|page| (page, rx))
-    })
-    .flat_map(|page: Result<Vec<PersistentEvent>>| match page {
-        Ok(events) => stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
-        Err(e) => stream::iter(vec![Err(e)]),
-    })
 }

@@ -6,13 +6,15 @@
 use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem, Update};
-use persistence_api::{Error, ErrorKind, Result};
+use persistence_api::{ErrorKind, Result};
 
 use crate::core::{now_ms, put_request, Inner};
-use crate::error::Class;
-use crate::item::{self, item_size, key, large_write, n, Item, LargeWrite};
-use crate::journal::{tombstone, DynamoDbJournal, Fail, Kind};
-use crate::schema::{seq_sk, MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS};
+use crate::error::{build_error, Class, Failed};
+use crate::journal::{DynamoDbJournal, Fail, Kind};
+use crate::schema::{
+    item_size, key, key_of, large_write, n, seq_sk, sk_str, tombstone, Item, LargeWrite,
+    MAX_PK_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS,
+};
 
 impl DynamoDbJournal {
     /// An atomic write too large for one transaction: several transactions, every event and
@@ -72,11 +74,11 @@ impl DynamoDbJournal {
                     let events = parts
                         .clone()
                         .filter(|(_, kind)| *kind == Kind::Event)
-                        .map(|(i, _)| item::key_of(i))
+                        .map(|(i, _)| key_of(i))
                         .collect();
                     let entries = parts
                         .filter(|(_, kind)| *kind == Kind::TagEntry)
-                        .map(|(i, _)| item::key_of(i))
+                        .map(|(i, _)| key_of(i))
                         .collect();
                     if let Err(re) = self.inner.remove_parts(lw, events, entries).await {
                         tracing::warn!(error = %re, "could not remove the stored part of a failed atomic write; it stays invisible until a write at its sequence numbers removes it");
@@ -102,7 +104,7 @@ impl Inner {
             .retry
             .run("replay", || req.clone().send())
             .await
-            .map_err(|f| f.into_error("replay"))?;
+            .map_err(Failed::into_error)?;
         Ok(out.item().is_some_and(|i| {
             large_write(i).is_some_and(|l| l.from == lw.from && l.time_ms == lw.time_ms)
         }))
@@ -122,7 +124,7 @@ impl Inner {
             .retry
             .run("write_events", || req.clone().send())
             .await
-            .map_err(|f| f.into_error("write_events"))?;
+            .map_err(Failed::into_error)?;
         let Some(found) = out.item() else {
             // Gone meanwhile (its writer removed it): write again.
             return Ok(true);
@@ -143,7 +145,7 @@ impl Inner {
             .iter()
             .flat_map(|ev| self.tag_entry_keys(pid, ev))
             .collect();
-        let events = events.iter().map(item::key_of).collect();
+        let events = events.iter().map(key_of).collect();
         tracing::info!(
             persistence_id = pid,
             from = lw.from,
@@ -162,9 +164,6 @@ impl Inner {
     /// When the first event is gone or another write's, the write cannot complete either.
     pub(crate) async fn fence(&self, pid: &str, lw: LargeWrite) -> Result<bool> {
         let pk = self.keys.event_pk(pid);
-        let build = |e: aws_sdk_dynamodb::error::BuildError| {
-            Error::new(ErrorKind::Unexpected, e.to_string())
-        };
         let check = ConditionCheck::builder()
             .table_name(self.journal_table())
             .set_key(Some(key(pk.clone(), seq_sk(lw.to))))
@@ -174,7 +173,7 @@ impl Inner {
             .expression_attribute_values(":f", n(lw.from))
             .expression_attribute_values(":t", n(lw.time_ms))
             .build()
-            .map_err(build)?;
+            .map_err(build_error)?;
         let mark = Update::builder()
             .table_name(self.journal_table())
             .set_key(Some(key(pk, seq_sk(lw.from))))
@@ -184,7 +183,7 @@ impl Inner {
             .expression_attribute_values(":t", n(lw.time_ms))
             .expression_attribute_values(":one", n(1))
             .build()
-            .map_err(build)?;
+            .map_err(build_error)?;
         let req = self
             .client
             .transact_write_items()
@@ -194,7 +193,7 @@ impl Inner {
         match self.retry.run("write_events", || req.clone().send()).await {
             Ok(_) => Ok(true),
             Err(f) if f.class == Class::Conflict => Ok(!self.write_complete(pid, lw).await?),
-            Err(f) => Err(f.into_error("write_events")),
+            Err(f) => Err(f.into_error()),
         }
     }
 
@@ -210,7 +209,7 @@ impl Inner {
         mut events: Vec<Item>,
         entries: Vec<Item>,
     ) -> Result<()> {
-        events.sort_by(|a, b| item::sk_str(b).cmp(item::sk_str(a)));
+        events.sort_by(|a, b| sk_str(b).cmp(sk_str(a)));
         for ev in &events {
             self.delete_part(ev, lw).await?;
         }
@@ -235,7 +234,7 @@ impl Inner {
             Ok(_) => Ok(()),
             // Not there, or not this write's.
             Err(f) if f.class == Class::Conflict => Ok(()),
-            Err(f) => Err(f.into_error("write_events")),
+            Err(f) => Err(f.into_error()),
         }
     }
 }

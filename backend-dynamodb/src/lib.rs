@@ -4,10 +4,10 @@
 mod config;
 mod core;
 mod error;
-mod item;
 mod journal;
 mod large_write;
 mod query;
+mod retry;
 mod schema;
 mod snapshot;
 mod tag_index;
@@ -18,9 +18,9 @@ use persistence_api::{Capabilities, Result, Stores};
 
 pub use crate::core::{http_client, sdk_config};
 pub use config::DynamoDbConfig;
-pub use journal::{DynamoDbJournal, MAX_EVENT_SIZE, MAX_TAG_BYTES};
+pub use journal::DynamoDbJournal;
 pub use query::DynamoDbReadJournal;
-pub use schema::{create_schema, delete_tables, PK, SK};
+pub use schema::{create_schema, delete_tables, MAX_EVENT_SIZE, MAX_TAG_BYTES, PK, SK};
 pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
 
 /// The SDK crate this backend is built on, re-exported so callers name the same version.
@@ -87,9 +87,35 @@ impl DynamoDb {
         &self.inner.config
     }
 
-    /// What this backend supports.
+    /// What this backend supports: everything, events up to [`MAX_EVENT_SIZE`], snapshots
+    /// of any size; live queries see a write within a poll plus the longer of the tag gap
+    /// timeout and the new-id feed's settle delay (see the README).
     pub fn capabilities(&self) -> Capabilities {
-        journal::capabilities(&self.inner)
+        let c = &self.inner.config;
+        Capabilities {
+            atomic_write_max_events: None,
+            max_event_size: Some(MAX_EVENT_SIZE),
+            max_snapshot_size: None,
+            tags: true,
+            event_metadata: true,
+            snapshot_metadata: true,
+            delete_events: true,
+            conflict_detection: true,
+            durable: true,
+            snapshots: true,
+            query_persistence_ids: true,
+            query_events_by_persistence_id: true,
+            query_events_by_tag: true,
+            live_queries: true,
+            live_query_max_delay: Some(
+                // Tags: a poll, plus at most the gap timeout while an earlier number of the
+                // shard is held by a write in flight; the id feed: a poll plus its settle
+                // delay.
+                c.poll_interval
+                    + c.tag_gap_timeout.max(c.feed_settle_delay)
+                    + std::time::Duration::from_millis(300),
+            ),
+        }
     }
 
     /// Creates the tables if missing (see [`create_schema`]).

@@ -1,21 +1,25 @@
 //! [`DynamoDbReadJournal`]: persistence ids from the registry, events by id from the
-//! journal, events by tag from the tag index; live forms poll.
+//! journal, events by tag from the tag index (`tag_index.rs`); live forms poll. Also the
+//! reads replay shares: [`range_stream`] (an id's events over parallel page-sized ranges)
+//! and [`query_page`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_stream::try_stream;
-use futures::StreamExt;
+use futures::{stream, Stream, StreamExt};
 use persistence_api::{
-    EnvelopeStream, EventEnvelope, Offset, PersistenceId, PersistenceIdStream, QueryMode,
-    ReadJournal, Result, SequenceNr,
+    EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
+    PersistentEvent, QueryMode, ReadJournal, Result, SequenceNr,
 };
 
 use crate::core::{now_ms, Inner};
-use crate::item::{decode_event, event_seq, large_write, s, sk_str, Item};
-use crate::journal::{is_tombstone, range_stream};
+use crate::error::Failed;
 use crate::large_write::LargeWrites;
-use crate::schema::{feed_time, feed_upper};
+use crate::schema::{
+    decode_event, event_seq, feed_sk, feed_time, feed_upper, is_tombstone, large_write, s, sk_str,
+    Item,
+};
 
 /// The read journal on DynamoDB. Build it with [`crate::DynamoDb`].
 #[derive(Clone)]
@@ -86,7 +90,7 @@ pub(crate) async fn query_page(
         .retry
         .run(operation, || req.clone().send())
         .await
-        .map_err(|f| f.into_error(operation))?;
+        .map_err(Failed::into_error)?;
     let last = out.last_evaluated_key().cloned();
     Ok((out.items.unwrap_or_default(), last))
 }
@@ -191,12 +195,7 @@ fn ids_stream(
     }
 }
 
-/// The sort key of a new-id feed entry: write time (13 digits), `|`, the id.
-pub(crate) fn feed_sk(time_ms: i64, pid: &str) -> String {
-    format!("{time_ms:013}|{pid}")
-}
-
-fn envelope(event: persistence_api::PersistentEvent) -> EventEnvelope {
+fn envelope(event: PersistentEvent) -> EventEnvelope {
     EventEnvelope {
         offset: Offset::Sequence(event.sequence_nr),
         event,
@@ -292,4 +291,74 @@ fn by_id(
             }
         }
     }
+}
+
+/// The events of `pid` in `start..=end`, at most `max`, fetched by a task that runs
+/// `replay_parallelism` page-sized ranges ahead of the consumer.
+pub(crate) fn range_stream(
+    inner: Arc<Inner>,
+    pid: PersistenceId,
+    start: u64,
+    end: u64,
+    max: u64,
+) -> impl Stream<Item = Result<PersistentEvent>> + Send + 'static {
+    // Ranges no longer than `max`, so a small `max` reads no more than it needs.
+    let page = (inner.config.page_size as u64).min(max).max(1);
+    let needed_ranges = max.div_ceil(page).max(1);
+    let parallelism = (inner.config.replay_parallelism as u64)
+        .min(needed_ranges)
+        .max(1) as usize;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<PersistentEvent>>>(1);
+    let producer = async move {
+        let ranges = (0u64..)
+            .map(move |i| start.saturating_add(i.saturating_mul(page)))
+            .take_while(move |a| *a <= end && *a >= start)
+            .map(move |a| (a, a.saturating_add(page - 1).min(end)));
+        let inner2 = inner.clone();
+        let pid_s = pid.as_str().to_owned();
+        let mut pages = stream::iter(ranges)
+            .map(move |(a, b)| {
+                let inner = inner2.clone();
+                let pid_s = pid_s.clone();
+                async move { inner.query_events("replay", &pid_s, a, b, None).await }
+            })
+            .buffered(parallelism);
+        let mut left = max;
+        let mut large = LargeWrites::new();
+        while let Some(page) = pages.next().await {
+            let out = async {
+                let mut events = Vec::new();
+                for item in page? {
+                    if left == 0 {
+                        break;
+                    }
+                    if is_tombstone(&item) {
+                        continue;
+                    }
+                    if let Some(lw) = large_write(&item) {
+                        if large.check(&inner, pid.as_str(), lw, false).await? != Some(true) {
+                            continue;
+                        }
+                    }
+                    let seq = event_seq(&item)?;
+                    events.push(decode_event(pid.clone(), seq, item)?);
+                    left -= 1;
+                }
+                Ok::<_, Error>(events)
+            }
+            .await;
+            let failed = out.is_err();
+            if tx.send(out).await.is_err() || failed || left == 0 {
+                break;
+            }
+        }
+    };
+    tokio::spawn(producer);
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|page| (page, rx))
+    })
+    .flat_map(|page: Result<Vec<PersistentEvent>>| match page {
+        Ok(events) => stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+        Err(e) => stream::iter(vec![Err(e)]),
+    })
 }

@@ -1,4 +1,6 @@
-//! The two tables, their keys, and [`create_schema`].
+//! The two tables, their keys, the layout of every item in them (attribute names, how an
+//! event, a tag entry, a tombstone, an id's highest/deleted-to item and a snapshot head are
+//! encoded and decoded, and the size DynamoDB counts), and [`create_schema`].
 //!
 //! Journal table (`pk` S hash key, `sk` S range key), every key prefixed by the journal
 //! name `<j>` so several journals share the table:
@@ -20,16 +22,23 @@
 //! | snapshot head (inline payload, or the chunk list's version) | `<j>\|s\|<persistence id>` | sequence number |
 //! | chunk of a large snapshot | `<j>\|c\|<version uuid>` | chunk index |
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
-use persistence_api::{Error, Result};
+use persistence_api::{
+    Error, Payload, PersistenceId, PersistentEvent, Result, SelectedSnapshot, SnapshotMetadata,
+    Timestamp,
+};
 
 use crate::config::DynamoDbConfig;
-use crate::error::{classify, Class, RetryPolicy};
+use crate::error::{build_error, classify, corrupt, unretried, Class};
+use crate::retry::RetryPolicy;
 
 /// Partition key attribute of both tables.
 pub const PK: &str = "pk";
@@ -37,17 +46,54 @@ pub const PK: &str = "pk";
 pub const SK: &str = "sk";
 /// The sort key of an id's highest/deleted-to item.
 pub(crate) const META_SK: &str = "#";
-/// On an id's highest/deleted-to item: how far the physical delete got (every event up to
-/// it is a tombstone).
-pub(crate) const PURGED_TO: &str = "pd";
+/// The sort key of a tag shard's counter item: above every entry number.
+pub(crate) const COUNTER_SK: &str = "~";
+
+// Attribute names: short, since DynamoDB counts their bytes in every item.
+pub(crate) const PAYLOAD: &str = "p";
+pub(crate) const SERIALIZER: &str = "ps";
+pub(crate) const MANIFEST: &str = "pm";
+pub(crate) const EVENT_MANIFEST: &str = "em";
+pub(crate) const WRITER: &str = "w";
+pub(crate) const TIMESTAMP: &str = "ts";
+pub(crate) const TAGS: &str = "tg";
+pub(crate) const META_SERIALIZER: &str = "ms";
+pub(crate) const META_MANIFEST: &str = "mm";
+pub(crate) const META_BYTES: &str = "mb";
+/// On a tagged event: its tag index numbers, a map from tag to number (the entries' keys,
+/// for deletes and clean-ups).
+pub(crate) const TAG_NUMBERS: &str = "tn";
+/// On tag entries: the write time (ms), which orders entries of different shards.
+pub(crate) const TOKEN_TIME: &str = "tt";
+/// On tag entries: the persistence id and sequence number.
+pub(crate) const PID: &str = "pid";
+pub(crate) const SEQ: &str = "seq";
+/// Atomic writes spread over several transactions: first and last sequence number and the
+/// write time (ms), on every event and tag entry of such a write.
+pub(crate) const AW_FROM: &str = "af";
+pub(crate) const AW_TO: &str = "at";
+pub(crate) const AW_TIME: &str = "aw";
+// `ab` is set on the first event of an unfinished large write that another writer is
+// removing: the write's later transactions check that it is absent, so the write can no
+// longer complete (see `Inner::fence` in large_write.rs).
 /// Marks a tombstone: a deleted event's key kept with nothing else, so the sequence number
 /// stays taken (a write there fails its `attribute_not_exists` condition) and the highest
 /// survives. Replay and queries skip tombstones.
 pub(crate) const TOMBSTONE: &str = "d";
-
-/// On a tagged event: its tag index numbers, a map from tag to number (the entries' keys,
-/// for deletes and clean-ups).
-pub(crate) const TAG_NUMBERS: &str = "tn";
+/// On an id's highest/deleted-to item.
+pub(crate) const HIGHEST: &str = "hi";
+pub(crate) const DELETED_TO: &str = "del";
+/// On an id's highest/deleted-to item: how far the physical delete got (every event up to
+/// it is a tombstone).
+pub(crate) const PURGED_TO: &str = "pd";
+/// On a tag shard's counter item: the last number handed out.
+pub(crate) const COUNTER: &str = "n";
+/// On a chunked snapshot's head: the chunks' version id, their count and the total length.
+pub(crate) const CHUNK_VERSION: &str = "cv";
+pub(crate) const CHUNK_COUNT: &str = "cn";
+pub(crate) const CHUNK_LENGTH: &str = "cl";
+/// On a snapshot chunk: its bytes.
+pub(crate) const CHUNK_DATA: &str = "d";
 
 /// DynamoDB's item size limit.
 pub(crate) const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -59,6 +105,14 @@ pub(crate) const MAX_TX_BYTES: usize = 4 * 1000 * 1000;
 pub(crate) const MAX_BATCH_WRITE: usize = 25;
 /// Largest partition key DynamoDB accepts.
 pub(crate) const MAX_PK_BYTES: usize = 2048;
+
+/// The largest [`PersistentEvent::stored_size`] this backend declares: DynamoDB's 400 KB
+/// item limit less room for keys, attribute names and numbers. The driver also checks the
+/// exact item size of every event and tag entry before sending anything.
+pub const MAX_EVENT_SIZE: usize = MAX_ITEM_BYTES - 4 * 1024;
+
+/// The longest tag (bytes): a tag is part of its index entries' partition key.
+pub const MAX_TAG_BYTES: usize = 1024;
 
 /// The key prefixes of one journal name.
 #[derive(Clone, Debug)]
@@ -135,6 +189,16 @@ pub(crate) fn seq_sk(seq: u64) -> String {
     format!("{seq:020}")
 }
 
+/// A tag index entry's sort key: its number, zero-padded so text order is number order.
+pub(crate) fn entry_sk(number: u64) -> String {
+    format!("{number:020}")
+}
+
+/// The sort key of a new-id feed entry: write time (13 digits), `|`, the id.
+pub(crate) fn feed_sk(time_ms: i64, pid: &str) -> String {
+    format!("{time_ms:013}|{pid}")
+}
+
 /// The smallest string above every feed sort key written at `time_ms` or earlier.
 pub(crate) fn feed_upper(time_ms: i64) -> String {
     format!("{time_ms:013}~")
@@ -155,15 +219,440 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+// Items: values, keys, and the layout of each kind of item.
+
+/// One item.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(crate) fn n(v: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(crate) fn b(v: &[u8]) -> AttributeValue {
+    AttributeValue::B(Blob::new(v.to_vec()))
+}
+
+/// The marker of an atomic write stored over several transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LargeWrite {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) time_ms: i64,
+}
+
+/// The attributes of an event, without its key.
+pub(crate) fn event_attrs(item: &mut Item, e: &PersistentEvent, large: Option<LargeWrite>) {
+    if !e.payload.bytes.is_empty() {
+        item.insert(PAYLOAD.into(), b(&e.payload.bytes));
+    }
+    put_str(item, SERIALIZER, &e.payload.serializer_id);
+    put_str(item, MANIFEST, &e.payload.manifest);
+    put_str(item, EVENT_MANIFEST, &e.event_manifest);
+    put_str(item, WRITER, &e.writer_id);
+    item.insert(TIMESTAMP.into(), n(e.timestamp.as_millis()));
+    if !e.tags.is_empty() {
+        item.insert(
+            TAGS.into(),
+            AttributeValue::L(e.tags.iter().map(|t| s(t.clone())).collect()),
+        );
+    }
+    if let Some(m) = &e.metadata {
+        item.insert(META_SERIALIZER.into(), s(m.serializer_id.clone()));
+        item.insert(META_MANIFEST.into(), s(m.manifest.clone()));
+        item.insert(META_BYTES.into(), b(&m.bytes));
+    }
+    if let Some(lw) = large {
+        item.insert(AW_FROM.into(), n(lw.from));
+        item.insert(AW_TO.into(), n(lw.to));
+        item.insert(AW_TIME.into(), n(lw.time_ms));
+    }
+}
+
+fn put_str(item: &mut Item, name: &str, v: &str) {
+    if !v.is_empty() {
+        item.insert(name.into(), s(v));
+    }
+}
+
+pub(crate) fn get_str<'a>(item: &'a Item, name: &str) -> &'a str {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => v,
+        _ => "",
+    }
+}
+
+pub(crate) fn get_u64(item: &Item, name: &str) -> Option<u64> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn get_i64(item: &Item, name: &str) -> Option<i64> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The sort key as text.
+pub(crate) fn sk_str(item: &Item) -> &str {
+    get_str(item, SK)
+}
+
+/// The large-write marker of a stored item, if it has one.
+pub(crate) fn large_write(item: &Item) -> Option<LargeWrite> {
+    Some(LargeWrite {
+        from: get_u64(item, AW_FROM)?,
+        to: get_u64(item, AW_TO)?,
+        time_ms: get_i64(item, AW_TIME).unwrap_or(0),
+    })
+}
+
+/// The DynamoDB type of a value, for messages.
+fn type_name(v: &AttributeValue) -> &'static str {
+    match v {
+        AttributeValue::S(_) => "S",
+        AttributeValue::N(_) => "N",
+        AttributeValue::B(_) => "B",
+        AttributeValue::Bool(_) => "BOOL",
+        AttributeValue::Null(_) => "NULL",
+        AttributeValue::L(_) => "L",
+        AttributeValue::M(_) => "M",
+        AttributeValue::Ss(_) => "SS",
+        AttributeValue::Ns(_) => "NS",
+        AttributeValue::Bs(_) => "BS",
+        _ => "unknown",
+    }
+}
+
+/// `attribute` holds a value of the wrong type.
+fn wrong_type(attribute: &str, expected: &str, found: &AttributeValue) -> Error {
+    corrupt(
+        attribute,
+        format!("expected type {expected}, found {}", type_name(found)),
+    )
+}
+
+/// Takes a string attribute out of `item`: absent is empty (empty strings are not
+/// stored), another type is corrupt.
+pub(crate) fn take_str(item: &mut Item, name: &str) -> Result<String> {
+    match item.remove(name) {
+        None => Ok(String::new()),
+        Some(AttributeValue::S(v)) => Ok(v),
+        Some(other) => Err(wrong_type(name, "S", &other)),
+    }
+}
+
+/// Takes a binary attribute out of `item`: `None` when absent, another type is corrupt.
+pub(crate) fn take_bytes(item: &mut Item, name: &str) -> Result<Option<Vec<u8>>> {
+    match item.remove(name) {
+        None => Ok(None),
+        Some(AttributeValue::B(v)) => Ok(Some(v.into_inner())),
+        Some(other) => Err(wrong_type(name, "B", &other)),
+    }
+}
+
+/// Decodes an event's attributes (the id and sequence number come from the caller),
+/// moving the values out of the item instead of copying them. An attribute of the wrong
+/// type, or missing where [`event_attrs`] always writes one, is an
+/// [`persistence_api::ErrorKind::Corrupt`] error naming the event and the attribute.
+pub(crate) fn decode_event(pid: PersistenceId, seq: u64, item: Item) -> Result<PersistentEvent> {
+    match decode_attrs(item) {
+        Ok(a) => Ok(PersistentEvent {
+            persistence_id: pid,
+            sequence_nr: seq,
+            payload: a.payload,
+            event_manifest: a.event_manifest,
+            writer_id: a.writer_id,
+            timestamp: a.timestamp,
+            tags: a.tags,
+            metadata: a.metadata,
+        }),
+        Err(e) => Err(e
+            .with_persistence_id(pid.as_str())
+            .with_sequence_range(seq, seq)),
+    }
+}
+
+/// The decoded attributes of an event item, beside its key.
+struct EventAttrs {
+    payload: Payload,
+    event_manifest: String,
+    writer_id: String,
+    timestamp: Timestamp,
+    tags: Vec<String>,
+    metadata: Option<Payload>,
+}
+
+fn decode_attrs(mut item: Item) -> Result<EventAttrs> {
+    let serializer = take_str(&mut item, SERIALIZER)?;
+    let manifest = take_str(&mut item, MANIFEST)?;
+    let event_manifest = take_str(&mut item, EVENT_MANIFEST)?;
+    let writer_id = take_str(&mut item, WRITER)?;
+    let payload = take_bytes(&mut item, PAYLOAD)?.unwrap_or_default();
+    let metadata = take_metadata(&mut item)?;
+    let tags = match item.remove(TAGS) {
+        None => Vec::new(),
+        Some(AttributeValue::L(l)) => l
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                AttributeValue::S(t) => Ok(t),
+                other => Err(corrupt(
+                    TAGS,
+                    format!("tag {i} is of type {}, not S", type_name(&other)),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(other) => return Err(wrong_type(TAGS, "L", &other)),
+    };
+    let timestamp = match item.get(TIMESTAMP) {
+        Some(AttributeValue::N(v)) => v.parse::<i64>().map_err(|e| {
+            corrupt(
+                TIMESTAMP,
+                format!("{v:?} is not a number of milliseconds: {e}"),
+            )
+        })?,
+        Some(other) => return Err(wrong_type(TIMESTAMP, "N", other)),
+        None => {
+            return Err(corrupt(
+                TIMESTAMP,
+                "missing (every event is written with one)",
+            ))
+        }
+    };
+    Ok(EventAttrs {
+        payload: Payload::new(serializer, manifest, payload),
+        event_manifest,
+        writer_id,
+        timestamp: Timestamp::from_millis(timestamp),
+        tags,
+        metadata,
+    })
+}
+
+/// Takes the optional metadata (of an event or a snapshot) out of `item`: all three
+/// attributes, or none, as the driver writes them; some without the others, or one of the
+/// wrong type, is corrupt.
+pub(crate) fn take_metadata(item: &mut Item) -> Result<Option<Payload>> {
+    // The metadata is written as all three attributes or none.
+    let meta_serializer = item.remove(META_SERIALIZER);
+    let meta_manifest = item.remove(META_MANIFEST);
+    let meta_bytes = item.remove(META_BYTES);
+    match (meta_serializer, meta_manifest, meta_bytes) {
+        (None, None, None) => Ok(None),
+        (
+            Some(AttributeValue::S(serializer)),
+            Some(AttributeValue::S(manifest)),
+            Some(AttributeValue::B(bytes)),
+        ) => Ok(Some(Payload::new(serializer, manifest, bytes.into_inner()))),
+        (serializer, manifest, bytes) => {
+            let attrs = [
+                (META_SERIALIZER, serializer, "S"),
+                (META_MANIFEST, manifest, "S"),
+                (META_BYTES, bytes, "B"),
+            ];
+            let err = attrs
+                .iter()
+                .find_map(|(name, v, expected)| match v {
+                    None => Some(corrupt(
+                        name,
+                        "missing while other metadata attributes are set (metadata is stored with all three or none)",
+                    )),
+                    Some(v) if type_name(v) != *expected => Some(wrong_type(name, expected, v)),
+                    Some(_) => None,
+                })
+                .unwrap_or_else(|| corrupt(META_BYTES, "inconsistent metadata attributes"));
+            Err(err)
+        }
+    }
+}
+
+/// The sequence number of an event item (from its sort key).
+pub(crate) fn event_seq(item: &Item) -> Result<u64> {
+    sk_str(item).parse().map_err(|_| {
+        corrupt(
+            SK,
+            format!(
+                "the event item of partition {:?} has the sort key {:?}, not a sequence number",
+                get_str(item, PK),
+                sk_str(item)
+            ),
+        )
+    })
+}
+
+/// Decodes a tag index entry: the event and its token.
+pub(crate) fn decode_tag_entry(item: Item) -> Result<(PersistentEvent, String)> {
+    let pid = PersistenceId::new(get_str(&item, PID)).map_err(|e| {
+        corrupt(
+            PID,
+            format!(
+                "the tag entry {:?} holds no valid persistence id: {e}",
+                sk_str(&item)
+            ),
+        )
+    })?;
+    let seq = get_u64(&item, SEQ).ok_or_else(|| {
+        corrupt(SEQ, "the tag entry holds no sequence number").with_persistence_id(pid.as_str())
+    })?;
+    let token = sk_str(&item).to_owned();
+    Ok((decode_event(pid, seq, item)?, token))
+}
+
+/// The size DynamoDB counts for an item (an upper bound: names plus values, numbers at
+/// their largest encoding).
+pub(crate) fn item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(s) => s.len() / 2 + 2,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() + value_size(v))
+                .sum::<usize>()
+        }
+        AttributeValue::Ss(l) => l.iter().map(String::len).sum(),
+        AttributeValue::Ns(l) => l.iter().map(|s| s.len() / 2 + 2).sum(),
+        AttributeValue::Bs(l) => l.iter().map(|b| b.as_ref().len()).sum(),
+        _ => 0,
+    }
+}
+
+/// A key of the journal table.
+pub(crate) fn key(pk: String, sk: String) -> Item {
+    HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+/// The key attributes of an item.
+pub(crate) fn key_of(item: &Item) -> Item {
+    item.iter()
+        .filter(|(k, _)| k.as_str() == PK || k.as_str() == SK)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The tombstone that replaces a deleted event, a skipped sequence number or an unused tag
+/// number: its key, marked.
+pub(crate) fn tombstone(mut key: Item) -> Item {
+    key.insert(TOMBSTONE.into(), n(1));
+    key
+}
+
+/// Whether an event item or tag entry is a tombstone.
+pub(crate) fn is_tombstone(item: &Item) -> bool {
+    item.contains_key(TOMBSTONE)
+}
+
+/// An id's highest/deleted-to item.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Meta {
+    pub(crate) highest: u64,
+    pub(crate) deleted_to: u64,
+    /// How far the physical delete (events turned into tombstones) got.
+    pub(crate) purged_to: u64,
+}
+
+impl Meta {
+    /// Decodes an id's highest/deleted-to item (zeros where an attribute is absent).
+    pub(crate) fn of(item: &Item) -> Meta {
+        Meta {
+            highest: get_u64(item, HIGHEST).unwrap_or(0),
+            deleted_to: get_u64(item, DELETED_TO).unwrap_or(0),
+            purged_to: get_u64(item, PURGED_TO).unwrap_or(0),
+        }
+    }
+}
+
+/// A key of the snapshot table (its sort key is a number).
+pub(crate) fn snapshot_key(pk: String, sk: u64) -> Item {
+    Item::from([(PK.to_owned(), s(pk)), (SK.to_owned(), n(sk))])
+}
+
+/// A snapshot head without its payload: the key, timestamp, manifests and metadata.
+pub(crate) fn snapshot_head(pk: String, metadata: &SnapshotMetadata, snapshot: &Payload) -> Item {
+    let mut head = snapshot_key(pk, metadata.sequence_nr);
+    head.insert(TIMESTAMP.into(), n(metadata.timestamp.as_millis()));
+    put_str(&mut head, SERIALIZER, &snapshot.serializer_id);
+    put_str(&mut head, MANIFEST, &snapshot.manifest);
+    if let Some(m) = &metadata.metadata {
+        head.insert(META_SERIALIZER.into(), s(m.serializer_id.clone()));
+        head.insert(META_MANIFEST.into(), s(m.manifest.clone()));
+        head.insert(META_BYTES.into(), b(&m.bytes));
+    }
+    head
+}
+
+/// A binary attribute of `item`: empty when absent (empty bytes are not stored), another
+/// type is corrupt.
+pub(crate) fn bytes_of(item: &Item, name: &str) -> Result<Vec<u8>> {
+    match item.get(name) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::B(v)) => Ok(v.as_ref().to_vec()),
+        Some(_) => Err(corrupt(name, "is not of type B")),
+    }
+}
+
+/// The snapshot a head item holds, with its payload `bytes`. An attribute of the wrong
+/// type, or metadata attributes set in part, is
+/// [`persistence_api::ErrorKind::Corrupt`] naming the attribute (the caller adds the
+/// snapshot's sequence number).
+pub(crate) fn decode_snapshot_head(
+    pid: &PersistenceId,
+    seq: u64,
+    mut head: Item,
+    bytes: Vec<u8>,
+) -> Result<SelectedSnapshot> {
+    let metadata = take_metadata(&mut head)?;
+    let timestamp = match head.get(TIMESTAMP) {
+        Some(AttributeValue::N(v)) => v.parse::<i64>().map_err(|e| {
+            corrupt(
+                TIMESTAMP,
+                format!("{v:?} is not a number of milliseconds: {e}"),
+            )
+        })?,
+        None => {
+            return Err(corrupt(
+                TIMESTAMP,
+                "missing (every snapshot is written with one)",
+            ))
+        }
+        Some(_) => return Err(corrupt(TIMESTAMP, "is not of type N")),
+    };
+    Ok(SelectedSnapshot {
+        metadata: SnapshotMetadata {
+            persistence_id: pid.clone(),
+            sequence_nr: seq,
+            timestamp: Timestamp::from_millis(timestamp),
+            metadata,
+        },
+        snapshot: Payload::new(
+            take_str(&mut head, SERIALIZER)?,
+            take_str(&mut head, MANIFEST)?,
+            bytes,
+        ),
+    })
+}
+
+// The tables.
+
 /// Creates the journal and snapshot tables if they do not exist (on-demand billing), and
 /// waits until both are active. Idempotent: existing tables are left as they are.
 pub async fn create_schema(client: &Client, config: &DynamoDbConfig) -> Result<()> {
     config.validate()?;
-    let retry = RetryPolicy {
-        max_retries: config.max_retries,
-        base: config.retry_base_delay,
-        cap: config.retry_max_delay,
-    };
+    let retry = RetryPolicy::new(config);
     for (table, sk_type) in [
         (&config.journal_table, ScalarAttributeType::S),
         (&config.snapshot_table, ScalarAttributeType::N),
@@ -181,15 +670,15 @@ fn attr(name: &str, t: ScalarAttributeType) -> Result<AttributeDefinition> {
         .attribute_name(name)
         .attribute_type(t)
         .build()
-        .map_err(|e| Error::config(format!("table definition: {e}")))
+        .map_err(build_error)
 }
 
-fn key(name: &str, t: KeyType) -> Result<KeySchemaElement> {
+fn key_schema(name: &str, t: KeyType) -> Result<KeySchemaElement> {
     KeySchemaElement::builder()
         .attribute_name(name)
         .key_type(t)
         .build()
-        .map_err(|e| Error::config(format!("table definition: {e}")))
+        .map_err(build_error)
 }
 
 async fn create_table(
@@ -204,8 +693,8 @@ async fn create_table(
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attr(PK, ScalarAttributeType::S)?)
         .attribute_definitions(attr(SK, sk_type)?)
-        .key_schema(key(PK, KeyType::Hash)?)
-        .key_schema(key(SK, KeyType::Range)?);
+        .key_schema(key_schema(PK, KeyType::Hash)?)
+        .key_schema(key_schema(SK, KeyType::Range)?);
     match retry.run("create_schema", || req.clone().send()).await {
         Ok(_) => {
             tracing::info!(table, "created DynamoDB table");
@@ -216,7 +705,7 @@ async fn create_table(
             if code == Some("ResourceInUseException") {
                 Ok(())
             } else {
-                Err(f.into_error("create_schema"))
+                Err(f.into_error().with_operation("create_schema"))
             }
         }
     }
@@ -236,7 +725,7 @@ async fn wait_active(client: &Client, retry: &RetryPolicy, table: &str) -> Resul
                 }
             }
             Err(f) if f.class == Class::NotFound => {}
-            Err(f) => return Err(f.into_error("create_schema")),
+            Err(f) => return Err(f.into_error().with_operation("create_schema")),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -251,13 +740,7 @@ pub async fn delete_tables(client: &Client, config: &DynamoDbConfig) -> Result<(
         match client.delete_table().table_name(table).send().await {
             Ok(_) => {}
             Err(e) if classify(&e) == Class::NotFound => {}
-            Err(e) => {
-                return Err(Error::new(
-                    persistence_api::ErrorKind::Storage,
-                    format!("deleting table {table}: {e}"),
-                )
-                .with_operation("delete_tables"))
-            }
+            Err(e) => return Err(unretried(e).with_operation("delete_tables")),
         }
     }
     Ok(())

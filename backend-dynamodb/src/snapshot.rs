@@ -9,28 +9,22 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, ReturnValue, WriteRequest};
+use aws_sdk_dynamodb::types::ReturnValue;
 use persistence_api::{
     Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot, SnapshotMetadata,
     SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
-use crate::core::Inner;
-use crate::error::corrupt;
-use crate::error::Class;
-use crate::item::{
-    b, get_str, get_u64, item_size, n, s, take_metadata, take_str, Item, MANIFEST, META_BYTES,
-    META_MANIFEST, META_SERIALIZER, PAYLOAD, SERIALIZER, TIMESTAMP,
+use crate::core::{put_request, Inner};
+use crate::error::{corrupt, Class, Failed};
+use crate::schema::{
+    b, bytes_of, decode_snapshot_head, get_str, get_u64, item_size, key_of, n, s, snapshot_head,
+    snapshot_key, Item, CHUNK_COUNT, CHUNK_DATA, CHUNK_LENGTH, CHUNK_VERSION, MAX_ITEM_BYTES,
+    PAYLOAD, SK,
 };
-use crate::schema::{MAX_ITEM_BYTES, PK, SK};
 
 /// Bytes per chunk of a large snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 350 * 1024;
-
-const VERSION: &str = "cv";
-const CHUNKS: &str = "cn";
-const LENGTH: &str = "cl";
-const DATA: &str = "d";
 
 /// The snapshot store on DynamoDB. Build it with [`crate::DynamoDb`].
 #[derive(Clone)]
@@ -46,29 +40,15 @@ impl std::fmt::Debug for DynamoDbSnapshotStore {
     }
 }
 
-/// A binary attribute of `item`: empty when absent (empty bytes are not stored), another
-/// type is corrupt.
-fn bytes_of(item: &Item, name: &str) -> Result<Vec<u8>> {
-    match item.get(name) {
-        None => Ok(Vec::new()),
-        Some(AttributeValue::B(v)) => Ok(v.as_ref().to_vec()),
-        Some(_) => Err(corrupt(name, "is not of type B")),
-    }
-}
-
-fn skey(pk: String, sk: u64) -> Item {
-    Item::from([(PK.to_owned(), s(pk)), (SK.to_owned(), n(sk))])
-}
-
 impl DynamoDbSnapshotStore {
     fn chunk_keys(&self, head: &Item) -> Vec<Item> {
-        let version = get_str(head, VERSION);
+        let version = get_str(head, CHUNK_VERSION);
         if version.is_empty() {
             return Vec::new();
         }
-        let count = get_u64(head, CHUNKS).unwrap_or(0);
+        let count = get_u64(head, CHUNK_COUNT).unwrap_or(0);
         (0..count)
-            .map(|i| skey(self.inner.keys.chunk_pk(version), i))
+            .map(|i| snapshot_key(self.inner.keys.chunk_pk(version), i))
             .collect()
     }
 
@@ -90,13 +70,13 @@ impl DynamoDbSnapshotStore {
     /// The payload of a head: inline, or reassembled from its chunks (`None` when a chunk
     /// is missing).
     async fn payload_of(&self, head: &Item) -> Result<Option<Vec<u8>>> {
-        let version = get_str(head, VERSION);
+        let version = get_str(head, CHUNK_VERSION);
         if version.is_empty() {
             return Ok(Some(bytes_of(head, PAYLOAD)?));
         }
         let inner = &self.inner;
-        let count = get_u64(head, CHUNKS).unwrap_or(0);
-        let length = get_u64(head, LENGTH).unwrap_or(0) as usize;
+        let count = get_u64(head, CHUNK_COUNT).unwrap_or(0);
+        let length = get_u64(head, CHUNK_LENGTH).unwrap_or(0) as usize;
         let mut data = Vec::with_capacity(length);
         let mut next = 0u64;
         let mut start = None;
@@ -113,12 +93,12 @@ impl DynamoDbSnapshotStore {
                 .retry
                 .run("load_snapshot", || req.clone().send())
                 .await
-                .map_err(|f| f.into_error("load_snapshot"))?;
+                .map_err(Failed::into_error)?;
             for item in out.items() {
                 if get_u64(item, SK) != Some(next) {
                     return Ok(None);
                 }
-                data.extend_from_slice(&bytes_of(item, DATA)?);
+                data.extend_from_slice(&bytes_of(item, CHUNK_DATA)?);
                 next += 1;
             }
             match out.last_evaluated_key() {
@@ -167,50 +147,9 @@ impl DynamoDbSnapshotStore {
             .retry
             .run(operation, || req.clone().send())
             .await
-            .map_err(|f| f.into_error(operation))?;
+            .map_err(Failed::into_error)?;
         let last = out.last_evaluated_key().cloned();
         Ok((out.items.unwrap_or_default(), last))
-    }
-
-    /// The snapshot a head item holds, with its payload `bytes`. An attribute of the wrong
-    /// type, or metadata attributes set in part, is [`ErrorKind::Corrupt`] naming the
-    /// attribute (the caller adds the snapshot's id and sequence number).
-    fn selected(
-        &self,
-        pid: &PersistenceId,
-        seq: u64,
-        mut head: Item,
-        bytes: Vec<u8>,
-    ) -> Result<SelectedSnapshot> {
-        let metadata = take_metadata(&mut head)?;
-        let timestamp = match head.get(TIMESTAMP) {
-            Some(AttributeValue::N(v)) => v.parse::<i64>().map_err(|e| {
-                corrupt(
-                    TIMESTAMP,
-                    format!("{v:?} is not a number of milliseconds: {e}"),
-                )
-            })?,
-            None => {
-                return Err(corrupt(
-                    TIMESTAMP,
-                    "missing (every snapshot is written with one)",
-                ))
-            }
-            Some(_) => return Err(corrupt(TIMESTAMP, "is not of type N")),
-        };
-        Ok(SelectedSnapshot {
-            metadata: SnapshotMetadata {
-                persistence_id: pid.clone(),
-                sequence_nr: seq,
-                timestamp: Timestamp::from_millis(timestamp),
-                metadata,
-            },
-            snapshot: Payload::new(
-                take_str(&mut head, SERIALIZER)?,
-                take_str(&mut head, MANIFEST)?,
-                bytes,
-            ),
-        })
     }
 }
 
@@ -219,31 +158,13 @@ impl SnapshotStore for DynamoDbSnapshotStore {
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
         let inner = &self.inner;
         let pid = metadata.persistence_id.as_str();
-        let seq = metadata.sequence_nr;
-        let ctx = |e: Error| {
-            e.with_operation("save_snapshot")
-                .with_persistence_id(pid)
-                .with_sequence_range(seq, seq)
-        };
-        let mut head = skey(inner.keys.snapshot_pk(pid), seq);
-        head.insert(TIMESTAMP.into(), n(metadata.timestamp.as_millis()));
-        if !snapshot.serializer_id.is_empty() {
-            head.insert(SERIALIZER.into(), s(snapshot.serializer_id.clone()));
-        }
-        if !snapshot.manifest.is_empty() {
-            head.insert(MANIFEST.into(), s(snapshot.manifest.clone()));
-        }
-        if let Some(m) = &metadata.metadata {
-            head.insert(META_SERIALIZER.into(), s(m.serializer_id.clone()));
-            head.insert(META_MANIFEST.into(), s(m.manifest.clone()));
-            head.insert(META_BYTES.into(), b(&m.bytes));
-        }
+        let mut head = snapshot_head(inner.keys.snapshot_pk(pid), &metadata, &snapshot);
         let bare = item_size(&head) + 64;
         if bare > MAX_ITEM_BYTES {
-            return Err(ctx(Error::new(
+            return Err(Error::new(
                 ErrorKind::Rejected,
                 format!("the snapshot's metadata and manifests take {bare} bytes; DynamoDB stores at most {MAX_ITEM_BYTES} bytes per item"),
-            )));
+            ));
         }
         let bytes = &snapshot.bytes;
         if bare + bytes.len() + PAYLOAD.len() <= MAX_ITEM_BYTES {
@@ -255,13 +176,9 @@ impl SnapshotStore for DynamoDbSnapshotStore {
             let mut requests = Vec::new();
             let chunks: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect();
             for (i, chunk) in chunks.iter().enumerate() {
-                let mut item = skey(inner.keys.chunk_pk(&version), i as u64);
-                item.insert(DATA.into(), b(chunk));
-                let put = PutRequest::builder()
-                    .set_item(Some(item))
-                    .build()
-                    .map_err(|e| ctx(Error::new(ErrorKind::Unexpected, e.to_string())))?;
-                requests.push(WriteRequest::builder().put_request(put).build());
+                let mut item = snapshot_key(inner.keys.chunk_pk(&version), i as u64);
+                item.insert(CHUNK_DATA.into(), b(chunk));
+                requests.push(put_request(item)?);
             }
             // 16 chunks of 350 KB keep each request under BatchWriteItem's 16 MB.
             for batch in requests.chunks(16) {
@@ -272,7 +189,7 @@ impl SnapshotStore for DynamoDbSnapshotStore {
                 {
                     // No head names these chunks, so nothing can load them; remove them.
                     let keys = (0..chunks.len())
-                        .map(|i| skey(inner.keys.chunk_pk(&version), i as u64))
+                        .map(|i| snapshot_key(inner.keys.chunk_pk(&version), i as u64))
                         .collect();
                     if let Err(re) = inner
                         .batch_delete("save_snapshot", inner.snapshot_table(), keys)
@@ -280,12 +197,12 @@ impl SnapshotStore for DynamoDbSnapshotStore {
                     {
                         tracing::warn!(error = %re, "could not remove the chunks of a failed snapshot save");
                     }
-                    return Err(ctx(e));
+                    return Err(e);
                 }
             }
-            head.insert(VERSION.into(), s(version));
-            head.insert(CHUNKS.into(), n(chunks.len()));
-            head.insert(LENGTH.into(), n(bytes.len()));
+            head.insert(CHUNK_VERSION.into(), s(version));
+            head.insert(CHUNK_COUNT.into(), n(chunks.len()));
+            head.insert(CHUNK_LENGTH.into(), n(bytes.len()));
         }
         let req = inner
             .client
@@ -297,7 +214,7 @@ impl SnapshotStore for DynamoDbSnapshotStore {
             .retry
             .run("save_snapshot", || req.clone().send())
             .await
-            .map_err(|f| ctx(f.into_error("save_snapshot")))?;
+            .map_err(Failed::into_error)?;
         self.delete_chunks_of(out.attributes()).await;
         Ok(())
     }
@@ -315,23 +232,16 @@ impl SnapshotStore for DynamoDbSnapshotStore {
         loop {
             let (heads, next) = self
                 .heads_page("load_snapshot", pid, &criteria, false, start)
-                .await
-                .map_err(|e| e.with_persistence_id(pid))?;
+                .await?;
             for head in heads {
                 let seq = get_u64(&head, SK).ok_or_else(|| {
                     corrupt(SK, "a snapshot head's sort key is not a sequence number")
-                        .with_operation("load_snapshot")
-                        .with_persistence_id(pid)
                 })?;
-                let named = |e: Error| {
-                    e.with_operation("load_snapshot")
-                        .with_persistence_id(pid)
-                        .with_sequence_range(seq, seq)
-                };
+                // Names the snapshot (the call selects by criteria, not by number).
+                let named = |e: Error| e.with_sequence_range(seq, seq);
                 match self.payload_of(&head).await.map_err(named)? {
                     Some(bytes) => {
-                        return self
-                            .selected(persistence_id, seq, head, bytes)
+                        return decode_snapshot_head(persistence_id, seq, head, bytes)
                             .map(Some)
                             .map_err(named)
                     }
@@ -355,7 +265,7 @@ impl SnapshotStore for DynamoDbSnapshotStore {
             .client
             .delete_item()
             .table_name(inner.snapshot_table())
-            .set_key(Some(skey(
+            .set_key(Some(snapshot_key(
                 inner.keys.snapshot_pk(pid),
                 metadata.sequence_nr,
             )))
@@ -375,10 +285,7 @@ impl SnapshotStore for DynamoDbSnapshotStore {
                 Ok(())
             }
             Err(f) if f.class == Class::Conflict => Ok(()),
-            Err(f) => Err(f
-                .into_error("delete_snapshot")
-                .with_persistence_id(pid)
-                .with_sequence_range(metadata.sequence_nr, metadata.sequence_nr)),
+            Err(f) => Err(f.into_error()),
         }
     }
 
@@ -396,23 +303,14 @@ impl SnapshotStore for DynamoDbSnapshotStore {
         loop {
             let (page, next) = self
                 .heads_page("delete_snapshots", pid, &criteria, true, start)
-                .await
-                .map_err(|e| e.with_persistence_id(pid))?;
+                .await?;
             heads.extend(page);
             match next {
                 Some(k) => start = Some(k),
                 None => break,
             }
         }
-        let mut keys: Vec<Item> = heads
-            .iter()
-            .map(|h| {
-                h.iter()
-                    .filter(|(k, _)| k.as_str() == PK || k.as_str() == SK)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<Item>()
-            })
-            .collect();
+        let mut keys: Vec<Item> = heads.iter().map(key_of).collect();
         // Heads first, so no load finds a head whose chunks are already gone.
         self.inner
             .batch_delete(
@@ -420,15 +318,13 @@ impl SnapshotStore for DynamoDbSnapshotStore {
                 self.inner.snapshot_table(),
                 keys.split_off(0),
             )
-            .await
-            .map_err(|e| e.with_persistence_id(persistence_id.as_str()))?;
+            .await?;
         let chunk_keys: Vec<Item> = heads.iter().flat_map(|h| self.chunk_keys(h)).collect();
         keys.extend(chunk_keys);
         if !keys.is_empty() {
             self.inner
                 .batch_delete("delete_snapshots", self.inner.snapshot_table(), keys)
-                .await
-                .map_err(|e| e.with_persistence_id(persistence_id.as_str()))?;
+                .await?;
         }
         Ok(())
     }

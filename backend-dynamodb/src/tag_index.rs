@@ -30,32 +30,24 @@
 //! An offset is the last delivered number of every shard (`Offset::Token("c0,c1,...")`):
 //! resuming reads each shard strictly after it.
 //!
-//! [`DynamoDbConfig::tag_gap_timeout_ms`]: crate::DynamoDbConfig::tag_gap_timeout_ms
+//! [`DynamoDbConfig::tag_gap_timeout_ms`]: crate::DynamoDbConfig::tag_gap_timeout
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_stream::try_stream;
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use persistence_api::{AtomicWrite, Error, EventEnvelope, Offset, Result};
 
 use crate::core::{put_request, Inner};
-use crate::error::Class;
-use crate::item::{self, decode_tag_entry, get_i64, key, large_write, n, sk_str, Item, PID};
-use crate::journal::{is_tombstone, tombstone};
+use crate::error::{corrupt, Class, Failed};
 use crate::large_write::LargeWrites;
 use crate::query::query_page;
-
-/// The sort key of a tag shard's counter item: above every entry number.
-pub(crate) const COUNTER_SK: &str = "~";
-/// The counter item's attribute: the last number handed out.
-const COUNTER: &str = "n";
-
-/// An entry's sort key: its number, zero-padded so text order is number order.
-pub(crate) fn entry_sk(number: u64) -> String {
-    format!("{number:020}")
-}
+use crate::schema::{
+    decode_tag_entry, entry_sk, get_i64, get_str, get_u64, is_tombstone, key, large_write, n,
+    sk_str, tombstone, Item, COUNTER, COUNTER_SK, PID, SK, TAG_NUMBERS, TOKEN_TIME,
+};
 
 /// The numbers one write took: per tag, the first of `count` consecutive numbers.
 #[derive(Debug, Default)]
@@ -119,6 +111,23 @@ impl Inner {
         })
     }
 
+    /// The keys of the tag index entries of a stored event of `pid` (from the numbers it
+    /// records), for deletes and clean-ups.
+    pub(crate) fn tag_entry_keys(&self, pid: &str, ev: &Item) -> Vec<Item> {
+        let shard = self.keys.tag_shard(pid);
+        match ev.get(TAG_NUMBERS) {
+            Some(AttributeValue::M(m)) => m
+                .iter()
+                .filter_map(|(t, v)| match v {
+                    AttributeValue::N(num) => num.parse::<u64>().ok().map(|num| (t, num)),
+                    _ => None,
+                })
+                .map(|(t, num)| key(self.keys.tag_pk(t, shard), entry_sk(num)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Adds `count` to the counter of `pk` and answers its new value.
     async fn add_to_counter(&self, pk: &str, count: u64) -> Result<u64> {
         let req = self
@@ -135,12 +144,10 @@ impl Inner {
             .retry
             .run("write_events", || req.clone().send())
             .await
-            .map_err(|f| f.into_error("write_events"))?;
+            .map_err(Failed::into_error)?;
         out.attributes()
-            .and_then(|a| item::get_u64(a, COUNTER))
-            .ok_or_else(|| {
-                crate::error::corrupt(COUNTER, format!("the tag counter {pk:?} holds no number"))
-            })
+            .and_then(|a| get_u64(a, COUNTER))
+            .ok_or_else(|| corrupt(COUNTER, format!("the tag counter {pk:?} holds no number")))
     }
 
     /// Tombstones on numbers a failed write took and did not use (best effort: a reader
@@ -181,12 +188,8 @@ impl Inner {
                     .retry
                     .run(operation, || req.clone().send())
                     .await
-                    .map_err(|f| f.into_error(operation))?;
-                Ok::<_, Error>(
-                    out.item()
-                        .and_then(|i| item::get_u64(i, COUNTER))
-                        .unwrap_or(0),
-                )
+                    .map_err(Failed::into_error)?;
+                Ok::<_, Error>(out.item().and_then(|i| get_u64(i, COUNTER)).unwrap_or(0))
             }
         });
         futures::future::try_join_all(gets).await
@@ -221,7 +224,7 @@ impl Inner {
         match self.retry.run(operation, || req.clone().send()).await {
             Ok(_) => Ok(true),
             Err(f) if f.class == Class::Conflict => Ok(false),
-            Err(f) => Err(f.into_error(operation)),
+            Err(f) => Err(f.into_error()),
         }
     }
 }
@@ -312,7 +315,7 @@ pub(crate) fn by_tag(
     };
     try_stream! {
         let count = inner.keys.tag_shards() as usize;
-        let start = decode_offset(offset, count).map_err(|e| e.with_operation(operation))?;
+        let start = decode_offset(offset, count)?;
         let limits = if live {
             vec![u64::MAX; count]
         } else {
@@ -353,8 +356,8 @@ pub(crate) fn by_tag(
                 let mut contiguous = true;
                 for it in items {
                     let num: u64 = sk_str(&it).parse().map_err(|_| {
-                        crate::error::corrupt(
-                            crate::schema::SK,
+                        corrupt(
+                            SK,
                             format!(
                                 "the tag entry of {:?} has the sort key {:?}, not a number",
                                 sh.pk,
@@ -362,7 +365,7 @@ pub(crate) fn by_tag(
                             ),
                         )
                     })?;
-                    let written = get_i64(&it, item::TOKEN_TIME);
+                    let written = get_i64(&it, TOKEN_TIME);
                     if num != sh.read + 1 {
                         contiguous = false;
                         if let Some(due) = sh.gap_due(sh.read + 1, num - 1, timeout) {
@@ -377,7 +380,7 @@ pub(crate) fn by_tag(
                         continue;
                     }
                     if let Some(lw) = large_write(&it) {
-                        let pid = item::get_str(&it, PID).to_owned();
+                        let pid = get_str(&it, PID).to_owned();
                         match large.check(&inner, &pid, lw, true).await? {
                             Some(true) => {}
                             Some(false) => {
