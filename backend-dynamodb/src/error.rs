@@ -177,18 +177,19 @@ impl<E> Failed<E>
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    /// The public error for this failure, the SDK's error as its source. A retryable one
-    /// says that the driver's retries are exhausted. The operation, persistence id and
-    /// sequence numbers are the call's: the checking layer (`Stores`) adds them.
+    /// The public error for this failure, the SDK's error as its source. A transient one
+    /// (throttling, 5xx, a lost connection) was retried with backoff until the policy ran
+    /// out, so it is marked [`Error::with_retries_exhausted`]: not retryable now. The
+    /// operation, persistence id and sequence numbers are the call's: the checking layer
+    /// (`Stores`) adds them.
     pub(crate) fn into_error(self) -> Error {
-        let note = self.class.retryable().then(|| {
-            let n = self.attempts;
-            format!(
-                "retries exhausted after {n} attempt{}",
-                if n == 1 { "" } else { "s" }
-            )
-        });
-        sdk_error(self.err, self.class, note)
+        let transient = self.class.retryable();
+        let error = sdk_error(self.err, self.class, None);
+        if transient {
+            error.with_retries_exhausted(self.attempts)
+        } else {
+            error
+        }
     }
 }
 
@@ -254,10 +255,9 @@ pub(crate) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> Error {
 pub(crate) fn unprocessed_error(left: usize, attempts: u32) -> Error {
     Error::new(
         ErrorKind::RateLimited,
-        format!(
-            "DynamoDB left {left} batch items unprocessed (retries exhausted after {attempts} attempts)"
-        ),
+        format!("DynamoDB left {left} batch items unprocessed"),
     )
+    .with_retries_exhausted(attempts)
 }
 
 /// An error for a stored attribute that does not decode (or is missing where the driver

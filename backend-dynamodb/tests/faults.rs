@@ -77,6 +77,10 @@ async fn env(shape: &str) -> Option<Env> {
         journal_table: JOURNAL_TABLE.into(),
         snapshot_table: SNAPSHOT_TABLE.into(),
         namespace: namespace.clone(),
+        // A cut write took tag numbers it never wrote (the server was away, so it could not
+        // give them back); the judge's tag query fills them after this long. The default
+        // 5 s made the sweep wait 5 s at nearly every cut point (about 10 of its minutes).
+        tag_gap_timeout: Duration::from_millis(500),
         ..DynamoDbConfig::local(endpoint)
     };
     let direct = DynamoDb::open(direct_config.clone())
@@ -211,8 +215,9 @@ async fn run(shape: Shape) {
         let (result, _) = cut_write(&env, shape, &case, Some(n)).await;
         if let Err(e) = &result {
             assert!(
-                matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) && e.is_retryable(),
-                "{} cut after {n} of {size} bytes: the error must be retryable Unavailable/Timeout, got {e:?}",
+                matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout)
+                    && (e.is_retryable() || e.retries_exhausted().is_some()),
+                "{} cut after {n} of {size} bytes: the error must be a transient Unavailable/Timeout (retryable, or its retries exhausted), got {e:?}",
                 shape.name
             );
         }

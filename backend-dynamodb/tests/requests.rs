@@ -393,7 +393,7 @@ async fn throttled_writes_are_retried_then_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_the_last_retry_the_error_is_retryable_and_nothing_is_stored() {
+async fn after_the_last_retry_the_error_says_so_and_nothing_is_stored() {
     let Some(e) = env(|c| c.max_retries = 3).await else {
         return;
     };
@@ -408,7 +408,10 @@ async fn after_the_last_retry_the_error_is_retryable_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
-    assert!(err.is_retryable());
+    // Retried with backoff until the policy ran out: transient, but not retryable now.
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(err.retries_exhausted(), Some(1 + 3), "{err}");
+    assert!(err.to_string().contains("retries exhausted after 4 attempts"), "{err}");
     assert_eq!(err.persistence_id(), Some("g"));
     // The first attempt and max_retries = 3 retries.
     assert_eq!(e.shared.count("PutItem"), 1 + 3);
@@ -421,13 +424,15 @@ async fn after_the_last_retry_the_error_is_retryable_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(err.is_retryable());
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(err.retries_exhausted(), Some(1 + 3), "{err}");
     e.shared.reset();
     assert_eq!(e.stores.journal.replay_all(&id).await.unwrap().len(), 1);
     e.shared.inject("Query", Fault::Throttle, 100);
     let err = e.stores.journal.highest_sequence_nr(&id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited);
-    assert!(err.is_retryable());
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(err.retries_exhausted(), Some(1 + 3), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +573,7 @@ async fn unprocessed_batch_items_are_retried_not_dropped() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
-    assert!(err.is_retryable());
+    assert!(err.retries_exhausted().is_some(), "{err}");
     // The deleted-to mark was written first: nothing deleted replays.
     e.shared.reset();
     assert!(e.stores.journal.replay_all(&id).await.unwrap().is_empty());
@@ -595,7 +600,8 @@ async fn large_snapshots_are_chunked_and_a_half_written_one_is_never_loaded() {
         .save_snapshot(meta20.clone(), big.clone())
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert!(err.retries_exhausted().is_some(), "{err}");
     e.shared.reset();
     let loaded = e
         .stores

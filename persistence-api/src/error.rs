@@ -118,6 +118,7 @@ struct ErrorInner {
     persistence_id: Option<String>,
     sequence_range: Option<(u64, u64)>,
     backend: Option<&'static str>,
+    retries_exhausted: Option<u32>,
     source: Option<Source>,
 }
 
@@ -133,6 +134,7 @@ impl Error {
                 persistence_id: None,
                 sequence_range: None,
                 backend: None,
+                retries_exhausted: None,
                 source: None,
             }),
         }
@@ -233,6 +235,30 @@ impl Error {
         self
     }
 
+    /// Marks a transient failure (kind [`ErrorKind::RateLimited`], `Unavailable` or
+    /// `Timeout`) that the backend already tried `attempts` times with its own backoff:
+    /// not retryable now ([`Error::is_retryable`] is false: retrying at once repeats what
+    /// just failed), though the kind says the cause may pass; retry later, or surface it.
+    ///
+    /// ```
+    /// use persistence_api::{Error, ErrorKind};
+    /// let err = Error::new(ErrorKind::RateLimited, "throttled").with_retries_exhausted(4);
+    /// assert!(!err.is_retryable());
+    /// assert_eq!(err.retries_exhausted(), Some(4));
+    /// assert_eq!(err.to_string(), "rate limited: throttled (retries exhausted after 4 attempts)");
+    /// ```
+    pub fn with_retries_exhausted(mut self, attempts: u32) -> Self {
+        self.inner.retries_exhausted = Some(attempts);
+        self.inner.retryable = false;
+        self
+    }
+
+    /// How many attempts the backend made before giving up, when this error is a transient
+    /// failure whose retries are exhausted (see [`Error::with_retries_exhausted`]).
+    pub fn retries_exhausted(&self) -> Option<u32> {
+        self.inner.retries_exhausted
+    }
+
     /// Overrides whether a retry may help.
     pub fn with_retryable(mut self, retryable: bool) -> Self {
         self.inner.retryable = retryable;
@@ -290,6 +316,7 @@ impl Error {
                 persistence_id: self.inner.persistence_id.clone(),
                 sequence_range: self.inner.sequence_range,
                 backend: self.inner.backend,
+                retries_exhausted: self.inner.retries_exhausted,
                 source: None,
             }),
         }
@@ -315,6 +342,12 @@ impl fmt::Display for Error {
         }
         if let Some(backend) = self.inner.backend {
             context.push(format!("backend {backend}"));
+        }
+        if let Some(n) = self.inner.retries_exhausted {
+            context.push(format!(
+                "retries exhausted after {n} attempt{}",
+                if n == 1 { "" } else { "s" }
+            ));
         }
         if !context.is_empty() {
             write!(f, " ({})", context.join(", "))?;
@@ -343,6 +376,9 @@ impl fmt::Debug for Error {
         }
         if let Some(backend) = self.inner.backend {
             d.field("backend", &backend);
+        }
+        if let Some(n) = self.inner.retries_exhausted {
+            d.field("retries_exhausted", &n);
         }
         if let Some(source) = &self.inner.source {
             d.field("source", source);
