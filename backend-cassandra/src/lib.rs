@@ -88,25 +88,15 @@ impl Cassandra {
     pub fn capabilities(&self) -> Capabilities {
         let c = &self.inner.config;
         Capabilities {
-            atomic_write_max_events: None,
             max_event_size: Some(MAX_EVENT_SIZE),
             max_snapshot_size: Some(MAX_SNAPSHOT_SIZE),
-            tags: true,
-            event_metadata: true,
-            snapshot_metadata: true,
-            delete_events: true,
             conflict_detection: c.overwrite_guard,
-            durable: true,
-            snapshots: true,
-            query_persistence_ids: true,
-            query_events_by_persistence_id: true,
-            query_events_by_tag: true,
-            live_queries: true,
             live_query_max_delay: Some(
                 c.eventual_consistency_delay
                     + c.poll_interval * 2
                     + std::time::Duration::from_secs(1),
             ),
+            ..Capabilities::all()
         }
     }
 

@@ -93,20 +93,7 @@ impl DynamoDb {
     pub fn capabilities(&self) -> Capabilities {
         let c = &self.inner.config;
         Capabilities {
-            atomic_write_max_events: None,
             max_event_size: Some(MAX_EVENT_SIZE),
-            max_snapshot_size: None,
-            tags: true,
-            event_metadata: true,
-            snapshot_metadata: true,
-            delete_events: true,
-            conflict_detection: true,
-            durable: true,
-            snapshots: true,
-            query_persistence_ids: true,
-            query_events_by_persistence_id: true,
-            query_events_by_tag: true,
-            live_queries: true,
             live_query_max_delay: Some(
                 // Tags: a poll, plus at most the gap timeout while an earlier number of the
                 // shard is held by a write in flight; the id feed: a poll plus its settle
@@ -115,6 +102,7 @@ impl DynamoDb {
                     + c.tag_gap_timeout.max(c.feed_settle_delay)
                     + std::time::Duration::from_millis(300),
             ),
+            ..Capabilities::all()
         }
     }
 

@@ -59,7 +59,9 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Everything the API defines, with no limits: what the in-memory driver declares.
+    /// Everything the API defines, with no limits: the base a backend's declaration starts
+    /// from, naming only what differs (`Capabilities { max_event_size: Some(..),
+    /// durable: false, ..Capabilities::all() }`).
     pub fn all() -> Self {
         Capabilities {
             atomic_write_max_events: None,
