@@ -1,4 +1,11 @@
-//! The one place where sqlx's errors become [`persistence_api::Error`]s.
+//! The one place where sqlx's errors become [`persistence_api::Error`]s: [`SqlError::kind`]
+//! with [`DATABASE_CODES`] is the table from sqlx's errors and the databases' error codes
+//! to the public kinds.
+//!
+//! The errors name no operation, persistence id or sequence numbers of the call: the
+//! checking layer (`persistence_api::Stores`) adds those to every error of a store. What
+//! they do name is what the call cannot know: the record and column that do not decode.
+//! Outside the stores (opening a database, migrating it) [`err_in`] names the operation.
 
 use persistence_api::{Error, ErrorKind};
 
@@ -57,9 +64,109 @@ pub(crate) fn corrupt(
     }))
 }
 
+/// PostgreSQL SQLSTATEs, as `code()` of sqlx's database error spells them
+/// (<https://www.postgresql.org/docs/current/errcodes-appendix.html>).
+mod sqlstate {
+    /// Class 08, connection exception (a prefix).
+    pub const CONNECTION_EXCEPTION: &str = "08";
+    /// Class 53, insufficient resources: too many connections, disk full, out of memory
+    /// (a prefix).
+    pub const INSUFFICIENT_RESOURCES: &str = "53";
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const DEADLOCK_DETECTED: &str = "40P01";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+}
+
+/// SQLite result codes (<https://www.sqlite.org/rescode.html>). sqlx reports the extended
+/// code in decimal; its low byte is the primary code.
+mod sqlite_code {
+    /// `SQLITE_CONSTRAINT_PRIMARYKEY`, as sqlx spells it.
+    pub const CONSTRAINT_PRIMARYKEY: &str = "1555";
+    /// `SQLITE_CONSTRAINT_UNIQUE`, as sqlx spells it.
+    pub const CONSTRAINT_UNIQUE: &str = "2067";
+    /// `SQLITE_BUSY` (primary).
+    pub const BUSY: i32 = 5;
+    /// `SQLITE_LOCKED` (primary).
+    pub const LOCKED: i32 = 6;
+    /// `SQLITE_IOERR` (primary).
+    pub const IOERR: i32 = 10;
+    /// `SQLITE_FULL` (primary).
+    pub const FULL: i32 = 13;
+    /// `SQLITE_CANTOPEN` (primary).
+    pub const CANTOPEN: i32 = 14;
+}
+
+/// What a row of [`DATABASE_CODES`] matches of a database's error code.
+enum Code {
+    /// Exactly this code.
+    Is(&'static str),
+    /// Every code starting with this (a SQLSTATE class).
+    Class(&'static str),
+    /// Every SQLite code (digits) of this primary result code, extended or not.
+    SqlitePrimary(i32),
+}
+
+impl Code {
+    fn matches(&self, code: &str) -> bool {
+        match *self {
+            Code::Is(c) => code == c,
+            Code::Class(prefix) => code.starts_with(prefix),
+            Code::SqlitePrimary(primary) => code.parse::<i32>().is_ok_and(|n| n & 0xff == primary),
+        }
+    }
+}
+
+/// The public kind of a database's error code: the first row that matches; any other code
+/// is [`ErrorKind::Storage`].
+const DATABASE_CODES: &[(Code, ErrorKind)] = {
+    use sqlite_code as lite;
+    use sqlstate as pg;
+    use Code::{Class, Is, SqlitePrimary};
+    use ErrorKind::{Conflict, Timeout, Unavailable};
+    &[
+        // A taken key: the sequence number of a concurrent writer's event.
+        (Is(pg::UNIQUE_VIOLATION), Conflict),
+        (Is(lite::CONSTRAINT_UNIQUE), Conflict),
+        (Is(lite::CONSTRAINT_PRIMARYKEY), Conflict),
+        // PostgreSQL: connection exceptions, shutdowns, cannot connect now.
+        (Class(pg::CONNECTION_EXCEPTION), Unavailable),
+        (Is(pg::ADMIN_SHUTDOWN), Unavailable),
+        (Is(pg::CRASH_SHUTDOWN), Unavailable),
+        (Is(pg::CANNOT_CONNECT_NOW), Unavailable),
+        (Class(pg::INSUFFICIENT_RESOURCES), Unavailable),
+        // Statement or lock timeout, query cancelled.
+        (Is(pg::QUERY_CANCELED), Timeout),
+        (Is(pg::LOCK_NOT_AVAILABLE), Timeout),
+        // Serialization failure, deadlock detected: retry the transaction.
+        (Is(pg::SERIALIZATION_FAILURE), Unavailable),
+        (Is(pg::DEADLOCK_DETECTED), Unavailable),
+        // SQLite: another connection holds the lock.
+        (SqlitePrimary(lite::BUSY), Timeout),
+        (SqlitePrimary(lite::LOCKED), Timeout),
+        // SQLite: the disk or the file.
+        (SqlitePrimary(lite::IOERR), Unavailable),
+        (SqlitePrimary(lite::FULL), Unavailable),
+        (SqlitePrimary(lite::CANTOPEN), Unavailable),
+    ]
+};
+
+/// The public kind of a database's error code (PostgreSQL SQLSTATEs, five characters;
+/// SQLite result codes, digits), by [`DATABASE_CODES`].
+fn database_code_kind(code: &str) -> ErrorKind {
+    DATABASE_CODES
+        .iter()
+        .find(|(c, _)| c.matches(code))
+        .map_or(ErrorKind::Storage, |(_, kind)| *kind)
+}
+
 impl SqlError {
-    /// The public kind: unique violations are conflicts, lost connections and busy
-    /// databases are retryable, stored values that do not decode are corrupt, and so on.
+    /// The public kind: taken keys are conflicts, lost connections and busy databases are
+    /// retryable, stored values that do not decode are corrupt, and so on.
     fn kind(&self) -> ErrorKind {
         let e = match self {
             SqlError::Sqlx(e) => e,
@@ -67,13 +174,7 @@ impl SqlError {
             SqlError::Invariant(_) => return ErrorKind::Unexpected,
         };
         match e {
-            sqlx::Error::Database(db) => {
-                if db.is_unique_violation() {
-                    return ErrorKind::Conflict;
-                }
-                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                database_code_kind(&code)
-            }
+            sqlx::Error::Database(db) => database_code_kind(db.code().as_deref().unwrap_or("")),
             sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
                 ErrorKind::Unavailable
             }
@@ -113,39 +214,15 @@ pub(crate) fn into_sqlx(e: SqlError) -> sqlx::Error {
     }
 }
 
-/// PostgreSQL SQLSTATEs (five characters) and SQLite result codes (digits).
-fn database_code_kind(code: &str) -> ErrorKind {
-    match code {
-        // PostgreSQL: connection exceptions, admin shutdown, cannot connect now.
-        c if c.starts_with("08") => ErrorKind::Unavailable,
-        "57P01" | "57P02" | "57P03" => ErrorKind::Unavailable,
-        // Insufficient resources (too many connections, disk full, out of memory).
-        c if c.starts_with("53") => ErrorKind::Unavailable,
-        // Statement or lock timeout, query cancelled.
-        "57014" | "55P03" => ErrorKind::Timeout,
-        // Serialization failure, deadlock detected: retry the transaction.
-        "40001" | "40P01" => ErrorKind::Unavailable,
-        // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6) and their extended codes.
-        c if c.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)) => ErrorKind::Timeout,
-        // SQLite: SQLITE_FULL (13), SQLITE_IOERR (10), SQLITE_CANTOPEN (14).
-        c if c
-            .parse::<i32>()
-            .is_ok_and(|n| matches!(n & 0xff, 10 | 13 | 14)) =>
-        {
-            ErrorKind::Unavailable
-        }
-        _ => ErrorKind::Storage,
-    }
-}
-
-/// Turns an internal error into the public one, naming the operation; a corrupt column
-/// names its record (persistence id and sequence number) and the column.
-pub(crate) fn to_public(e: SqlError, operation: &'static str) -> Error {
+/// Turns an internal error into the public one; a corrupt column names its record
+/// (persistence id and sequence number, more precise than the call's) and the column.
+/// The call's operation, id and range are the checking layer's to add.
+pub(crate) fn to_public(e: SqlError) -> Error {
     let e = e.unwrap_row_error();
     let kind = e.kind();
     if let SqlError::Corrupt(c) = e {
         let c = *c;
-        let mut error = Error::corrupt(c.column, &c.detail).with_operation(operation);
+        let mut error = Error::corrupt(c.column, &c.detail);
         if let Some(id) = c.persistence_id {
             error = error.with_persistence_id(id);
         }
@@ -155,18 +232,22 @@ pub(crate) fn to_public(e: SqlError, operation: &'static str) -> Error {
         return error;
     }
     let message = match kind {
-        ErrorKind::Conflict => "the sequence number is already taken".to_string(),
-        ErrorKind::Corrupt => format!("{operation} failed: a stored value does not decode"),
-        _ => format!("{operation} failed"),
+        ErrorKind::Conflict => "the sequence number is already taken",
+        ErrorKind::Corrupt => "a stored value does not decode",
+        _ => "the database call failed",
     };
-    Error::new(kind, message)
-        .with_operation(operation)
-        .with_source(e)
+    Error::new(kind, message).with_source(e)
 }
 
-/// Shorthand: `.map_err(err("replay"))`.
-pub(crate) fn err<E: Into<SqlError>>(operation: &'static str) -> impl Fn(E) -> Error {
-    move |e| to_public(e.into(), operation)
+/// [`to_public`] for `.map_err(err)` in the stores.
+pub(crate) fn err<E: Into<SqlError>>(e: E) -> Error {
+    to_public(e.into())
+}
+
+/// [`to_public`] naming `operation`, for what no checking layer wraps (opening a
+/// database, migrating it): `.map_err(err_in("migrate"))`.
+pub(crate) fn err_in<E: Into<SqlError>>(operation: &'static str) -> impl Fn(E) -> Error {
+    move |e| to_public(e.into()).with_operation(operation)
 }
 
 #[cfg(test)]
@@ -182,6 +263,11 @@ mod tests {
         assert_eq!(database_code_kind("517"), ErrorKind::Timeout);
         assert_eq!(database_code_kind("13"), ErrorKind::Unavailable);
         assert_eq!(database_code_kind("42P01"), ErrorKind::Storage);
+        // Unique violations (what sqlx's `is_unique_violation` answers for both databases).
+        assert_eq!(database_code_kind("23505"), ErrorKind::Conflict);
+        assert_eq!(database_code_kind("2067"), ErrorKind::Conflict);
+        assert_eq!(database_code_kind("1555"), ErrorKind::Conflict);
+        assert_eq!(database_code_kind("19"), ErrorKind::Storage);
         assert_eq!(
             SqlError::Sqlx(sqlx::Error::PoolTimedOut).kind(),
             ErrorKind::Timeout
@@ -195,7 +281,8 @@ mod tests {
     #[test]
     fn a_corrupt_column_survives_the_row_mapping_and_names_its_record() {
         let through = into_sqlx(corrupt(Some("a-1"), Some(7), "tags", "not JSON"));
-        let e = to_public(SqlError::Sqlx(through), "replay");
+        // The operation is the caller's to name (in the stores, the checking layer's).
+        let e = err_in("replay")(SqlError::Sqlx(through));
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert_eq!(e.persistence_id(), Some("a-1"));
         assert_eq!(e.sequence_range(), Some((7, 7)));

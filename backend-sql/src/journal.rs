@@ -1,12 +1,18 @@
-//! The journal: writes, replay in pages, highest sequence number, deletes.
+//! The journal: the write path (what both databases share of it: the checks, the
+//! orchestration of one write, the errors), replay in pages, highest sequence number,
+//! deletes. Each database's own write transaction is its [`Backend::write_tx`] and
+//! [`Backend::write_all`] in `postgres.rs` / `sqlite.rs`.
 
 use std::sync::Arc;
 
 use async_stream::try_stream;
 use async_trait::async_trait;
-use persistence_api::{AtomicWrite, Journal, PersistenceId, Replay, Result, SequenceNr};
+use persistence_api::{
+    AtomicWrite, Error, ErrorKind, Journal, PersistenceId, Replay, Result, SequenceNr,
+};
 
-use crate::backend::{Backend, Store};
+use crate::core::{wake, Backend, Store};
+use crate::error::{to_public, SqlError};
 
 /// The journal of one opened database.
 pub(crate) struct SqlJournal<B> {
@@ -16,8 +22,8 @@ pub(crate) struct SqlJournal<B> {
 #[async_trait]
 impl<B: Backend> Journal for SqlJournal<B> {
     /// Atomic writes are applied in the given order, each all or nothing; a failed one does
-    /// not stop the others (PostgreSQL: a transaction each; SQLite: one transaction with a
-    /// savepoint each).
+    /// not stop the others (PostgreSQL: one transaction, or a transaction each once one
+    /// was refused; SQLite: one transaction with a savepoint each).
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
         self.backend.write_all(&writes).await
     }
@@ -75,5 +81,78 @@ impl<B: Backend> Journal for SqlJournal<B> {
 
     async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()> {
         self.backend.store().delete_to(persistence_id, to).await
+    }
+}
+
+/// Stores one atomic write in one transaction, then wakes the live queries.
+pub(crate) async fn write_one<B: Backend>(backend: &B, write: &AtomicWrite) -> Result<()> {
+    check_write_fits(write)?;
+    match backend.write_tx(write).await {
+        Ok(()) => {
+            wake(backend.wake_sender());
+            Ok(())
+        }
+        Err(e) => Err(e.into_public()),
+    }
+}
+
+/// Refuses writes whose sequence numbers do not fit a `BIGINT`.
+pub(crate) fn check_write_fits(write: &AtomicWrite) -> Result<()> {
+    if write.highest_sequence_nr() > i64::MAX as u64 {
+        return Err(Error::new(
+            ErrorKind::Rejected,
+            format!(
+                "sequence number {} is above the largest the SQL backend stores ({})",
+                write.highest_sequence_nr(),
+                i64::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Commits `tx` when `result` is `Ok`, rolls it back otherwise, and passes `result` on.
+pub(crate) async fn commit_or_rollback<DB: sqlx::Database, T>(
+    tx: sqlx::Transaction<'_, DB>,
+    result: std::result::Result<T, WriteError>,
+) -> std::result::Result<T, WriteError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+/// Why a write failed, before it becomes a public error.
+pub(crate) enum WriteError {
+    Sql(SqlError),
+    /// The first sequence number is at or below the id's stored highest (or deleted-to
+    /// mark): taken, whether its event was stored, deleted, or skipped by a gap.
+    Taken,
+}
+
+impl<E: Into<SqlError>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError::Sql(e.into())
+    }
+}
+
+impl WriteError {
+    /// The public error; the checking layer adds the write's persistence id, sequence
+    /// numbers and operation.
+    pub(crate) fn into_public(self) -> Error {
+        match self {
+            WriteError::Sql(e) => to_public(e),
+            WriteError::Taken => Error::new(
+                ErrorKind::Conflict,
+                "the sequence number is already taken: it is at or below the id's highest \
+                 (another writer got there first, or its event was deleted)",
+            ),
+        }
     }
 }

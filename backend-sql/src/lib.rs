@@ -3,10 +3,14 @@
 // Without a database feature the schema helpers have no user.
 #![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 
+// The files by role: `core` (what both databases share beneath the stores), `journal`
+// (the write path, replay, highest, delete), `snapshot`, `query`, `schema` (the tables,
+// their migrations and row layout), `error` (sqlx's errors as public ones), and each
+// database's own machinery in `postgres` and `sqlite`.
 // Without a database feature only the configuration and the schema text remain.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod backend;
 pub mod config;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod core;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -28,7 +32,54 @@ pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-use persistence_api::{Result, Stores};
+use std::{sync::Arc, time::Duration};
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use persistence_api::{Capabilities, Result, Stores};
+
+/// What both databases declare; `live_query_max_delay` is the poll interval plus a margin
+/// for the query itself.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
+    Capabilities {
+        atomic_write_max_events: None,
+        max_event_size: None,
+        max_snapshot_size: None,
+        tags: true,
+        event_metadata: true,
+        snapshot_metadata: true,
+        delete_events: true,
+        conflict_detection: true,
+        durable: true,
+        snapshots: true,
+        query_persistence_ids: true,
+        query_events_by_persistence_id: true,
+        query_events_by_tag: true,
+        live_queries: true,
+        live_query_max_delay: Some(poll_interval + Duration::from_millis(500)),
+    }
+}
+
+/// The journal, snapshot store and read journal of `backend`, behind the checking layer
+/// (which adds the operation, the backend's name, the persistence id and the sequence
+/// numbers of the call to every error they return).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn stores<B: core::Backend>(backend: &Arc<B>) -> Stores {
+    use crate::core::Store;
+    Stores::new(
+        B::NAME,
+        capabilities(backend.store().poll_interval()),
+        Arc::new(journal::SqlJournal {
+            backend: backend.clone(),
+        }),
+        Arc::new(snapshot::SqlSnapshotStore {
+            backend: backend.clone(),
+        }),
+        Arc::new(query::SqlReadJournal {
+            backend: backend.clone(),
+        }),
+    )
+}
 
 /// The configuration of one of the two databases this crate serves: [`PostgresConfig`]
 /// (feature `postgres`) or [`SqliteConfig`] (feature `sqlite`). [`open`] and
@@ -94,6 +145,5 @@ pub async fn create_schema(config: &impl SqlConfig) -> Result<()> {
     config.create_schema().await
 }
 
-/// Re-exported so callers of [`SqliteStores::pool`] / [`PostgresStores::pool`] name the
-/// same sqlx.
+/// Re-exported so callers of `Sqlite::pool` / `Postgres::pool` name the same sqlx.
 pub use sqlx;

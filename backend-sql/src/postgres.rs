@@ -22,27 +22,37 @@ use std::time::Duration;
 use async_trait::async_trait;
 use persistence_api::{AtomicWrite, Error, PersistentEvent, Result, Stores};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres as PgDb};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{
-    self, apply_migration, bind_event, check_write_fits, clamp, commit_or_rollback, distinct_tags,
-    encode_tags, q, unsigned, Backend, Sql, SqlStore, StoreSql, WriteError, POSTGRES,
-};
 use crate::config::{redact_url, PostgresConfig};
-use crate::error::{err, SqlError};
-use crate::schema::{Names, POSTGRES_MIGRATIONS};
+use crate::core::{q, wake, Backend, Sql, SqlStore, POSTGRES};
+use crate::error::{err_in, to_public, SqlError};
+use crate::journal::{check_write_fits, commit_or_rollback, write_one, WriteError};
+use crate::schema::{bind_event, clamp, encode_tags, migrate_postgres, unsigned, Names};
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and every build, for
 /// advisory-lock keys and channel names.
-fn fnv1a(text: &str) -> u64 {
+pub(crate) fn fnv1a(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+/// The distinct tags of every event of `write`, sorted (the lock order).
+fn distinct_tags(write: &AtomicWrite) -> Vec<&str> {
+    let mut tags: Vec<&str> = write
+        .events()
+        .iter()
+        .flat_map(|e| e.tags.iter().map(String::as_str))
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    tags
 }
 
 /// The write statements, rendered once for the schema and table prefix.
@@ -175,7 +185,7 @@ async fn connect(config: &PostgresConfig, options: &PgConnectOptions) -> Result<
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options.clone())
         .await
-        .map_err(err("open"))
+        .map_err(err_in("open"))
 }
 
 /// Runs the embedded PostgreSQL migrations that have not run yet in `config`'s schema
@@ -184,64 +194,9 @@ async fn connect(config: &PostgresConfig, options: &PgConnectOptions) -> Result<
 pub(crate) async fn create_schema(config: &PostgresConfig) -> Result<()> {
     let options = connect_options(config)?;
     let pool = connect(config, &options).await?;
-    let result = run_migrations(&pool, config).await;
+    let result = migrate_postgres(&pool, config).await;
     pool.close().await;
     result
-}
-
-async fn run_migrations(pool: &PgPool, config: &PostgresConfig) -> Result<()> {
-    let names = Names::new(Some(&config.schema), &config.table_prefix());
-    let key = fnv1a(&format!("backend-sql:migrate:{}", config.schema)) as i64;
-    let mut conn = pool.acquire().await.map_err(err("migrate"))?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(key)
-        .execute(&mut *conn)
-        .await
-        .map_err(err("migrate"))?;
-    let result = apply_migrations(&mut conn, &names).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *conn)
-        .await;
-    if unlocked.is_err() {
-        // Never hand a connection that may still hold the lock back to the pool.
-        conn.close_on_drop();
-    }
-    result
-}
-
-async fn apply_migrations(conn: &mut sqlx::PgConnection, names: &Names) -> Result<()> {
-    let table = names.get("persistence_migrations");
-    let schema = names.get("schema");
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; \
-         CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, \
-         description TEXT NOT NULL, applied_at BIGINT NOT NULL)"
-    )))
-    .execute(&mut *conn)
-    .await
-    .map_err(err("migrate"))?;
-    let applied: Vec<i64> =
-        sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err("migrate"))?;
-    for m in POSTGRES_MIGRATIONS {
-        if applied.contains(&m.version) {
-            continue;
-        }
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(err("migrate"))?;
-        apply_migration::<PgDb>(&mut tx, names, table, m, &POSTGRES).await?;
-        tx.commit().await.map_err(err("migrate"))?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "postgres migration applied"
-        );
-    }
-    Ok(())
 }
 
 impl PgBackend {
@@ -249,14 +204,15 @@ impl PgBackend {
         let options = connect_options(&config)?;
         let pool = connect(&config, &options).await?;
         if config.create_schema {
-            run_migrations(&pool, &config).await?;
+            migrate_postgres(&pool, &config).await?;
         }
         let names = Names::new(Some(&config.schema), &config.table_prefix());
         let namespace = format!("{}.{}", config.schema, config.table_prefix());
         Ok(PgBackend {
             store: SqlStore::new(
                 pool,
-                StoreSql::new(&names, &POSTGRES),
+                &names,
+                &POSTGRES,
                 config.page_size as usize,
                 config.poll_interval,
                 false,
@@ -455,7 +411,7 @@ impl PgBackend {
         match run.await {
             Ok(true) => Some(Ok(())),
             Ok(false) => None,
-            Err(e) => Some(Err(crate::error::to_public(e, "write_events"))),
+            Err(e) => Some(Err(to_public(e))),
         }
     }
 
@@ -488,10 +444,10 @@ async fn listen(options: PgConnectOptions, channel: String, wake: Arc<watch::Sen
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        backend::wake(&wake);
+        crate::core::wake(&wake);
         loop {
             match listener.try_recv().await {
-                Ok(_) => backend::wake(&wake),
+                Ok(_) => crate::core::wake(&wake),
                 Err(e) => {
                     tracing::warn!(error = %e, "postgres LISTEN connection lost; reconnecting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -551,7 +507,7 @@ impl Backend for PgBackend {
         if fitting.len() > 1 {
             match self.write_batch_tx(&fitting).await {
                 Some(Ok(())) => {
-                    backend::wake(&self.wake);
+                    wake(&self.wake);
                     return Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect());
                 }
                 Some(Err(e)) => return Err(e),
@@ -561,7 +517,7 @@ impl Backend for PgBackend {
         }
         for (write, slot) in writes.iter().zip(results.iter_mut()) {
             if slot.is_none() {
-                *slot = Some(self.write(write).await);
+                *slot = Some(write_one(self, write).await);
             }
         }
         Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
@@ -591,7 +547,7 @@ impl Postgres {
 
     /// The journal, snapshot store and read journal (behind the checking layer).
     pub fn stores(&self) -> Stores {
-        backend::stores(&self.backend)
+        crate::stores(&self.backend)
     }
 
     /// The connection pool.

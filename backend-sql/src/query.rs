@@ -15,7 +15,7 @@ use persistence_api::{
 };
 use tokio::sync::watch;
 
-use crate::backend::{Backend, Store};
+use crate::core::{Backend, Store};
 
 /// The read journal of one opened database.
 pub(crate) struct SqlReadJournal<B> {
@@ -42,8 +42,7 @@ fn tag_position(offset: &Offset) -> persistence_api::Result<u64> {
         Offset::Sequence(n) => Ok(*n),
         other => Err(Error::invalid_input(format!(
             "the SQL backend's tag queries take Offset::Sequence or Offset::NoOffset, not {other:?}"
-        ))
-        .with_operation("events_by_tag")),
+        ))),
     }
 }
 

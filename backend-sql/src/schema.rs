@@ -3,14 +3,25 @@
 //! The SQL lives in the crate's `migrations/<database>/NNNN_*.sql` files, embedded at
 //! compile time. `{name}` placeholders in them become quoted names carrying the schema
 //! (PostgreSQL) and the table prefix. The stores run the migrations when opened (unless
-//! `migrate = false`); to run them by hand, call [`crate::migrate_postgres`] /
-//! [`crate::migrate_sqlite`], or feed the text of [`postgres_ddl`] / [`sqlite_ddl`] to
-//! `psql` / `sqlite3` (every statement is `IF NOT EXISTS`, so running it twice is harmless).
+//! `create_schema = false`); to run them by hand, call [`crate::create_schema`], or feed
+//! the text of [`postgres_ddl`] / [`sqlite_ddl`] to `psql` / `sqlite3` (every statement is
+//! `IF NOT EXISTS`, so running it twice is harmless).
+//!
+//! Also here, for the crate itself: running and recording the migrations, and the layout
+//! of the rows (the columns of an event row, how they are bound and read back).
 
 #[cfg(feature = "postgres")]
 use crate::config::PostgresConfig;
 #[cfg(feature = "sqlite")]
 use crate::config::SqliteConfig;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::core::Dialect;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::error::err_in;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use persistence_api::{Result, Timestamp};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use sqlx::AssertSqlSafe;
 
 /// One embedded migration.
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +132,423 @@ fn render_all(names: &Names, migrations: &[Migration]) -> String {
         .map(|m| names.render(m.template))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Runs the SQL of migration `m` and records it in the migrations table `table`, on the
+/// caller's connection (inside its transaction).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+async fn apply_migration<DB>(
+    conn: &mut DB::Connection,
+    names: &Names,
+    table: &str,
+    m: &Migration,
+    d: &Dialect,
+) -> Result<()>
+where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    sqlx::raw_sql(AssertSqlSafe(names.render(m.template)))
+        .execute(&mut *conn)
+        .await
+        .map_err(err_in("migrate"))?;
+    let p = d.param;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (version, description, applied_at) VALUES ({p}1, {p}2, {p}3)"
+    )))
+    .bind(m.version)
+    .bind(m.description)
+    .bind(Timestamp::now().as_millis())
+    .execute(&mut *conn)
+    .await
+    .map_err(err_in("migrate"))?;
+    Ok(())
+}
+
+/// Runs the embedded PostgreSQL migrations that have not run yet in `config`'s schema
+/// (creating the schema when missing), on a connection of `pool`. Safe to run from several
+/// processes at once: they take turns on an advisory lock of the schema.
+#[cfg(feature = "postgres")]
+pub(crate) async fn migrate_postgres(pool: &sqlx::PgPool, config: &PostgresConfig) -> Result<()> {
+    let names = Names::new(Some(&config.schema), &config.table_prefix());
+    let key = crate::postgres::fnv1a(&format!("backend-sql:migrate:{}", config.schema)) as i64;
+    let mut conn = pool.acquire().await.map_err(err_in("migrate"))?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(err_in("migrate"))?;
+    let result = apply_postgres_migrations(&mut conn, &names).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        // Never hand a connection that may still hold the lock back to the pool.
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// The PostgreSQL migrations not recorded yet, each in its own transaction (the caller
+/// holds the migration lock).
+#[cfg(feature = "postgres")]
+async fn apply_postgres_migrations(conn: &mut sqlx::PgConnection, names: &Names) -> Result<()> {
+    let table = names.get("persistence_migrations");
+    let schema = names.get("schema");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, \
+         description TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+    )))
+    .execute(&mut *conn)
+    .await
+    .map_err(err_in("migrate"))?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err_in("migrate"))?;
+    for m in POSTGRES_MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(err_in("migrate"))?;
+        apply_migration::<sqlx::Postgres>(&mut tx, names, table, m, &crate::core::POSTGRES).await?;
+        tx.commit().await.map_err(err_in("migrate"))?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "postgres migration applied"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the embedded SQLite migrations that have not run yet on the database of `pool`,
+/// all in one `BEGIN IMMEDIATE` transaction (so other processes wait for it).
+#[cfg(feature = "sqlite")]
+pub(crate) async fn migrate_sqlite(pool: &sqlx::SqlitePool, config: &SqliteConfig) -> Result<()> {
+    let names = Names::new(None, &config.table_prefix());
+    let table = names.get("persistence_migrations");
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(err_in("migrate"))?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, \
+         description TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(err_in("migrate"))?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err_in("migrate"))?;
+    for m in SQLITE_MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        apply_migration::<sqlx::Sqlite>(&mut tx, &names, table, m, &crate::core::SQLITE).await?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "sqlite migration applied"
+        );
+    }
+    tx.commit().await.map_err(err_in("migrate"))
+}
+
+// The row layout of the tables, for the crate's reads and writes.
+#[cfg(feature = "postgres")]
+pub(crate) use rows::encode_tags;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use rows::{
+    bind_event, clamp, decode_event, read_payloads, stored_id, unsigned, Columns, Record,
+    EVENT_COLUMNS,
+};
+
+/// How the rows of the tables are laid out: the values an event row is bound with and read
+/// back from, the `BIGINT` conversions, and the checks that name a record whose column
+/// does not decode.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod rows {
+    use persistence_api::{Bytes, Payload, PersistenceId, PersistentEvent, Timestamp};
+
+    use crate::error::{corrupt, into_sqlx, SqlError};
+
+    /// Sequence numbers and orderings are `BIGINT`: values above `i64::MAX` are clamped
+    /// (bounds) or refused (stored values, see [`unsigned`]).
+    pub(crate) fn clamp(v: u64) -> i64 {
+        i64::try_from(v).unwrap_or(i64::MAX)
+    }
+
+    /// A value read back from a `BIGINT` column.
+    pub(crate) fn unsigned(v: i64, column: &'static str) -> std::result::Result<u64, SqlError> {
+        u64::try_from(v).map_err(|_| corrupt(None, None, column, format!("{v} is negative")))
+    }
+
+    /// Tags are stored beside the event as a JSON array (readable in `psql`/`sqlite3`), and
+    /// once per tag in the tag table for the queries.
+    pub(crate) fn encode_tags(tags: &[String]) -> String {
+        if tags.is_empty() {
+            return "[]".to_string();
+        }
+        serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_string())
+    }
+
+    /// The columns of a row of either database, read by index: the sqlx bounds in one place.
+    pub(crate) trait Columns {
+        /// A `BIGINT` column.
+        fn int(&self, index: usize) -> std::result::Result<i64, sqlx::Error>;
+        /// A text column.
+        fn text(&self, index: usize) -> std::result::Result<String, sqlx::Error>;
+        /// A nullable text column.
+        fn opt_text(&self, index: usize) -> std::result::Result<Option<String>, sqlx::Error>;
+        /// A binary column.
+        fn bytes(&self, index: usize) -> std::result::Result<Vec<u8>, sqlx::Error>;
+        /// A nullable binary column.
+        fn opt_bytes(&self, index: usize) -> std::result::Result<Option<Vec<u8>>, sqlx::Error>;
+    }
+
+    impl<R> Columns for R
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        fn int(&self, index: usize) -> std::result::Result<i64, sqlx::Error> {
+            self.try_get(index)
+        }
+        fn text(&self, index: usize) -> std::result::Result<String, sqlx::Error> {
+            self.try_get(index)
+        }
+        fn opt_text(&self, index: usize) -> std::result::Result<Option<String>, sqlx::Error> {
+            self.try_get(index)
+        }
+        fn bytes(&self, index: usize) -> std::result::Result<Vec<u8>, sqlx::Error> {
+            self.try_get(index)
+        }
+        fn opt_bytes(&self, index: usize) -> std::result::Result<Option<Vec<u8>>, sqlx::Error> {
+            self.try_get(index)
+        }
+    }
+
+    /// A persistence id read back from a table.
+    pub(crate) fn stored_id(id: String) -> std::result::Result<PersistenceId, SqlError> {
+        PersistenceId::new(id.as_str()).map_err(|e| corrupt(None, None, "persistence_id", e))
+    }
+
+    /// The record a row holds, once its persistence id (and sequence number) are read: every
+    /// later column that does not decode names it.
+    pub(crate) struct Record {
+        pub(crate) persistence_id: PersistenceId,
+        sequence_nr: Option<u64>,
+    }
+
+    impl Record {
+        /// Reads the persistence id at `id_index` and the sequence number at `seq_index`.
+        pub(crate) fn read(
+            row: &impl Columns,
+            id_index: usize,
+            seq_index: usize,
+        ) -> std::result::Result<Record, SqlError> {
+            let text = row
+                .text(id_index)
+                .map_err(|e| corrupt(None, None, "persistence_id", e))?;
+            let mut record = Record {
+                persistence_id: stored_id(text)?,
+                sequence_nr: None,
+            };
+            let seq = record.int(row, seq_index, "sequence_nr")?;
+            record.sequence_nr = Some(record.unsigned(seq, "sequence_nr")?);
+            Ok(record)
+        }
+
+        pub(crate) fn sequence_nr(&self) -> u64 {
+            self.sequence_nr.unwrap_or(0)
+        }
+
+        /// `column` of this record does not decode.
+        pub(crate) fn corrupt(
+            &self,
+            column: &'static str,
+            detail: impl std::fmt::Display,
+        ) -> SqlError {
+            corrupt(
+                Some(self.persistence_id.as_str()),
+                self.sequence_nr,
+                column,
+                detail,
+            )
+        }
+
+        pub(crate) fn int(
+            &self,
+            row: &impl Columns,
+            index: usize,
+            column: &'static str,
+        ) -> std::result::Result<i64, SqlError> {
+            row.int(index).map_err(|e| self.corrupt(column, e))
+        }
+
+        pub(crate) fn unsigned(
+            &self,
+            v: i64,
+            column: &'static str,
+        ) -> std::result::Result<u64, SqlError> {
+            u64::try_from(v).map_err(|_| self.corrupt(column, format!("{v} is negative")))
+        }
+
+        pub(crate) fn text(
+            &self,
+            row: &impl Columns,
+            index: usize,
+            column: &'static str,
+        ) -> std::result::Result<String, SqlError> {
+            row.text(index).map_err(|e| self.corrupt(column, e))
+        }
+    }
+
+    /// Binds the twelve values of one event row in the order both databases' insert
+    /// statements take them: persistence id, sequence number, writer, timestamp, event
+    /// manifest, payload (3), metadata (3), tags.
+    pub(crate) fn bind_event<'q, DB>(
+        query: sqlx::query::Query<'q, DB, DB::Arguments>,
+        id: &str,
+        event: &PersistentEvent,
+    ) -> sqlx::query::Query<'q, DB, DB::Arguments>
+    where
+        DB: sqlx::Database,
+        for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        for<'a> String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        for<'a> &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        for<'a> Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        for<'a> Option<&'a [u8]>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    {
+        let meta = event.metadata.as_ref();
+        query
+            .bind(id)
+            .bind(clamp(event.sequence_nr))
+            .bind(event.writer_id.as_str())
+            .bind(event.timestamp.as_millis())
+            .bind(event.event_manifest.as_str())
+            .bind(event.payload.serializer_id.as_str())
+            .bind(event.payload.manifest.as_str())
+            .bind(event.payload.bytes.as_ref())
+            .bind(meta.map(|m| m.serializer_id.as_str()))
+            .bind(meta.map(|m| m.manifest.as_str()))
+            .bind(meta.map(|m| m.bytes.as_ref()))
+            .bind(encode_tags(&event.tags))
+    }
+
+    /// The names of the six columns in which both tables keep a payload and its optional
+    /// metadata, in order: the payload's and the metadata's.
+    const PAYLOAD_COLUMNS: [&str; 3] = ["ser_id", "ser_manifest", "payload"];
+    const META_COLUMNS: [&str; 3] = ["meta_ser_id", "meta_ser_manifest", "meta_payload"];
+
+    /// Reads the payload and the optional metadata of `record` from the six columns starting
+    /// at index `first`. The metadata is stored with all
+    /// three of its columns or none; some of them without the others is corrupt.
+    pub(crate) fn read_payloads(
+        row: &impl Columns,
+        record: &Record,
+        first: usize,
+    ) -> std::result::Result<(Payload, Option<Payload>), SqlError> {
+        let payload = Payload {
+            serializer_id: record.text(row, first, PAYLOAD_COLUMNS[0])?,
+            manifest: record.text(row, first + 1, PAYLOAD_COLUMNS[1])?,
+            bytes: Bytes::from(
+                row.bytes(first + 2)
+                    .map_err(|e| record.corrupt(PAYLOAD_COLUMNS[2], e))?,
+            ),
+        };
+        let meta_ser_id = row
+            .opt_text(first + 3)
+            .map_err(|e| record.corrupt(META_COLUMNS[0], e))?;
+        let meta_ser_manifest = row
+            .opt_text(first + 4)
+            .map_err(|e| record.corrupt(META_COLUMNS[1], e))?;
+        let meta_payload = row
+            .opt_bytes(first + 5)
+            .map_err(|e| record.corrupt(META_COLUMNS[2], e))?;
+        let metadata = match (meta_ser_id, meta_ser_manifest, meta_payload) {
+            (Some(serializer_id), Some(manifest), Some(bytes)) => Some(Payload {
+                serializer_id,
+                manifest,
+                bytes: Bytes::from(bytes),
+            }),
+            (None, None, None) => None,
+            (id, manifest, bytes) => {
+                let missing = [id.is_none(), manifest.is_none(), bytes.is_none()];
+                let column = META_COLUMNS
+                    .iter()
+                    .zip(missing)
+                    .find_map(|(c, m)| m.then_some(*c))
+                    .unwrap_or(META_COLUMNS[0]);
+                return Err(record.corrupt(
+                column,
+                "is NULL while other metadata columns are set (metadata is stored with all three or none)",
+            ));
+            }
+        };
+        Ok((payload, metadata))
+    }
+
+    /// The columns of an event row, in order, for `SELECT` lists.
+    pub(crate) const EVENT_COLUMNS: &str = "ordering, persistence_id, sequence_nr, writer_id, \
+    write_timestamp, event_manifest, ser_id, ser_manifest, payload, meta_ser_id, \
+    meta_ser_manifest, meta_payload, tags";
+
+    /// Reads the [`EVENT_COLUMNS`] of a row of either database: the ordering and the event. A
+    /// column that does not decode is a corrupt-column error naming the event (its persistence
+    /// id and sequence number, read first) and the column.
+    pub(crate) fn read_event(
+        row: &impl Columns,
+    ) -> std::result::Result<(u64, PersistentEvent), SqlError> {
+        let record = Record::read(row, 1, 2)?;
+        let ordering = record.int(row, 0, "ordering")?;
+        let ordering = record.unsigned(ordering, "ordering")?;
+        let writer_id = record.text(row, 3, "writer_id")?;
+        let write_timestamp = record.int(row, 4, "write_timestamp")?;
+        let event_manifest = record.text(row, 5, "event_manifest")?;
+        let (payload, metadata) = read_payloads(row, &record, 6)?;
+        let tags_text = record.text(row, 12, "tags")?;
+        let tags: Vec<String> = serde_json::from_str(&tags_text).map_err(|e| {
+            record.corrupt(
+                "tags",
+                format!("{tags_text:?} is not a JSON array of strings: {e}"),
+            )
+        })?;
+        let event = PersistentEvent {
+            sequence_nr: record.sequence_nr(),
+            persistence_id: record.persistence_id,
+            payload,
+            event_manifest,
+            writer_id,
+            timestamp: Timestamp::from_millis(write_timestamp),
+            tags,
+            metadata,
+        };
+        Ok((ordering, event))
+    }
+
+    /// [`read_event`] inside sqlx's row mapping (`try_map`); `to_public` unwraps the error.
+    pub(crate) fn decode_event(
+        row: &impl Columns,
+    ) -> std::result::Result<(u64, PersistentEvent), sqlx::Error> {
+        read_event(row).map_err(into_sqlx)
+    }
 }
 
 #[cfg(test)]

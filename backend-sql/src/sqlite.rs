@@ -15,16 +15,13 @@ use sqlx::sqlite::{
     Sqlite as SqliteDb, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::AssertSqlSafe;
 use tokio::sync::watch;
 
-use crate::backend::{
-    self, apply_migration, bind_event, check_write_fits, clamp, commit_or_rollback, q, unsigned,
-    Backend, Columns, Sql, SqlStore, StoreSql, WriteError, SQLITE,
-};
 use crate::config::{SqliteConfig, SqliteSync};
-use crate::error::err;
-use crate::schema::{Names, SQLITE_MIGRATIONS};
+use crate::core::{q, wake, Backend, Sql, SqlStore, SQLITE};
+use crate::error::{err, err_in};
+use crate::journal::{check_write_fits, commit_or_rollback, write_one, WriteError};
+use crate::schema::{bind_event, clamp, migrate_sqlite, unsigned, Columns, Names};
 
 /// The write statements, rendered once for the table prefix.
 struct Statements {
@@ -90,7 +87,7 @@ async fn connect(config: &SqliteConfig) -> Result<SqlitePool> {
         SqliteSync::Off => SqliteSynchronous::Off,
     };
     let options = SqliteConnectOptions::from_str("sqlite:")
-        .map_err(err("open"))?
+        .map_err(err_in("open"))?
         .filename(&config.path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -103,61 +100,29 @@ async fn connect(config: &SqliteConfig) -> Result<SqlitePool> {
         .idle_timeout(None::<Duration>)
         .connect_with(options)
         .await
-        .map_err(err("open"))
+        .map_err(err_in("open"))
 }
 
 /// Runs the embedded SQLite migrations that have not run yet on the database of `config`.
 pub(crate) async fn create_schema(config: &SqliteConfig) -> Result<()> {
     let pool = connect(config).await?;
-    let result = run_migrations(&pool, config).await;
+    let result = migrate_sqlite(&pool, config).await;
     pool.close().await;
     result
-}
-
-async fn run_migrations(pool: &SqlitePool, config: &SqliteConfig) -> Result<()> {
-    let names = Names::new(None, &config.table_prefix());
-    let table = names.get("persistence_migrations");
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(err("migrate"))?;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, \
-         description TEXT NOT NULL, applied_at INTEGER NOT NULL)"
-    )))
-    .execute(&mut *tx)
-    .await
-    .map_err(err("migrate"))?;
-    let applied: Vec<i64> =
-        sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err("migrate"))?;
-    for m in SQLITE_MIGRATIONS {
-        if applied.contains(&m.version) {
-            continue;
-        }
-        apply_migration::<SqliteDb>(&mut tx, &names, table, m, &SQLITE).await?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "sqlite migration applied"
-        );
-    }
-    tx.commit().await.map_err(err("migrate"))
 }
 
 impl SqliteBackend {
     pub(crate) async fn open(config: SqliteConfig) -> Result<SqliteBackend> {
         let pool = connect(&config).await?;
         if config.create_schema {
-            run_migrations(&pool, &config).await?;
+            migrate_sqlite(&pool, &config).await?;
         }
         let names = Names::new(None, &config.table_prefix());
         Ok(SqliteBackend {
             store: SqlStore::new(
                 pool,
-                StoreSql::new(&names, &SQLITE),
+                &names,
+                &SQLITE,
                 config.page_size as usize,
                 config.poll_interval,
                 true,
@@ -237,7 +202,7 @@ impl SqliteBackend {
                         sqlx::query("ROLLBACK TO SAVEPOINT atomic_write")
                             .execute(&mut *tx)
                             .await?;
-                        results.push(Err(e.into_public(write)));
+                        results.push(Err(e.into_public()));
                     }
                 }
                 sqlx::query("RELEASE SAVEPOINT atomic_write")
@@ -247,9 +212,9 @@ impl SqliteBackend {
             tx.commit().await?;
             Ok::<_, sqlx::Error>(results)
         };
-        let results = run.await.map_err(err("write_events"))?;
+        let results = run.await.map_err(err)?;
         if results.iter().any(Result::is_ok) {
-            backend::wake(&self.wake);
+            wake(&self.wake);
         }
         Ok(results)
     }
@@ -282,7 +247,7 @@ impl Backend for SqliteBackend {
 
     async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
         match writes {
-            [write] => Ok(vec![self.write(write).await]),
+            [write] => Ok(vec![write_one(self, write).await]),
             _ => self.write_batch_tx(writes).await,
         }
     }
@@ -311,7 +276,7 @@ impl Sqlite {
 
     /// The journal, snapshot store and read journal (behind the checking layer).
     pub fn stores(&self) -> Stores {
-        backend::stores(&self.backend)
+        crate::stores(&self.backend)
     }
 
     /// The connection pool.
