@@ -81,8 +81,8 @@ impl Default for PostgresConfig {
 }
 
 impl PostgresConfig {
-    /// The prefix of every table name: `<namespace>_`, or nothing.
-    pub(crate) fn table_prefix(&self) -> String {
+    /// The prefix of every table name: `<namespace>_`, or nothing for the empty namespace.
+    pub fn table_prefix(&self) -> String {
         table_prefix(&self.namespace)
     }
 
@@ -199,8 +199,8 @@ impl Default for SqliteConfig {
 }
 
 impl SqliteConfig {
-    /// The prefix of every table name: `<namespace>_`, or nothing.
-    pub(crate) fn table_prefix(&self) -> String {
+    /// The prefix of every table name: `<namespace>_`, or nothing for the empty namespace.
+    pub fn table_prefix(&self) -> String {
         table_prefix(&self.namespace)
     }
 

@@ -105,18 +105,22 @@ mod sqlite_code {
 enum Code {
     /// Exactly this code.
     Is(&'static str),
-    /// Every code starting with this (a SQLSTATE class).
+    /// Every PostgreSQL code starting with this (a SQLSTATE class).
     Class(&'static str),
     /// Every SQLite code (digits) of this primary result code, extended or not.
     SqlitePrimary(i32),
 }
 
 impl Code {
-    fn matches(&self, code: &str) -> bool {
+    /// Whether `code`, of an error from SQLite (`sqlite`) or PostgreSQL, is this row's. A
+    /// SQLSTATE may be all digits too (42501), so the database decides which rows apply.
+    fn matches(&self, code: &str, sqlite: bool) -> bool {
         match *self {
             Code::Is(c) => code == c,
-            Code::Class(prefix) => code.starts_with(prefix),
-            Code::SqlitePrimary(primary) => code.parse::<i32>().is_ok_and(|n| n & 0xff == primary),
+            Code::Class(prefix) => !sqlite && code.starts_with(prefix),
+            Code::SqlitePrimary(primary) => {
+                sqlite && code.parse::<i32>().is_ok_and(|n| n & 0xff == primary)
+            }
         }
     }
 }
@@ -156,12 +160,26 @@ const DATABASE_CODES: &[(Code, ErrorKind)] = {
 };
 
 /// The public kind of a database's error code (PostgreSQL SQLSTATEs, five characters;
-/// SQLite result codes, digits), by [`DATABASE_CODES`].
-fn database_code_kind(code: &str) -> ErrorKind {
+/// SQLite result codes, digits; `sqlite` says which database answered), by
+/// [`DATABASE_CODES`].
+fn database_code_kind(code: &str, sqlite: bool) -> ErrorKind {
     DATABASE_CODES
         .iter()
-        .find(|(c, _)| c.matches(code))
+        .find(|(c, _)| c.matches(code, sqlite))
         .map_or(ErrorKind::Storage, |(_, kind)| *kind)
+}
+
+/// Whether a database error came from SQLite.
+fn from_sqlite(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "sqlite")]
+    {
+        db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = db;
+        false
+    }
 }
 
 impl SqlError {
@@ -174,7 +192,9 @@ impl SqlError {
             SqlError::Invariant(_) => return ErrorKind::Unexpected,
         };
         match e {
-            sqlx::Error::Database(db) => database_code_kind(db.code().as_deref().unwrap_or("")),
+            sqlx::Error::Database(db) => {
+                database_code_kind(db.code().as_deref().unwrap_or(""), from_sqlite(db.as_ref()))
+            }
             sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
                 ErrorKind::Unavailable
             }
@@ -256,18 +276,23 @@ mod tests {
 
     #[test]
     fn codes_map_to_kinds() {
-        assert_eq!(database_code_kind("08006"), ErrorKind::Unavailable);
-        assert_eq!(database_code_kind("40P01"), ErrorKind::Unavailable);
-        assert_eq!(database_code_kind("57014"), ErrorKind::Timeout);
-        assert_eq!(database_code_kind("5"), ErrorKind::Timeout);
-        assert_eq!(database_code_kind("517"), ErrorKind::Timeout);
-        assert_eq!(database_code_kind("13"), ErrorKind::Unavailable);
-        assert_eq!(database_code_kind("42P01"), ErrorKind::Storage);
+        const PG: bool = false;
+        const LITE: bool = true;
+        assert_eq!(database_code_kind("08006", PG), ErrorKind::Unavailable);
+        assert_eq!(database_code_kind("40P01", PG), ErrorKind::Unavailable);
+        assert_eq!(database_code_kind("57014", PG), ErrorKind::Timeout);
+        assert_eq!(database_code_kind("5", LITE), ErrorKind::Timeout);
+        assert_eq!(database_code_kind("517", LITE), ErrorKind::Timeout);
+        assert_eq!(database_code_kind("13", LITE), ErrorKind::Unavailable);
+        assert_eq!(database_code_kind("42P01", PG), ErrorKind::Storage);
+        // An all-digit SQLSTATE is not read as a SQLite code: 42501 (insufficient
+        // privilege) has low byte 5 (SQLITE_BUSY) but is PostgreSQL's.
+        assert_eq!(database_code_kind("42501", PG), ErrorKind::Storage);
         // Unique violations (what sqlx's `is_unique_violation` answers for both databases).
-        assert_eq!(database_code_kind("23505"), ErrorKind::Conflict);
-        assert_eq!(database_code_kind("2067"), ErrorKind::Conflict);
-        assert_eq!(database_code_kind("1555"), ErrorKind::Conflict);
-        assert_eq!(database_code_kind("19"), ErrorKind::Storage);
+        assert_eq!(database_code_kind("23505", PG), ErrorKind::Conflict);
+        assert_eq!(database_code_kind("2067", LITE), ErrorKind::Conflict);
+        assert_eq!(database_code_kind("1555", LITE), ErrorKind::Conflict);
+        assert_eq!(database_code_kind("19", LITE), ErrorKind::Storage);
         assert_eq!(
             SqlError::Sqlx(sqlx::Error::PoolTimedOut).kind(),
             ErrorKind::Timeout

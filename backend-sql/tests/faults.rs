@@ -7,19 +7,22 @@
 //! to the server directly must see the atomic write wholly or not at all: in replay, in
 //! `highest_sequence_nr` and in events-by-tag. Then the proxy is restored and the same pool
 //! must work again: a retry of the same write succeeds (nothing was stored) or gets
-//! `Conflict` (it was), and the next write succeeds.
+//! `Conflict` (it was), and the next write succeeds. The sweep is
+//! [`persistence_tck::sweep::run`], the same for every backend; this file sets up PostgreSQL
+//! and says where it differs ([`SweepTarget`]).
 //!
 //! Each test uses a fresh schema, dropped at the end.
 //!
 //! `source .servers/postgres/env && cargo test -p persistence-sql --test faults`
 #![cfg(feature = "postgres")]
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use persistence_api::{ErrorKind, JournalExt, Stores};
+use persistence_api::{async_trait, Stores};
 use persistence_sql::{sqlx, Postgres, PostgresConfig};
 use persistence_tck::fault::FaultProxy;
-use persistence_tck::sweep::{batch, expected, pid_of, seen, server_env, tag_of, unique, Shape};
+use persistence_tck::sweep::{run, server_env, unique, CutWrite, Shape, SweepTarget};
 
 const SINGLE: Shape = Shape {
     name: "single",
@@ -55,6 +58,8 @@ struct Env {
     direct: Stores,
     admin: sqlx::PgPool,
     schema: String,
+    /// The server process of the pool's one connection, which the cut write uses.
+    backend: AtomicI32,
 }
 
 impl Env {
@@ -119,64 +124,64 @@ async fn env(shape: &str) -> Option<Env> {
         direct: direct.stores(),
         admin,
         schema,
+        backend: AtomicI32::new(0),
     })
 }
 
-/// The calibration cases: as long as the other case names (`c000`...), so their exchanges
-/// have the same size as the others'.
-const CALIBRATE: [&str; 2] = ["k000", "k001"];
-
-/// Writes event 1, then the cut write (events `2..=1+shape.events`) with the proxy set to
-/// cut after `cut` bytes (`None`: no cut). Returns the write's result and the bytes the
-/// write sent.
-async fn cut_write(
-    env: &Env,
-    shape: Shape,
-    case: &str,
-    cut: Option<u64>,
-) -> (persistence_api::Result<()>, u64) {
-    let pid = pid_of(shape, case);
-    let tag = tag_of(case);
-    let tag = shape.tagged.then_some(tag.as_str());
-    // Through the proxy too: the pool's connection is then open and its statements
-    // prepared, so the cut write sends the same bytes every time.
-    env.via
-        .journal
-        .write(batch(&pid, 1, 1, tag))
-        .await
-        .unwrap_or_else(|e| panic!("{case}: the write of event 1 failed: {e:?}"));
-    // The server process of the pool's one connection, which the cut write will use.
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&env.via_pool)
-        .await
-        .expect("the backend pid");
-    // Let that query's release ping finish before counting.
-    tokio::time::sleep(SETTLE).await;
-    let before = env.proxy.forwarded();
-    if let Some(n) = cut {
-        env.proxy.cut_after(n);
+#[async_trait]
+impl SweepTarget for Env {
+    fn proxy(&self) -> &FaultProxy {
+        &self.proxy
     }
-    let result = env
-        .via
-        .journal
-        .write(batch(&pid, 2, shape.events, tag))
-        .await;
-    // sqlx pings a connection when it goes back to the pool, in a task of its own: let
-    // that ping run under the same budget (so every exchange has the same bytes) and
-    // finish before the proxy is restored.
-    tokio::time::sleep(SETTLE).await;
-    env.proxy.restore();
-    let sent = env.proxy.forwarded() - before;
-    if cut.is_some_and(|n| sent >= n) {
+
+    fn via(&self) -> &Stores {
+        &self.via
+    }
+
+    fn direct(&self) -> &Stores {
+        &self.direct
+    }
+
+    /// Twice: the first one also prepares the statements of this write's shape on the
+    /// pool's connection.
+    fn calibrations(&self) -> usize {
+        2
+    }
+
+    async fn before_cut_write(&self, _case: &str) {
+        // Event 1 went through the proxy too: the pool's connection is then open and its
+        // statements prepared, so the cut write sends the same bytes every time. The server
+        // process of that connection, which the cut write will use:
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&self.via_pool)
+            .await
+            .expect("the backend pid");
+        self.backend.store(backend, Ordering::SeqCst);
+        // Let that query's release ping finish before counting.
+        tokio::time::sleep(SETTLE).await;
+    }
+
+    async fn after_write(&self) {
+        // sqlx pings a connection when it goes back to the pool, in a task of its own: let
+        // that ping run under the same budget (so every exchange has the same bytes) and
+        // finish before the proxy is restored.
+        tokio::time::sleep(SETTLE).await;
+    }
+
+    async fn settle(&self, cut: &CutWrite<'_>) {
+        if cut.sent < cut.n {
+            return;
+        }
         // The connection was cut (the proxy cuts once the budget is used up). The server
         // may still be working on what reached it (a COMMIT sent but not yet executed
         // commits a moment later): judge only once its process has ended.
+        let backend = self.backend.load(Ordering::SeqCst);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let alive: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
                     .bind(backend)
-                    .fetch_one(&env.admin)
+                    .fetch_one(&self.admin)
                     .await
                     .expect("pg_stat_activity");
             if alive == 0 {
@@ -187,162 +192,55 @@ async fn cut_write(
                     "SELECT state, query, wait_event FROM pg_stat_activity WHERE pid = $1",
                 )
                 .bind(backend)
-                .fetch_one(&env.admin)
+                .fetch_one(&self.admin)
                 .await
                 .expect("pg_stat_activity");
                 panic!(
-                    "{case}: the server process of the cut connection is still alive after 10 s \
-                     (cut after {cut:?}, sent {sent}, result {result:?}, activity {activity:?})"
+                    "{}: the server process of the cut connection is still alive after 10 s \
+                     (cut after {}, sent {}, result {:?}, activity {activity:?})",
+                    cut.case, cut.n, cut.sent, cut.result
                 );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    (result, sent)
+
+    /// Every byte around COMMIT: all but COMMIT, COMMIT in part, COMMIT sent but
+    /// unanswered (the ambiguous case), the answer received but the release ping cut, and
+    /// past the end.
+    fn extra_cut_points(&self, size: u64) -> Vec<u64> {
+        assert!(
+            size > COMMIT_BYTES + RELEASE_PING_BYTES + 4,
+            "the proxy forwarded {size} bytes: is traffic bypassing it?"
+        );
+        let commit_end = size - RELEASE_PING_BYTES;
+        (commit_end - COMMIT_BYTES - 4..=size + 2).collect()
+    }
+
+    /// The cuts around COMMIT include COMMIT reaching the server with its answer lost.
+    fn stored_anyway_required(&self) -> bool {
+        true
+    }
+
+    async fn clean_up(&self) {
+        self.drop_schema().await;
+    }
 }
 
-async fn run(shape: Shape) {
-    let Some(env) = env(shape.name).await else {
-        return;
-    };
-    let last = 1 + shape.events;
-
-    // Calibrate: the same write uncut, to learn its size in bytes. Twice: the first one
-    // also prepares the statements of this write's shape on the pool's connection.
-    let mut size = 0;
-    for case in CALIBRATE {
-        let (result, bytes) = cut_write(&env, shape, case, None).await;
-        result.expect("the uncut write succeeds");
-        size = bytes;
-        let pid = pid_of(shape, case);
-        assert_eq!(
-            seen(&env.direct, &pid, &tag_of(case)).await,
-            expected(&pid, last, shape, &tag_of(case))
-        );
+async fn sweep(shape: Shape) {
+    if let Some(env) = env(shape.name).await {
+        run(&env, shape).await;
     }
-    assert!(
-        size > COMMIT_BYTES + RELEASE_PING_BYTES + 4,
-        "the proxy forwarded {size} bytes: is traffic bypassing it?"
-    );
-
-    let step = (size / shape.points).max(1);
-    let mut cuts: Vec<u64> = (0..shape.points).map(|i| i * step).collect();
-    // Every byte around COMMIT: all but COMMIT, COMMIT in part, COMMIT sent but
-    // unanswered (the ambiguous case), the answer received but the release ping cut, and
-    // past the end.
-    let commit_end = size - RELEASE_PING_BYTES;
-    cuts.extend(commit_end - COMMIT_BYTES - 4..=size + 2);
-    cuts.push(size + 1000);
-    cuts.sort_unstable();
-    cuts.dedup();
-
-    let started = std::time::Instant::now();
-    let (mut failed, mut stored_anyway, mut ok) = (0, 0, 0);
-    for (i, &n) in cuts.iter().enumerate() {
-        let case = format!("c{i:03}");
-        let pid = pid_of(shape, &case);
-        let tag = tag_of(&case);
-        let (result, _) = cut_write(&env, shape, &case, Some(n)).await;
-        if let Err(e) = &result {
-            assert!(
-                matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) && e.is_retryable(),
-                "{} cut after {n} of {size} bytes: the error must be retryable Unavailable/Timeout, got {e:?}",
-                shape.name
-            );
-        }
-        let before = expected(&pid, 1, shape, &tag);
-        let after = expected(&pid, last, shape, &tag);
-        let now = seen(&env.direct, &pid, &tag).await;
-        let applied = if now == after {
-            true
-        } else if now == before {
-            false
-        } else {
-            panic!(
-                "{} cut after {n} of {size} bytes ({result:?}): the atomic write is visible in part: \
-                 replayed {} events, highest {} (replay says {}), {} under the tag; expected 1 or {last} everywhere",
-                shape.name,
-                now.replayed.len(),
-                now.highest,
-                now.replay_highest,
-                now.tagged.len()
-            );
-        };
-        assert!(
-            result.is_err() || applied,
-            "{} cut after {n} of {size} bytes: Ok but not stored",
-            shape.name
-        );
-        match (&result, applied) {
-            (Ok(()), _) => ok += 1,
-            (Err(_), true) => stored_anyway += 1,
-            (Err(_), false) => failed += 1,
-        }
-
-        // The server is back and the pool must be too: a retry of the same write through
-        // the proxy is Ok (it was not stored) or Conflict (it was), never a duplicate or
-        // a partial write.
-        let retry = env
-            .via
-            .journal
-            .write(batch(&pid, 2, shape.events, shape.tagged.then_some(&tag)))
-            .await;
-        match (&retry, applied) {
-            (Ok(()), false) => {}
-            (Err(e), true) if e.kind() == ErrorKind::Conflict => {}
-            _ => panic!(
-                "{} cut after {n} of {size} bytes (stored: {applied}): the retry after restore answered {retry:?}",
-                shape.name
-            ),
-        }
-        assert_eq!(
-            seen(&env.direct, &pid, &tag).await,
-            after,
-            "{} cut after {n} of {size} bytes: after the retry",
-            shape.name
-        );
-        // And the next write goes on at the right sequence number.
-        env.via
-            .journal
-            .write(batch(&pid, last + 1, 1, shape.tagged.then_some(&tag)))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} cut after {n} of {size} bytes: the next write failed: {e:?}",
-                    shape.name
-                )
-            });
-        assert_eq!(
-            env.direct.journal.highest_sequence_nr(&pid).await.unwrap(),
-            last + 1
-        );
-    }
-    eprintln!(
-        "{}: {} cut points over {size} bytes (step {step}) in {:?}: {failed} failed and not stored, \
-         {stored_anyway} failed but stored, {ok} succeeded",
-        shape.name,
-        cuts.len(),
-        started.elapsed()
-    );
-    assert!(
-        failed > 0,
-        "no cut hit the write: the proxy is not in the path"
-    );
-    assert!(
-        stored_anyway > 0,
-        "no cut fell between COMMIT reaching the server and its answer"
-    );
-    env.drop_schema().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_event_write_cut_at_every_point() {
-    run(SINGLE).await;
+    sweep(SINGLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atomic_write_of_100_tagged_events_cut_at_every_point() {
-    run(BATCH100).await;
+    sweep(BATCH100).await;
 }
 
 #[test]
