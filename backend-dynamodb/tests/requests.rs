@@ -411,7 +411,11 @@ async fn after_the_last_retry_the_error_says_so_and_nothing_is_stored() {
     // Retried with backoff until the policy ran out: transient, but not retryable now.
     assert!(!err.is_retryable(), "{err}");
     assert_eq!(err.retries_exhausted(), Some(1 + 3), "{err}");
-    assert!(err.to_string().contains("retries exhausted after 4 attempts"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("retries exhausted after 4 attempts"),
+        "{err}"
+    );
     assert_eq!(err.persistence_id(), Some("g"));
     // The first attempt and max_retries = 3 retries.
     assert_eq!(e.shared.count("PutItem"), 1 + 3);
