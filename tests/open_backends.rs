@@ -42,16 +42,7 @@ async fn exercise(stores: &Stores, backend: &str) {
     allow(dead_code)
 )]
 fn server(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is not set and CI=true")
-        }
-        _ => {
-            eprintln!("*** SKIPPED: {var} is not set; run scripts/test.sh to start the server ***");
-            None
-        }
-    }
+    persistence_tck::server_env(var)
 }
 
 #[tokio::test]

@@ -78,16 +78,8 @@ async fn delay(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_notify_wakes_other_instances() {
-    let url = match std::env::var("PERSISTENCE_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-                "PERSISTENCE_POSTGRES_URL is not set and CI=true"
-            );
-            eprintln!("*** SKIPPED: PERSISTENCE_POSTGRES_URL is not set ***");
-            return;
-        }
+    let Some(url) = persistence_tck::server_env("PERSISTENCE_POSTGRES_URL") else {
+        return;
     };
     let schema = format!("live_{}", std::process::id());
     let mut config = PostgresConfig::new(url).with_schema(&schema);

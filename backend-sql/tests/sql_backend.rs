@@ -17,17 +17,7 @@ use persistence_api::{
 use persistence_sql::{schema, sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig};
 
 fn postgres_url() -> Option<String> {
-    match std::env::var("PERSISTENCE_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-                "PERSISTENCE_POSTGRES_URL is not set and CI=true"
-            );
-            eprintln!("*** SKIPPED: PERSISTENCE_POSTGRES_URL is not set ***");
-            None
-        }
-    }
+    persistence_tck::server_env("PERSISTENCE_POSTGRES_URL")
 }
 
 fn write(id: &PersistenceId, from: u64, to: u64) -> AtomicWrite {

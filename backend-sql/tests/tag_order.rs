@@ -33,16 +33,7 @@ const BATCH_WRITERS: usize = 4;
 const HOT_IDS: usize = WRITERS + 2 * BATCH_WRITERS;
 
 fn postgres_url() -> Option<String> {
-    match std::env::var("PERSISTENCE_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("PERSISTENCE_POSTGRES_URL is not set and CI=true");
-            }
-            eprintln!("*** SKIPPED: PERSISTENCE_POSTGRES_URL is not set ***");
-            None
-        }
-    }
+    persistence_tck::server_env("PERSISTENCE_POSTGRES_URL")
 }
 
 fn unique(prefix: &str) -> String {
