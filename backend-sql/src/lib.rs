@@ -42,21 +42,8 @@ use persistence_api::{Capabilities, Result, Stores};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
     Capabilities {
-        atomic_write_max_events: None,
-        max_event_size: None,
-        max_snapshot_size: None,
-        tags: true,
-        event_metadata: true,
-        snapshot_metadata: true,
-        delete_events: true,
-        conflict_detection: true,
-        durable: true,
-        snapshots: true,
-        query_persistence_ids: true,
-        query_events_by_persistence_id: true,
-        query_events_by_tag: true,
-        live_queries: true,
         live_query_max_delay: Some(poll_interval + Duration::from_millis(500)),
+        ..Capabilities::all()
     }
 }
 
