@@ -61,10 +61,12 @@ pub trait Journal: Send + Sync + 'static {
     ///   write starting there is a [`crate::ErrorKind::Conflict`].
     /// - The outer `Err` means the whole call failed (for example the store went away);
     ///   each atomic write may or may not have been stored, but none in part.
+    /// - Needs no capability for plain events; an event with tags needs
+    ///   [`Capabilities::tags`], one with metadata [`Capabilities::event_metadata`].
     async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>>;
 
     /// Replays the events of `persistence_id` with `from <= sequence_nr <= to`, at most
-    /// `max` of them, in ascending order.
+    /// `max` of them, in ascending order. Every backend has it (no capability needed).
     ///
     /// # Behavior
     /// - Reports the stored highest sequence number as it was when the replay started;
@@ -81,7 +83,8 @@ pub trait Journal: Send + Sync + 'static {
         max: u64,
     ) -> Result<Replay>;
 
-    /// The highest sequence number ever stored for `persistence_id`, 0 if none.
+    /// The highest sequence number ever stored for `persistence_id`, 0 if none. Every
+    /// backend has it (no capability needed).
     ///
     /// # Behavior
     /// - Never goes down, not even after deleting every event.
@@ -123,6 +126,8 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// - The timestamp is stored as given and loads back equal.
     /// - A snapshot larger than [`Capabilities::max_snapshot_size`] is rejected; a
     ///   half-written snapshot is never loaded.
+    /// - Needs [`Capabilities::snapshots`], and [`Capabilities::snapshot_metadata`] for a
+    ///   snapshot with metadata.
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()>;
 
     /// Loads the snapshot with the highest sequence number matching `criteria`.
@@ -131,6 +136,7 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// - Of the snapshots matching `criteria` (every bound inclusive), the one with the
     ///   highest sequence number, with its payload, timestamp and metadata as saved.
     /// - `None` when nothing matches (unknown id, criteria that select nothing).
+    /// - Needs [`Capabilities::snapshots`].
     async fn load_snapshot(
         &self,
         persistence_id: &PersistenceId,
@@ -142,6 +148,7 @@ pub trait SnapshotStore: Send + Sync + 'static {
     ///
     /// # Behavior
     /// - Deleting a snapshot that does not exist succeeds.
+    /// - Needs [`Capabilities::snapshots`].
     async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()>;
 
     /// Deletes every snapshot of `persistence_id` matching `criteria`.
@@ -149,6 +156,7 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// # Behavior
     /// - Deletes exactly the snapshots matching `criteria`, lower bounds included; the
     ///   others, and other ids' snapshots, stay, and saving again afterwards works.
+    /// - Needs [`Capabilities::snapshots`].
     async fn delete_snapshots(
         &self,
         persistence_id: &PersistenceId,
