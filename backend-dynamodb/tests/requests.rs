@@ -749,8 +749,11 @@ async fn a_missing_table_is_a_configuration_error_that_says_what_to_do() {
     let Some(endpoint) = persistence_tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT") else {
         return;
     };
+    // A deployment that creates its tables by hand (`create_schema = false`), pointed at a
+    // table that does not exist.
     let config = DynamoDbConfig {
         journal_table: format!("missing_{}", uuid::Uuid::new_v4().simple()),
+        create_schema: false,
         ..DynamoDbConfig::local(endpoint)
     };
     let stores = persistence_dynamodb::open(config).await.unwrap();
