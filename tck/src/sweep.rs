@@ -54,11 +54,11 @@ pub fn unique() -> u128 {
         .unwrap_or(0)
 }
 
-/// Event `seq` of `pid`, with a fixed-length payload so every case's requests have the
+/// Event `seq` of `persistence_id`, with a fixed-length payload so every case's requests have the
 /// calibrated size.
-pub fn event(pid: &PersistenceId, seq: u64, tag: Option<&str>) -> PersistentEvent {
+pub fn event(persistence_id: &PersistenceId, seq: u64, tag: Option<&str>) -> PersistentEvent {
     let e = PersistentEvent::new(
-        pid.clone(),
+        persistence_id.clone(),
         seq,
         Payload::new(
             "raw",
@@ -74,9 +74,18 @@ pub fn event(pid: &PersistenceId, seq: u64, tag: Option<&str>) -> PersistentEven
 }
 
 /// Events `from..from + count` as one atomic write.
-pub fn batch(pid: &PersistenceId, from: u64, count: u64, tag: Option<&str>) -> AtomicWrite {
-    AtomicWrite::new((from..from + count).map(|s| event(pid, s, tag)).collect())
-        .expect("a valid atomic write")
+pub fn batch(
+    persistence_id: &PersistenceId,
+    from: u64,
+    count: u64,
+    tag: Option<&str>,
+) -> AtomicWrite {
+    AtomicWrite::new(
+        (from..from + count)
+            .map(|s| event(persistence_id, s, tag))
+            .collect(),
+    )
+    .expect("a valid atomic write")
 }
 
 /// The persistence id of one case.
@@ -103,12 +112,12 @@ pub struct Seen {
     pub tagged: Vec<(u64, Payload)>,
 }
 
-/// Reads what `stores` show of `pid`: replay first (a backend may complete tag rows a
+/// Reads what `stores` show of `persistence_id`: replay first (a backend may complete tag rows a
 /// failed write left out during replay), then the highest, then the tag.
-pub async fn seen(stores: &Stores, pid: &PersistenceId, tag: &str) -> Seen {
+pub async fn seen(stores: &Stores, persistence_id: &PersistenceId, tag: &str) -> Seen {
     let replayed = stores
         .journal
-        .replay_all(pid)
+        .replay_all(persistence_id)
         .await
         .expect("replay")
         .into_iter()
@@ -116,16 +125,16 @@ pub async fn seen(stores: &Stores, pid: &PersistenceId, tag: &str) -> Seen {
         .collect();
     let highest = stores
         .journal
-        .highest_sequence_nr(pid)
+        .highest_sequence_nr(persistence_id)
         .await
         .expect("highest");
     let replay_highest = stores
         .journal
-        .replay(pid, 1, u64::MAX, u64::MAX)
+        .replay(persistence_id, 1, u64::MAX, u64::MAX)
         .await
         .expect("replay")
         .highest_sequence_nr;
-    let tagged = tagged(stores, pid, tag).await;
+    let tagged = tagged(stores, persistence_id, tag).await;
     Seen {
         replayed,
         highest,
@@ -134,8 +143,12 @@ pub async fn seen(stores: &Stores, pid: &PersistenceId, tag: &str) -> Seen {
     }
 }
 
-/// `pid`'s events under `tag`: `(seq, payload)`.
-pub async fn tagged(stores: &Stores, pid: &PersistenceId, tag: &str) -> Vec<(u64, Payload)> {
+/// `persistence_id`'s events under `tag`: `(seq, payload)`.
+pub async fn tagged(
+    stores: &Stores,
+    persistence_id: &PersistenceId,
+    tag: &str,
+) -> Vec<(u64, Payload)> {
     stores
         .read_journal
         .current_events_by_tag(tag.to_owned(), Offset::NoOffset)
@@ -143,15 +156,15 @@ pub async fn tagged(stores: &Stores, pid: &PersistenceId, tag: &str) -> Vec<(u64
         .await
         .into_iter()
         .map(|r| r.expect("events by tag"))
-        .filter(|env| env.event.persistence_id == *pid)
+        .filter(|env| env.event.persistence_id == *persistence_id)
         .map(|env| (env.event.sequence_nr, env.event.payload))
         .collect()
 }
 
 /// What a store must show when exactly the events `1..=upto` of the case are stored.
-pub fn expected(pid: &PersistenceId, upto: u64, shape: Shape, tag: &str) -> Seen {
+pub fn expected(persistence_id: &PersistenceId, upto: u64, shape: Shape, tag: &str) -> Seen {
     let tag = shape.tagged.then_some(tag);
-    let events: Vec<PersistentEvent> = (1..=upto).map(|s| event(pid, s, tag)).collect();
+    let events: Vec<PersistentEvent> = (1..=upto).map(|s| event(persistence_id, s, tag)).collect();
     Seen {
         replayed: events
             .iter()
@@ -216,11 +229,11 @@ pub trait SweepTarget: Send + Sync {
         Vec::new()
     }
 
-    /// How many event items the server physically holds for `pid`, visible or not, read
+    /// How many event items the server physically holds for `persistence_id`, visible or not, read
     /// raw; `None` (the default) where a server cannot hold invisible parts of a write. A
     /// failed cut write that was not stored but leaves more than event 1 behind is counted
     /// as leaving leftovers (which the retry must remove).
-    async fn stored_events(&self, _pid: &PersistenceId) -> Option<usize> {
+    async fn stored_events(&self, _persistence_id: &PersistenceId) -> Option<usize> {
         None
     }
 
