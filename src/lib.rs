@@ -33,6 +33,12 @@ pub use persistence_cassandra as cassandra;
 /// (`Memory::NAME`, `Sqlite::NAME`, ...); a unit test keeps the two in step.
 pub const BACKENDS: [&str; 5] = ["memory", "sqlite", "postgres", "dynamodb", "cassandra"];
 
+/// Projections: read models fed from the queries, resuming from stored offsets (cargo
+/// feature `projection`, on by default).
+#[cfg(feature = "projection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "projection")))]
+pub use persistence_projection as projection;
+
 /// The names of the backends compiled into this build, by cargo feature.
 pub fn compiled_backends() -> Vec<&'static str> {
     [
