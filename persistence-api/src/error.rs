@@ -104,6 +104,16 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///     "conflict: sequence number already taken (operation write, persistence id account-1, sequence numbers 4..=5)"
 /// );
 /// ```
+///
+/// `{:#}` adds the chain of sources, the driver's own words:
+///
+/// ```
+/// use persistence_api::{Error, ErrorKind};
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+/// let err = Error::new(ErrorKind::Unavailable, "the database call failed").with_source(io);
+/// assert_eq!(err.to_string(), "unavailable: the database call failed");
+/// assert_eq!(format!("{err:#}"), "unavailable: the database call failed: connection reset by peer");
+/// ```
 pub struct Error {
     // Boxed: an error travels in every `Result` of the API, and a small `Err` keeps the
     // happy path's `Result`s small (clippy's `result_large_err`).
@@ -354,6 +364,15 @@ impl fmt::Display for Error {
         }
         if self.inner.retryable && !self.inner.kind.is_retryable_by_default() {
             write!(f, " [retryable]")?;
+        }
+        // `{:#}` appends the chain of sources (the driver's own message), which `{}` leaves
+        // to `source()` so that error reporters do not print it twice.
+        if f.alternate() {
+            let mut source = std::error::Error::source(self);
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
         }
         Ok(())
     }
