@@ -127,15 +127,26 @@ struct Ctx {
 
 impl Ctx {
     /// Adds the call's context to a backend's error (see [`Error::with_context`]).
-    fn err(
+    /// Borrows the id: nothing is allocated unless an error happens.
+    fn err<'a>(
         &self,
         operation: &'static str,
-        id: Option<&str>,
+        id: Option<&'a str>,
         range: Option<(u64, u64)>,
-    ) -> impl Fn(Error) -> Error + Send + Sync + 'static {
-        let id = id.map(str::to_owned);
+    ) -> impl Fn(Error) -> Error + Send + Sync + 'a {
         let backend = self.backend;
-        move |e: Error| e.with_context(backend, operation, id.as_deref(), range)
+        move |e: Error| e.with_context(backend, operation, id, range)
+    }
+
+    /// [`Ctx::err`] owning the id, for a stream that outlives the call.
+    fn err_owned(
+        &self,
+        operation: &'static str,
+        id: &str,
+    ) -> impl Fn(Error) -> Error + Send + Sync + 'static {
+        let backend = self.backend;
+        let id = id.to_owned();
+        move |e: Error| e.with_context(backend, operation, Some(&id), None)
     }
 
     fn unsupported(&self, operation: &'static str, what: &str) -> Error {
@@ -319,7 +330,7 @@ impl Journal for CheckedJournal {
                 .await
                 .map_err(&err)?;
             tracing::debug!(highest = replay.highest_sequence_nr, "replay started");
-            let err = self.ctx.err("replay", Some(persistence_id.as_str()), None);
+            let err = self.ctx.err_owned("replay", persistence_id.as_str());
             let events: EventStream = Box::pin(replay.events.map(move |r| r.map_err(&err)));
             Ok(Replay {
                 highest_sequence_nr: replay.highest_sequence_nr,
@@ -391,11 +402,11 @@ impl SnapshotStore for CheckedSnapshotStore {
             bytes = snapshot.bytes.len()
         );
         let seq = metadata.sequence_nr;
-        let err = self.ctx.err(
-            "save_snapshot",
-            Some(metadata.persistence_id.as_str()),
-            Some((seq, seq)),
-        );
+        // The backend takes `metadata`; its errors still name the id.
+        let id = metadata.persistence_id.clone();
+        let err = self
+            .ctx
+            .err("save_snapshot", Some(id.as_str()), Some((seq, seq)));
         async move {
             let caps = &self.ctx.caps;
             if !caps.snapshots {
