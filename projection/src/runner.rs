@@ -10,6 +10,7 @@ use futures::StreamExt;
 use persistence_api::{
     EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, QueryMode, ReadJournal, Result,
 };
+use tracing::Instrument;
 
 use crate::{OffsetStore, ProjectionId};
 
@@ -241,11 +242,17 @@ impl<H: Handler> Projection<H> {
 
     /// [`Projection::run`], giving the handler back (with the read model it built).
     pub async fn run_returning_handler(
-        mut self,
+        self,
         stop: impl Future<Output = ()> + Send,
     ) -> Result<(ProjectionStatus, H)> {
         let span = tracing::info_span!("persistence.projection", projection = %self.id);
-        let _entered = span.enter();
+        self.run_in_span(stop).instrument(span).await
+    }
+
+    async fn run_in_span(
+        mut self,
+        stop: impl Future<Output = ()> + Send,
+    ) -> Result<(ProjectionStatus, H)> {
         let stored = self.offsets.read_offset(&self.id).await?;
         let (mut version, start) = match stored {
             Some(s) => (s.version, s.offset),
