@@ -96,6 +96,8 @@ impl Cassandra {
                     + c.poll_interval * 2
                     + std::time::Duration::from_secs(1),
             ),
+            projection_offsets: false,
+            exactly_once_projections: false,
             ..Capabilities::all()
         }
     }

@@ -102,6 +102,8 @@ impl DynamoDb {
                     + c.tag_gap_timeout.max(c.feed_settle_delay)
                     + std::time::Duration::from_millis(300),
             ),
+            projection_offsets: false,
+            exactly_once_projections: false,
             ..Capabilities::all()
         }
     }

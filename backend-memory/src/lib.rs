@@ -4,6 +4,7 @@
 mod config;
 mod core;
 mod journal;
+mod offsets;
 mod query;
 mod snapshot;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use persistence_api::{Capabilities, Result, Stores};
 
 pub use config::MemoryConfig;
+pub use offsets::{MemoryEffect, MemoryOffsetStore, MemoryTransaction};
 
 /// The stores of a fresh, empty in-memory backend with the default settings: the one-line
 /// swap for tests.
@@ -48,6 +50,7 @@ pub async fn open(config: MemoryConfig) -> Result<Stores> {
 #[derive(Clone)]
 pub struct Memory {
     shared: Arc<crate::core::Shared>,
+    offsets: Arc<MemoryOffsetStore>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -68,6 +71,7 @@ impl Memory {
     pub fn new(config: MemoryConfig) -> Self {
         Memory {
             shared: Arc::new(crate::core::Shared::new(config)),
+            offsets: Arc::new(MemoryOffsetStore::new()),
         }
     }
 
@@ -93,7 +97,8 @@ impl Memory {
         }
     }
 
-    /// This backend's three stores behind the checking layer.
+    /// This backend's stores behind the checking layer: journal, snapshots, read journal
+    /// and projection offsets ([`MemoryOffsetStore`]).
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -102,5 +107,6 @@ impl Memory {
             Arc::new(self.clone()),
             Arc::new(self.clone()),
         )
+        .with_offset_store(self.offsets.clone())
     }
 }

@@ -43,6 +43,8 @@ use persistence_api::{Capabilities, Result, Stores};
 pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
     Capabilities {
         live_query_max_delay: Some(poll_interval + Duration::from_millis(500)),
+        projection_offsets: false,
+        exactly_once_projections: false,
         ..Capabilities::all()
     }
 }

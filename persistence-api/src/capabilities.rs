@@ -56,6 +56,13 @@ pub struct Capabilities {
     /// The longest a live query may take to deliver an event after its write was
     /// acknowledged (polling interval plus any eventual-consistency delay waited out).
     pub live_query_max_delay: Option<Duration>,
+    /// Projection offsets are stored ([`crate::Stores::offsets`]), with conditional
+    /// commits.
+    pub projection_offsets: bool,
+    /// A projection's effects and its offset can be written in one transaction
+    /// ([`crate::OffsetStore::begin_transaction`]): exactly-once delivery. Needs
+    /// `projection_offsets`.
+    pub exactly_once_projections: bool,
 }
 
 impl Capabilities {
@@ -79,6 +86,8 @@ impl Capabilities {
             query_events_by_tag: true,
             live_queries: true,
             live_query_max_delay: Some(Duration::from_millis(100)),
+            projection_offsets: true,
+            exactly_once_projections: true,
         }
     }
 }

@@ -6,6 +6,7 @@ mod codec;
 pub mod duration_ms;
 mod entity;
 mod error;
+mod offsets;
 pub mod replay_filter;
 mod stores;
 mod traits;
@@ -15,6 +16,10 @@ pub use capabilities::Capabilities;
 pub use codec::{from_cbor, to_cbor, CborCodec, Codec, Upcaster, CBOR_SERIALIZER_ID};
 pub use entity::{Entity, EntityConfig, EventSourced, RecoveryInfo};
 pub use error::{Error, ErrorKind, Result};
+pub use offsets::{
+    version_conflict, NoOffsetStore, OffsetStore, ProjectionId, StoreTransaction, StoredOffset,
+    MAX_PROJECTION_ID_PART_BYTES,
+};
 pub use replay_filter::{ReplayFilter, ReplayFilterMode};
 pub use stores::Stores;
 pub use traits::{

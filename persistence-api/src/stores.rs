@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::capabilities::Capabilities;
 use crate::error::{Error, ErrorKind, Result};
+use crate::offsets::{NoOffsetStore, OffsetStore, ProjectionId, StoreTransaction, StoredOffset};
 use crate::traits::{
     EnvelopeStream, EventStream, Journal, PersistenceIdStream, QueryMode, ReadJournal, Replay,
     SnapshotStore,
@@ -40,6 +41,11 @@ pub struct Stores {
     pub snapshots: Arc<dyn SnapshotStore>,
     /// The read journal, checked and traced.
     pub read_journal: Arc<dyn ReadJournal>,
+    /// The projection offset store, checked and traced; every call is
+    /// [`ErrorKind::Unsupported`] unless the backend added one
+    /// ([`Stores::with_offset_store`]) and declared
+    /// [`Capabilities::projection_offsets`].
+    pub offsets: Arc<dyn OffsetStore>,
     capabilities: Capabilities,
     backend: &'static str,
 }
@@ -102,9 +108,32 @@ impl Stores {
                 inner: read_journal,
                 ctx,
             }),
+            offsets: Arc::new(CheckedOffsetStore {
+                inner: Arc::new(NoOffsetStore),
+                ctx,
+            }),
             capabilities,
             backend,
         }
+    }
+
+    /// The same stores with the backend's projection offset store, behind the same
+    /// checking and tracing layer.
+    ///
+    /// # Behavior
+    /// - Without [`Capabilities::projection_offsets`] every offset call is
+    ///   [`ErrorKind::Unsupported`]; without [`Capabilities::exactly_once_projections`]
+    ///   the transaction calls are, and `supports_transactions` is false.
+    /// - An offset store error leaves with the operation and the backend's name.
+    pub fn with_offset_store(mut self, offsets: Arc<dyn OffsetStore>) -> Self {
+        self.offsets = Arc::new(CheckedOffsetStore {
+            inner: offsets,
+            ctx: Ctx {
+                backend: self.backend,
+                caps: self.capabilities,
+            },
+        });
+        self
     }
 
     /// The backend's name, as given to [`Stores::new`].
@@ -625,5 +654,120 @@ impl ReadJournal for CheckedReadJournal {
         self.guard(QueryKind::EventsByTag, mode, None, |r| {
             r.query_events_by_tag(tag, offset, mode)
         })
+    }
+}
+
+struct CheckedOffsetStore {
+    inner: Arc<dyn OffsetStore>,
+    ctx: Ctx,
+}
+
+impl CheckedOffsetStore {
+    fn check(&self, operation: &'static str, transaction: bool) -> Result<()> {
+        if !self.ctx.caps.projection_offsets {
+            return Err(self.ctx.unsupported(operation, "projection offsets"));
+        }
+        if transaction && !self.ctx.caps.exactly_once_projections {
+            return Err(self.ctx.unsupported(
+                operation,
+                "writing a projection's effects and its offset in one transaction (exactly-once delivery)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OffsetStore for CheckedOffsetStore {
+    async fn read_offset(&self, id: &ProjectionId) -> Result<Option<StoredOffset>> {
+        let span = tracing::info_span!("persistence.read_offset", backend = self.ctx.backend, projection = %id);
+        async move {
+            self.check("read_offset", false)?;
+            self.inner
+                .read_offset(id)
+                .await
+                .map_err(self.ctx.err("read_offset", None, None))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn commit_offset(&self, id: &ProjectionId, expected: u64, offset: Offset) -> Result<u64> {
+        let span = tracing::info_span!("persistence.commit_offset", backend = self.ctx.backend, projection = %id, expected, offset = %offset);
+        async move {
+            self.check("commit_offset", false)?;
+            self.inner
+                .commit_offset(id, expected, offset)
+                .await
+                .map_err(self.ctx.err("commit_offset", None, None))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn set_offset(&self, id: &ProjectionId, offset: Offset) -> Result<u64> {
+        let span = tracing::info_span!("persistence.set_offset", backend = self.ctx.backend, projection = %id, offset = %offset);
+        async move {
+            self.check("set_offset", false)?;
+            self.inner
+                .set_offset(id, offset)
+                .await
+                .map_err(self.ctx.err("set_offset", None, None))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn clear_offset(&self, id: &ProjectionId) -> Result<u64> {
+        let span = tracing::info_span!("persistence.clear_offset", backend = self.ctx.backend, projection = %id);
+        async move {
+            self.check("clear_offset", false)?;
+            self.inner
+                .clear_offset(id)
+                .await
+                .map_err(self.ctx.err("clear_offset", None, None))
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn supports_transactions(&self) -> bool {
+        self.ctx.caps.projection_offsets && self.ctx.caps.exactly_once_projections
+    }
+
+    async fn begin_transaction(&self) -> Result<StoreTransaction> {
+        self.check("begin_transaction", true)?;
+        self.inner
+            .begin_transaction()
+            .await
+            .map_err(self.ctx.err("begin_transaction", None, None))
+    }
+
+    async fn commit_transaction(
+        &self,
+        transaction: StoreTransaction,
+        id: &ProjectionId,
+        expected: u64,
+        offset: Offset,
+    ) -> Result<u64> {
+        let span = tracing::info_span!("persistence.commit_transaction", backend = self.ctx.backend, projection = %id, expected, offset = %offset);
+        async move {
+            self.check("commit_transaction", true)?;
+            if transaction.backend() != self.ctx.backend {
+                return Err(Error::invalid_input(format!(
+                    "projection {id}: this transaction was opened by the {} backend, and this offset store is {}'s",
+                    transaction.backend(),
+                    self.ctx.backend
+                ))
+                .with_operation("commit_transaction")
+                .with_backend(self.ctx.backend));
+            }
+            self.inner
+                .commit_transaction(transaction, id, expected, offset)
+                .await
+                .map_err(self.ctx.err("commit_transaction", None, None))
+        }
+        .instrument(span)
+        .await
     }
 }

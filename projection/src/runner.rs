@@ -12,7 +12,7 @@ use persistence_api::{
 };
 use tracing::Instrument;
 
-use crate::{OffsetStore, ProjectionId};
+use persistence_api::{OffsetStore, ProjectionId};
 
 /// What a projection reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +162,7 @@ pub struct ProjectionStatus {
 /// ```
 /// # use std::sync::Arc;
 /// # use persistence_projection::*;
+/// # use persistence_memory::MemoryOffsetStore;
 /// # use persistence_api::{EventEnvelope, QueryMode, Result};
 /// struct Count(u64);
 /// #[persistence_api::async_trait]

@@ -9,9 +9,9 @@ use persistence_api::{
     AtomicWrite, ErrorKind, EventEnvelope, JournalExt, Offset, Payload, PersistenceId,
     PersistentEvent, QueryMode, Result, Stores,
 };
+use persistence_memory::MemoryOffsetStore;
 use persistence_projection::{
-    Delivery, Handler, MemoryOffsetStore, OffsetStore, OnFailure, Projection, ProjectionId,
-    ProjectionSettings, Source,
+    Delivery, Handler, OffsetStore, OnFailure, Projection, ProjectionId, ProjectionSettings, Source,
 };
 
 /// Records what it handled; fails on the sequence numbers in `fail_on` (every attempt).
