@@ -6,6 +6,7 @@ mod core;
 mod error;
 mod journal;
 mod large_write;
+mod offsets;
 mod query;
 mod retry;
 mod schema;
@@ -19,6 +20,7 @@ use persistence_api::{Capabilities, Result, Stores};
 pub use crate::core::{http_client, sdk_config};
 pub use config::DynamoDbConfig;
 pub use journal::DynamoDbJournal;
+pub use offsets::{DynamoDbOffsetStore, DynamoDbTransaction, MAX_TRANSACTION_ITEMS};
 pub use query::DynamoDbReadJournal;
 pub use schema::{create_schema, delete_tables, MAX_EVENT_SIZE, MAX_TAG_BYTES, PK, SK};
 pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
@@ -27,7 +29,7 @@ pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
 pub use aws_sdk_dynamodb;
 
 /// A connected DynamoDB backend: one client and configuration shared by the journal, the
-/// snapshot store and the read journal.
+/// snapshot store, the read journal and the projection offset store.
 #[derive(Clone)]
 pub struct DynamoDb {
     inner: Arc<crate::core::Inner>,
@@ -88,7 +90,7 @@ impl DynamoDb {
     }
 
     /// What this backend supports: everything, events up to [`MAX_EVENT_SIZE`], snapshots
-    /// of any size; live queries see a write within a poll plus the longer of the tag gap
+    /// of any size, projection offsets with exactly-once transactions; live queries see a write within a poll plus the longer of the tag gap
     /// timeout and the new-id feed's settle delay (see the README).
     pub fn capabilities(&self) -> Capabilities {
         let c = &self.inner.config;
@@ -102,8 +104,6 @@ impl DynamoDb {
                     + c.tag_gap_timeout.max(c.feed_settle_delay)
                     + std::time::Duration::from_millis(300),
             ),
-            projection_offsets: false,
-            exactly_once_projections: false,
             ..Capabilities::all()
         }
     }
@@ -134,7 +134,14 @@ impl DynamoDb {
         }
     }
 
-    /// The three stores behind the API's checking and tracing layer.
+    /// The projection offset store alone.
+    pub fn offsets(&self) -> DynamoDbOffsetStore {
+        DynamoDbOffsetStore {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The three stores and the offset store behind the API's checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -143,6 +150,7 @@ impl DynamoDb {
             Arc::new(self.snapshots()),
             Arc::new(self.read_journal()),
         )
+        .with_offset_store(Arc::new(self.offsets()))
     }
 }
 

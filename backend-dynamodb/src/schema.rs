@@ -1,6 +1,6 @@
 //! The two tables, their keys, the layout of every item in them (attribute names, how an
-//! event, a tag entry, a tombstone, an id's highest/deleted-to item and a snapshot head are
-//! encoded and decoded, and the size DynamoDB counts), and [`create_schema`].
+//! event, a tag entry, a tombstone, an id's highest/deleted-to item, a snapshot head and a
+//! projection offset are encoded and decoded, and the size DynamoDB counts), and [`create_schema`].
 //!
 //! Journal table (`pk` S hash key, `sk` S range key), every key prefixed by the journal
 //! name `<j>` so several journals share the table:
@@ -14,6 +14,7 @@
 //! | new-id feed | `<j>\|n\|<bucket start ms, 13 digits>\|<shard, 3 digits>` | `<write time ms, 13 digits>\|<id>` |
 //! | tag index entry (a copy of the event; or a tombstone, `d` = 1, of a deleted event or a number its writer never used) | `<j>\|t\|<shard, 3 digits>\|<tag>` | the entry's number in its shard, 20 digits |
 //! | tag number counter (`n` = the last number handed out) | `<j>\|t\|<shard, 3 digits>\|<tag>` | `~` (sorts above every number) |
+//! | projection offset (`o`, `v`, `ts`, `ct`) | `<j>\|o\|<projection name>` | projection key |
 //!
 //! Snapshot table (`pk` S hash key, `sk` N range key):
 //!
@@ -32,8 +33,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use persistence_api::{
-    Error, Payload, PersistenceId, PersistentEvent, Result, SelectedSnapshot, SnapshotMetadata,
-    Timestamp,
+    Error, Offset, Payload, PersistenceId, PersistentEvent, ProjectionId, Result, SelectedSnapshot,
+    SnapshotMetadata, StoredOffset, Timestamp,
 };
 
 use crate::config::DynamoDbConfig;
@@ -94,6 +95,14 @@ pub(crate) const CHUNK_COUNT: &str = "cn";
 pub(crate) const CHUNK_LENGTH: &str = "cl";
 /// On a snapshot chunk: its bytes.
 pub(crate) const CHUNK_DATA: &str = "d";
+/// On a projection offset item: the offset as text (`Offset`'s `Display` form).
+pub(crate) const OFFSET: &str = "o";
+/// On a projection offset item: its version (1 for the first commit, one more per commit,
+/// set or clear).
+pub(crate) const VERSION: &str = "v";
+/// On a projection offset item: the id of the commit (or set) that wrote it, a UUID, so a
+/// retried request whose earlier attempt was applied recognizes its own write.
+pub(crate) const COMMIT_ID: &str = "ct";
 
 /// DynamoDB's item size limit.
 pub(crate) const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -181,6 +190,13 @@ impl Keys {
 
     pub(crate) fn chunk_pk(&self, version: &str) -> String {
         format!("{}|c|{version}", self.j)
+    }
+
+    /// The partition of a projection's offsets: one item per projection key. The name is
+    /// the rest of the partition key after the namespace (which holds no `|`), so no two
+    /// (name, key) pairs share an item.
+    pub(crate) fn offset_pk(&self, name: &str) -> String {
+        format!("{}|o|{name}", self.j)
     }
 }
 
@@ -644,6 +660,80 @@ pub(crate) fn decode_snapshot_head(
             bytes,
         ),
     })
+}
+
+/// A projection offset item: its key, the offset as text, the version, the time it was
+/// written (ms) and the id of the commit that wrote it.
+pub(crate) fn offset_item(
+    keys: &Keys,
+    id: &ProjectionId,
+    offset: &Offset,
+    version: u64,
+    commit_id: &str,
+    now_ms: i64,
+) -> Item {
+    let mut item = key(keys.offset_pk(id.name()), id.key().to_owned());
+    item.insert(OFFSET.into(), s(offset.to_string()));
+    item.insert(VERSION.into(), n(version));
+    item.insert(TIMESTAMP.into(), n(now_ms));
+    item.insert(COMMIT_ID.into(), s(commit_id));
+    item
+}
+
+/// The version of a stored offset item, for conflict messages: 0 when there is none, or
+/// when its version does not decode (the read that follows reports that).
+pub(crate) fn offset_version(item: Option<&Item>) -> u64 {
+    item.and_then(|i| get_u64(i, VERSION)).unwrap_or(0)
+}
+
+/// Decodes a projection offset item: an offset that is missing, not a string or not in
+/// `Offset`'s text form, or a version that is missing or not a number, is
+/// [`persistence_api::ErrorKind::Corrupt`] naming the projection and the attribute.
+pub(crate) fn decode_offset(id: &ProjectionId, item: &Item) -> Result<StoredOffset> {
+    let bad = |attribute: &str, detail: String| {
+        corrupt(
+            attribute,
+            format!("the stored offset of projection {id}: {detail}"),
+        )
+    };
+    let offset = match item.get(OFFSET) {
+        Some(AttributeValue::S(text)) => text.parse::<Offset>().map_err(|e| {
+            bad(
+                OFFSET,
+                format!("{text:?} is not an offset ({})", e.message()),
+            )
+        })?,
+        Some(other) => {
+            return Err(bad(
+                OFFSET,
+                format!("expected type S, found {}", type_name(other)),
+            ))
+        }
+        None => {
+            return Err(bad(
+                OFFSET,
+                "missing (every offset item is written with one)".into(),
+            ))
+        }
+    };
+    let version = match item.get(VERSION) {
+        Some(AttributeValue::N(v)) => v
+            .parse::<u64>()
+            .map_err(|_| bad(VERSION, format!("{v:?} is not a version number")))?,
+        Some(other) => {
+            return Err(bad(
+                VERSION,
+                format!("expected type N, found {}", type_name(other)),
+            ))
+        }
+        None => {
+            return Err(bad(
+                VERSION,
+                "missing (every offset item is written with one)".into(),
+            ))
+        }
+    };
+    Ok(StoredOffset { offset, version })
 }
 
 // The tables.
