@@ -266,3 +266,125 @@ async fn the_kit_skips_by_capability_and_names_what_is_missing() {
         other => panic!("a case whose hook is missing is skipped, not {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn offset_calls_are_unsupported_as_declared_and_name_the_backend() {
+    use persistence_stores::memory::MemoryOffsetStore;
+    use persistence_stores::{OffsetStore, ProjectionId, StoreTransaction};
+    let id = ProjectionId::new("p", "k").unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // No offset store at all, and none declared.
+    let stores = reduced(calls.clone());
+    assert!(!stores.offsets.supports_transactions());
+    let mut errors = vec![
+        (
+            "read_offset",
+            stores
+                .offsets
+                .read_offset(&id)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "commit_offset",
+            stores
+                .offsets
+                .commit_offset(&id, 0, Offset::Sequence(1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "set_offset",
+            stores
+                .offsets
+                .set_offset(&id, Offset::Sequence(1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "clear_offset",
+            stores
+                .offsets
+                .clear_offset(&id)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            "begin_transaction",
+            stores
+                .offsets
+                .begin_transaction()
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+    ];
+    // An offset store added, but only offsets declared: transactions stay unsupported, and
+    // never reach the store.
+    let with_offsets = Stores::new(
+        "reduced",
+        Capabilities {
+            projection_offsets: true,
+            ..reduced_caps()
+        },
+        stores.journal.clone(),
+        stores.snapshots.clone(),
+        stores.read_journal.clone(),
+    )
+    .with_offset_store(Arc::new(MemoryOffsetStore::new()));
+    assert!(!with_offsets.offsets.supports_transactions());
+    assert_eq!(
+        with_offsets
+            .offsets
+            .commit_offset(&id, 0, Offset::Sequence(1))
+            .await
+            .unwrap(),
+        1
+    );
+    errors.push((
+        "begin_transaction",
+        with_offsets
+            .offsets
+            .begin_transaction()
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    ));
+    let foreign = StoreTransaction::new("memory", ());
+    errors.push((
+        "commit_transaction",
+        with_offsets
+            .offsets
+            .commit_transaction(foreign, &id, 1, Offset::Sequence(2))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    ));
+    for (operation, err) in errors {
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{operation}: {err:#}");
+        assert_eq!(err.operation(), Some(operation), "{err:#}");
+        assert_eq!(err.backend(), Some("reduced"), "{err:#}");
+    }
+    // Declared: a transaction another backend opened is InvalidInput naming both.
+    let full = Memory::new(MemoryConfig::default()).stores();
+    let foreign = StoreTransaction::new("sqlite", ());
+    let err = full
+        .offsets
+        .commit_transaction(foreign, &id, 0, Offset::Sequence(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err:#}");
+    assert!(
+        err.to_string().contains("sqlite") && err.to_string().contains("memory"),
+        "{err:#}"
+    );
+    assert_eq!(
+        full.offsets.read_offset(&id).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+}

@@ -1,11 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod handler;
 mod runner;
+mod source;
 
+pub use handler::{
+    idempotency_key, ExactlyOnceHandler, Grouped, GroupedHandler, Handler, PerEnvelope, Process,
+    Transactional, Typed, TypedExactlyOnceHandler, TypedHandler,
+};
 pub use persistence_api::{
     OffsetStore, ProjectionId, StoreTransaction, StoredOffset, MAX_PROJECTION_ID_PART_BYTES,
 };
 pub use runner::{
-    Delivery, Handler, OnFailure, Projection, ProjectionSettings, ProjectionStatus, Source,
+    Delivery, Lag, OnFailure, Projection, ProjectionBuilder, ProjectionHandle, ProjectionSettings,
+    ProjectionState, ProjectionStatus, RestartSettings,
 };
+pub use source::Source;

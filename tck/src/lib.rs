@@ -511,13 +511,13 @@ mod skip_tests {
 #[cfg(test)]
 mod traceability {
     //! Keeps the table in the kit's README honest: every `# Behavior` bullet of
-    //! persistence-api's traits and of `Stores::new` has a row, every row names a bullet
+    //! persistence-api's traits, of `Stores` and of `OffsetStore` has a row, every row names a bullet
     //! that exists, and every case (or test file) a row cites exists.
 
     use std::collections::{BTreeMap, BTreeSet};
 
     const README: &str = include_str!("../README.md");
-    const SOURCES: [(&str, &str); 2] = [
+    const SOURCES: [(&str, &str); 3] = [
         (
             "persistence-api/src/traits.rs",
             include_str!("../../persistence-api/src/traits.rs"),
@@ -525,6 +525,10 @@ mod traceability {
         (
             "persistence-api/src/stores.rs",
             include_str!("../../persistence-api/src/stores.rs"),
+        ),
+        (
+            "persistence-api/src/offsets.rs",
+            include_str!("../../persistence-api/src/offsets.rs"),
         ),
     ];
 

@@ -1,6 +1,6 @@
 //! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
 //! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `paging::*`,
-//! `corruption::*`.
+//! `corruption::*`, and the projection side: `offsets::*`, `projection::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -13,7 +13,9 @@ mod corruption;
 mod deletes;
 mod durability;
 mod journal;
+mod offsets;
 mod paging;
+mod projection;
 mod query;
 mod snapshot;
 
@@ -59,6 +61,10 @@ pub enum Need {
     SnapshotSizeLimit,
     /// Snapshots of 4 MiB (no declared limit, or one of at least 4 MiB).
     HugeSnapshots,
+    /// A projection offset store.
+    ProjectionOffsets,
+    /// Exactly-once projections: transactions of the offset store.
+    ExactlyOnceProjections,
 }
 
 impl Need {
@@ -113,6 +119,11 @@ impl Need {
                         .max_snapshot_size
                         .is_none_or(|m| m >= HUGE_SNAPSHOT + 64),
                 "max_snapshot_size >= 4 MiB",
+            ),
+            Need::ProjectionOffsets => (caps.projection_offsets, "projection_offsets"),
+            Need::ExactlyOnceProjections => (
+                caps.projection_offsets && caps.exactly_once_projections,
+                "exactly_once_projections",
             ),
         };
         (!ok).then_some(name)
@@ -197,5 +208,7 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(deletes::cases());
     all.extend(paging::cases());
     all.extend(corruption::cases());
+    all.extend(offsets::cases());
+    all.extend(projection::cases());
     all
 }
