@@ -110,6 +110,8 @@ pub struct TableNames {
     pub all_persistence_ids: String,
     /// The snapshots.
     pub snapshots: String,
+    /// Per projection `(name, key)`: its offset and version (see `offsets.rs`).
+    pub projection_offsets: String,
 }
 
 impl Default for TableNames {
@@ -123,6 +125,7 @@ impl Default for TableNames {
             metadata: "metadata".into(),
             all_persistence_ids: "all_persistence_ids".into(),
             snapshots: "snapshots".into(),
+            projection_offsets: "projection_offsets".into(),
         }
     }
 }
@@ -287,6 +290,7 @@ impl CassandraConfig {
             &t.metadata,
             &t.all_persistence_ids,
             &t.snapshots,
+            &t.projection_offsets,
         ] {
             if !is_identifier(name) {
                 return Err(Error::config(format!(

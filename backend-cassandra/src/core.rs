@@ -56,6 +56,9 @@ pub(crate) struct Statements {
     pub select_snapshot_timestamps: PreparedStatement,
     pub delete_snapshot: PreparedStatement,
     pub delete_all_snapshots: PreparedStatement,
+    pub select_offset: PreparedStatement,
+    pub insert_offset: PreparedStatement,
+    pub update_offset: PreparedStatement,
 }
 
 impl Statements {
@@ -70,6 +73,7 @@ impl Statements {
         let md = format!("{ks}.{}", t.metadata);
         let ids = format!("{ks}.{}", t.all_persistence_ids);
         let sn = format!("{ks}.{}", t.snapshots);
+        let po = format!("{ks}.{}", t.projection_offsets);
         let (consistency, serial) = match config.consistency {
             ConsistencyLevel::Quorum => (Consistency::Quorum, SerialConsistency::Serial),
             ConsistencyLevel::LocalQuorum => {
@@ -183,6 +187,28 @@ impl Statements {
             delete_all_snapshots: idempotent(prep(format!(
                 "DELETE FROM {sn} WHERE persistence_id = ?"
             )).await?),
+            // Read at the serial level (SERIAL, or LOCAL_SERIAL with LOCAL_QUORUM or ONE):
+            // a Paxos read that sees every answered lightweight transaction and completes one
+            // a quorum accepted, so it never returns a version older than an answered
+            // commit's (see `offsets.rs`).
+            select_offset: idempotent({
+                let mut p = prep(format!(
+                    "SELECT offset, version FROM {po} WHERE projection_name = ? AND projection_key = ?"
+                )).await?;
+                p.set_consistency(match serial {
+                    SerialConsistency::Serial => Consistency::Serial,
+                    SerialConsistency::LocalSerial => Consistency::LocalSerial,
+                });
+                p
+            }),
+            // The two conditional writes (lightweight transactions, never retried by the
+            // driver: not idempotent).
+            insert_offset: prep(format!(
+                "INSERT INTO {po} (projection_name, projection_key, offset, version, updated) VALUES (?, ?, ?, ?, toTimestamp(now())) IF NOT EXISTS"
+            )).await?,
+            update_offset: prep(format!(
+                "UPDATE {po} SET offset = ?, version = ?, updated = toTimestamp(now()) WHERE projection_name = ? AND projection_key = ? IF version = ?"
+            )).await?,
         })
     }
 }
@@ -237,6 +263,12 @@ impl Inner {
     /// The stored form of a tag.
     pub fn tag_key(&self, tag: &str) -> String {
         self.key(tag)
+    }
+
+    /// The stored `projection_name` of a projection (namespace-prefixed when a namespace
+    /// is set; a projection name holds no control character, so it cannot collide).
+    pub fn projection_name_key(&self, name: &str) -> String {
+        self.key(name)
     }
 
     fn key(&self, s: &str) -> String {
@@ -318,6 +350,17 @@ impl Inner {
 
     /// Reads an LWT answer: whether it applied, and the current `used` value if returned.
     pub fn lwt_outcome(step: &'static str, result: QueryResult) -> Result<(bool, Option<i64>)> {
+        Self::lwt_outcome_of(step, result, "used")
+    }
+
+    /// Reads an LWT answer: whether it applied, and the current value of the `bigint`
+    /// column `column` if the answer holds it (Cassandra returns the row's condition
+    /// columns, or its whole row for `IF NOT EXISTS`, when the condition failed).
+    pub fn lwt_outcome_of(
+        step: &'static str,
+        result: QueryResult,
+        column: &str,
+    ) -> Result<(bool, Option<i64>)> {
         let rows = result.into_rows_result().map_err(|e| unexpected(step, e))?;
         let specs: Vec<String> = rows
             .column_specs()
@@ -335,11 +378,11 @@ impl Inner {
         };
         let row = row.map_err(|e| unexpected(step, e))?;
         let mut applied = None;
-        let mut used = None;
-        for (name, value) in specs.iter().zip(row.columns) {
-            match (name.as_str(), value) {
+        let mut value = None;
+        for (name, cell) in specs.iter().zip(row.columns) {
+            match (name.as_str(), cell) {
                 ("[applied]", Some(CqlValue::Boolean(b))) => applied = Some(b),
-                ("used", Some(CqlValue::BigInt(u))) => used = Some(u),
+                (name, Some(CqlValue::BigInt(v))) if name == column => value = Some(v),
                 _ => {}
             }
         }
@@ -349,7 +392,7 @@ impl Inner {
                 format!("cassandra {step}: a lightweight transaction answered without [applied]"),
             )
         })?;
-        Ok((applied, used))
+        Ok((applied, value))
     }
 
     /// The stored `deleted_to` of an id (0 when none).

@@ -2,13 +2,16 @@
 //!
 //! | driver error | kind |
 //! |---|---|
-//! | LWT answered `[applied] = false` | `Conflict` (raised by the journal, see `journal.rs`) |
+//! | LWT answered `[applied] = false` | `Conflict` (raised by the journal, see `journal.rs`, and the offset store, see `offsets.rs`) |
+//! | a projection offset's LWT: `WriteTimeout` (write type `CAS` or the commit phase's), client request timeout | `Timeout` (retryable), the message saying the commit may or may not have been applied ([`lwt_failed`]) |
+//! | a projection offset's LWT: broken connection | `Unavailable` (retryable), the same message |
 //! | `Overloaded`, `RateLimitReached` | `RateLimited` (retryable) |
 //! | `ReadTimeout`, `WriteTimeout` (incl. CAS), client request timeout | `Timeout` (retryable) |
 //! | `Unavailable`, `IsBootstrapping`, broken connection, empty pool or plan | `Unavailable` (retryable) |
 //! | `Invalid`, `SyntaxError`, `ConfigError`, `Unauthorized`, ... | `Storage` |
 //! | (de)serialization of values | `Unexpected` (a bug or a foreign schema) |
 //! | a stored event or snapshot column NULL where the driver always writes it, metadata columns set in part, an empty tag | `Corrupt`, naming the persistence id, sequence number and column |
+//! | a stored projection offset or version that does not decode | `Corrupt`, naming the projection id and the column (`offsets.rs`) |
 //!
 //! A mapped error's message says which step failed (`cassandra read_highest failed`), and
 //! the driver's error is its [`source`](std::error::Error::source), not copied into the
@@ -20,7 +23,7 @@
 use persistence_api::{Error, ErrorKind};
 use scylla::errors::{
     DbError, ExecutionError, NewSessionError, NextPageError, NextRowError, PagerExecutionError,
-    PrepareError, RequestAttemptError, RequestError,
+    PrepareError, RequestAttemptError, RequestError, WriteType,
 };
 
 fn attempt_kind(e: &RequestAttemptError) -> ErrorKind {
@@ -112,6 +115,63 @@ impl DriverError for NextRowError {
 impl DriverError for NewSessionError {
     fn kind(&self) -> ErrorKind {
         ErrorKind::Unavailable
+    }
+}
+
+/// Why a lightweight transaction that failed with `e` may still have been applied, and the
+/// kind of its error; `None` when it certainly was not (the coordinator refused it before
+/// the Paxos round, or it was never sent).
+///
+/// A `WriteTimeout` of write type `CAS` comes from the Paxos prepare or propose phase: a
+/// proposal may have been accepted by some replicas and a later round (any reader at the
+/// serial level, or the next LWT on the row) completes it. One of another write type on an
+/// LWT comes from its commit phase: the value was accepted and will be committed. A client
+/// timeout or a broken connection leaves the request's fate unseen.
+fn lwt_unknown(e: &ExecutionError) -> Option<(ErrorKind, &'static str)> {
+    match e {
+        ExecutionError::RequestTimeout(_) => Some((
+            ErrorKind::Timeout,
+            "the lightweight transaction got no answer within the client timeout",
+        )),
+        ExecutionError::LastAttemptError(a) => match a {
+            RequestAttemptError::DbError(
+                DbError::WriteTimeout {
+                    write_type: WriteType::Cas,
+                    ..
+                },
+                _,
+            ) => Some((
+                ErrorKind::Timeout,
+                "the lightweight transaction timed out in its Paxos round (WriteTimeout, write type CAS)",
+            )),
+            RequestAttemptError::DbError(DbError::WriteTimeout { .. }, _) => Some((
+                ErrorKind::Timeout,
+                "the lightweight transaction timed out in its commit phase (WriteTimeout)",
+            )),
+            RequestAttemptError::BrokenConnectionError(_) => Some((
+                ErrorKind::Unavailable,
+                "the connection broke before the lightweight transaction's answer",
+            )),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The error of a conditional write (lightweight transaction) of `step` that failed with
+/// `e`. When its outcome is unknown ([`lwt_unknown`]), a retryable `Timeout` (or
+/// `Unavailable`) whose message says the commit may or may not have been applied; else as
+/// [`ResultExt::op`].
+pub(crate) fn lwt_failed(step: &'static str, e: ExecutionError) -> Error {
+    match lwt_unknown(&e) {
+        Some((kind, cause)) => Error::new(
+            kind,
+            format!(
+                "cassandra {step}: {cause}, so the commit may or may not have been applied (a retry with the same expected version settles it: applied, or a Conflict naming the next version if this one was applied after all)"
+            ),
+        )
+        .with_source(e),
+        None => e.into_error(step),
     }
 }
 
@@ -207,4 +267,58 @@ pub(crate) fn connect_failed(contact_points: &[String], e: NewSessionError) -> E
     )
     .with_operation("connect")
     .with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scylla::statement::Consistency;
+
+    fn write_timeout(write_type: WriteType) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::WriteTimeout {
+                consistency: Consistency::Serial,
+                received: 0,
+                required: 1,
+                write_type,
+            },
+            "timed out".into(),
+        ))
+    }
+
+    #[test]
+    fn an_lwt_timeout_is_a_retryable_timeout_that_may_have_been_applied() {
+        for e in [
+            write_timeout(WriteType::Cas),
+            write_timeout(WriteType::Simple),
+            ExecutionError::RequestTimeout(std::time::Duration::from_secs(12)),
+        ] {
+            let err = lwt_failed("commit_offset", e);
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+            assert!(err.is_retryable(), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("the commit may or may not have been applied"),
+                "{err}"
+            );
+        }
+        assert!(lwt_failed("commit_offset", write_timeout(WriteType::Cas))
+            .to_string()
+            .contains("CAS"));
+    }
+
+    #[test]
+    fn an_lwt_the_coordinator_refused_is_mapped_as_any_error() {
+        let e = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Unavailable {
+                consistency: Consistency::Serial,
+                required: 2,
+                alive: 1,
+            },
+            "unavailable".into(),
+        ));
+        let err = lwt_failed("commit_offset", e);
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(!err.to_string().contains("may or may not"), "{err}");
+    }
 }

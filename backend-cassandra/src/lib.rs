@@ -6,6 +6,7 @@ mod config;
 mod core;
 mod error;
 mod journal;
+mod offsets;
 mod query;
 mod schema;
 mod snapshot;
@@ -20,6 +21,7 @@ use scylla::client::session::Session;
 pub use cleanup::CleanupReport;
 pub use config::{CassandraConfig, ConsistencyLevel, Replication, TableNames, TimeBucket};
 pub use journal::{CassandraJournal, MAX_ATOMIC_WRITE_SIZE, MAX_EVENT_SIZE};
+pub use offsets::CassandraOffsetStore;
 pub use query::CassandraReadJournal;
 pub use schema::{create_keyspace, create_tables, schema_cql};
 pub use snapshot::{CassandraSnapshotStore, MAX_SNAPSHOT_SIZE};
@@ -29,9 +31,9 @@ pub use scylla;
 
 use crate::core::Inner;
 
-/// Opens the backend (see [`Cassandra::open`]) and returns its journal, snapshot store and
-/// read journal behind the checking layer of [`Stores`]: the one-call entry point every
-/// backend has (`persistence_<backend>::open`).
+/// Opens the backend (see [`Cassandra::open`]) and returns its journal, snapshot store, read
+/// journal and projection offset store behind the checking layer of [`Stores`]: the one-call
+/// entry point every backend has (`persistence_<backend>::open`).
 pub async fn open(config: CassandraConfig) -> Result<Stores> {
     Ok(Cassandra::open(config).await?.stores())
 }
@@ -82,7 +84,7 @@ impl Cassandra {
         })
     }
 
-    /// What this backend supports (the same for the three stores). Conflicts are detected
+    /// What this backend supports (the same for all its stores). Conflicts are detected
     /// when `overwrite_guard` is on; live queries deliver within the eventual-consistency
     /// delay plus two polls.
     pub fn capabilities(&self) -> Capabilities {
@@ -96,13 +98,17 @@ impl Cassandra {
                     + c.poll_interval * 2
                     + std::time::Duration::from_secs(1),
             ),
-            projection_offsets: false,
+            // Projection offsets are declared (by `..Capabilities::all()`); exactly-once is
+            // not: Cassandra has no transaction across partitions, so a projection's effects
+            // cannot commit with its offset (see `offsets.rs` and the README). Projections
+            // here are at-least-once, with idempotent (upserted) effects.
             exactly_once_projections: false,
             ..Capabilities::all()
         }
     }
 
-    /// The three stores behind the checking and tracing layer.
+    /// The three stores and the projection offset store behind the checking and tracing
+    /// layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -111,6 +117,7 @@ impl Cassandra {
             Arc::new(self.snapshots()),
             Arc::new(self.read_journal()),
         )
+        .with_offset_store(Arc::new(self.offsets()))
     }
 
     /// The journal, unchecked (prefer [`Cassandra::stores`]).
@@ -130,6 +137,13 @@ impl Cassandra {
     /// The read journal, unchecked.
     pub fn read_journal(&self) -> CassandraReadJournal {
         CassandraReadJournal {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The projection offset store, unchecked.
+    pub fn offsets(&self) -> CassandraOffsetStore {
+        CassandraOffsetStore {
             inner: self.inner.clone(),
         }
     }

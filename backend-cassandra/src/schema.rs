@@ -1,5 +1,6 @@
-//! The CQL schema: keyspace and tables (modelled on pekko-persistence-cassandra), the
-//! stored form of keys, and the row layouts the stores write and read.
+//! The CQL schema: keyspace and tables (modelled on pekko-persistence-cassandra, plus the
+//! projection offsets), the stored form of keys, and the row layouts the stores write and
+//! read.
 //!
 //! Users create the tables before production ([`schema_cql`] prints them); the
 //! `create_schema` switch runs them at start-up.
@@ -141,6 +142,19 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
     AND gc_grace_seconds = 864000
     AND compaction = {{'class': 'SizeTieredCompactionStrategy'}}",
             s = t.snapshots
+        ),
+        // Projection offsets (see `offsets.rs`): one row per projection `(name, key)`,
+        // written only by lightweight transactions on `version`. `offset` is the text form
+        // of `Offset` (`none`, `sequence:<n>`, `timeuuid:<uuid>`, `token:<text>`).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.{o} (
+    projection_name text,
+    projection_key text,
+    offset text,
+    version bigint,
+    updated timestamp,
+    PRIMARY KEY ((projection_name, projection_key)))",
+            o = t.projection_offsets
         ),
     ]
 }
