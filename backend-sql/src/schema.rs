@@ -35,18 +35,32 @@ pub struct Migration {
 }
 
 /// The PostgreSQL migrations, oldest first.
-pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "create tables",
-    template: include_str!("../migrations/postgres/0001_create_tables.sql"),
-}];
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "create tables",
+        template: include_str!("../migrations/postgres/0001_create_tables.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "projection offsets",
+        template: include_str!("../migrations/postgres/0002_projection_offsets.sql"),
+    },
+];
 
 /// The SQLite migrations, oldest first.
-pub const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "create tables",
-    template: include_str!("../migrations/sqlite/0001_create_tables.sql"),
-}];
+pub const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "create tables",
+        template: include_str!("../migrations/sqlite/0001_create_tables.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "projection offsets",
+        template: include_str!("../migrations/sqlite/0002_projection_offsets.sql"),
+    },
+];
 
 /// The quoted names of every table, index and sequence, for one schema and prefix.
 #[derive(Clone, Debug)]
@@ -60,6 +74,7 @@ const OBJECTS: &[&str] = &[
     "journal_ids",
     "journal_ids_ordering_seq",
     "snapshot",
+    "projection_offsets",
     "persistence_migrations",
 ];
 const INDEXES: &[&str] = &[
@@ -564,6 +579,10 @@ mod tests {
             assert!(!sql.contains('{'), "unrendered placeholder in {sql}");
         }
         assert_eq!(names.get("event_journal"), "\"s\".\"p_event_journal\"");
+        assert_eq!(
+            names.get("projection_offsets"),
+            "\"s\".\"p_projection_offsets\""
+        );
         assert_eq!(
             Names::new(None, "").get("event_tag_event_idx"),
             "\"event_tag_event_idx\""
