@@ -3,9 +3,9 @@
 //! implemented once by [`SqlStore`] over either database), the [`Dialect`] that spells
 //! their statements, and the wake-up of live queries.
 //!
-//! `journal.rs`, `snapshot.rs` and `query.rs` implement the public traits once on top of
-//! these (paging, live polling, offsets); `postgres.rs` and `sqlite.rs` implement
-//! [`Backend`].
+//! `journal.rs`, `snapshot.rs`, `query.rs` and `offsets.rs` implement the public traits
+//! once on top of these (paging, live polling, offsets, projection offsets);
+//! `postgres.rs` and `sqlite.rs` implement [`Backend`].
 
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 
 use crate::error::{err, SqlError};
 use crate::journal::WriteError;
+use crate::offsets::{OffsetRows, OffsetSql};
 use crate::schema::{clamp, decode_event, stored_id, unsigned, Columns, Names, EVENT_COLUMNS};
 use crate::snapshot::{SnapshotRows, SnapshotSql};
 
@@ -34,8 +35,8 @@ pub(crate) struct IdState {
 pub(crate) trait Backend: Send + Sync + 'static {
     /// The backend's name (`postgres` or `sqlite`), as errors and configuration name it.
     const NAME: &'static str;
-    /// The reads, deletes and snapshots, the same for both databases.
-    type Store: Store + SnapshotRows;
+    /// The reads, deletes, snapshots and projection offsets, the same for both databases.
+    type Store: Store + SnapshotRows + OffsetRows;
     /// The shared statements of this database.
     fn store(&self) -> &Self::Store;
     /// A receiver that changes whenever something may have been written (a write through
@@ -216,6 +217,8 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
     sql: StoreSql,
     /// The snapshot statements (see `snapshot.rs`).
     pub(crate) snapshot_sql: SnapshotSql,
+    /// The projection offset statements (see `offsets.rs`).
+    pub(crate) offset_sql: OffsetSql,
     page_size: usize,
     poll_interval: Duration,
     /// SQLite: this process's writers take turns here, so they never spin on
@@ -240,6 +243,7 @@ impl<DB: sqlx::Database> SqlStore<DB> {
             pool,
             sql: StoreSql::new(names, dialect),
             snapshot_sql: SnapshotSql::new(names, dialect),
+            offset_sql: OffsetSql::new(names, dialect),
             page_size,
             poll_interval,
             write_turns: writers_take_turns.then(|| Mutex::new(())),

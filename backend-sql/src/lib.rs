@@ -4,7 +4,8 @@
 #![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 
 // The files by role: `core` (what both databases share beneath the stores), `journal`
-// (the write path, replay, highest, delete), `snapshot`, `query`, `schema` (the tables,
+// (the write path, replay, highest, delete), `snapshot`, `query`, `offsets` (projection
+// offsets and exactly-once transactions), `schema` (the tables,
 // their migrations and row layout), `error` (sqlx's errors as public ones), and each
 // database's own machinery in `postgres` and `sqlite`.
 // Without a database feature only the configuration and the schema text remain.
@@ -15,6 +16,8 @@ mod core;
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod journal;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod offsets;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -26,6 +29,10 @@ mod snapshot;
 mod sqlite;
 
 pub use config::{PostgresConfig, SqliteConfig, SqliteSync};
+#[cfg(feature = "postgres")]
+pub use offsets::PostgresTransaction;
+#[cfg(feature = "sqlite")]
+pub use offsets::SqliteTransaction;
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 #[cfg(feature = "sqlite")]
@@ -43,13 +50,11 @@ use persistence_api::{Capabilities, Result, Stores};
 pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
     Capabilities {
         live_query_max_delay: Some(poll_interval + Duration::from_millis(500)),
-        projection_offsets: false,
-        exactly_once_projections: false,
         ..Capabilities::all()
     }
 }
 
-/// The journal, snapshot store and read journal of `backend`, behind the checking layer
+/// The journal, snapshot store, read journal and offset store of `backend`, behind the checking layer
 /// (which adds the operation, the backend's name, the persistence id and the sequence
 /// numbers of the call to every error they return).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -68,6 +73,9 @@ pub(crate) fn stores<B: core::Backend>(backend: &Arc<B>) -> Stores {
             backend: backend.clone(),
         }),
     )
+    .with_offset_store(Arc::new(offsets::SqlOffsetStore {
+        backend: backend.clone(),
+    }))
 }
 
 /// The configuration of one of the two databases this crate serves: [`PostgresConfig`]

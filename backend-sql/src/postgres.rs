@@ -546,13 +546,15 @@ impl Postgres {
     }
 
     /// What this backend declares (the same for both databases: everything, no size
-    /// limits, live queries within the poll interval plus 500 ms).
+    /// limits, live queries within the poll interval plus 500 ms, projection offsets with
+    /// exactly-once transactions).
     pub fn capabilities(&self) -> persistence_api::Capabilities {
         use crate::core::Store;
         crate::capabilities(self.backend.store().poll_interval())
     }
 
-    /// The journal, snapshot store and read journal (behind the checking layer).
+    /// The journal, snapshot store, read journal and projection offset store (behind the
+    /// checking layer).
     pub fn stores(&self) -> Stores {
         crate::stores(&self.backend)
     }
