@@ -527,7 +527,7 @@ enum Wake {
     Stop,
     Control,
     Command(Command),
-    Envelope(Option<Result<EventEnvelope>>),
+    Envelope(Box<Option<Result<EventEnvelope>>>),
     CommitDue,
 }
 
@@ -715,7 +715,7 @@ impl<P: Process> Projection<P> {
                 _ = control.changed() => Wake::Control,
                 Some(command) = self.commands.recv() => Wake::Command(command),
                 _ = tokio::time::sleep_until(commit_at.into()), if run.pending.is_some() && !now.paused => Wake::CommitDue,
-                item = stream.next(), if !now.paused => Wake::Envelope(item),
+                item = stream.next(), if !now.paused => Wake::Envelope(Box::new(item)),
             };
             match wake {
                 Wake::Stop => break Ok(()),
@@ -745,19 +745,21 @@ impl<P: Process> Projection<P> {
                         }
                     }
                 }
-                Wake::Envelope(None) => break Ok(()),
-                Wake::Envelope(Some(Err(e))) => break Err(e),
-                Wake::Envelope(Some(Ok(first))) => {
-                    let (group, end) = gather(self.group, first, &mut stream).await;
-                    if let Err(e) = self.process_group(group, &mut run).await {
-                        break Err(e);
+                Wake::Envelope(item) => match *item {
+                    None => break Ok(()),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(first)) => {
+                        let (group, end) = gather(self.group, first, &mut stream).await;
+                        if let Err(e) = self.process_group(group, &mut run).await {
+                            break Err(e);
+                        }
+                        match end {
+                            Some(None) => break Ok(()),
+                            Some(Some(e)) => break Err(e),
+                            None => {}
+                        }
                     }
-                    match end {
-                        Some(None) => break Ok(()),
-                        Some(Some(e)) => break Err(e),
-                        None => {}
-                    }
-                }
+                },
             }
         };
         // What was handled is committed, also when the handler or the source failed; not
