@@ -3,14 +3,21 @@
 //! It opens the stores from configuration (the default backend unless `PERSISTENCE_BACKEND`
 //! or `PERSISTENCE_CONFIG` say otherwise), recovers an account from its latest snapshot
 //! plus the events after it, persists new events atomically, shows what a second writer
-//! gets, and reads the deposits back by tag, resuming from an offset.
+//! gets, reads the deposits back by tag, resuming from an offset, and keeps the balances
+//! of all accounts in a read-model table (`bank_balances`) through an exactly-once
+//! projection: each event's change to the table is written in one transaction with the
+//! projection's offset, so a second run handles only the events written since.
 //!
 //! Run: `cargo run --example bank_account`
 
 use futures::StreamExt;
+use persistence_stores::projection::{
+    Projection, ProjectionId, Source, Typed, TypedExactlyOnceHandler,
+};
 use persistence_stores::ReadJournalExt;
 use persistence_stores::{
-    Config, Entity, EntityConfig, ErrorKind, EventSourced, Offset, PersistenceId, Result,
+    Config, Entity, EntityConfig, Error, ErrorKind, EventEnvelope, EventSourced, Offset,
+    PersistenceId, QueryMode, Result, StoreTransaction, Stores,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,14 +53,15 @@ impl EventSourced for Account {
         self.transactions += 1;
     }
 
+    /// Every event carries `bank-account` (what the balances projection reads) and one tag
+    /// of its kind.
     fn tags(event: &AccountEvent) -> Vec<String> {
-        match event {
-            AccountEvent::Deposited { .. } => vec!["bank-deposit".into()],
-            AccountEvent::Withdrawn { .. } | AccountEvent::FeeCharged { .. } => {
-                vec!["bank-debit".into()]
-            }
-            AccountEvent::Opened { .. } => vec!["bank-account-opened".into()],
-        }
+        let kind = match event {
+            AccountEvent::Deposited { .. } => "bank-deposit",
+            AccountEvent::Withdrawn { .. } | AccountEvent::FeeCharged { .. } => "bank-debit",
+            AccountEvent::Opened { .. } => "bank-account-opened",
+        };
+        vec!["bank-account".into(), kind.into()]
     }
 }
 
@@ -201,5 +209,141 @@ async fn run() -> Result<()> {
         euros(account.state().balance_cents),
         account.sequence_nr()
     );
+
+    // 6. A read model: the balances table, kept by an exactly-once projection.
+    balances_read_model(&stores, entity_config).await
+}
+
+/// The read-model table, in the journal's own database. SQLite and PostgreSQL take the
+/// same statements here (`?` for SQLite's parameters, `$n` for PostgreSQL's).
+const CREATE_BALANCES: &str = "CREATE TABLE IF NOT EXISTS bank_balances (\
+    account TEXT PRIMARY KEY, balance_cents BIGINT NOT NULL, events BIGINT NOT NULL)";
+
+/// Keeps `bank_balances`: each event adds its amount to its account's row, in the
+/// projection's transaction, so the row and the projection's offset move together.
+struct Balances;
+
+#[persistence_stores::async_trait]
+impl TypedExactlyOnceHandler<AccountEvent> for Balances {
+    async fn handle(
+        &mut self,
+        transaction: &mut StoreTransaction,
+        event: AccountEvent,
+        envelope: &EventEnvelope,
+    ) -> Result<()> {
+        let change = match event {
+            AccountEvent::Opened { .. } => 0,
+            AccountEvent::Deposited { cents, .. } => cents,
+            AccountEvent::Withdrawn { cents } | AccountEvent::FeeCharged { cents } => -cents,
+        };
+        let account = envelope.persistence_id().as_str();
+        upsert_balance(transaction, account, change).await
+    }
+}
+
+async fn upsert_balance(
+    transaction: &mut StoreTransaction,
+    account: &str,
+    change: i64,
+) -> Result<()> {
+    use persistence_stores::sql::{self, sqlx};
+    let failed = |e: sqlx::Error| Error::new(ErrorKind::Storage, "bank_balances").with_source(e);
+    match transaction.backend() {
+        "sqlite" => {
+            let conn = sql::SqliteTransaction::of(transaction)?.connection();
+            sqlx::query(CREATE_BALANCES)
+                .execute(&mut *conn)
+                .await
+                .map_err(failed)?;
+            sqlx::query(
+                "INSERT INTO bank_balances (account, balance_cents, events) VALUES (?, ?, 1) \
+                 ON CONFLICT (account) DO UPDATE SET balance_cents = balance_cents + excluded.balance_cents, events = events + 1",
+            )
+            .bind(account)
+            .bind(change)
+            .execute(&mut *conn)
+            .await
+            .map_err(failed)?;
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let conn = sql::PostgresTransaction::of(transaction)?.connection();
+            sqlx::query(CREATE_BALANCES)
+                .execute(&mut *conn)
+                .await
+                .map_err(failed)?;
+            sqlx::query(
+                "INSERT INTO bank_balances (account, balance_cents, events) VALUES ($1, $2, 1) \
+                 ON CONFLICT (account) DO UPDATE SET balance_cents = bank_balances.balance_cents + excluded.balance_cents, events = bank_balances.events + 1",
+            )
+            .bind(account)
+            .bind(change)
+            .execute(&mut *conn)
+            .await
+            .map_err(failed)?;
+        }
+        other => {
+            return Err(Error::unsupported(format!(
+                "the balances read model is a SQL table; the {other} backend has none"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Runs the balances projection over every account event written so far (from its stored
+/// offset), then prints the table.
+async fn balances_read_model(stores: &Stores, entity: EntityConfig<Account>) -> Result<()> {
+    if !matches!(stores.backend(), "sqlite" | "postgres") {
+        println!(
+            "the balances read model lives in a SQL table; it runs on the sqlite and postgres backends, not on {}",
+            stores.backend()
+        );
+        return Ok(());
+    }
+    let id = ProjectionId::new("bank-balances", "bank-account")?;
+    let before = stores.offsets.read_offset(&id).await?;
+    let projection = Projection::builder(
+        id.clone(),
+        Source::tag("bank-account", QueryMode::Current),
+        stores,
+    )
+    .exactly_once(Typed::new(entity.event_codec, Balances))?;
+    let status = projection.run().await?;
+    println!(
+        "projection {id}: resumed from {}, handled {} new events exactly once, offset now {}",
+        before.map_or(Offset::NoOffset, |s| s.offset),
+        status.handled,
+        status.committed
+    );
+    // Reading the table in a transaction of the same store (dropped, so rolled back).
+    let mut read = stores.offsets.begin_transaction().await?;
+    let rows: Vec<(String, i64, i64)> = {
+        use persistence_stores::sql::{self, sqlx};
+        let query = "SELECT account, balance_cents, events FROM bank_balances ORDER BY account";
+        let result = match read.backend() {
+            "sqlite" => {
+                sqlx::query_as(query)
+                    .fetch_all(sql::SqliteTransaction::of(&mut read)?.connection())
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" => {
+                sqlx::query_as(query)
+                    .fetch_all(sql::PostgresTransaction::of(&mut read)?.connection())
+                    .await
+            }
+            other => {
+                return Err(Error::unsupported(format!(
+                    "the balances read model is a SQL table; the {other} backend has none"
+                )))
+            }
+        };
+        result.map_err(|e| Error::new(ErrorKind::Storage, "bank_balances").with_source(e))?
+    };
+    println!("bank_balances:");
+    for (account, cents, events) in rows {
+        println!("  {account}: {} ({events} events)", euros(cents));
+    }
     Ok(())
 }

@@ -138,6 +138,17 @@ pub fn from_cbor<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::serialization("CBOR decoding failed").with_source(e.to_string()))
 }
 
+/// A shared codec is a codec (as [`crate::EntityConfig::event_codec`] holds it), so the
+/// entity's codec can decode for a projection too.
+impl<T, C: Codec<T> + ?Sized> Codec<T> for Arc<C> {
+    fn encode(&self, value: &T) -> Result<Payload> {
+        (**self).encode(value)
+    }
+    fn decode(&self, payload: &Payload) -> Result<T> {
+        (**self).decode(payload)
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> Codec<T> for CborCodec<T> {
     fn encode(&self, value: &T) -> Result<Payload> {
         Ok(Payload::new(
