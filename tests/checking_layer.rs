@@ -270,7 +270,7 @@ async fn the_kit_skips_by_capability_and_names_what_is_missing() {
 #[tokio::test]
 async fn offset_calls_are_unsupported_as_declared_and_name_the_backend() {
     use persistence_stores::memory::MemoryOffsetStore;
-    use persistence_stores::{OffsetStore, ProjectionId, StoreTransaction};
+    use persistence_stores::{ProjectionId, StoreTransaction};
     let id = ProjectionId::new("p", "k").unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     // No offset store at all, and none declared.
