@@ -388,3 +388,174 @@ async fn offset_calls_are_unsupported_as_declared_and_name_the_backend() {
         "nothing stored"
     );
 }
+
+#[tokio::test]
+async fn durable_state_calls_are_checked_before_the_backend() {
+    use persistence_stores::{DurableStateStore, QueryMode};
+    let id = PersistenceId::new("p").unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // None declared: every call is Unsupported, naming the operation and the backend.
+    let stores = reduced(calls.clone());
+    let state = &stores.durable_state;
+    let errors = vec![
+        ("get_state", state.get(&id).await.map(|_| ()).unwrap_err()),
+        (
+            "upsert_state",
+            state
+                .upsert(&id, 1, Payload::raw(vec![1]), None)
+                .await
+                .unwrap_err(),
+        ),
+        ("delete_state", state.delete(&id, 1).await.unwrap_err()),
+        (
+            "current_changes",
+            state
+                .query_changes("t".into(), Offset::NoOffset, QueryMode::Current)
+                .next()
+                .await
+                .unwrap()
+                .unwrap_err(),
+        ),
+    ];
+    for (operation, err) in errors {
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{operation}: {err:#}");
+        assert_eq!(err.operation(), Some(operation), "{err:#}");
+        assert_eq!(err.backend(), Some("reduced"), "{err:#}");
+    }
+    // Declared without change queries or live queries, with a size limit, over a store
+    // that counts the calls reaching it.
+    struct Counting(
+        Arc<AtomicUsize>,
+        persistence_stores::memory::MemoryDurableStateStore,
+    );
+    #[async_trait]
+    impl DurableStateStore for Counting {
+        async fn get(
+            &self,
+            id: &PersistenceId,
+        ) -> Result<Option<persistence_stores::DurableState>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            self.1.get(id).await
+        }
+        async fn upsert(
+            &self,
+            id: &PersistenceId,
+            r: u64,
+            p: Payload,
+            t: Option<String>,
+        ) -> Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            self.1.upsert(id, r, p, t).await
+        }
+        async fn delete(&self, id: &PersistenceId, r: u64) -> Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            self.1.delete(id, r).await
+        }
+        fn query_changes(
+            &self,
+            t: String,
+            o: Offset,
+            m: QueryMode,
+        ) -> persistence_stores::ChangeStream {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            self.1.query_changes(t, o, m)
+        }
+    }
+    let reached = Arc::new(AtomicUsize::new(0));
+    let caps = Capabilities {
+        durable_state: true,
+        max_state_size: Some(100),
+        durable_state_changes: true,
+        ..reduced_caps()
+    };
+    let stores = Stores::new(
+        "reduced",
+        caps,
+        stores.journal.clone(),
+        stores.snapshots.clone(),
+        stores.read_journal.clone(),
+    )
+    .with_durable_state_store(Arc::new(Counting(reached.clone(), Default::default())));
+    let state = &stores.durable_state;
+    let refused = vec![
+        (
+            ErrorKind::InvalidInput,
+            state
+                .upsert(&id, 0, Payload::raw(vec![1]), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            ErrorKind::InvalidInput,
+            state
+                .upsert(&id, 1, Payload::raw(Vec::new()), None)
+                .await
+                .unwrap_err(),
+        ),
+        (
+            ErrorKind::InvalidInput,
+            state
+                .upsert(&id, 1, Payload::raw(vec![1]), Some(String::new()))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            ErrorKind::InvalidInput,
+            state.delete(&id, 0).await.unwrap_err(),
+        ),
+        (
+            ErrorKind::Rejected,
+            state
+                .upsert(&id, 1, Payload::raw(vec![0; 101]), None)
+                .await
+                .unwrap_err(),
+        ),
+    ];
+    for (kind, err) in refused {
+        assert_eq!(err.kind(), kind, "{err:#}");
+        assert_eq!(err.persistence_id(), Some("p"), "{err:#}");
+        assert_eq!(err.backend(), Some("reduced"), "{err:#}");
+    }
+    let live = state
+        .query_changes("t".into(), Offset::NoOffset, QueryMode::Live)
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        live.kind(),
+        ErrorKind::Unsupported,
+        "live queries are not declared: {live:#}"
+    );
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "none reached the backend"
+    );
+    state
+        .upsert(&id, 1, Payload::raw(vec![0; 100]), None)
+        .await
+        .unwrap();
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+    // Change queries not declared: Unsupported.
+    let stores = Stores::new(
+        "reduced",
+        Capabilities {
+            durable_state: true,
+            ..reduced_caps()
+        },
+        stores.journal.clone(),
+        stores.snapshots.clone(),
+        stores.read_journal.clone(),
+    )
+    .with_durable_state_store(Arc::new(Counting(reached.clone(), Default::default())));
+    let err = stores
+        .durable_state
+        .query_changes("t".into(), Offset::NoOffset, QueryMode::Current)
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:#}");
+    assert!(err.to_string().contains("change queries"), "{err:#}");
+}

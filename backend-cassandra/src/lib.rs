@@ -103,6 +103,8 @@ impl Cassandra {
             // cannot commit with its offset (see `offsets.rs` and the README). Projections
             // here are at-least-once, with idempotent (upserted) effects.
             exactly_once_projections: false,
+            durable_state: false,
+            durable_state_changes: false,
             ..Capabilities::all()
         }
     }

@@ -104,6 +104,8 @@ impl DynamoDb {
                     + c.tag_gap_timeout.max(c.feed_settle_delay)
                     + std::time::Duration::from_millis(300),
             ),
+            durable_state: false,
+            durable_state_changes: false,
             ..Capabilities::all()
         }
     }

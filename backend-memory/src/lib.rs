@@ -3,6 +3,7 @@
 
 mod config;
 mod core;
+mod durable_state;
 mod journal;
 mod offsets;
 mod query;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use persistence_api::{Capabilities, Result, Stores};
 
 pub use config::MemoryConfig;
+pub use durable_state::MemoryDurableStateStore;
 pub use offsets::{MemoryEffect, MemoryOffsetStore, MemoryTransaction};
 
 /// The stores of a fresh, empty in-memory backend with the default settings: the one-line
@@ -51,6 +53,7 @@ pub async fn open(config: MemoryConfig) -> Result<Stores> {
 pub struct Memory {
     shared: Arc<crate::core::Shared>,
     offsets: Arc<MemoryOffsetStore>,
+    durable_state: MemoryDurableStateStore,
 }
 
 impl std::fmt::Debug for Memory {
@@ -72,6 +75,7 @@ impl Memory {
         Memory {
             shared: Arc::new(crate::core::Shared::new(config)),
             offsets: Arc::new(MemoryOffsetStore::new()),
+            durable_state: MemoryDurableStateStore::new(),
         }
     }
 
@@ -97,8 +101,9 @@ impl Memory {
         }
     }
 
-    /// This backend's stores behind the checking layer: journal, snapshots, read journal
-    /// and projection offsets ([`MemoryOffsetStore`]).
+    /// This backend's stores behind the checking layer: journal, snapshots, read journal,
+    /// projection offsets ([`MemoryOffsetStore`]) and durable state
+    /// ([`MemoryDurableStateStore`]).
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -108,5 +113,6 @@ impl Memory {
             Arc::new(self.clone()),
         )
         .with_offset_store(self.offsets.clone())
+        .with_durable_state_store(Arc::new(self.durable_state.clone()))
     }
 }

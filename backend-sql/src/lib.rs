@@ -50,6 +50,8 @@ use persistence_api::{Capabilities, Result, Stores};
 pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
     Capabilities {
         live_query_max_delay: Some(poll_interval + Duration::from_millis(500)),
+        durable_state: false,
+        durable_state_changes: false,
         ..Capabilities::all()
     }
 }

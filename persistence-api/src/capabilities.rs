@@ -63,6 +63,15 @@ pub struct Capabilities {
     /// ([`crate::OffsetStore::begin_transaction`]): exactly-once delivery. Needs
     /// `projection_offsets`.
     pub exactly_once_projections: bool,
+    /// The durable-state store ([`crate::Stores::durable_state`]): the latest state per id
+    /// with a revision check.
+    pub durable_state: bool,
+    /// The largest state [`crate::Payload::stored_size`] the durable-state store keeps;
+    /// `None` means no limit. A larger upsert is rejected before any request.
+    pub max_state_size: Option<usize>,
+    /// [`crate::DurableStateStore::query_changes`] (and its live form with
+    /// `live_queries`); needs `durable_state`.
+    pub durable_state_changes: bool,
 }
 
 impl Capabilities {
@@ -88,6 +97,9 @@ impl Capabilities {
             live_query_max_delay: Some(Duration::from_millis(100)),
             projection_offsets: true,
             exactly_once_projections: true,
+            durable_state: true,
+            max_state_size: None,
+            durable_state_changes: true,
         }
     }
 }

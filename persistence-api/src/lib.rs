@@ -3,6 +3,7 @@
 
 mod capabilities;
 mod codec;
+mod durable_state;
 pub mod duration_ms;
 mod entity;
 mod error;
@@ -14,6 +15,10 @@ mod types;
 
 pub use capabilities::Capabilities;
 pub use codec::{from_cbor, to_cbor, CborCodec, Codec, Upcaster, CBOR_SERIALIZER_ID};
+pub use durable_state::{
+    revision_conflict, ChangeStream, DurableState, DurableStateChange, DurableStateStore,
+    NoDurableStateStore, Revision,
+};
 pub use entity::{Entity, EntityConfig, EventSourced, RecoveryInfo};
 pub use error::{Error, ErrorKind, Result};
 pub use offsets::{

@@ -11,6 +11,9 @@ use futures::{stream, StreamExt};
 use tracing::Instrument;
 
 use crate::capabilities::Capabilities;
+use crate::durable_state::{
+    ChangeStream, DurableState, DurableStateStore, NoDurableStateStore, Revision,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::offsets::{NoOffsetStore, OffsetStore, ProjectionId, StoreTransaction, StoredOffset};
 use crate::traits::{
@@ -46,6 +49,10 @@ pub struct Stores {
     /// ([`Stores::with_offset_store`]) and declared
     /// [`Capabilities::projection_offsets`].
     pub offsets: Arc<dyn OffsetStore>,
+    /// The durable-state store, checked and traced; every call is
+    /// [`ErrorKind::Unsupported`] unless the backend added one
+    /// ([`Stores::with_durable_state_store`]) and declared [`Capabilities::durable_state`].
+    pub durable_state: Arc<dyn DurableStateStore>,
     capabilities: Capabilities,
     backend: &'static str,
 }
@@ -112,6 +119,10 @@ impl Stores {
                 inner: Arc::new(NoOffsetStore),
                 ctx,
             }),
+            durable_state: Arc::new(CheckedDurableStateStore {
+                inner: Arc::new(NoDurableStateStore),
+                ctx,
+            }),
             capabilities,
             backend,
         }
@@ -128,6 +139,29 @@ impl Stores {
     pub fn with_offset_store(mut self, offsets: Arc<dyn OffsetStore>) -> Self {
         self.offsets = Arc::new(CheckedOffsetStore {
             inner: offsets,
+            ctx: Ctx {
+                backend: self.backend,
+                caps: self.capabilities,
+            },
+        });
+        self
+    }
+
+    /// The same stores with the backend's durable-state store, behind the same checking
+    /// and tracing layer.
+    ///
+    /// # Behavior
+    /// - Without [`Capabilities::durable_state`] every call is [`ErrorKind::Unsupported`];
+    ///   without [`Capabilities::durable_state_changes`] (or `live_queries` for the live
+    ///   form) change queries are.
+    /// - An upsert or delete at revision 0, an upsert with an empty payload or an empty
+    ///   tag, and a change query for an empty tag are [`ErrorKind::InvalidInput`]; a state
+    ///   over [`Capabilities::max_state_size`] is [`ErrorKind::Rejected`] naming its size
+    ///   and the limit; none reaches the backend.
+    /// - Every error leaves with the operation, the backend's name and the id.
+    pub fn with_durable_state_store(mut self, store: Arc<dyn DurableStateStore>) -> Self {
+        self.durable_state = Arc::new(CheckedDurableStateStore {
+            inner: store,
             ctx: Ctx {
                 backend: self.backend,
                 caps: self.capabilities,
@@ -769,5 +803,157 @@ impl OffsetStore for CheckedOffsetStore {
         }
         .instrument(span)
         .await
+    }
+}
+
+struct CheckedDurableStateStore {
+    inner: Arc<dyn DurableStateStore>,
+    ctx: Ctx,
+}
+
+impl CheckedDurableStateStore {
+    fn check(&self, operation: &'static str) -> Result<()> {
+        if !self.ctx.caps.durable_state {
+            return Err(self.ctx.unsupported(operation, "durable state"));
+        }
+        Ok(())
+    }
+}
+
+fn check_revision(revision: Revision) -> Result<()> {
+    if revision == 0 {
+        return Err(Error::invalid_input(
+            "revision 0 is never written: the first upsert of an id is revision 1",
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl DurableStateStore for CheckedDurableStateStore {
+    async fn get(&self, persistence_id: &PersistenceId) -> Result<Option<DurableState>> {
+        let span = tracing::info_span!(
+            "persistence.get_state",
+            backend = self.ctx.backend,
+            persistence_id = persistence_id.as_str()
+        );
+        let err = self
+            .ctx
+            .err("get_state", Some(persistence_id.as_str()), None);
+        async move {
+            self.check("get_state").map_err(&err)?;
+            self.inner.get(persistence_id).await.map_err(&err)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn upsert(
+        &self,
+        persistence_id: &PersistenceId,
+        revision: Revision,
+        payload: Payload,
+        tag: Option<String>,
+    ) -> Result<()> {
+        let span = tracing::info_span!(
+            "persistence.upsert_state",
+            backend = self.ctx.backend,
+            persistence_id = persistence_id.as_str(),
+            revision,
+            bytes = payload.bytes.len()
+        );
+        let err = self.ctx.err(
+            "upsert_state",
+            Some(persistence_id.as_str()),
+            Some((revision, revision)),
+        );
+        async move {
+            self.check("upsert_state").map_err(&err)?;
+            check_revision(revision).map_err(&err)?;
+            if payload.bytes.is_empty() {
+                return Err(err(Error::invalid_input(
+                    "a durable state's payload must not be empty (delete the state instead)",
+                )));
+            }
+            if let Some(tag) = tag.as_deref().filter(|t| t.is_empty()) {
+                return Err(err(Error::invalid_input(format!(
+                    "a durable state's tag must not be empty (got {tag:?}); give None for no tag"
+                ))));
+            }
+            if let Some(max) = self.ctx.caps.max_state_size {
+                let size = payload.stored_size();
+                if size > max {
+                    return Err(err(Error::new(
+                        ErrorKind::Rejected,
+                        format!(
+                            "the state of {persistence_id} is {size} bytes; this backend stores at most {max} bytes per state"
+                        ),
+                    )));
+                }
+            }
+            self.inner
+                .upsert(persistence_id, revision, payload, tag)
+                .await
+                .map_err(&err)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete(&self, persistence_id: &PersistenceId, revision: Revision) -> Result<()> {
+        let span = tracing::info_span!(
+            "persistence.delete_state",
+            backend = self.ctx.backend,
+            persistence_id = persistence_id.as_str(),
+            revision
+        );
+        let err = self.ctx.err(
+            "delete_state",
+            Some(persistence_id.as_str()),
+            Some((revision, revision)),
+        );
+        async move {
+            self.check("delete_state").map_err(&err)?;
+            check_revision(revision).map_err(&err)?;
+            self.inner
+                .delete(persistence_id, revision)
+                .await
+                .map_err(&err)
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn query_changes(&self, tag: String, offset: Offset, mode: QueryMode) -> ChangeStream {
+        let operation = if mode.is_live() {
+            "changes"
+        } else {
+            "current_changes"
+        };
+        let ctx = self.ctx;
+        let err = move |e: Error| e.with_context(ctx.backend, operation, None, None);
+        let caps = &self.ctx.caps;
+        if !caps.durable_state {
+            return failing(err(self.ctx.unsupported(operation, "durable state")));
+        }
+        if !caps.durable_state_changes {
+            return failing(err(self
+                .ctx
+                .unsupported(operation, "durable state change queries")));
+        }
+        if mode.is_live() && !caps.live_queries {
+            return failing(err(self.ctx.unsupported(operation, "live queries")));
+        }
+        if tag.is_empty() {
+            return failing(err(Error::invalid_input(
+                "a change query needs a tag (got an empty one)",
+            )));
+        }
+        tracing::info!(target: "persistence", backend = ctx.backend, operation, "query started");
+        Box::pin(
+            self.inner
+                .query_changes(tag, offset, mode)
+                .map(move |r| r.map_err(&err)),
+        )
     }
 }

@@ -66,13 +66,17 @@ impl Recorder {
         caps: Capabilities,
         misbehave: Misbehave,
     ) -> (Stores, Arc<Recorder>) {
+        // Offsets and durable state are not recorded: they pass through to `inner`'s.
+        let (offsets, durable_state) = (inner.offsets.clone(), inner.durable_state.clone());
         let r = Arc::new(Recorder {
             inner,
             misbehave,
             calls: Mutex::new(Vec::new()),
         });
         (
-            Stores::new("recorder", caps, r.clone(), r.clone(), r.clone()),
+            Stores::new("recorder", caps, r.clone(), r.clone(), r.clone())
+                .with_offset_store(offsets)
+                .with_durable_state_store(durable_state),
             r,
         )
     }

@@ -517,7 +517,7 @@ mod traceability {
     use std::collections::{BTreeMap, BTreeSet};
 
     const README: &str = include_str!("../README.md");
-    const SOURCES: [(&str, &str); 3] = [
+    const SOURCES: [(&str, &str); 4] = [
         (
             "persistence-api/src/traits.rs",
             include_str!("../../persistence-api/src/traits.rs"),
@@ -529,6 +529,10 @@ mod traceability {
         (
             "persistence-api/src/offsets.rs",
             include_str!("../../persistence-api/src/offsets.rs"),
+        ),
+        (
+            "persistence-api/src/durable_state.rs",
+            include_str!("../../persistence-api/src/durable_state.rs"),
         ),
     ];
 

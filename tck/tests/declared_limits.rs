@@ -14,6 +14,7 @@ use persistence_memory::{Memory, MemoryConfig};
 const ATOMIC_WRITE_MAX_EVENTS: usize = 10;
 const MAX_EVENT_SIZE: usize = 64 * 1024;
 const MAX_SNAPSHOT_SIZE: usize = 256 * 1024;
+const MAX_STATE_SIZE: usize = 64 * 1024;
 
 fn below(own: Option<usize>, declared: usize, what: &str) -> Option<usize> {
     assert!(
@@ -42,6 +43,10 @@ impl persistence_tck::StoreFactory for Factory {
                 MAX_SNAPSHOT_SIZE,
                 "max_snapshot_size",
             ),
+            max_state_size: below(own.max_state_size, MAX_STATE_SIZE, "max_state_size"),
+            // The in-memory store's transactions name the "memory" backend, and these
+            // stores are the "recorder"'s: the checking layer refuses to mix them.
+            exactly_once_projections: false,
             ..own
         };
         Ok(persistence_tck::layer::Recorder::wrap(memory, declared).0)

@@ -1,6 +1,6 @@
 //! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
 //! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `paging::*`,
-//! `corruption::*`, and the projection side: `offsets::*`, `projection::*`.
+//! `corruption::*`, and the projection side: `offsets::*`, `projection::*`; and `durable_state::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -12,6 +12,7 @@ mod concurrency;
 mod corruption;
 mod deletes;
 mod durability;
+mod durable_state;
 mod journal;
 mod offsets;
 mod paging;
@@ -65,6 +66,14 @@ pub enum Need {
     ProjectionOffsets,
     /// Exactly-once projections: transactions of the offset store.
     ExactlyOnceProjections,
+    /// The durable-state store.
+    DurableState,
+    /// Change queries of the durable-state store.
+    DurableStateChanges,
+    /// A declared [`Capabilities::max_state_size`], to be checked at and above.
+    StateSizeLimit,
+    /// States of 1 MB (no declared limit, or one of at least 1 MB).
+    LargeStates,
 }
 
 impl Need {
@@ -121,6 +130,19 @@ impl Need {
                 "max_snapshot_size >= 4 MiB",
             ),
             Need::ProjectionOffsets => (caps.projection_offsets, "projection_offsets"),
+            Need::DurableState => (caps.durable_state, "durable_state"),
+            Need::DurableStateChanges => (
+                caps.durable_state && caps.durable_state_changes,
+                "durable_state_changes",
+            ),
+            Need::StateSizeLimit => (
+                caps.durable_state && caps.max_state_size.is_some(),
+                "a declared max_state_size",
+            ),
+            Need::LargeStates => (
+                caps.durable_state && caps.max_state_size.is_none_or(|m| m >= 1024 * 1024 + 64),
+                "max_state_size >= 1 MB",
+            ),
             Need::ExactlyOnceProjections => (
                 caps.projection_offsets && caps.exactly_once_projections,
                 "exactly_once_projections",
@@ -209,6 +231,7 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(paging::cases());
     all.extend(corruption::cases());
     all.extend(offsets::cases());
+    all.extend(durable_state::cases());
     all.extend(projection::cases());
     all
 }
