@@ -3,6 +3,7 @@
 
 mod capabilities;
 mod codec;
+mod durable_entity;
 mod durable_state;
 pub mod duration_ms;
 mod entity;
@@ -15,6 +16,7 @@ mod types;
 
 pub use capabilities::Capabilities;
 pub use codec::{from_cbor, to_cbor, CborCodec, Codec, Upcaster, CBOR_SERIALIZER_ID};
+pub use durable_entity::{DurableEntity, DurableStateful, Versioned};
 pub use durable_state::{
     revision_conflict, ChangeStream, DurableState, DurableStateChange, DurableStateStore,
     NoDurableStateStore, Revision,
