@@ -1023,11 +1023,25 @@ fn locate(backend: Backend) -> Option<(String, String)> {
             let dir = std::env::temp_dir().join(unique("persistence-projection-crash-"));
             dir.join("crash.db").display().to_string()
         }
-        Backend::Postgres => persistence_tck::server_env("PERSISTENCE_POSTGRES_URL")?,
-        Backend::DynamoDb => persistence_tck::server_env("PERSISTENCE_DYNAMODB_ENDPOINT")?,
-        Backend::Cassandra => persistence_tck::server_env("PERSISTENCE_CASSANDRA_CONTACT_POINTS")?,
+        Backend::Postgres => server("PERSISTENCE_POSTGRES_URL")?,
+        Backend::DynamoDb => server("PERSISTENCE_DYNAMODB_ENDPOINT")?,
+        Backend::Cassandra => server("PERSISTENCE_CASSANDRA_CONTACT_POINTS")?,
     };
     Some((location, namespace))
+}
+
+/// `persistence_tck::server_env`, first naming a missing variable on the real stderr:
+/// libtest captures `eprintln!` of a test, and with `CI=true` `server_env` ends the
+/// process before the captured text is shown.
+fn server(var: &str) -> Option<String> {
+    if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "projection_crash: {var} is not set (a failure with CI=true, else a skip)"
+        );
+    }
+    persistence_tck::server_env(var)
 }
 
 /// One case: write, kill the projecting child again and again, finish it, check.
