@@ -8,14 +8,16 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use persistence_api::{Codec, EventEnvelope, Result, StoreTransaction};
 
+use crate::Envelope;
+
 /// What a projection does with each envelope: update a read model, call a service.
 ///
 /// Used with at-least-once or at-most-once delivery
 /// ([`crate::ProjectionBuilder::at_least_once`], [`crate::ProjectionBuilder::at_most_once`]).
 #[async_trait]
-pub trait Handler: Send + 'static {
+pub trait Handler<E: Envelope = EventEnvelope>: Send + 'static {
     /// Handles one envelope. An `Err` is retried as [`crate::ProjectionSettings`] says.
-    async fn handle(&mut self, envelope: &EventEnvelope) -> Result<()>;
+    async fn handle(&mut self, envelope: &E) -> Result<()>;
 }
 
 /// A handler that takes envelopes in groups of up to
@@ -24,10 +26,10 @@ pub trait Handler: Send + 'static {
 /// the read model per group instead of per envelope. At-least-once: the offset of a
 /// group's last envelope is committed after the group was handled.
 #[async_trait]
-pub trait GroupedHandler: Send + 'static {
+pub trait GroupedHandler<E: Envelope = EventEnvelope>: Send + 'static {
     /// Handles one group, in source order (never empty). An `Err` is retried (the whole
     /// group) as [`crate::ProjectionSettings`] says.
-    async fn handle_group(&mut self, envelopes: &[EventEnvelope]) -> Result<()>;
+    async fn handle_group(&mut self, envelopes: &[E]) -> Result<()>;
 }
 
 /// A handler whose effects live in the same store as the projection's offsets: it writes
@@ -44,13 +46,9 @@ pub trait GroupedHandler: Send + 'static {
 /// A handler error drops the transaction (nothing of it is stored) and is retried with a
 /// new one.
 #[async_trait]
-pub trait ExactlyOnceHandler: Send + 'static {
+pub trait ExactlyOnceHandler<E: Envelope = EventEnvelope>: Send + 'static {
     /// Writes the effects of `envelopes` (never empty, in source order) in `transaction`.
-    async fn handle(
-        &mut self,
-        transaction: &mut StoreTransaction,
-        envelopes: &[EventEnvelope],
-    ) -> Result<()>;
+    async fn handle(&mut self, transaction: &mut StoreTransaction, envelopes: &[E]) -> Result<()>;
 }
 
 /// How the runner calls a handler of any kind: one group at a time, with the transaction
@@ -58,13 +56,13 @@ pub trait ExactlyOnceHandler: Send + 'static {
 /// [`Transactional`], which the builder wraps handlers in; not meant to be implemented
 /// outside this crate.
 #[async_trait]
-pub trait Process: Send + 'static {
+pub trait Process<E: Envelope>: Send + 'static {
     /// Handles `envelopes` (one, unless the projection groups), in `transaction` when
     /// exactly-once.
     async fn process(
         &mut self,
         transaction: Option<&mut StoreTransaction>,
-        envelopes: &[EventEnvelope],
+        envelopes: &[E],
     ) -> Result<()>;
 }
 
@@ -97,11 +95,11 @@ macro_rules! into_inner {
 into_inner!(PerEnvelope, Grouped, Transactional);
 
 #[async_trait]
-impl<H: Handler> Process for PerEnvelope<H> {
+impl<E: Envelope, H: Handler<E>> Process<E> for PerEnvelope<H> {
     async fn process(
         &mut self,
         _transaction: Option<&mut StoreTransaction>,
-        envelopes: &[EventEnvelope],
+        envelopes: &[E],
     ) -> Result<()> {
         for envelope in envelopes {
             self.0.handle(envelope).await?;
@@ -111,22 +109,22 @@ impl<H: Handler> Process for PerEnvelope<H> {
 }
 
 #[async_trait]
-impl<H: GroupedHandler> Process for Grouped<H> {
+impl<E: Envelope, H: GroupedHandler<E>> Process<E> for Grouped<H> {
     async fn process(
         &mut self,
         _transaction: Option<&mut StoreTransaction>,
-        envelopes: &[EventEnvelope],
+        envelopes: &[E],
     ) -> Result<()> {
         self.0.handle_group(envelopes).await
     }
 }
 
 #[async_trait]
-impl<H: ExactlyOnceHandler> Process for Transactional<H> {
+impl<E: Envelope, H: ExactlyOnceHandler<E>> Process<E> for Transactional<H> {
     async fn process(
         &mut self,
         transaction: Option<&mut StoreTransaction>,
-        envelopes: &[EventEnvelope],
+        envelopes: &[E],
     ) -> Result<()> {
         let transaction = transaction.ok_or_else(|| {
             persistence_api::Error::new(

@@ -16,4 +16,4 @@ pub use runner::{
     Delivery, Lag, OnFailure, Projection, ProjectionBuilder, ProjectionHandle, ProjectionSettings,
     ProjectionState, ProjectionStatus, RestartSettings,
 };
-pub use source::Source;
+pub use source::{ChangeSource, Envelope, Source, SourceProvider, SourceStores, SourceStream};

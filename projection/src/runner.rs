@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use persistence_api::{
-    EnvelopeStream, Error, ErrorKind, EventEnvelope, Offset, OffsetStore, ProjectionId,
-    ReadJournal, Result, StoreTransaction, Stores, Timestamp,
+    Error, ErrorKind, Offset, OffsetStore, ProjectionId, ReadJournal, Result, StoreTransaction,
+    Stores, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::handler::{
     ExactlyOnceHandler, Grouped, GroupedHandler, Handler, PerEnvelope, Process, Transactional,
 };
+use crate::source::{Envelope, SourceProvider, SourceStores, SourceStream};
 use crate::Source;
 
 /// When the offset is committed, which decides what a crash or a stop can repeat or lose.
@@ -199,10 +200,10 @@ struct Control {
 }
 
 /// What a projection and its handles share.
-struct Shared {
+struct Shared<S> {
     id: ProjectionId,
-    source: Source,
-    read_journal: Arc<dyn ReadJournal>,
+    source: S,
+    readers: SourceStores,
     offsets: Arc<dyn OffsetStore>,
     status: Mutex<ProjectionStatus>,
     control: watch::Sender<Control>,
@@ -210,7 +211,7 @@ struct Shared {
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
 }
 
-impl Shared {
+impl<S> Shared<S> {
     fn update(&self, f: impl FnOnce(&mut ProjectionStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
@@ -226,12 +227,19 @@ impl Shared {
 /// Manages a projection from outside its run: status, stop, pause and resume, set and
 /// clear its offset, lag. Clones share it; it stays usable after the run ends (offset
 /// changes then go straight to the offset store).
-#[derive(Clone)]
-pub struct ProjectionHandle {
-    shared: Arc<Shared>,
+pub struct ProjectionHandle<S = Source> {
+    shared: Arc<Shared<S>>,
 }
 
-impl std::fmt::Debug for ProjectionHandle {
+impl<S> Clone for ProjectionHandle<S> {
+    fn clone(&self) -> Self {
+        ProjectionHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for ProjectionHandle<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProjectionHandle")
             .field("id", &self.shared.id)
@@ -240,7 +248,7 @@ impl std::fmt::Debug for ProjectionHandle {
     }
 }
 
-impl ProjectionHandle {
+impl<S: SourceProvider> ProjectionHandle<S> {
     /// The projection's id.
     pub fn id(&self) -> &ProjectionId {
         &self.shared.id
@@ -327,15 +335,15 @@ impl ProjectionHandle {
         let mut stream = self
             .shared
             .source
-            .open_current(self.shared.read_journal.as_ref(), status.position)?;
+            .open_current(&self.shared.readers, status.position)?;
         let mut events = 0u64;
         let mut first: Option<Timestamp> = None;
         let mut newest: Option<Timestamp> = None;
         while let Some(envelope) = stream.next().await {
             let envelope = envelope?;
             events += 1;
-            first.get_or_insert(envelope.event.timestamp);
-            newest = Some(envelope.event.timestamp);
+            first.get_or_insert(envelope.timestamp());
+            newest = Some(envelope.timestamp());
             if events >= Lag::COUNT_CAP {
                 break;
             }
@@ -380,22 +388,23 @@ impl ProjectionHandle {
 /// assert_eq!(status.handled, 0);
 /// # Ok(()) }
 /// ```
-pub struct ProjectionBuilder {
+pub struct ProjectionBuilder<S = Source> {
     id: ProjectionId,
-    source: Source,
-    read_journal: Arc<dyn ReadJournal>,
+    source: S,
+    readers: SourceStores,
     offsets: Arc<dyn OffsetStore>,
     settings: ProjectionSettings,
     group: Option<(usize, Duration)>,
 }
 
-impl ProjectionBuilder {
-    /// Reads `source` from `stores.read_journal` and keeps offsets in `stores.offsets`.
-    pub fn new(id: ProjectionId, source: Source, stores: &Stores) -> Self {
+impl<S: SourceProvider> ProjectionBuilder<S> {
+    /// Reads `source` from `stores` (its read journal, or its durable-state store for
+    /// changes) and keeps offsets in `stores.offsets`.
+    pub fn new(id: ProjectionId, source: S, stores: &Stores) -> Self {
         ProjectionBuilder {
             id,
             source,
-            read_journal: stores.read_journal.clone(),
+            readers: SourceStores::of(stores),
             offsets: stores.offsets.clone(),
             settings: ProjectionSettings::default(),
             group: None,
@@ -410,7 +419,7 @@ impl ProjectionBuilder {
 
     /// Reads from another read journal.
     pub fn read_journal(mut self, read_journal: Arc<dyn ReadJournal>) -> Self {
-        self.read_journal = read_journal;
+        self.readers.read_journal = read_journal;
         self
     }
 
@@ -432,7 +441,10 @@ impl ProjectionBuilder {
     }
 
     /// At-least-once delivery to `handler`, one envelope at a time.
-    pub fn at_least_once<H: Handler>(self, handler: H) -> Projection<PerEnvelope<H>> {
+    pub fn at_least_once<H: Handler<S::Envelope>>(
+        self,
+        handler: H,
+    ) -> Projection<PerEnvelope<H>, S> {
         self.build(
             PerEnvelope(handler),
             Delivery::AtLeastOnce,
@@ -441,7 +453,10 @@ impl ProjectionBuilder {
     }
 
     /// At-most-once delivery to `handler`, one envelope at a time.
-    pub fn at_most_once<H: Handler>(self, handler: H) -> Projection<PerEnvelope<H>> {
+    pub fn at_most_once<H: Handler<S::Envelope>>(
+        self,
+        handler: H,
+    ) -> Projection<PerEnvelope<H>, S> {
         self.build(
             PerEnvelope(handler),
             Delivery::AtMostOnce,
@@ -452,7 +467,7 @@ impl ProjectionBuilder {
     /// At-least-once delivery to `handler` in groups (the offset of a group's last
     /// envelope committed as [`ProjectionSettings::commit_every`] says, counting
     /// envelopes).
-    pub fn grouped<H: GroupedHandler>(self, handler: H) -> Projection<Grouped<H>> {
+    pub fn grouped<H: GroupedHandler<S::Envelope>>(self, handler: H) -> Projection<Grouped<H>, S> {
         let group = self.group.unwrap_or((
             self.settings.group_max_envelopes.max(1),
             self.settings.group_max_wait,
@@ -467,10 +482,10 @@ impl ProjectionBuilder {
     /// [`ErrorKind::Unsupported`] now, before anything runs, when the offset store
     /// cannot write both in one transaction (Cassandra; see
     /// [`crate::idempotency_key`] for at-least-once with idempotent effects instead).
-    pub fn exactly_once<H: ExactlyOnceHandler>(
+    pub fn exactly_once<H: ExactlyOnceHandler<S::Envelope>>(
         self,
         handler: H,
-    ) -> Result<Projection<Transactional<H>>> {
+    ) -> Result<Projection<Transactional<H>, S>> {
         if !self.offsets.supports_transactions() {
             return Err(Error::unsupported(format!(
                 "projection {}: exactly-once delivery needs an offset store that writes the handler's effects and the offset in one transaction, and this one cannot (use at-least-once with effects keyed by idempotency_key)",
@@ -481,19 +496,19 @@ impl ProjectionBuilder {
         Ok(self.build(Transactional(handler), Delivery::ExactlyOnce, group))
     }
 
-    fn build<P: Process>(
+    fn build<P: Process<S::Envelope>>(
         self,
         process: P,
         delivery: Delivery,
         group: (usize, Duration),
-    ) -> Projection<P> {
+    ) -> Projection<P, S> {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (control, _) = watch::channel(Control::default());
         Projection {
             shared: Arc::new(Shared {
                 id: self.id,
                 source: self.source,
-                read_journal: self.read_journal,
+                readers: self.readers,
                 offsets: self.offsets,
                 status: Mutex::default(),
                 control,
@@ -511,8 +526,8 @@ impl ProjectionBuilder {
 /// One projection: a source, a handler, an offset store, a delivery and its settings.
 /// Make it with [`Projection::builder`]; run it with [`Projection::run`] (or
 /// [`Projection::spawn`]); manage it with its [`ProjectionHandle`].
-pub struct Projection<P> {
-    shared: Arc<Shared>,
+pub struct Projection<P, S = Source> {
+    shared: Arc<Shared<S>>,
     process: P,
     delivery: Delivery,
     settings: ProjectionSettings,
@@ -523,25 +538,29 @@ pub struct Projection<P> {
 type StopFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Why a wait between groups ended.
-enum Wake {
+enum Wake<E> {
     Stop,
     Control,
     Command(Command),
-    Envelope(Box<Option<Result<EventEnvelope>>>),
+    Envelope(Box<Option<Result<E>>>),
     CommitDue,
 }
 
 impl Projection<()> {
-    /// Starts making a projection of `source` over `stores` (its read journal and its
-    /// offset store).
-    pub fn builder(id: ProjectionId, source: Source, stores: &Stores) -> ProjectionBuilder {
+    /// Starts making a projection of `source` ([`Source`] for events, [`crate::ChangeSource`]
+    /// for durable-state changes) over `stores` (what it reads, and its offset store).
+    pub fn builder<S: SourceProvider>(
+        id: ProjectionId,
+        source: S,
+        stores: &Stores,
+    ) -> ProjectionBuilder<S> {
         ProjectionBuilder::new(id, source, stores)
     }
 }
 
-impl<P: Process> Projection<P> {
+impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
     /// A handle to manage it, also while it runs.
-    pub fn handle(&self) -> ProjectionHandle {
+    pub fn handle(&self) -> ProjectionHandle<S> {
         ProjectionHandle {
             shared: self.shared.clone(),
         }
@@ -585,7 +604,7 @@ impl<P: Process> Projection<P> {
     pub fn spawn(
         self,
     ) -> (
-        ProjectionHandle,
+        ProjectionHandle<S>,
         tokio::task::JoinHandle<Result<ProjectionStatus>>,
     ) {
         let handle = self.handle();
@@ -683,7 +702,7 @@ impl<P: Process> Projection<P> {
             s.committed = start.clone();
             s.position = start.clone();
         });
-        let mut stream = shared.source.open(shared.read_journal.as_ref(), start)?;
+        let mut stream = shared.source.open(&shared.readers, start)?;
         let mut run = RunState {
             version: &mut version,
             pending: None,
@@ -731,7 +750,7 @@ impl<P: Process> Projection<P> {
                             *run.version = new_version;
                             run.pending = None;
                             run.since_commit = 0;
-                            match shared.source.open(shared.read_journal.as_ref(), offset) {
+                            match shared.source.open(&shared.readers, offset) {
                                 Ok(s) => stream = s,
                                 Err(e) => {
                                     let _ = reply.send(Err(e.clone_shallow()));
@@ -773,21 +792,21 @@ impl<P: Process> Projection<P> {
 
     async fn process_group(
         &mut self,
-        group: Vec<EventEnvelope>,
+        group: Vec<S::Envelope>,
         run: &mut RunState<'_>,
     ) -> Result<()> {
         let Some(last) = group.last() else {
             return Ok(());
         };
-        let last_offset = last.offset.clone();
-        let last_timestamp = last.event.timestamp;
+        let last_offset = last.offset().clone();
+        let last_timestamp = last.timestamp();
         let span = tracing::info_span!("persistence.projection.batch", envelopes = group.len(), offset = %last_offset);
         async {
             let n = group.len() as u64;
             match self.delivery {
                 Delivery::AtMostOnce => {
                     for envelope in &group {
-                        commit(&self.shared, run, envelope.offset.clone()).await?;
+                        commit(&self.shared, run, envelope.offset().clone()).await?;
                         self.handle_with_retries(std::slice::from_ref(envelope), run)
                             .await?;
                     }
@@ -822,10 +841,10 @@ impl<P: Process> Projection<P> {
     /// when exactly-once) or fails as [`OnFailure`] says.
     async fn handle_with_retries(
         &mut self,
-        group: &[EventEnvelope],
+        group: &[S::Envelope],
         run: &mut RunState<'_>,
     ) -> Result<()> {
-        let last_offset = group.last().map(|e| e.offset.clone()).unwrap_or_default();
+        let last_offset = group.last().map(|e| e.offset().clone()).unwrap_or_default();
         let mut delay = self.settings.retry_backoff;
         let mut attempt = 0;
         loop {
@@ -906,11 +925,11 @@ struct RunState<'a> {
 /// The group starting with `first`: up to the group size, within the group's wait.
 /// The second value is `Some` when the source ended while gathering (`Some(None)`:
 /// completed; `Some(Some(e))`: failed).
-async fn gather(
+async fn gather<E>(
     group_size: (usize, Duration),
-    first: EventEnvelope,
-    stream: &mut EnvelopeStream,
-) -> (Vec<EventEnvelope>, Option<Option<Error>>) {
+    first: E,
+    stream: &mut SourceStream<E>,
+) -> (Vec<E>, Option<Option<Error>>) {
     let (max, wait) = group_size;
     let mut group = vec![first];
     if max <= 1 {
@@ -928,7 +947,7 @@ async fn gather(
     (group, None)
 }
 
-async fn commit_pending(shared: &Shared, run: &mut RunState<'_>) -> Result<()> {
+async fn commit_pending<S>(shared: &Shared<S>, run: &mut RunState<'_>) -> Result<()> {
     if let Some(offset) = run.pending.take() {
         commit(shared, run, offset).await?;
     }
@@ -937,7 +956,7 @@ async fn commit_pending(shared: &Shared, run: &mut RunState<'_>) -> Result<()> {
     Ok(())
 }
 
-async fn commit(shared: &Shared, run: &mut RunState<'_>, offset: Offset) -> Result<()> {
+async fn commit<S>(shared: &Shared<S>, run: &mut RunState<'_>, offset: Offset) -> Result<()> {
     *run.version = shared
         .offsets
         .commit_offset(&shared.id, *run.version, offset.clone())
@@ -949,7 +968,7 @@ async fn commit(shared: &Shared, run: &mut RunState<'_>, offset: Offset) -> Resu
     Ok(())
 }
 
-async fn set_directly(shared: &Shared, offset: Offset) -> Result<u64> {
+async fn set_directly<S>(shared: &Shared<S>, offset: Offset) -> Result<u64> {
     let version = shared
         .offsets
         .set_offset(&shared.id, offset.clone())

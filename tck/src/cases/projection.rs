@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use persistence_api::{DurableStateChange, Payload};
 use persistence_api::{
     Error, ErrorKind, EventEnvelope, Offset, PersistenceId, QueryMode, Result, StoreTransaction,
 };
 use persistence_projection::{
-    ExactlyOnceHandler, GroupedHandler, Handler, OnFailure, Projection, ProjectionSettings,
-    ProjectionState, RestartSettings, Source,
+    ChangeSource, ExactlyOnceHandler, GroupedHandler, Handler, OnFailure, Projection,
+    ProjectionSettings, ProjectionState, RestartSettings, Source,
 };
 
 use super::offsets::projection_id;
@@ -39,6 +40,8 @@ pub fn cases() -> Vec<Case> {
         "projection::pause_resume_and_lag" => [ProjectionOffsets, QueryEventsByTag, LiveQueries] pause_resume_lag;
         "projection::live_projection_delivers_within_the_declared_delay" => [ProjectionOffsets, QueryEventsByTag, LiveQueries] live_delay;
         "projection::live_projection_gets_every_event_of_16_concurrent_writers" => [ProjectionOffsets, QueryEventsByTag, LiveQueries] many_writers;
+        "projection::over_state_changes_resumes_from_the_committed_offset" => [ProjectionOffsets, DurableStateChanges] over_changes;
+        "projection::exactly_once_over_state_changes" => [ExactlyOnceProjections, DurableStateChanges] exactly_once_over_changes;
     ]
 }
 
@@ -739,4 +742,116 @@ async fn many_writers(ctx: Ctx) {
     }
     handle.stop();
     task.await.unwrap().unwrap();
+}
+
+/// Records the changes it is handed: (id, revision, deleted).
+#[derive(Clone, Default)]
+struct ChangeRecorder(Arc<Mutex<Vec<(String, u64, bool)>>>);
+
+impl ChangeRecorder {
+    fn take(&self) -> Vec<(String, u64, bool)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+    fn record(&self, c: &DurableStateChange) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((c.persistence_id.to_string(), c.revision, c.is_deleted()));
+    }
+}
+
+#[persistence_api::async_trait]
+impl Handler<DurableStateChange> for ChangeRecorder {
+    async fn handle(&mut self, change: &DurableStateChange) -> Result<()> {
+        self.record(change);
+        Ok(())
+    }
+}
+
+#[persistence_api::async_trait]
+impl ExactlyOnceHandler<DurableStateChange> for ChangeRecorder {
+    async fn handle(
+        &mut self,
+        _transaction: &mut StoreTransaction,
+        changes: &[DurableStateChange],
+    ) -> Result<()> {
+        for c in changes {
+            self.record(c);
+        }
+        Ok(())
+    }
+}
+
+async fn upsert(ctx: &Ctx, id: &PersistenceId, revision: u64, tag: &str) {
+    ctx.stores
+        .durable_state
+        .upsert(
+            id,
+            revision,
+            Payload::raw(vec![revision as u8]),
+            Some(tag.into()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("upsert {id} at {revision}: {e:#}"));
+}
+
+/// A current projection over state changes handles each id's latest change (a delete
+/// too) and commits; the next run handles only the changes made since.
+async fn over_changes(ctx: Ctx) {
+    let tag = ctx.tag("states");
+    let (a, b) = (ctx.pid("a"), ctx.pid("b"));
+    upsert(&ctx, &a, 1, &tag).await;
+    upsert(&ctx, &b, 1, &tag).await;
+    upsert(&ctx, &a, 2, &tag).await;
+    let rec = ChangeRecorder::default();
+    let run = |rec: ChangeRecorder| {
+        Projection::builder(
+            projection_id(&ctx, "states"),
+            ChangeSource::tag(&tag, QueryMode::Current),
+            &ctx.stores,
+        )
+        .settings(settings(10))
+        .at_least_once(rec)
+        .run()
+    };
+    run(rec.clone()).await.unwrap();
+    assert_eq!(
+        rec.take(),
+        vec![(b.to_string(), 1, false), (a.to_string(), 2, false)]
+    );
+    ctx.stores.durable_state.delete(&b, 2).await.unwrap();
+    run(rec.clone()).await.unwrap();
+    assert_eq!(
+        rec.take(),
+        vec![(b.to_string(), 2, true)],
+        "only the change since"
+    );
+}
+
+/// Exactly-once over state changes: each change's transaction commits its offset, and
+/// the next run starts after it.
+async fn exactly_once_over_changes(ctx: Ctx) {
+    let tag = ctx.tag("states-eo");
+    let a = ctx.pid("a");
+    upsert(&ctx, &a, 1, &tag).await;
+    let rec = ChangeRecorder::default();
+    let run = |rec: ChangeRecorder| {
+        Projection::builder(
+            projection_id(&ctx, "states-eo"),
+            ChangeSource::tag(&tag, QueryMode::Current),
+            &ctx.stores,
+        )
+        .settings(settings(1))
+        .exactly_once(rec)
+        .expect("declared")
+        .run()
+    };
+    let status = run(rec.clone()).await.unwrap();
+    assert_eq!(
+        (rec.take(), status.commits),
+        (vec![(a.to_string(), 1, false)], 1)
+    );
+    upsert(&ctx, &a, 2, &tag).await;
+    run(rec.clone()).await.unwrap();
+    assert_eq!(rec.take(), vec![(a.to_string(), 2, false)]);
 }
