@@ -3,6 +3,7 @@
 
 mod config;
 mod core;
+mod durable_state;
 mod error;
 mod journal;
 mod large_write;
@@ -19,6 +20,7 @@ use persistence_api::{Capabilities, Result, Stores};
 
 pub use crate::core::{http_client, sdk_config};
 pub use config::DynamoDbConfig;
+pub use durable_state::{DynamoDbDurableStateStore, MAX_STATE_SIZE};
 pub use journal::DynamoDbJournal;
 pub use offsets::{DynamoDbOffsetStore, DynamoDbTransaction, MAX_TRANSACTION_ITEMS};
 pub use query::DynamoDbReadJournal;
@@ -29,7 +31,8 @@ pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
 pub use aws_sdk_dynamodb;
 
 /// A connected DynamoDB backend: one client and configuration shared by the journal, the
-/// snapshot store, the read journal and the projection offset store.
+/// snapshot store, the read journal, the projection offset store and the durable-state
+/// store.
 #[derive(Clone)]
 pub struct DynamoDb {
     inner: Arc<crate::core::Inner>,
@@ -90,8 +93,10 @@ impl DynamoDb {
     }
 
     /// What this backend supports: everything, events up to [`MAX_EVENT_SIZE`], snapshots
-    /// of any size, projection offsets with exactly-once transactions; live queries see a write within a poll plus the longer of the tag gap
-    /// timeout and the new-id feed's settle delay (see the README).
+    /// of any size, projection offsets with exactly-once transactions, durable states up to
+    /// [`MAX_STATE_SIZE`] with change queries; live queries see a write within a poll plus
+    /// the longer of the tag gap timeout and the new-id feed's settle delay (see the
+    /// README).
     pub fn capabilities(&self) -> Capabilities {
         let c = &self.inner.config;
         Capabilities {
@@ -104,8 +109,7 @@ impl DynamoDb {
                     + c.tag_gap_timeout.max(c.feed_settle_delay)
                     + std::time::Duration::from_millis(300),
             ),
-            durable_state: false,
-            durable_state_changes: false,
+            max_state_size: Some(MAX_STATE_SIZE),
             ..Capabilities::all()
         }
     }
@@ -143,7 +147,15 @@ impl DynamoDb {
         }
     }
 
-    /// The three stores and the offset store behind the API's checking and tracing layer.
+    /// The durable-state store alone.
+    pub fn durable_state(&self) -> DynamoDbDurableStateStore {
+        DynamoDbDurableStateStore {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The three stores, the offset store and the durable-state store behind the API's
+    /// checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -153,6 +165,7 @@ impl DynamoDb {
             Arc::new(self.read_journal()),
         )
         .with_offset_store(Arc::new(self.offsets()))
+        .with_durable_state_store(Arc::new(self.durable_state()))
     }
 }
 

@@ -15,6 +15,9 @@
 //! | tag index entry (a copy of the event; or a tombstone, `d` = 1, of a deleted event or a number its writer never used) | `<j>\|t\|<shard, 3 digits>\|<tag>` | the entry's number in its shard, 20 digits |
 //! | tag number counter (`n` = the last number handed out) | `<j>\|t\|<shard, 3 digits>\|<tag>` | `~` (sorts above every number) |
 //! | projection offset (`o`, `v`, `ts`, `ct`) | `<j>\|o\|<projection name>` | projection key |
+//! | durable state (`rv`, `p`/`ps`/`pm`, `dl`, `sg`, `ts`, `ch`, `wi`) | `<j>\|d\|<persistence id>` | `#` |
+//! | durable-state change entry (`pid`, `rv`, `tt`; or a tombstone, `d` = 1, of a number never used) | `<j>\|u\|<shard, 3 digits>\|<tag>` | the entry's number in its shard, 20 digits |
+//! | durable-state change counter (`n`) | `<j>\|u\|<shard, 3 digits>\|<tag>` | `~` |
 //!
 //! Snapshot table (`pk` S hash key, `sk` N range key):
 //!
@@ -104,6 +107,20 @@ pub(crate) const VERSION: &str = "v";
 /// retried request whose earlier attempt was applied recognizes its own write.
 pub(crate) const COMMIT_ID: &str = "ct";
 
+/// On a durable state item and its change entries: the revision.
+pub(crate) const REVISION: &str = "rv";
+/// On a durable state item: set (N 1) when the last change was a delete.
+pub(crate) const DELETED: &str = "dl";
+/// On a durable state item: its tag (S), absent when it has none.
+pub(crate) const STATE_TAG: &str = "sg";
+/// On a tagged durable state item: the number of its change entry in its tag's shard.
+pub(crate) const CHANGE_NUMBER: &str = "ch";
+/// On a durable state item: the id of the write that stored it (a UUID), so a retried
+/// write whose earlier attempt was applied recognizes its own item.
+pub(crate) const WRITE_ID: &str = "wi";
+/// The sort key of a durable state item.
+pub(crate) const STATE_SK: &str = "#";
+
 /// DynamoDB's item size limit.
 pub(crate) const MAX_ITEM_BYTES: usize = 400 * 1024;
 /// DynamoDB's limit of actions per `TransactWriteItems`.
@@ -190,6 +207,17 @@ impl Keys {
 
     pub(crate) fn chunk_pk(&self, version: &str) -> String {
         format!("{}|c|{version}", self.j)
+    }
+
+    /// The partition of one durable state: a single item.
+    pub(crate) fn state_pk(&self, pid: &str) -> String {
+        format!("{}|d|{pid}", self.j)
+    }
+
+    /// The partition of one shard of a tag's durable-state change entries and their
+    /// number counter (an id's shard is its tag shard, [`Keys::tag_shard`]).
+    pub(crate) fn change_pk(&self, tag: &str, shard: u32) -> String {
+        format!("{}|u|{shard:03}|{tag}", self.j)
     }
 
     /// The partition of a projection's offsets: one item per projection key. The name is

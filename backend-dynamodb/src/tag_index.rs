@@ -129,7 +129,7 @@ impl Inner {
     }
 
     /// Adds `count` to the counter of `pk` and answers its new value.
-    async fn add_to_counter(&self, pk: &str, count: u64) -> Result<u64> {
+    pub(crate) async fn add_to_counter(&self, pk: &str, count: u64) -> Result<u64> {
         let req = self
             .client
             .update_item()
@@ -173,15 +173,23 @@ impl Inner {
 
     /// The counters of every shard of `tag` (0 where none exists).
     async fn counters(&self, operation: &'static str, tag: &str) -> Result<Vec<u64>> {
-        let gets = (0..self.keys.tag_shards()).map(|shard| {
+        let pks = (0..self.keys.tag_shards()).map(|shard| self.keys.tag_pk(tag, shard));
+        self.counters_of(operation, pks.collect()).await
+    }
+
+    /// The counters of the numbered partitions `pks` (0 where none exists), one
+    /// consistent `GetItem` each, concurrently.
+    pub(crate) async fn counters_of(
+        &self,
+        operation: &'static str,
+        pks: Vec<String>,
+    ) -> Result<Vec<u64>> {
+        let gets = pks.into_iter().map(|pk| {
             let req = self
                 .client
                 .get_item()
                 .table_name(self.journal_table())
-                .set_key(Some(key(
-                    self.keys.tag_pk(tag, shard),
-                    COUNTER_SK.to_owned(),
-                )))
+                .set_key(Some(key(pk, COUNTER_SK.to_owned())))
                 .consistent_read(true);
             async move {
                 let out = self
@@ -197,7 +205,7 @@ impl Inner {
 
     /// Fills the numbers `from..=to` of `pk` that are still free with tombstones (a
     /// conditional `PutItem` each, up to 16 at a time); the reader reads them again.
-    async fn fill_all(
+    pub(crate) async fn fill_all(
         &self,
         operation: &'static str,
         pk: &str,
@@ -214,7 +222,7 @@ impl Inner {
 
     /// Fills number `num` of `pk` with a tombstone if it is still free. True: filled (the
     /// write that took it can no longer store its entry there); false: an entry is there.
-    async fn fill(&self, operation: &'static str, pk: &str, num: u64) -> Result<bool> {
+    pub(crate) async fn fill(&self, operation: &'static str, pk: &str, num: u64) -> Result<bool> {
         let req = self
             .client
             .put_item()
@@ -230,7 +238,7 @@ impl Inner {
 }
 
 /// The text form of an offset: the last delivered number of every shard.
-fn encode_offset(last: &[u64]) -> Offset {
+pub(crate) fn encode_offset(last: &[u64]) -> Offset {
     Offset::Token(
         last.iter()
             .map(u64::to_string)
@@ -239,7 +247,7 @@ fn encode_offset(last: &[u64]) -> Offset {
     )
 }
 
-fn decode_offset(offset: Offset, shards: usize) -> Result<Vec<u64>> {
+pub(crate) fn decode_offset(offset: Offset, shards: usize) -> Result<Vec<u64>> {
     match offset {
         Offset::NoOffset | Offset::Sequence(0) => Ok(vec![0; shards]),
         Offset::Token(t) => {
@@ -273,30 +281,37 @@ struct Shard {
 /// Numbers `from..=to` missing in a shard: all taken (a later number is there, or the
 /// counter was past them) when the reader first found `from` missing, at `since`.
 #[derive(Clone, Copy)]
-struct Gap {
+pub(crate) struct Gap {
     from: u64,
     to: u64,
     since: Instant,
 }
 
 impl Shard {
-    /// The numbers of `from..=to` (all missing now) that have been missing for `timeout`
-    /// since this reader first saw `from` missing: those taken by then. Only the reader's
-    /// own clock counts: the writers' clocks never decide anything, so a writer whose
-    /// clock is off cannot make a reader skip or wait.
     fn gap_due(&mut self, from: u64, to: u64, timeout: Duration) -> Option<(u64, u64)> {
-        match self.gap {
-            Some(g) if g.from == from => {
-                (g.since.elapsed() >= timeout).then_some((from, g.to.min(to)))
-            }
-            _ => {
-                self.gap = Some(Gap {
-                    from,
-                    to,
-                    since: Instant::now(),
-                });
-                None
-            }
+        gap_due(&mut self.gap, from, to, timeout)
+    }
+}
+
+/// The numbers of `from..=to` (all missing now) that have been missing for `timeout`
+/// since this reader first saw `from` missing (`gap` remembers when): those taken by then.
+/// Only the reader's own clock counts: the writers' clocks never decide anything, so a
+/// writer whose clock is off cannot make a reader skip or wait.
+pub(crate) fn gap_due(
+    gap: &mut Option<Gap>,
+    from: u64,
+    to: u64,
+    timeout: Duration,
+) -> Option<(u64, u64)> {
+    match *gap {
+        Some(g) if g.from == from => (g.since.elapsed() >= timeout).then_some((from, g.to.min(to))),
+        _ => {
+            *gap = Some(Gap {
+                from,
+                to,
+                since: Instant::now(),
+            });
+            None
         }
     }
 }
