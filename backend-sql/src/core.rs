@@ -3,7 +3,7 @@
 //! implemented once by [`SqlStore`] over either database), the [`Dialect`] that spells
 //! their statements, and the wake-up of live queries.
 //!
-//! `journal.rs`, `snapshot.rs`, `query.rs` and `offsets.rs` implement the public traits
+//! `journal.rs`, `snapshot.rs`, `query.rs`, `offsets.rs` and `durable_state.rs` implement the public traits
 //! once on top of these (paging, live polling, offsets, projection offsets);
 //! `postgres.rs` and `sqlite.rs` implement [`Backend`].
 
@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use persistence_api::{AtomicWrite, PersistenceId, PersistentEvent, Result, SequenceNr};
 use tokio::sync::{watch, Mutex, MutexGuard};
 
+use crate::durable_state::{StateRows, StateSql};
 use crate::error::{err, SqlError};
 use crate::journal::WriteError;
 use crate::offsets::{OffsetRows, OffsetSql};
@@ -35,8 +36,9 @@ pub(crate) struct IdState {
 pub(crate) trait Backend: Send + Sync + 'static {
     /// The backend's name (`postgres` or `sqlite`), as errors and configuration name it.
     const NAME: &'static str;
-    /// The reads, deletes, snapshots and projection offsets, the same for both databases.
-    type Store: Store + SnapshotRows + OffsetRows;
+    /// The reads, deletes, snapshots, projection offsets and durable states, the same for
+    /// both databases.
+    type Store: Store + SnapshotRows + OffsetRows + StateRows;
     /// The shared statements of this database.
     fn store(&self) -> &Self::Store;
     /// A receiver that changes whenever something may have been written (a write through
@@ -219,6 +221,8 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
     pub(crate) snapshot_sql: SnapshotSql,
     /// The projection offset statements (see `offsets.rs`).
     pub(crate) offset_sql: OffsetSql,
+    /// The durable-state statements (see `durable_state.rs`).
+    pub(crate) state_sql: StateSql,
     page_size: usize,
     poll_interval: Duration,
     /// SQLite: this process's writers take turns here, so they never spin on
@@ -229,11 +233,14 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {
-    /// The store of `pool`, its statements rendered for `names` in `dialect`.
+    /// The store of `pool`, its statements rendered for `names` in `dialect` (the
+    /// durable-state writes by the database, in `state_sql`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pool: sqlx::Pool<DB>,
         names: &Names,
         dialect: &Dialect,
+        state_sql: StateSql,
         page_size: usize,
         poll_interval: Duration,
         writers_take_turns: bool,
@@ -244,6 +251,7 @@ impl<DB: sqlx::Database> SqlStore<DB> {
             sql: StoreSql::new(names, dialect),
             snapshot_sql: SnapshotSql::new(names, dialect),
             offset_sql: OffsetSql::new(names, dialect),
+            state_sql,
             page_size,
             poll_interval,
             write_turns: writers_take_turns.then(|| Mutex::new(())),

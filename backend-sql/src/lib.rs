@@ -5,13 +5,16 @@
 
 // The files by role: `core` (what both databases share beneath the stores), `journal`
 // (the write path, replay, highest, delete), `snapshot`, `query`, `offsets` (projection
-// offsets and exactly-once transactions), `schema` (the tables,
+// offsets and exactly-once transactions), `durable_state` (states by revision and their
+// change queries), `schema` (the tables,
 // their migrations and row layout), `error` (sqlx's errors as public ones), and each
 // database's own machinery in `postgres` and `sqlite`.
 // Without a database feature only the configuration and the schema text remain.
 pub mod config;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod core;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod durable_state;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -50,13 +53,12 @@ use persistence_api::{Capabilities, Result, Stores};
 pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
     Capabilities {
         live_query_max_delay: Some(poll_interval + Duration::from_millis(500)),
-        durable_state: false,
-        durable_state_changes: false,
         ..Capabilities::all()
     }
 }
 
-/// The journal, snapshot store, read journal and offset store of `backend`, behind the checking layer
+/// The journal, snapshot store, read journal, offset store and durable-state store of
+/// `backend`, behind the checking layer
 /// (which adds the operation, the backend's name, the persistence id and the sequence
 /// numbers of the call to every error they return).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -76,6 +78,9 @@ pub(crate) fn stores<B: core::Backend>(backend: &Arc<B>) -> Stores {
         }),
     )
     .with_offset_store(Arc::new(offsets::SqlOffsetStore {
+        backend: backend.clone(),
+    }))
+    .with_durable_state_store(Arc::new(durable_state::SqlDurableStateStore {
         backend: backend.clone(),
     }))
 }

@@ -208,11 +208,20 @@ impl PgBackend {
         }
         let names = Names::new(Some(&config.schema), &config.table_prefix());
         let namespace = format!("{}.{}", config.schema, config.table_prefix());
+        let channel = format!("persistence_{:016x}", fnv1a(&namespace));
+        let state_sql = crate::durable_state::StateSql::postgres(
+            &names,
+            &namespace,
+            &channel,
+            config.notify,
+            config.tag_order_lock,
+        );
         Ok(PgBackend {
             store: SqlStore::new(
                 pool,
                 &names,
                 &POSTGRES,
+                state_sql,
                 config.page_size as usize,
                 config.poll_interval,
                 false,
@@ -220,7 +229,7 @@ impl PgBackend {
             ),
             options,
             sql: Statements::new(&names, config.notify),
-            channel: format!("persistence_{:016x}", fnv1a(&namespace)),
+            channel,
             ids_lock_key: fnv1a(&format!("backend-sql:{namespace}:ids")) as i64,
             namespace,
             wake: Arc::new(watch::Sender::new(0)),

@@ -23,7 +23,7 @@ pub(crate) struct SqlReadJournal<B> {
 }
 
 /// Waits until `rx` changes or `poll` passes.
-async fn wait_for_change(rx: &mut watch::Receiver<u64>, poll: Duration) {
+pub(crate) async fn wait_for_change(rx: &mut watch::Receiver<u64>, poll: Duration) {
     tokio::select! {
         changed = rx.changed() => {
             if changed.is_err() {
@@ -35,8 +35,8 @@ async fn wait_for_change(rx: &mut watch::Receiver<u64>, poll: Duration) {
     }
 }
 
-/// The position after which a tag query starts.
-fn tag_position(offset: &Offset) -> persistence_api::Result<u64> {
+/// The position after which a tag query (or a change query) starts.
+pub(crate) fn tag_position(offset: &Offset) -> persistence_api::Result<u64> {
     match offset {
         Offset::NoOffset => Ok(0),
         Offset::Sequence(n) => Ok(*n),

@@ -46,6 +46,11 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
         description: "projection offsets",
         template: include_str!("../migrations/postgres/0002_projection_offsets.sql"),
     },
+    Migration {
+        version: 3,
+        description: "durable state",
+        template: include_str!("../migrations/postgres/0003_durable_state.sql"),
+    },
 ];
 
 /// The SQLite migrations, oldest first.
@@ -59,6 +64,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "projection offsets",
         template: include_str!("../migrations/sqlite/0002_projection_offsets.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "durable state",
+        template: include_str!("../migrations/sqlite/0003_durable_state.sql"),
     },
 ];
 
@@ -75,12 +85,16 @@ const OBJECTS: &[&str] = &[
     "journal_ids_ordering_seq",
     "snapshot",
     "projection_offsets",
+    "durable_state",
+    "durable_state_ordering_seq",
     "persistence_migrations",
 ];
 const INDEXES: &[&str] = &[
     "event_journal_ordering_idx",
     "event_tag_event_idx",
     "journal_ids_ordering_idx",
+    "durable_state_tag_idx",
+    "durable_state_ordering_idx",
 ];
 
 impl Names {

@@ -123,6 +123,7 @@ impl SqliteBackend {
                 pool,
                 &names,
                 &SQLITE,
+                crate::durable_state::StateSql::sqlite(&names),
                 config.page_size as usize,
                 config.poll_interval,
                 true,
