@@ -163,3 +163,89 @@ async fn a_conflicting_instance_runs_none_of_its_effects() {
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err:#}");
     assert!(model.lock().unwrap().is_empty(), "no effect ran");
 }
+
+/// Fails the first events-by-tag stream it opens after two envelopes, with `Unavailable`
+/// (a server gone mid-stream); later streams pass through.
+struct Flaky {
+    inner: Arc<dyn persistence_api::ReadJournal>,
+    opened: std::sync::atomic::AtomicU32,
+}
+
+impl persistence_api::ReadJournal for Flaky {
+    fn query_persistence_ids(&self, mode: QueryMode) -> persistence_api::PersistenceIdStream {
+        self.inner.query_persistence_ids(mode)
+    }
+    fn query_events_by_persistence_id(
+        &self,
+        id: PersistenceId,
+        from: u64,
+        to: u64,
+        mode: QueryMode,
+    ) -> persistence_api::EnvelopeStream {
+        self.inner
+            .query_events_by_persistence_id(id, from, to, mode)
+    }
+    fn query_events_by_tag(
+        &self,
+        tag: String,
+        offset: persistence_api::Offset,
+        mode: QueryMode,
+    ) -> persistence_api::EnvelopeStream {
+        use futures::StreamExt;
+        let stream = self.inner.query_events_by_tag(tag, offset, mode);
+        if self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            return stream;
+        }
+        Box::pin(stream.take(2).chain(futures::stream::once(async {
+            Err(Error::new(ErrorKind::Unavailable, "the server went away"))
+        })))
+    }
+}
+
+#[tokio::test]
+async fn a_source_error_restarts_the_projection_from_its_offset() {
+    use persistence_projection::Handler;
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<u64>>>);
+    #[persistence_api::async_trait]
+    impl Handler for Seen {
+        async fn handle(&mut self, envelope: &EventEnvelope) -> Result<()> {
+            self.0.lock().unwrap().push(envelope.sequence_nr());
+            Ok(())
+        }
+    }
+    let stores = persistence_memory::stores();
+    write(&stores, "a", 1, 5).await;
+    let flaky = Arc::new(Flaky {
+        inner: stores.read_journal.clone(),
+        opened: Default::default(),
+    });
+    let seen = Seen::default();
+    let status = Projection::builder(
+        ProjectionId::new("restarts", "t").unwrap(),
+        Source::tag("t", QueryMode::Current),
+        &stores,
+    )
+    .read_journal(flaky)
+    .settings(ProjectionSettings {
+        commit_every: 1,
+        restart: RestartSettings {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+            max_restarts: Some(3),
+        },
+        ..ProjectionSettings::default()
+    })
+    .at_least_once(seen.clone())
+    .run()
+    .await
+    .expect("restarted after the source error");
+    assert_eq!(status.restarts, 1);
+    assert!(status.last_error.unwrap().contains("server went away"));
+    // Committed after each envelope: the restart resumes after event 2, nothing repeated.
+    assert_eq!(*seen.0.lock().unwrap(), vec![1, 2, 3, 4, 5]);
+}
