@@ -112,6 +112,13 @@ pub struct TableNames {
     pub snapshots: String,
     /// Per projection `(name, key)`: its offset and version (see `offsets.rs`).
     pub projection_offsets: String,
+    /// Per `persistence_id`: its durable state and revision (see `durable_state.rs`).
+    pub durable_state: String,
+    /// The durable-state changes, partitioned by `(tag, timebucket)`, in time order.
+    pub durable_state_changes: String,
+    /// Per tag: the earliest time buckets of `durable_state_changes` written, where a
+    /// change query from the start begins.
+    pub durable_state_buckets: String,
 }
 
 impl Default for TableNames {
@@ -126,6 +133,9 @@ impl Default for TableNames {
             all_persistence_ids: "all_persistence_ids".into(),
             snapshots: "snapshots".into(),
             projection_offsets: "projection_offsets".into(),
+            durable_state: "durable_state".into(),
+            durable_state_changes: "durable_state_changes".into(),
+            durable_state_buckets: "durable_state_buckets".into(),
         }
     }
 }
@@ -291,6 +301,9 @@ impl CassandraConfig {
             &t.all_persistence_ids,
             &t.snapshots,
             &t.projection_offsets,
+            &t.durable_state,
+            &t.durable_state_changes,
+            &t.durable_state_buckets,
         ] {
             if !is_identifier(name) {
                 return Err(Error::config(format!(

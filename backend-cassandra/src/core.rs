@@ -20,7 +20,7 @@ use scylla::value::CqlValue;
 
 use crate::config::{CassandraConfig, ConsistencyLevel};
 use crate::error::{connect_failed, unexpected, ResultExt};
-use crate::schema::{self, EVENT_COLUMNS, NS_SEP};
+use crate::schema::{self, EVENT_COLUMNS, NS_SEP, STATE_COLUMNS};
 use crate::tags::TagSeqs;
 
 /// Every prepared statement the driver uses.
@@ -59,6 +59,17 @@ pub(crate) struct Statements {
     pub select_offset: PreparedStatement,
     pub insert_offset: PreparedStatement,
     pub update_offset: PreparedStatement,
+    pub select_state_serial: PreparedStatement,
+    pub select_state: PreparedStatement,
+    pub insert_state: PreparedStatement,
+    pub update_state: PreparedStatement,
+    pub insert_deleted_state: PreparedStatement,
+    pub update_deleted_state: PreparedStatement,
+    pub insert_state_change: PreparedStatement,
+    pub delete_state_change: PreparedStatement,
+    pub select_state_changes: PreparedStatement,
+    pub select_state_buckets: PreparedStatement,
+    pub add_state_bucket: PreparedStatement,
 }
 
 impl Statements {
@@ -74,6 +85,9 @@ impl Statements {
         let ids = format!("{ks}.{}", t.all_persistence_ids);
         let sn = format!("{ks}.{}", t.snapshots);
         let po = format!("{ks}.{}", t.projection_offsets);
+        let ds = format!("{ks}.{}", t.durable_state);
+        let dsc = format!("{ks}.{}", t.durable_state_changes);
+        let dsb = format!("{ks}.{}", t.durable_state_buckets);
         let (consistency, serial) = match config.consistency {
             ConsistencyLevel::Quorum => (Consistency::Quorum, SerialConsistency::Serial),
             ConsistencyLevel::LocalQuorum => {
@@ -91,6 +105,13 @@ impl Statements {
         };
         let idempotent = |mut p: PreparedStatement| {
             p.set_is_idempotent(true);
+            p
+        };
+        let serial_read = |mut p: PreparedStatement| {
+            p.set_consistency(match serial {
+                SerialConsistency::Serial => Consistency::Serial,
+                SerialConsistency::LocalSerial => Consistency::LocalSerial,
+            });
             p
         };
         Ok(Statements {
@@ -209,6 +230,43 @@ impl Statements {
             update_offset: prep(format!(
                 "UPDATE {po} SET offset = ?, version = ?, updated = toTimestamp(now()) WHERE projection_name = ? AND projection_key = ? IF version = ?"
             )).await?,
+            // Durable state (see `durable_state.rs`): `get` reads at the serial level, as
+            // offsets do; change queries read at `consistency` and fall back to the serial
+            // read only for a change whose write they do not see yet.
+            select_state_serial: idempotent(serial_read(prep(format!(
+                "SELECT {STATE_COLUMNS} FROM {ds} WHERE persistence_id = ?"
+            )).await?)),
+            select_state: idempotent(prep(format!(
+                "SELECT {STATE_COLUMNS} FROM {ds} WHERE persistence_id = ?"
+            )).await?),
+            // The four conditional writes (lightweight transactions: not idempotent).
+            insert_state: prep(format!(
+                "INSERT INTO {ds} (persistence_id, revision, ser_id, ser_manifest, state, deleted, tag, timestamp) VALUES (?, ?, ?, ?, ?, false, ?, ?) IF NOT EXISTS"
+            )).await?,
+            update_state: prep(format!(
+                "UPDATE {ds} SET revision = ?, ser_id = ?, ser_manifest = ?, state = ?, deleted = false, tag = ?, timestamp = ? WHERE persistence_id = ? IF revision = ?"
+            )).await?,
+            insert_deleted_state: prep(format!(
+                "INSERT INTO {ds} (persistence_id, revision, deleted, timestamp) VALUES (?, ?, true, ?) IF NOT EXISTS"
+            )).await?,
+            update_deleted_state: prep(format!(
+                "UPDATE {ds} SET revision = :revision, ser_id = null, ser_manifest = null, state = null, deleted = true, timestamp = ? WHERE persistence_id = ? IF revision = ?"
+            )).await?,
+            insert_state_change: idempotent(prep(format!(
+                "INSERT INTO {dsc} (tag, timebucket, timestamp, persistence_id, revision) VALUES (?, ?, ?, ?, ?)"
+            )).await?),
+            delete_state_change: idempotent(prep(format!(
+                "DELETE FROM {dsc} WHERE tag = ? AND timebucket = ? AND timestamp = ? AND persistence_id = ?"
+            )).await?),
+            select_state_changes: idempotent(prep(format!(
+                "SELECT timestamp, persistence_id, revision FROM {dsc} WHERE tag = ? AND timebucket = ? AND timestamp > ? AND timestamp <= ?"
+            )).await?),
+            select_state_buckets: idempotent(prep(format!(
+                "SELECT first_buckets FROM {dsb} WHERE tag = ?"
+            )).await?),
+            add_state_bucket: idempotent(prep(format!(
+                "UPDATE {dsb} SET first_buckets = first_buckets + ? WHERE tag = ?"
+            )).await?),
         })
     }
 }
@@ -228,6 +286,9 @@ pub(crate) struct Inner {
     pub repair_due: Mutex<HashSet<String>>,
     /// Per stored tag: the earliest bucket known to be registered in `tag_buckets`.
     pub tag_first_bucket: Mutex<HashMap<String, i64>>,
+    /// Per stored tag: the earliest bucket known to be registered in
+    /// `durable_state_buckets`.
+    pub state_first_bucket: Mutex<HashMap<String, i64>>,
 }
 
 /// What [`Inner::walk`] found.
@@ -252,6 +313,7 @@ impl Inner {
             tag_seqs: Mutex::new(HashMap::new()),
             repair_due: Mutex::new(HashSet::new()),
             tag_first_bucket: Mutex::new(HashMap::new()),
+            state_first_bucket: Mutex::new(HashMap::new()),
         }
     }
 

@@ -127,7 +127,7 @@ impl DriverError for NewSessionError {
 /// serial level, or the next LWT on the row) completes it. One of another write type on an
 /// LWT comes from its commit phase: the value was accepted and will be committed. A client
 /// timeout or a broken connection leaves the request's fate unseen.
-fn lwt_unknown(e: &ExecutionError) -> Option<(ErrorKind, &'static str)> {
+pub(crate) fn lwt_unknown(e: &ExecutionError) -> Option<(ErrorKind, &'static str)> {
     match e {
         ExecutionError::RequestTimeout(_) => Some((
             ErrorKind::Timeout,

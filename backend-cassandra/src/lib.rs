@@ -4,6 +4,7 @@
 mod cleanup;
 mod config;
 mod core;
+mod durable_state;
 mod error;
 mod journal;
 mod offsets;
@@ -20,6 +21,7 @@ use scylla::client::session::Session;
 
 pub use cleanup::CleanupReport;
 pub use config::{CassandraConfig, ConsistencyLevel, Replication, TableNames, TimeBucket};
+pub use durable_state::{CassandraDurableStateStore, MAX_STATE_SIZE};
 pub use journal::{CassandraJournal, MAX_ATOMIC_WRITE_SIZE, MAX_EVENT_SIZE};
 pub use offsets::CassandraOffsetStore;
 pub use query::CassandraReadJournal;
@@ -32,7 +34,7 @@ pub use scylla;
 use crate::core::Inner;
 
 /// Opens the backend (see [`Cassandra::open`]) and returns its journal, snapshot store, read
-/// journal and projection offset store behind the checking layer of [`Stores`]: the one-call
+/// journal, projection offset store and durable-state store behind the checking layer of [`Stores`]: the one-call
 /// entry point every backend has (`persistence_<backend>::open`).
 pub async fn open(config: CassandraConfig) -> Result<Stores> {
     Ok(Cassandra::open(config).await?.stores())
@@ -103,14 +105,15 @@ impl Cassandra {
             // cannot commit with its offset (see `offsets.rs` and the README). Projections
             // here are at-least-once, with idempotent (upserted) effects.
             exactly_once_projections: false,
-            durable_state: false,
-            durable_state_changes: false,
+            // Durable state and its change queries are declared (by `..Capabilities::all()`),
+            // with the size limit of one row (see `durable_state.rs`).
+            max_state_size: Some(MAX_STATE_SIZE),
             ..Capabilities::all()
         }
     }
 
-    /// The three stores and the projection offset store behind the checking and tracing
-    /// layer.
+    /// The three stores, the projection offset store and the durable-state store behind the
+    /// checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -120,6 +123,7 @@ impl Cassandra {
             Arc::new(self.read_journal()),
         )
         .with_offset_store(Arc::new(self.offsets()))
+        .with_durable_state_store(Arc::new(self.durable_state()))
     }
 
     /// The journal, unchecked (prefer [`Cassandra::stores`]).
@@ -146,6 +150,13 @@ impl Cassandra {
     /// The projection offset store, unchecked.
     pub fn offsets(&self) -> CassandraOffsetStore {
         CassandraOffsetStore {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The durable-state store, unchecked.
+    pub fn durable_state(&self) -> CassandraDurableStateStore {
+        CassandraDurableStateStore {
             inner: self.inner.clone(),
         }
     }

@@ -23,6 +23,10 @@ pub(crate) const NS_SEP: char = '\u{1f}';
 /// The columns read back for an event, from `messages` and from `tag_views` alike.
 pub(crate) const EVENT_COLUMNS: &str = "sequence_nr, timestamp, writer_uuid, ser_id, ser_manifest, event_manifest, event, meta_ser_id, meta_ser_manifest, meta, tags, event_time";
 
+/// The columns read back for a durable state.
+pub(crate) const STATE_COLUMNS: &str =
+    "revision, ser_id, ser_manifest, state, deleted, tag, timestamp";
+
 /// The `CREATE KEYSPACE` statement (with the configured development replication).
 pub fn create_keyspace(config: &CassandraConfig) -> String {
     format!(
@@ -155,6 +159,43 @@ pub fn create_tables(config: &CassandraConfig) -> Vec<String> {
     updated timestamp,
     PRIMARY KEY ((projection_name, projection_key)))",
             o = t.projection_offsets
+        ),
+        // Durable state (see `durable_state.rs`): one row per id, written only by
+        // lightweight transactions on `revision`. `timestamp` is the time-based UUID of the
+        // write, the same as its row in `durable_state_changes` when it has a tag.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.{d} (
+    persistence_id text,
+    revision bigint,
+    ser_id text,
+    ser_manifest text,
+    state blob,
+    deleted boolean,
+    tag text,
+    timestamp timeuuid,
+    PRIMARY KEY (persistence_id))",
+            d = t.durable_state
+        ),
+        // One row per tagged upsert or delete, written before its lightweight transaction;
+        // change queries deliver a row only while the state's `timestamp` is the row's.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.{c} (
+    tag text,
+    timebucket bigint,
+    timestamp timeuuid,
+    persistence_id text,
+    revision bigint,
+    PRIMARY KEY ((tag, timebucket), timestamp, persistence_id))
+    WITH gc_grace_seconds = 864000
+    AND compaction = {{'class': 'SizeTieredCompactionStrategy'}}",
+            c = t.durable_state_changes
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.{b} (
+    tag text,
+    first_buckets set<bigint>,
+    PRIMARY KEY (tag))",
+            b = t.durable_state_buckets
         ),
     ]
 }
