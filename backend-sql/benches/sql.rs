@@ -14,7 +14,10 @@
 //! In each round the stores and raw sqlx take turns going first. A last row, stores only:
 //! 10,000 single-event atomic writes of 10 ids, 100 per `write_events` call.
 //! `BENCH_ROUNDS` (default 4) rounds per figure; the median is printed. `BENCH_ONLY=sqlite`
-//! or `BENCH_ONLY=postgres` runs one database. A last section
+//! or `BENCH_ONLY=postgres` runs one database, `BENCH_ONLY=state` the durable-state
+//! workloads only: upserts of one id one after the other, upserts of 16 ids by 16
+//! concurrent tasks, and a current change query over 10,000 states, each beside raw sqlx
+//! issuing the same conditional statements. A last section
 //! measures what the PostgreSQL tag-order lock costs 16 concurrent writers of one tag, and
 //! how many events a resuming reader misses without it.
 
@@ -733,21 +736,419 @@ async fn tag_lock_cost(url: &str) {
     }
 }
 
+// ---------------------------------------------------------------- durable state
+
+/// Upserts of one id one after the other.
+const STATE_SEQUENTIAL: u64 = 1_000;
+/// Concurrent upserters, one id each, and upserts per id.
+const STATE_WRITERS: u64 = 16;
+const STATE_EACH: u64 = 125;
+/// States read by the change query.
+const STATE_IDS: u64 = 10_000;
+
+fn state_payload() -> Payload {
+    Payload::new("bench", "bench.State/v1", vec![7u8; 100])
+}
+
+/// A change row as the store reads it: id, revision, ser_id, manifest, bytes, tag,
+/// timestamp, ordering.
+type RawChange = (
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+/// The durable-state statements the store issues, through raw sqlx: the same text,
+/// bound the same way (PostgreSQL: the tag lock, `nextval` and the `NOTIFY` in one
+/// statement; SQLite: `MAX(ordering) + 1` in the statement, writers taking turns).
+enum StateRaw {
+    Sqlite(sqlx::SqlitePool, tokio::sync::Mutex<()>, String),
+    Postgres(sqlx::PgPool, String),
+}
+
+impl StateRaw {
+    fn table(&self) -> &str {
+        match self {
+            StateRaw::Sqlite(_, _, t) | StateRaw::Postgres(_, t) => t,
+        }
+    }
+
+    fn insert_sql(&self, update: bool) -> String {
+        let t = self.table();
+        match self {
+            StateRaw::Sqlite(..) => {
+                let next = format!("(SELECT COALESCE(MAX(ordering), 0) + 1 FROM {t})");
+                if update {
+                    format!("UPDATE {t} SET revision = ?2, ser_id = ?3, ser_manifest = ?4, payload = ?5, \
+                         tag = ?6, write_timestamp = ?7, ordering = {next} \
+                         WHERE persistence_id = ?1 AND revision = ?2 - 1 RETURNING revision")
+                } else {
+                    format!("INSERT INTO {t} (persistence_id, revision, ser_id, ser_manifest, payload, tag, \
+                         write_timestamp, ordering) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {next}) \
+                         ON CONFLICT (persistence_id) DO NOTHING RETURNING revision")
+                }
+            }
+            StateRaw::Postgres(..) => {
+                let seq = t.replace("durable_state\"", "durable_state_ordering_seq\"");
+                let lock =
+                    "SELECT count(pg_advisory_xact_lock(hashtextextended($8::text || k.t, 0))) \
+                     AS n FROM (SELECT $6::text AS t) k WHERE k.t IS NOT NULL";
+                let write = if update {
+                    format!(
+                        "UPDATE {t} AS s SET revision = $2::bigint, ser_id = $3::text, \
+                         ser_manifest = $4::text, payload = $5::bytea, tag = $6::text, \
+                         write_timestamp = $7::bigint, ordering = nextval('{seq}') FROM l \
+                         WHERE s.persistence_id = $1::text AND s.revision = $2::bigint - 1 \
+                         RETURNING s.revision"
+                    )
+                } else {
+                    format!("INSERT INTO {t} (persistence_id, revision, ser_id, ser_manifest, payload, \
+                         tag, write_timestamp, ordering) SELECT $1::text, $2::bigint, $3::text, \
+                         $4::text, $5::bytea, $6::text, $7::bigint, nextval('{seq}') FROM l \
+                         ON CONFLICT (persistence_id) DO NOTHING RETURNING revision")
+                };
+                format!(
+                    "WITH l AS ({lock}), w AS ({write}) \
+                     SELECT w.revision, (SELECT 1 FROM pg_notify($9, '')) FROM w"
+                )
+            }
+        }
+    }
+
+    async fn upsert(&self, id: &str, revision: i64, tag: &str) {
+        let sql = self.insert_sql(revision > 1);
+        let p = state_payload();
+        let now = persistence_api::Timestamp::now().as_millis();
+        let wrote = match self {
+            StateRaw::Sqlite(pool, turns, _) => {
+                let _turn = turns.lock().await;
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(revision)
+                    .bind(Some(p.serializer_id.as_str()))
+                    .bind(Some(p.manifest.as_str()))
+                    .bind(Some(p.bytes.as_ref()))
+                    .bind(Some(tag))
+                    .bind(now)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+            StateRaw::Postgres(pool, _) => sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .bind(revision)
+                .bind(Some(p.serializer_id.as_str()))
+                .bind(Some(p.manifest.as_str()))
+                .bind(Some(p.bytes.as_ref()))
+                .bind(Some(tag))
+                .bind(now)
+                .bind("bench-raw:state:")
+                .bind("bench_raw_channel")
+                .fetch_optional(pool)
+                .await
+                .unwrap()
+                .is_some(),
+        };
+        assert!(wrote, "raw upsert of {id} at {revision}");
+    }
+
+    /// The current change query of `tag`: its upper bound, then pages of `PAGE` rows.
+    async fn changes(&self, tag: &str) -> u64 {
+        let t = self.table();
+        let (p, bigint) = match self {
+            StateRaw::Sqlite(..) => ('?', ""),
+            StateRaw::Postgres(..) => ('$', "::bigint"),
+        };
+        let max_sql =
+            format!("SELECT COALESCE(MAX(ordering), 0){bigint} FROM {t} WHERE tag = {p}1");
+        let page_sql = format!(
+            "SELECT persistence_id, revision, ser_id, ser_manifest, payload, tag, write_timestamp, \
+             ordering FROM {t} WHERE tag = {p}1 AND ordering > {p}2 AND ordering <= {p}3 \
+             ORDER BY ordering LIMIT {p}4"
+        );
+        macro_rules! pages {
+            ($pool:expr) => {{
+                let upto: i64 = sqlx::query_scalar(AssertSqlSafe(max_sql))
+                    .bind(tag)
+                    .fetch_one($pool)
+                    .await
+                    .unwrap();
+                let mut after = 0i64;
+                let mut n = 0u64;
+                loop {
+                    let page: Vec<RawChange> = sqlx::query_as(AssertSqlSafe(page_sql.clone()))
+                        .bind(tag)
+                        .bind(after)
+                        .bind(upto)
+                        .bind(PAGE)
+                        .fetch_all($pool)
+                        .await
+                        .unwrap();
+                    let len = page.len();
+                    for c in page {
+                        let changed = (
+                            PersistenceId::new(c.0).unwrap(),
+                            u64::try_from(c.1).unwrap(),
+                            c.4.map(|b| Payload::new(c.2.unwrap(), c.3.unwrap(), b)),
+                            c.5,
+                            persistence_api::Timestamp::from_millis(c.6),
+                        );
+                        std::hint::black_box(changed);
+                        after = c.7;
+                        n += 1;
+                    }
+                    if len < PAGE as usize {
+                        break n;
+                    }
+                }
+            }};
+        }
+        match self {
+            StateRaw::Sqlite(pool, _, _) => pages!(pool),
+            StateRaw::Postgres(pool, _) => pages!(pool),
+        }
+    }
+
+    /// Stores `STATE_IDS` states of `tag` in one transaction (untimed setup).
+    async fn fill(&self, tag: &str) {
+        let t = self.table();
+        match self {
+            StateRaw::Sqlite(pool, _, _) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) \
+                     INSERT INTO {t} (persistence_id, revision, ser_id, ser_manifest, payload, tag, \
+                     write_timestamp, ordering) SELECT 'q-' || i, 1, 'bench', 'bench.State/v1', \
+                     zeroblob(100), ?1, 0, (SELECT COALESCE(MAX(ordering), 0) FROM {t}) + i FROM n"
+                )))
+                .bind(tag)
+                .bind(STATE_IDS as i64)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            StateRaw::Postgres(pool, _) => {
+                let seq = t.replace("durable_state\"", "durable_state_ordering_seq\"");
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {t} (persistence_id, revision, ser_id, ser_manifest, payload, tag, \
+                     write_timestamp, ordering) SELECT 'q-' || i, 1, 'bench', 'bench.State/v1', \
+                     decode(repeat('07', 100), 'hex'), $1, 0, nextval('{seq}') \
+                     FROM generate_series(1, $2::bigint) AS i"
+                )))
+                .bind(tag)
+                .bind(STATE_IDS as i64)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+}
+
+async fn state_sequential(stores: &Stores, raw: Option<&StateRaw>, id: &str) -> f64 {
+    let start = Instant::now();
+    for revision in 1..=STATE_SEQUENTIAL {
+        match raw {
+            Some(raw) => raw.upsert(id, revision as i64, "seq").await,
+            None => stores
+                .durable_state
+                .upsert(
+                    &PersistenceId::new(id).unwrap(),
+                    revision,
+                    state_payload(),
+                    Some("seq".into()),
+                )
+                .await
+                .unwrap(),
+        }
+    }
+    rate(STATE_SEQUENTIAL, start.elapsed())
+}
+
+async fn state_concurrent(
+    stores: &Stores,
+    raw: Option<&std::sync::Arc<StateRaw>>,
+    prefix: &str,
+) -> f64 {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..STATE_WRITERS)
+        .map(|w| {
+            let stores = stores.clone();
+            let raw = raw.cloned();
+            let id = format!("{prefix}-{w}");
+            tokio::spawn(async move {
+                for revision in 1..=STATE_EACH {
+                    match &raw {
+                        Some(raw) => raw.upsert(&id, revision as i64, "conc").await,
+                        None => stores
+                            .durable_state
+                            .upsert(
+                                &PersistenceId::new(id.as_str()).unwrap(),
+                                revision,
+                                state_payload(),
+                                Some("conc".into()),
+                            )
+                            .await
+                            .unwrap(),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    rate(STATE_WRITERS * STATE_EACH, start.elapsed())
+}
+
+async fn state_query(stores: &Stores, raw: Option<&StateRaw>, tag: &str) -> f64 {
+    let start = Instant::now();
+    let n = match raw {
+        Some(raw) => raw.changes(tag).await,
+        None => {
+            stores
+                .durable_state
+                .query_changes(
+                    tag.into(),
+                    Offset::NoOffset,
+                    persistence_api::QueryMode::Current,
+                )
+                .fold(0u64, |n, c| async move {
+                    c.unwrap();
+                    n + 1
+                })
+                .await
+        }
+    };
+    assert_eq!(n, STATE_IDS);
+    rate(STATE_IDS, start.elapsed())
+}
+
+/// The three durable-state workloads, stores and raw taking turns going first; medians.
+async fn state_rounds(db: &str, stores: &Stores, raw: StateRaw) {
+    let raw = std::sync::Arc::new(raw);
+    raw.fill("query").await;
+    let mut r = vec![Vec::new(); 6];
+    for round in 0..rounds() {
+        for turn in 0..2 {
+            let raw_first = (round + turn) % 2 == 1;
+            for side in [raw_first, !raw_first] {
+                let who = if side { "raw" } else { "stores" };
+                let raw_ref = side.then_some(&*raw);
+                let k = usize::from(side);
+                if turn == 0 {
+                    r[k].push(
+                        state_sequential(stores, raw_ref, &format!("seq-{who}-{round}")).await,
+                    );
+                    r[2 + k].push(
+                        state_concurrent(
+                            stores,
+                            side.then_some(&raw),
+                            &format!("conc-{who}-{round}"),
+                        )
+                        .await,
+                    );
+                } else {
+                    r[4 + k].push(state_query(stores, raw_ref, "query").await);
+                }
+            }
+        }
+    }
+    let names = [
+        "state upserts of one id, sequential",
+        "state upserts, 16 ids concurrently",
+        "current changes over 10,000 ids",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        row(
+            db,
+            name,
+            median(r[2 * i].clone()),
+            median(r[2 * i + 1].clone()),
+        );
+    }
+}
+
+async fn bench_states_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("state.db"));
+    config.max_connections = 1;
+    let opened = Sqlite::open(config).await.unwrap();
+    println!("\nDurable state, SQLite (synchronous = full, WAL, 1 connection): states/s");
+    println!(
+        "| database   | workload                         |       stores |          raw | ratio |"
+    );
+    println!(
+        "|------------|----------------------------------|--------------|--------------|-------|"
+    );
+    let raw = StateRaw::Sqlite(
+        opened.pool().clone(),
+        tokio::sync::Mutex::new(()),
+        "\"durable_state\"".into(),
+    );
+    state_rounds("sqlite", &opened.stores(), raw).await;
+    opened.close().await;
+}
+
+async fn bench_states_postgres(url: &str) {
+    let schema = unique_schema("state");
+    let mut config = PostgresConfig::new(url).with_schema(&schema);
+    config.max_connections = (STATE_WRITERS + 4) as u32;
+    let opened = Postgres::open(config).await.unwrap();
+    println!(
+        "\nDurable state, PostgreSQL on loopback, pool of {}: states/s",
+        STATE_WRITERS + 4
+    );
+    println!(
+        "| database   | workload                         |       stores |          raw | ratio |"
+    );
+    println!(
+        "|------------|----------------------------------|--------------|--------------|-------|"
+    );
+    let raw = StateRaw::Postgres(
+        opened.pool().clone(),
+        format!("\"{schema}\".\"durable_state\""),
+    );
+    state_rounds("postgres", &opened.stores(), raw).await;
+    drop_schema(opened.pool(), &schema).await;
+    opened.close().await;
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    // BENCH_ONLY=sqlite or BENCH_ONLY=postgres runs one database.
+    // BENCH_ONLY=sqlite or BENCH_ONLY=postgres runs one database; BENCH_ONLY=state runs
+    // the durable-state workloads only (of both).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let url = std::env::var("PERSISTENCE_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
     runtime.block_on(async {
         if only.is_empty() || only == "sqlite" {
             bench_sqlite().await;
         }
         if only.is_empty() || only == "postgres" {
-            match std::env::var("PERSISTENCE_POSTGRES_URL") {
-                Ok(url) if !url.trim().is_empty() => bench_postgres(&url).await,
-                _ => println!("\nPostgreSQL skipped: PERSISTENCE_POSTGRES_URL is not set"),
+            match &url {
+                Some(url) => bench_postgres(url).await,
+                None => println!("\nPostgreSQL skipped: PERSISTENCE_POSTGRES_URL is not set"),
+            }
+        }
+        if only.is_empty() || only == "sqlite" || only == "state" {
+            bench_states_sqlite().await;
+        }
+        if only.is_empty() || only == "postgres" || only == "state" {
+            match &url {
+                Some(url) => bench_states_postgres(url).await,
+                None => println!(
+                    "\nPostgreSQL durable state skipped: PERSISTENCE_POSTGRES_URL is not set"
+                ),
             }
         }
     });
