@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use persistence_api::{
     Error, ErrorKind, Offset, OffsetStore, ProjectionId, ReadJournal, Result, StoreTransaction,
     Stores, Timestamp,
@@ -535,12 +535,16 @@ pub struct Projection<P, S = Source> {
     commands: mpsc::UnboundedReceiver<Command>,
 }
 
+/// The most envelopes handled in a row without looking at stop, pause and commands.
+const DRAIN_MAX: usize = 256;
+
 type StopFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Why a wait between groups ended.
 enum Wake<E> {
     Stop,
     Control,
+    CommitDone(std::result::Result<Result<u64>, tokio::task::JoinError>),
     Command(Command),
     Envelope(Box<Option<Result<E>>>),
     CommitDue,
@@ -708,43 +712,83 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
             pending: None,
             since_commit: 0,
             last_commit: Instant::now(),
+            inflight: None,
         };
         let mut control = shared.control.subscribe();
+        let mut shown_paused = false;
+        // One timer for the commit interval, moved on after each commit (not a new one per
+        // envelope).
+        let commit_timer = tokio::time::sleep(self.settings.commit_interval);
+        tokio::pin!(commit_timer);
+        let mut timer_set_for = run.last_commit;
         let outcome: Result<()> = loop {
             let now = *control.borrow_and_update();
             if now.stop {
                 break Ok(());
             }
-            if now.paused {
-                if let Err(e) = commit_pending(&shared, &mut run).await {
-                    break Err(e);
-                }
-                shared.update(|s| s.state = ProjectionState::Paused);
-            } else {
-                shared.update(|s| {
-                    if s.state == ProjectionState::Paused {
-                        s.state = ProjectionState::Running
+            if now.paused != shown_paused {
+                if now.paused {
+                    if let Err(e) = commit_pending(&shared, &mut run).await {
+                        break Err(e);
                     }
-                });
+                }
+                let state = if now.paused {
+                    ProjectionState::Paused
+                } else {
+                    ProjectionState::Running
+                };
+                shared.update(|s| s.state = state);
+                shown_paused = now.paused;
             }
-            let commit_at = run.last_commit + self.settings.commit_interval;
+            if timer_set_for != run.last_commit {
+                timer_set_for = run.last_commit;
+                commit_timer
+                    .as_mut()
+                    .reset((run.last_commit + self.settings.commit_interval).into());
+            }
             let wake = tokio::select! {
                 biased;
                 _ = stop.as_mut() => Wake::Stop,
                 _ = control.changed() => Wake::Control,
                 Some(command) = self.commands.recv() => Wake::Command(command),
-                _ = tokio::time::sleep_until(commit_at.into()), if run.pending.is_some() && !now.paused => Wake::CommitDue,
+                done = async { (&mut run.inflight.as_mut().expect("checked").1).await }, if run.inflight.is_some() => Wake::CommitDone(done),
+                _ = &mut commit_timer, if run.pending.is_some() && !now.paused => Wake::CommitDue,
                 item = stream.next(), if !now.paused => Wake::Envelope(Box::new(item)),
             };
             match wake {
                 Wake::Stop => break Ok(()),
                 Wake::Control => continue,
+                Wake::CommitDone(done) => {
+                    let Some((offset, _)) = run.inflight.take() else {
+                        continue;
+                    };
+                    match done {
+                        Ok(Ok(version)) => {
+                            *run.version = version;
+                            shared.update(|s| {
+                                s.committed = offset;
+                                s.commits += 1;
+                            });
+                        }
+                        Ok(Err(e)) => break Err(e),
+                        Err(e) => {
+                            break Err(Error::new(
+                                ErrorKind::Unexpected,
+                                format!("an offset commit task failed: {e}"),
+                            ))
+                        }
+                    }
+                }
                 Wake::CommitDue => {
                     if let Err(e) = commit_pending(&shared, &mut run).await {
                         break Err(e);
                     }
                 }
                 Wake::Command(Command::SetOffset(offset, reply)) => {
+                    if let Err(e) = run.finish_inflight(&shared).await {
+                        let _ = reply.send(Err(e.clone_shallow()));
+                        break Err(e);
+                    }
                     match set_directly(&shared, offset.clone()).await {
                         Ok(new_version) => {
                             *run.version = new_version;
@@ -777,6 +821,53 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
                             Some(Some(e)) => break Err(e),
                             None => {}
                         }
+                        // Envelopes the stream has ready are handled without going back
+                        // through the select (a page holds many), until something else
+                        // asks for attention or a bounded number was handled.
+                        let mut end = None;
+                        for _ in 0..DRAIN_MAX {
+                            if control.has_changed().unwrap_or(true)
+                                || !self.commands.is_empty()
+                                || run.inflight.as_ref().is_some_and(|(_, t)| t.is_finished())
+                            {
+                                break;
+                            }
+                            let Some(item) = stream.next().now_or_never() else {
+                                break;
+                            };
+                            match item {
+                                None => {
+                                    end = Some(Ok(()));
+                                    break;
+                                }
+                                Some(Err(e)) => {
+                                    end = Some(Err(e));
+                                    break;
+                                }
+                                Some(Ok(next)) => {
+                                    let (group, ended) =
+                                        gather(self.group, next, &mut stream).await;
+                                    if let Err(e) = self.process_group(group, &mut run).await {
+                                        end = Some(Err(e));
+                                        break;
+                                    }
+                                    match ended {
+                                        Some(None) => {
+                                            end = Some(Ok(()));
+                                            break;
+                                        }
+                                        Some(Some(e)) => {
+                                            end = Some(Err(e));
+                                            break;
+                                        }
+                                        None => {}
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(end) = end {
+                            break end;
+                        }
                     }
                 },
             }
@@ -802,34 +893,42 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
         let last_timestamp = last.timestamp();
         let span = tracing::info_span!("persistence.projection.batch", envelopes = group.len(), offset = %last_offset);
         async {
-            let n = group.len() as u64;
+            let mut handled = 0u64;
             match self.delivery {
                 Delivery::AtMostOnce => {
                     for envelope in &group {
                         commit(&self.shared, run, envelope.offset().clone()).await?;
-                        self.handle_with_retries(std::slice::from_ref(envelope), run)
-                            .await?;
+                        if self
+                            .handle_with_retries(std::slice::from_ref(envelope), run)
+                            .await?
+                        {
+                            handled += 1;
+                        }
                     }
                 }
                 Delivery::AtLeastOnce => {
-                    self.handle_with_retries(&group, run).await?;
+                    if self.handle_with_retries(&group, run).await? {
+                        handled = group.len() as u64;
+                    }
                     run.pending = Some(last_offset.clone());
                     run.since_commit += group.len();
                     if run.since_commit >= self.settings.commit_every.max(1)
                         || run.last_commit.elapsed() >= self.settings.commit_interval
                     {
-                        commit_pending(&self.shared, run).await?;
+                        commit_pending_in_background(&self.shared, run).await?;
                     }
                 }
                 Delivery::ExactlyOnce => {
-                    self.handle_with_retries(&group, run).await?;
+                    if self.handle_with_retries(&group, run).await? {
+                        handled = group.len() as u64;
+                    }
                 }
             }
             self.shared.update(|s| {
+                s.handled += handled;
                 s.position = last_offset;
                 s.last_event_timestamp = Some(last_timestamp);
             });
-            let _ = n;
             Ok(())
         }
         .instrument(span)
@@ -843,7 +942,7 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
         &mut self,
         group: &[S::Envelope],
         run: &mut RunState<'_>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let last_offset = group.last().map(|e| e.offset().clone()).unwrap_or_default();
         let mut delay = self.settings.retry_backoff;
         let mut attempt = 0;
@@ -877,10 +976,7 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
                 self.process.process(None, group).await
             };
             match result {
-                Ok(()) => {
-                    self.shared.update(|s| s.handled += group.len() as u64);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(true),
                 Err(e) if attempt < self.settings.handler_retries => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "projection handler failed; retrying");
@@ -905,7 +1001,7 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
                         if self.delivery == Delivery::ExactlyOnce {
                             commit(&self.shared, run, last_offset.clone()).await?;
                         }
-                        return Ok(());
+                        return Ok(false);
                     }
                     return Err(e);
                 }
@@ -917,9 +1013,34 @@ impl<S: SourceProvider, P: Process<S::Envelope>> Projection<P, S> {
 /// What one run carries between groups.
 struct RunState<'a> {
     version: &'a mut u64,
+    /// The offset handled and not yet committed (at-least-once).
     pending: Option<Offset>,
     since_commit: usize,
     last_commit: Instant,
+    /// An at-least-once commit running in the background while handling goes on: its
+    /// offset, and the task answering the new version. At most one at a time, since each
+    /// commit names the version the one before made.
+    inflight: Option<(Offset, tokio::task::JoinHandle<Result<u64>>)>,
+}
+
+impl RunState<'_> {
+    /// Waits for the background commit, if any, and takes its result in.
+    async fn finish_inflight<S>(&mut self, shared: &Shared<S>) -> Result<()> {
+        if let Some((offset, task)) = self.inflight.take() {
+            let version = task.await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!("an offset commit task failed: {e}"),
+                )
+            })??;
+            *self.version = version;
+            shared.update(|s| {
+                s.committed = offset;
+                s.commits += 1;
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The group starting with `first`: up to the group size, within the group's wait.
@@ -947,9 +1068,27 @@ async fn gather<E>(
     (group, None)
 }
 
+/// Commits the pending offset and waits for it (and for any background commit).
 async fn commit_pending<S>(shared: &Shared<S>, run: &mut RunState<'_>) -> Result<()> {
+    run.finish_inflight(shared).await?;
     if let Some(offset) = run.pending.take() {
         commit(shared, run, offset).await?;
+    }
+    run.since_commit = 0;
+    run.last_commit = Instant::now();
+    Ok(())
+}
+
+/// Starts committing the pending offset in the background (after the previous background
+/// commit, whose version it needs), so handling goes on while the store answers. A failed
+/// commit surfaces at the latest when the next one starts or the run waits for it.
+async fn commit_pending_in_background<S>(shared: &Shared<S>, run: &mut RunState<'_>) -> Result<()> {
+    run.finish_inflight(shared).await?;
+    if let Some(offset) = run.pending.take() {
+        let (store, id, expected) = (shared.offsets.clone(), shared.id.clone(), *run.version);
+        let committed = offset.clone();
+        let task = tokio::spawn(async move { store.commit_offset(&id, expected, committed).await });
+        run.inflight = Some((offset, task));
     }
     run.since_commit = 0;
     run.last_commit = Instant::now();
