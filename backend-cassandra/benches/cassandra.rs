@@ -1,10 +1,12 @@
 //! Events/s of the Cassandra driver against a real node, each beside the same statements
 //! issued directly with the scylla driver (the bound) in the same run, plus the cost of the
-//! overwrite guard and of creating a schema (why the TCK shares one keyspace).
+//! overwrite guard and of creating a schema (why the TCK shares one keyspace), and the
+//! durable-state store (upserts, a current change query) beside its statements.
 //!
 //! ```text
 //! bash scripts/servers/cassandra.sh start && source .servers/cassandra/env
 //! cargo bench -p persistence-cassandra --bench cassandra
+//! cargo bench -p persistence-cassandra --bench cassandra -- durable_state   # only durable state
 //! ```
 
 use persistence_api::ReadJournalExt;
@@ -261,6 +263,11 @@ async fn run(contact_points: String) {
         .stores();
     let raw = Raw::new(base.session().clone(), ks).await;
     let mut lines = Vec::new();
+    if std::env::args().any(|a| a == "durable_state") {
+        let lines = durable_state(&base, run_id, ks).await;
+        print_lines(&contact_points, &lines);
+        return;
+    }
 
     // Warm-up (connections, the node's JIT).
     for i in 0..400u64 {
@@ -516,18 +523,10 @@ async fn run(contact_points: String) {
         .await
         .unwrap();
 
-    println!("\nbackend-cassandra against {contact_points}: {PAYLOAD}-byte payloads, QUORUM, single-event writes from {SINGLE_IDS} ids concurrently, atomic writes from {BATCH_IDS} ids; medians of {ROUNDS} rounds, driver and raw alternating in turn\n");
-    println!("| workload | driver events/s | raw scylla events/s (bound) | driver / bound |");
-    println!("|---|---:|---:|---:|");
-    for l in &lines {
-        println!(
-            "| {} | {:.0} | {:.0} | {:.2} |",
-            l.name,
-            l.driver,
-            l.raw,
-            l.driver / l.raw
-        );
-    }
+    let guard_lines = lines.len();
+    lines.extend(durable_state(&base, run_id, ks).await);
+    print_lines(&contact_points, &lines);
+    let lines = &lines[..guard_lines];
     println!(
         "\noverwrite guard cost (unguarded / guarded events/s): single-event writes {:.2}x (driver), {:.2}x (raw); 100-event writes {:.2}x (driver), {:.2}x (raw)",
         lines[1].driver / lines[0].driver,
@@ -540,4 +539,297 @@ async fn run(contact_points: String) {
         ddl.as_secs_f64(),
         ddl.as_secs_f64() * 72.0
     );
+}
+
+fn print_lines(contact_points: &str, lines: &[Line]) {
+    println!("\nbackend-cassandra against {contact_points}: {PAYLOAD}-byte payloads, QUORUM, single-event writes from {SINGLE_IDS} ids concurrently, atomic writes from {BATCH_IDS} ids; medians of {ROUNDS} rounds, driver and raw alternating in turn\n");
+    println!("| workload | driver ops/s | raw scylla ops/s (bound) | driver / bound |");
+    println!("|---|---:|---:|---:|");
+    for l in lines {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            l.name,
+            l.driver,
+            l.raw,
+            l.driver / l.raw
+        );
+    }
+}
+
+/// Durable-state upserts of one tag.
+const STATE_TAG: &str = "statetag";
+/// Upserts of one id in sequence, per round.
+const STATE_ONE_ID: u64 = 500;
+/// Upserts per id of the 16-id workload, per round.
+const STATE_PER_ID: u64 = 50;
+/// Ids of the change query.
+const STATE_QUERY_IDS: u64 = 2_000;
+
+/// The durable-state statements as the driver issues them.
+struct RawState {
+    session: Arc<Session>,
+    change: PreparedStatement,
+    insert: PreparedStatement,
+    update: PreparedStatement,
+    changes: PreparedStatement,
+    select: PreparedStatement,
+}
+
+impl RawState {
+    async fn new(session: Arc<Session>, ks: &str) -> RawState {
+        let (ds, dsc) = (
+            format!("{ks}.durable_state"),
+            format!("{ks}.durable_state_changes"),
+        );
+        RawState {
+            change: prepare(&session, format!("INSERT INTO {dsc} (tag, timebucket, timestamp, persistence_id, revision) VALUES (?, ?, ?, ?, ?)")).await,
+            insert: prepare(&session, format!("INSERT INTO {ds} (persistence_id, revision, ser_id, ser_manifest, state, deleted, tag, timestamp) VALUES (?, ?, ?, ?, ?, false, ?, ?) IF NOT EXISTS")).await,
+            update: prepare(&session, format!("UPDATE {ds} SET revision = ?, ser_id = ?, ser_manifest = ?, state = ?, deleted = false, tag = ?, timestamp = ? WHERE persistence_id = ? IF revision = ?")).await,
+            changes: prepare(&session, format!("SELECT timestamp, persistence_id, revision FROM {dsc} WHERE tag = ? AND timebucket = ? AND timestamp > ? AND timestamp <= ?")).await,
+            select: prepare(&session, format!("SELECT revision, ser_id, ser_manifest, state, deleted, tag, timestamp FROM {ds} WHERE persistence_id = ?")).await,
+            session,
+        }
+    }
+
+    /// One tagged upsert: the change row, then the lightweight transaction.
+    async fn upsert(&self, id: &str, tag: &str, revision: i64) {
+        let ts = timeuuid(revision);
+        let now = now_millis();
+        let bucket = now - now % 3_600_000;
+        self.session
+            .execute_unpaged(&self.change, (tag, bucket, ts, id, revision))
+            .await
+            .expect("raw change row");
+        let bytes = [b'x'; PAYLOAD];
+        let result = if revision == 1 {
+            self.session
+                .execute_unpaged(
+                    &self.insert,
+                    (id, revision, "raw", "m", &bytes[..], tag, ts),
+                )
+                .await
+        } else {
+            self.session
+                .execute_unpaged(
+                    &self.update,
+                    (revision, "raw", "m", &bytes[..], tag, ts, id, revision - 1),
+                )
+                .await
+        }
+        .expect("raw lwt");
+        let rows = result.into_rows_result().expect("lwt rows");
+        let row = rows.first_row::<Row>().expect("an LWT answer");
+        assert!(
+            matches!(
+                row.columns.first(),
+                Some(Some(
+                    persistence_cassandra::scylla::value::CqlValue::Boolean(true)
+                ))
+            ),
+            "raw upsert applied"
+        );
+    }
+
+    /// A current change query: the change rows of the hour's buckets, each with its
+    /// state read, 32 at a time, in order. Returns the changes delivered.
+    async fn query(&self, tag: &str) -> u64 {
+        let now = now_millis();
+        let mut n = 0u64;
+        for bucket in [now - now % 3_600_000 - 3_600_000, now - now % 3_600_000] {
+            let pager = self
+                .session
+                .execute_iter(
+                    self.changes.clone(),
+                    (
+                        tag,
+                        bucket,
+                        CqlTimeuuid::from_u64_pair(0x1000, 0x8080_8080_8080_8080),
+                        timeuuid(0),
+                    ),
+                )
+                .await
+                .unwrap();
+            n += pager
+                .rows_stream::<(CqlTimeuuid, String, i64)>()
+                .unwrap()
+                .map(|row| async move {
+                    let (ts, id, _) = row.unwrap();
+                    let state = self
+                        .session
+                        .execute_unpaged(&self.select, (id,))
+                        .await
+                        .unwrap()
+                        .into_rows_result()
+                        .unwrap()
+                        .first_row::<Row>()
+                        .unwrap();
+                    matches!(
+                        state.columns.last(),
+                        Some(Some(persistence_cassandra::scylla::value::CqlValue::Timeuuid(t))) if *t == ts
+                    )
+                })
+                .buffered(32)
+                .fold(0u64, |n, delivered| async move { n + u64::from(delivered) })
+                .await;
+        }
+        n
+    }
+}
+
+/// Durable state beside its raw statements: tagged upserts of one id in sequence, of 16
+/// ids concurrently, and a current change query over 2,000 ids.
+async fn durable_state(base: &Cassandra, run_id: &str, ks: &str) -> Vec<Line> {
+    let store = base
+        .with_namespace(&format!("s{run_id}"))
+        .unwrap()
+        .stores()
+        .durable_state;
+    let raw = RawState::new(base.session().clone(), ks).await;
+    let payload = || Payload::new("raw", "m", vec![b'x'; PAYLOAD]);
+    let raw_tag = format!("rawstate{run_id}");
+    let mut lines = Vec::new();
+    // Revisions go on from round to round.
+    let mut next = 1u64;
+    let (mut d_rates, mut r_rates) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let from = next;
+        let driver = || async {
+            let start = Instant::now();
+            let id = PersistenceId::new("one").unwrap();
+            for r in from..from + STATE_ONE_ID {
+                store
+                    .upsert(&id, r, payload(), Some(STATE_TAG.into()))
+                    .await
+                    .unwrap();
+            }
+            rate(STATE_ONE_ID, start.elapsed())
+        };
+        let raw_run = || async {
+            let start = Instant::now();
+            for r in from..from + STATE_ONE_ID {
+                raw.upsert(&format!("rawone{run_id}"), &raw_tag, r as i64)
+                    .await;
+            }
+            rate(STATE_ONE_ID, start.elapsed())
+        };
+        if round % 2 == 0 {
+            d_rates.push(driver().await);
+            r_rates.push(raw_run().await);
+        } else {
+            r_rates.push(raw_run().await);
+            d_rates.push(driver().await);
+        }
+        next += STATE_ONE_ID;
+    }
+    lines.push(Line {
+        name: "durable-state upserts of one id in sequence (tagged)",
+        driver: median(d_rates),
+        raw: median(r_rates),
+    });
+
+    let mut next = 1u64;
+    let (mut d_rates, mut r_rates) = (Vec::new(), Vec::new());
+    let total = STATE_PER_ID * SINGLE_IDS;
+    for round in 0..ROUNDS {
+        let from = next;
+        let driver = || async {
+            let d = concurrently(SINGLE_IDS, |i| {
+                let store = store.clone();
+                async move {
+                    let id = PersistenceId::new(format!("many{i}")).unwrap();
+                    for r in from..from + STATE_PER_ID {
+                        store
+                            .upsert(&id, r, payload(), Some(STATE_TAG.into()))
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+            .await;
+            rate(total, d)
+        };
+        let raw_run = || async {
+            let d = concurrently(SINGLE_IDS, |i| {
+                let (raw, raw_tag) = (&raw, &raw_tag);
+                async move {
+                    for r in from..from + STATE_PER_ID {
+                        raw.upsert(&format!("rawmany{run_id}{i}"), raw_tag, r as i64)
+                            .await;
+                    }
+                }
+            })
+            .await;
+            rate(total, d)
+        };
+        if round % 2 == 0 {
+            d_rates.push(driver().await);
+            r_rates.push(raw_run().await);
+        } else {
+            r_rates.push(raw_run().await);
+            d_rates.push(driver().await);
+        }
+        next += STATE_PER_ID;
+    }
+    lines.push(Line {
+        name: "durable-state upserts, 16 ids concurrently (tagged)",
+        driver: median(d_rates),
+        raw: median(r_rates),
+    });
+
+    // 2,000 ids once each under their own tag, then the current change query.
+    let query_tag = "statequery";
+    let raw_query_tag = format!("rawstatequery{run_id}");
+    concurrently(SINGLE_IDS, |i| {
+        let (store, raw, raw_query_tag) = (store.clone(), &raw, &raw_query_tag);
+        async move {
+            for k in (i..STATE_QUERY_IDS).step_by(SINGLE_IDS as usize) {
+                let id = PersistenceId::new(format!("q{k}")).unwrap();
+                store
+                    .upsert(&id, 1, payload(), Some(query_tag.into()))
+                    .await
+                    .unwrap();
+                raw.upsert(&format!("rawq{run_id}{k}"), raw_query_tag, 1)
+                    .await;
+            }
+        }
+    })
+    .await;
+    let (mut d_rates, mut r_rates) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let driver = || async {
+            let start = Instant::now();
+            let n = store
+                .query_changes(
+                    query_tag.into(),
+                    Offset::NoOffset,
+                    persistence_api::QueryMode::Current,
+                )
+                .fold(0u64, |n, c| async move {
+                    c.unwrap();
+                    n + 1
+                })
+                .await;
+            assert_eq!(n, STATE_QUERY_IDS);
+            rate(n, start.elapsed())
+        };
+        let raw_run = || async {
+            let start = Instant::now();
+            let n = raw.query(&raw_query_tag).await;
+            assert_eq!(n, STATE_QUERY_IDS);
+            rate(n, start.elapsed())
+        };
+        if round % 2 == 0 {
+            d_rates.push(driver().await);
+            r_rates.push(raw_run().await);
+        } else {
+            r_rates.push(raw_run().await);
+            d_rates.push(driver().await);
+        }
+    }
+    lines.push(Line {
+        name: "current change query over 2,000 ids (changes/s)",
+        driver: median(d_rates),
+        raw: median(r_rates),
+    });
+    lines
 }
