@@ -12,6 +12,7 @@
 //! | (de)serialization of values | `Unexpected` (a bug or a foreign schema) |
 //! | a stored event or snapshot column NULL where the driver always writes it, metadata columns set in part, an empty tag | `Corrupt`, naming the persistence id, sequence number and column |
 //! | a stored projection offset or version that does not decode | `Corrupt`, naming the projection id and the column (`offsets.rs`) |
+//! | a durable state's LWT: as a projection offset's (`durable_state.rs`); a stored state or change row that does not decode | `Corrupt`, naming the persistence id and the column |
 //!
 //! A mapped error's message says which step failed (`cassandra read_highest failed`), and
 //! the driver's error is its [`source`](std::error::Error::source), not copied into the
