@@ -5,7 +5,11 @@
 //! ```text
 //! bash scripts/servers/dynamodb.sh start && source .servers/dynamodb/env
 //! cargo bench -p persistence-dynamodb --bench dynamodb          # BENCH_EVENTS=10000 by default
+//! cargo bench -p persistence-dynamodb --bench dynamodb -- --states   # the durable-state rows only
 //! ```
+//!
+//! The durable-state rows: `BENCH_STATES` (2,000) tagged upserts of one id and of 16 ids,
+//! and a current change query over `BENCH_CHANGE_IDS` (10,000) ids.
 
 use persistence_api::ReadJournalExt;
 use std::collections::HashMap;
@@ -177,6 +181,10 @@ struct Bench {
     stores: Stores,
     config: DynamoDbConfig,
     events: u64,
+    /// Upserts per durable-state write workload.
+    states: u64,
+    /// Ids of the change query.
+    change_ids: u64,
 }
 
 impl Bench {
@@ -447,6 +455,305 @@ impl Bench {
     }
 }
 
+/// The durable-state workloads: tagged upserts (the driver: a counter `UpdateItem`, then the
+/// state and its change entry in one `TransactWriteItems`), and a current change query.
+impl Bench {
+    fn state_payload() -> Payload {
+        Payload::new("bench", "bench.State/v1", vec![b'x'; PAYLOAD])
+    }
+
+    /// What the driver sends for one tagged upsert, with the raw client: the counter's
+    /// `UpdateItem`, then the state (conditioned on the revision before, ALL_OLD on
+    /// failure) and its change entry (conditioned on its number being free).
+    async fn raw_upsert(client: &Client, table: &str, ns: &str, name: &str, revision: u64) {
+        let tag = "state-tag";
+        let shard = 0;
+        let change_pk = format!("{ns}raw|u|{shard:03}|{tag}");
+        let out = client
+            .update_item()
+            .table_name(table)
+            .key("pk", s(&change_pk))
+            .key("sk", s("~"))
+            .update_expression("ADD n :k")
+            .expression_attribute_values(":k", n(1))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .expect("raw counter");
+        let number: u64 = out.attributes().unwrap()["n"]
+            .as_n()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let state = HashMap::from([
+            ("pk".to_owned(), s(format!("{ns}raw|d|{name}"))),
+            ("sk".to_owned(), s("#")),
+            ("rv".to_owned(), n(revision)),
+            (
+                "p".to_owned(),
+                AttributeValue::B(Blob::new(vec![b'x'; PAYLOAD])),
+            ),
+            ("ps".to_owned(), s("bench")),
+            ("pm".to_owned(), s("bench.State/v1")),
+            ("sg".to_owned(), s(tag)),
+            ("ch".to_owned(), n(number)),
+            ("ts".to_owned(), n(1_700_000_000_000i64)),
+            ("wi".to_owned(), s(uuid::Uuid::new_v4().to_string())),
+        ]);
+        let entry = HashMap::from([
+            ("pk".to_owned(), s(&change_pk)),
+            ("sk".to_owned(), s(format!("{number:020}"))),
+            ("pid".to_owned(), s(name)),
+            ("rv".to_owned(), n(revision)),
+            ("tt".to_owned(), n(1_700_000_000_000i64)),
+        ]);
+        let mut state_put = Put::builder()
+            .table_name(table)
+            .set_item(Some(state))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            );
+        state_put = if revision == 1 {
+            state_put.condition_expression("attribute_not_exists(pk)")
+        } else {
+            state_put
+                .condition_expression("rv = :prev")
+                .expression_attribute_values(":prev", n(revision - 1))
+        };
+        let entry_put = Put::builder()
+            .table_name(table)
+            .set_item(Some(entry))
+            .condition_expression("attribute_not_exists(pk)");
+        client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(state_put.build().unwrap())
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(entry_put.build().unwrap())
+                    .build(),
+            )
+            .client_request_token(uuid::Uuid::new_v4().to_string())
+            .send()
+            .await
+            .expect("raw state transaction");
+    }
+
+    /// `states` tagged upserts of one id.
+    async fn state_upserts(&self, round: u32, driver: bool) -> (u64, Duration) {
+        let name = format!("state-{round}");
+        let count = self.states;
+        let t = Instant::now();
+        for revision in 1..=count {
+            if driver {
+                self.stores
+                    .durable_state
+                    .upsert(
+                        &self.pid(&name),
+                        revision,
+                        Self::state_payload(),
+                        Some("state-tag".into()),
+                    )
+                    .await
+                    .unwrap();
+            } else {
+                let ns = &self.config.namespace;
+                Self::raw_upsert(&self.client, self.table(), ns, &name, revision).await;
+            }
+        }
+        (count, t.elapsed())
+    }
+
+    /// The same spread over 16 ids, one task each.
+    async fn concurrent_state_upserts(&self, round: u32, driver: bool) -> (u64, Duration) {
+        let per = self.states / 16;
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|task| {
+                let name = format!("state-conc-{round}-{task}");
+                let store = self.stores.durable_state.clone();
+                let (client, table) = (self.client.clone(), self.table().to_owned());
+                let ns = self.config.namespace.clone();
+                tokio::spawn(async move {
+                    let id = PersistenceId::new(name.clone()).unwrap();
+                    for revision in 1..=per {
+                        if driver {
+                            store
+                                .upsert(
+                                    &id,
+                                    revision,
+                                    Self::state_payload(),
+                                    Some("state-tag".into()),
+                                )
+                                .await
+                                .unwrap();
+                        } else {
+                            Self::raw_upsert(&client, &table, &ns, &name, revision).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (per * 16, t.elapsed())
+    }
+
+    /// Stores `ids` states under `tag` (16 writers), revision 1 each, for the change query.
+    async fn write_states(&self, tag: &str, ids: u64) {
+        let tasks: Vec<_> = (0..16)
+            .map(|task| {
+                let store = self.stores.durable_state.clone();
+                let tag = tag.to_owned();
+                tokio::spawn(async move {
+                    for i in (task..ids).step_by(16) {
+                        let id = PersistenceId::new(format!("changed-{i}")).unwrap();
+                        store
+                            .upsert(&id, 1, Self::state_payload(), Some(tag.clone()))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+
+    /// A current change query over every state of `tag`. The raw side sends the driver's
+    /// requests: every shard's counter, then each shard's entries page by page, and after
+    /// each page the states it names (`BatchGetItem`s of 100, strongly consistent, 4 at a
+    /// time).
+    async fn change_query(&self, tag: &str, driver: bool) -> (u64, Duration) {
+        let t = Instant::now();
+        if driver {
+            let count = self
+                .stores
+                .durable_state
+                .query_changes(
+                    tag.into(),
+                    Offset::NoOffset,
+                    persistence_api::QueryMode::Current,
+                )
+                .fold(0u64, |acc, c| async move {
+                    c.unwrap();
+                    acc + 1
+                })
+                .await;
+            return (count, t.elapsed());
+        }
+        let ns = &self.config.namespace;
+        let (client, table) = (&self.client, self.table());
+        let mut limits = Vec::new();
+        for shard in 0..self.config.tag_shards {
+            let pk = format!("{ns}|u|{shard:03}|{tag}");
+            let out = client
+                .get_item()
+                .table_name(table)
+                .key("pk", s(&pk))
+                .key("sk", s("~"))
+                .consistent_read(true)
+                .send()
+                .await
+                .expect("raw counter");
+            let last: u64 = out
+                .item()
+                .and_then(|i| i.get("n"))
+                .and_then(|v| v.as_n().ok())
+                .map_or(Ok(0), |v| v.parse())
+                .unwrap();
+            limits.push((pk, last));
+        }
+        let mut count = 0u64;
+        for (pk, last) in limits {
+            if last == 0 {
+                continue;
+            }
+            let mut start = None;
+            loop {
+                let out = client
+                    .query()
+                    .table_name(table)
+                    .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+                    .expression_attribute_values(":pk", s(&pk))
+                    .expression_attribute_values(":a", s(format!("{:020}", 1)))
+                    .expression_attribute_values(":b", s(format!("{last:020}")))
+                    .limit(self.config.page_size as i32)
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .expect("raw entries");
+                let keys: Vec<Item> = out
+                    .items()
+                    .iter()
+                    .map(|e| {
+                        let pid = e["pid"].as_s().unwrap();
+                        HashMap::from([
+                            ("pk".to_owned(), s(format!("{ns}|d|{pid}"))),
+                            ("sk".to_owned(), s("#")),
+                        ])
+                    })
+                    .collect();
+                let batches = keys.chunks(100).map(|chunk| {
+                    let keys = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                        .set_keys(Some(chunk.to_vec()))
+                        .consistent_read(true)
+                        .build()
+                        .unwrap();
+                    async move {
+                        let out = client
+                            .batch_get_item()
+                            .request_items(table, keys)
+                            .send()
+                            .await
+                            .expect("raw states");
+                        out.responses().map_or(0, |r| r[table].len())
+                    }
+                });
+                count += futures::stream::iter(batches)
+                    .buffer_unordered(4)
+                    .fold(0usize, |a, b| async move { a + b })
+                    .await as u64;
+                match out.last_evaluated_key() {
+                    Some(k) => start = Some(k.clone()),
+                    None => break,
+                }
+            }
+        }
+        (count, t.elapsed())
+    }
+
+    /// The durable-state rows.
+    async fn state_rows(&self) {
+        compare("tagged state upserts, one id", 2, |r, d| {
+            self.state_upserts(r, d)
+        })
+        .await
+        .print();
+        compare("tagged state upserts, 16 ids concurrently", 2, |r, d| {
+            self.concurrent_state_upserts(r, d)
+        })
+        .await
+        .print();
+        let tag = "changes-tag";
+        self.write_states(tag, self.change_ids).await;
+        let row = compare(
+            &format!("current change query, {} ids", self.change_ids),
+            6,
+            |_, d| self.change_query(tag, d),
+        )
+        .await;
+        assert_eq!(row.events, self.change_ids);
+        row.print();
+    }
+}
+
 async fn range_query(client: &Client, table: &str, pk: &str, a: u64, b: u64) -> usize {
     client
         .query()
@@ -635,6 +942,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let only_layouts = std::env::args().any(|a| a == "--layouts");
+    let only_states = std::env::args().any(|a| a == "--states");
+    let env_u64 = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -653,6 +967,8 @@ fn main() {
             stores: db.stores(),
             config: config.clone(),
             events,
+            states: env_u64("BENCH_STATES", 2_000),
+            change_ids: env_u64("BENCH_CHANGE_IDS", 10_000),
         });
         // Warm up DynamoDB Local's JIT and the connection pool before anything is timed.
         let warm = format!("{}warm|e|w", config.namespace);
@@ -667,6 +983,19 @@ fn main() {
         }
         for _ in 0..5 {
             query_all(&bench.client, bench.table(), &warm, None).await;
+        }
+        if only_states {
+            println!(
+                "persistence-dynamodb durable state against {} (states of {PAYLOAD} B; upserts or changes/s)\n",
+                config.endpoint.as_deref().unwrap_or("")
+            );
+            println!(
+                "| {:<44} | {:>6} | {:>10} | {:>10} | {:>5} |",
+                "workload", "count", "driver", "raw sdk", "ratio"
+            );
+            println!("|{:-<46}|{:->8}|{:->12}|{:->12}|{:->7}|", "", "", "", "", "");
+            bench.state_rows().await;
+            return;
         }
         if !only_layouts {
             println!(
@@ -708,6 +1037,7 @@ fn main() {
             let row = compare("tag query", 10, |r, d| b.tag_query(r, d)).await;
             assert_eq!(row.events, tagged);
             row.print();
+            b.state_rows().await;
             let t = Instant::now();
             let pk = format!("{}|e|atomic-0", config.namespace);
             let c = query_all(&b.client, b.table(), &pk, None).await;
