@@ -123,6 +123,36 @@ pub trait DurableStateStore: Send + Sync + 'static {
     fn query_changes(&self, tag: String, offset: Offset, mode: QueryMode) -> ChangeStream;
 }
 
+/// Pekko's names for the change queries (`DurableStateStoreQuery.currentChanges` and
+/// `changes`), for every [`DurableStateStore`]: `use persistence_api::DurableStateStoreExt`.
+///
+/// ```
+/// use futures::StreamExt;
+/// use persistence_api::{DurableStateStoreExt, Offset, Stores};
+/// # async fn demo(stores: Stores) {
+/// let mut changes = stores.durable_state.current_changes("carts".into(), Offset::NoOffset);
+/// while let Some(change) = changes.next().await {
+///     let change = change.unwrap();
+///     println!("{} at revision {}", change.persistence_id, change.revision);
+/// }
+/// # }
+/// ```
+pub trait DurableStateStoreExt: DurableStateStore {
+    /// The changes stored now after `offset`, then completes:
+    /// [`DurableStateStore::query_changes`] with [`QueryMode::Current`].
+    fn current_changes(&self, tag: String, offset: Offset) -> ChangeStream {
+        self.query_changes(tag, offset, QueryMode::Current)
+    }
+
+    /// The changes after `offset`, then every later one, never completing:
+    /// [`DurableStateStore::query_changes`] with [`QueryMode::Live`].
+    fn changes(&self, tag: String, offset: Offset) -> ChangeStream {
+        self.query_changes(tag, offset, QueryMode::Live)
+    }
+}
+
+impl<T: DurableStateStore + ?Sized> DurableStateStoreExt for T {}
+
 /// The durable-state store of a backend that has none: every call is
 /// [`crate::ErrorKind::Unsupported`]. What [`crate::Stores::durable_state`] holds until a
 /// backend adds its own with [`crate::Stores::with_durable_state_store`].

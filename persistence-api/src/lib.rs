@@ -19,7 +19,7 @@ pub use codec::{from_cbor, to_cbor, CborCodec, Codec, Upcaster, CBOR_SERIALIZER_
 pub use durable_entity::{DurableEntity, DurableStateful, Versioned};
 pub use durable_state::{
     revision_conflict, ChangeStream, DurableState, DurableStateChange, DurableStateStore,
-    NoDurableStateStore, Revision,
+    DurableStateStoreExt, NoDurableStateStore, Revision,
 };
 pub use entity::{Entity, EntityConfig, EventSourced, RecoveryInfo};
 pub use error::{Error, ErrorKind, Result};
