@@ -3,6 +3,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+pub mod schema;
 
 pub use config::{Config, DEFAULT_BACKEND, ENV_PREFIX};
 pub use persistence_api::*;

@@ -540,6 +540,18 @@ impl Inner {
 
 /// Connects a session as the configuration says and, when switched on, creates the schema.
 pub(crate) async fn connect(config: &CassandraConfig) -> Result<(Arc<Session>, Arc<Statements>)> {
+    let session = session(config).await?;
+    if config.create_schema {
+        create_schema(&session, config).await?;
+    }
+    let stmts = Statements::prepare(&session, config).await?;
+    Ok((Arc::new(session), Arc::new(stmts)))
+}
+
+/// A session as the configuration says (contact points, data centre, credentials,
+/// request timeout), with nothing prepared: also for the schema tools, which must work
+/// while tables are missing.
+pub(crate) async fn session(config: &CassandraConfig) -> Result<Session> {
     config.validate()?;
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &config.local_datacenter {
@@ -557,15 +569,10 @@ pub(crate) async fn connect(config: &CassandraConfig) -> Result<(Arc<Session>, A
     if let Some(user) = &config.username {
         builder = builder.user(user.clone(), config.password.clone().unwrap_or_default());
     }
-    let session = builder
+    builder
         .build()
         .await
-        .map_err(|e| connect_failed(&config.contact_points, e))?;
-    if config.create_schema {
-        create_schema(&session, config).await?;
-    }
-    let stmts = Statements::prepare(&session, config).await?;
-    Ok((Arc::new(session), Arc::new(stmts)))
+        .map_err(|e| connect_failed(&config.contact_points, e))
 }
 
 /// Creates the keyspace (with `config.replication`) and the tables when missing: the

@@ -25,7 +25,9 @@ pub use durable_state::{CassandraDurableStateStore, MAX_STATE_SIZE};
 pub use journal::{CassandraJournal, MAX_ATOMIC_WRITE_SIZE, MAX_EVENT_SIZE};
 pub use offsets::CassandraOffsetStore;
 pub use query::CassandraReadJournal;
-pub use schema::{create_keyspace, create_tables, schema_cql};
+pub use schema::{
+    check_schema, create_keyspace, create_schema, create_tables, schema_cql, SchemaDifference,
+};
 pub use snapshot::{CassandraSnapshotStore, MAX_SNAPSHOT_SIZE};
 
 /// Re-exported so users and benchmarks name the driver version this crate was built with.

@@ -216,6 +216,262 @@ pub fn schema_cql(config: &CassandraConfig) -> String {
     out
 }
 
+// ---- Creating and checking the schema by hand -------------------------------------------
+
+/// Connects to the cluster of `config` and creates the keyspace and tables when missing
+/// (the statements of [`schema_cql`], each `IF NOT EXISTS`), whatever `create_schema`
+/// says: for deployments that create the schema in a separate step.
+pub async fn create_schema(config: &CassandraConfig) -> Result<()> {
+    let session = crate::core::session(config).await?;
+    crate::core::create_schema(&session, config).await
+}
+
+/// One way the keyspace differs from what [`create_schema`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaDifference {
+    /// What differs: `keyspace "k"`, `table "k"."messages"`, `column "k"."messages"."tags"`.
+    pub object: String,
+    /// What [`create_tables`] creates.
+    pub expected: String,
+    /// What `system_schema` describes; `None` when the object is missing.
+    pub found: Option<String>,
+}
+
+impl std::fmt::Display for SchemaDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.found {
+            None => write!(f, "missing {} (expected {})", self.object, self.expected),
+            Some(found) => write!(
+                f,
+                "different {}: expected {}, found {}",
+                self.object, self.expected, found
+            ),
+        }
+    }
+}
+
+/// A column as `system_schema.columns` describes it: type, kind (`partition_key`,
+/// `clustering`, `regular`, `static`), position in its key (-1 outside keys) and
+/// clustering order (`asc`, `desc`, `none`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ColumnSpec {
+    kind: String,
+    position: i32,
+    cql_type: String,
+    order: String,
+}
+
+impl std::fmt::Display for ColumnSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.cql_type, self.kind)?;
+        if self.position >= 0 {
+            write!(f, " #{}", self.position)?;
+        }
+        if self.order != "none" {
+            write!(f, " {}", self.order)?;
+        }
+        Ok(())
+    }
+}
+
+/// The tables and columns of [`create_tables`], read back from its own statements (so the
+/// check cannot drift from what is created): table name, then each column with its type,
+/// kind and key position.
+fn expected_tables(config: &CassandraConfig) -> Vec<(String, Vec<(String, ColumnSpec)>)> {
+    create_tables(config)
+        .iter()
+        .map(|cql| parse_create_table(cql))
+        .collect()
+}
+
+/// Parses one statement of [`create_tables`] (their layout only: one column per line, the
+/// key on a `PRIMARY KEY` line or after the only key column).
+fn parse_create_table(cql: &str) -> (String, Vec<(String, ColumnSpec)>) {
+    let mut lines = cql.lines();
+    let header = lines.next().unwrap_or_default();
+    let name = header
+        .rsplit_once('.')
+        .map(|(_, t)| t.trim_end_matches('(').trim())
+        .unwrap_or_default()
+        .to_string();
+    let mut columns: Vec<(String, ColumnSpec)> = Vec::new();
+    let mut partition: Vec<String> = Vec::new();
+    let mut clustering: Vec<String> = Vec::new();
+    let mut descending: Vec<String> = Vec::new();
+    for line in lines {
+        let line = line.trim();
+        if let Some(key) = line.strip_prefix("PRIMARY KEY (") {
+            // `(a, b), c, d))`, `a, b))` or `(a, b)))`: up to the parenthesis that closes it.
+            let mut depth = 1;
+            let end = key
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .unwrap_or(key.len());
+            let key = &key[..end];
+            let (part, rest) = match key.strip_prefix('(') {
+                Some(k) => k.split_once(')').unwrap_or((k, "")),
+                None => key.split_once(',').unwrap_or((key, "")),
+            };
+            partition = part.split(',').map(|c| c.trim().to_string()).collect();
+            clustering = rest
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect();
+        } else if line.starts_with("WITH") || line.starts_with("AND") {
+            if let Some(order) = line.split("CLUSTERING ORDER BY (").nth(1) {
+                for part in order.split(')').next().unwrap_or_default().split(',') {
+                    if let Some(c) = part.trim().strip_suffix(" DESC") {
+                        descending.push(c.trim().to_string());
+                    }
+                }
+            }
+        } else {
+            let line = line
+                .strip_suffix(',')
+                .or_else(|| line.strip_suffix(')'))
+                .unwrap_or(line);
+            let (line, only_key) = match line.strip_suffix(" PRIMARY KEY") {
+                Some(l) => (l, true),
+                None => (line, false),
+            };
+            let (line, is_static) = match line.strip_suffix(" static") {
+                Some(l) => (l, true),
+                None => (line, false),
+            };
+            let Some((column, cql_type)) = line.split_once(' ') else {
+                continue;
+            };
+            if only_key {
+                partition = vec![column.to_string()];
+            }
+            let kind = if is_static { "static" } else { "regular" };
+            columns.push((
+                column.to_string(),
+                ColumnSpec {
+                    kind: kind.to_string(),
+                    position: -1,
+                    cql_type: cql_type.trim().to_lowercase(),
+                    order: "none".to_string(),
+                },
+            ));
+        }
+    }
+    for (column, spec) in &mut columns {
+        if let Some(i) = partition.iter().position(|c| c == column) {
+            spec.kind = "partition_key".to_string();
+            spec.position = i as i32;
+        } else if let Some(i) = clustering.iter().position(|c| c == column) {
+            spec.kind = "clustering".to_string();
+            spec.position = i as i32;
+            spec.order = if descending.contains(column) {
+                "desc"
+            } else {
+                "asc"
+            }
+            .to_string();
+        }
+    }
+    (name, columns)
+}
+
+/// Compares the keyspace of `config` with what [`create_schema`] makes, through
+/// `system_schema.keyspaces`, `tables` and `columns`: a missing keyspace or table, missing
+/// columns, and columns whose type, kind (partition key, clustering, static, regular), key
+/// position or clustering order differ. The configured table names are used. An empty list
+/// means the schema is complete. Tables and columns beyond these are not differences.
+pub async fn check_schema(config: &CassandraConfig) -> Result<Vec<SchemaDifference>> {
+    use crate::error::{unexpected, ResultExt};
+    let session = crate::core::session(config).await?;
+    let ks = config.keyspace.as_str();
+    let expected = expected_tables(config);
+    let rows = |r: scylla::response::query_result::QueryResult| {
+        r.into_rows_result()
+            .map_err(|e| unexpected("check_schema", e))
+    };
+    let keyspaces = rows(
+        session
+            .query_unpaged(
+                "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+                (ks,),
+            )
+            .await
+            .op_outside_stores("check_schema")?,
+    )?;
+    if keyspaces.rows_num() == 0 {
+        return Ok(vec![SchemaDifference {
+            object: format!("keyspace {ks:?}"),
+            expected: format!("{} tables", expected.len()),
+            found: None,
+        }]);
+    }
+    let result = rows(
+        session
+            .query_unpaged(
+                "SELECT table_name, column_name, kind, position, type, clustering_order \
+                 FROM system_schema.columns WHERE keyspace_name = ?",
+                (ks,),
+            )
+            .await
+            .op_outside_stores("check_schema")?,
+    )?;
+    let mut found: std::collections::HashMap<String, Vec<(String, ColumnSpec)>> =
+        std::collections::HashMap::new();
+    for row in result
+        .rows::<(String, String, String, i32, String, String)>()
+        .map_err(|e| unexpected("check_schema", e))?
+    {
+        let (table, column, kind, position, cql_type, order) =
+            row.map_err(|e| unexpected("check_schema", e))?;
+        found.entry(table).or_default().push((
+            column,
+            ColumnSpec {
+                kind,
+                position,
+                cql_type,
+                order,
+            },
+        ));
+    }
+    let mut out = Vec::new();
+    for (table, columns) in expected {
+        let Some(have) = found.get(&table) else {
+            let names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+            out.push(SchemaDifference {
+                object: format!("table {ks:?}.{table:?}"),
+                expected: format!("columns {}", names.join(", ")),
+                found: None,
+            });
+            continue;
+        };
+        for (column, spec) in columns {
+            let object = format!("column {ks:?}.{table:?}.{column:?}");
+            match have.iter().find(|(c, _)| *c == column) {
+                None => out.push(SchemaDifference {
+                    object,
+                    expected: spec.to_string(),
+                    found: None,
+                }),
+                Some((_, s)) if *s != spec => out.push(SchemaDifference {
+                    object,
+                    expected: spec.to_string(),
+                    found: Some(s.to_string()),
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
 // ---- Row layouts -------------------------------------------------------------------------
 
 /// Absent optional columns are left unset, not bound to null: an event row is written once,

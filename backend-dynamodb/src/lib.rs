@@ -24,7 +24,10 @@ pub use durable_state::{DynamoDbDurableStateStore, MAX_STATE_SIZE};
 pub use journal::DynamoDbJournal;
 pub use offsets::{DynamoDbOffsetStore, DynamoDbTransaction, MAX_TRANSACTION_ITEMS};
 pub use query::DynamoDbReadJournal;
-pub use schema::{create_schema, delete_tables, MAX_EVENT_SIZE, MAX_TAG_BYTES, PK, SK};
+pub use schema::{
+    check_schema, create_schema, create_table_commands, delete_tables, SchemaDifference,
+    MAX_EVENT_SIZE, MAX_TAG_BYTES, PK, SK,
+};
 pub use snapshot::{DynamoDbSnapshotStore, SNAPSHOT_CHUNK_BYTES};
 
 /// The SDK crate this backend is built on, re-exported so callers name the same version.

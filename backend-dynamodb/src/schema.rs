@@ -766,21 +766,252 @@ pub(crate) fn decode_offset(id: &ProjectionId, item: &Item) -> Result<StoredOffs
 
 // The tables.
 
+/// One table as [`create_schema`] creates it: its name, and the type of its range key `sk`
+/// (the hash key `pk` is a string in both). The create request, the printed
+/// `aws dynamodb create-table` text and the check are all built from this.
+struct TableSpec<'a> {
+    name: &'a str,
+    sk_type: ScalarAttributeType,
+}
+
+impl TableSpec<'_> {
+    /// The key attributes: name, type and role, hash key first.
+    fn keys(&self) -> [(&'static str, ScalarAttributeType, KeyType); 2] {
+        [
+            (PK, ScalarAttributeType::S, KeyType::Hash),
+            (SK, self.sk_type.clone(), KeyType::Range),
+        ]
+    }
+}
+
+/// The journal table (`sk` a string) and the snapshot table (`sk` a number), on-demand
+/// billing, no secondary index.
+fn tables(config: &DynamoDbConfig) -> [TableSpec<'_>; 2] {
+    [
+        TableSpec {
+            name: &config.journal_table,
+            sk_type: ScalarAttributeType::S,
+        },
+        TableSpec {
+            name: &config.snapshot_table,
+            sk_type: ScalarAttributeType::N,
+        },
+    ]
+}
+
 /// Creates the journal and snapshot tables if they do not exist (on-demand billing), and
 /// waits until both are active. Idempotent: existing tables are left as they are.
 pub async fn create_schema(client: &Client, config: &DynamoDbConfig) -> Result<()> {
     config.validate()?;
     let retry = RetryPolicy::new(config);
-    for (table, sk_type) in [
-        (&config.journal_table, ScalarAttributeType::S),
-        (&config.snapshot_table, ScalarAttributeType::N),
-    ] {
-        create_table(client, &retry, table, sk_type).await?;
+    for spec in tables(config) {
+        create_table(client, &retry, &spec).await?;
     }
-    for table in [&config.journal_table, &config.snapshot_table] {
-        wait_active(client, &retry, table).await?;
+    for spec in tables(config) {
+        wait_active(client, &retry, spec.name).await?;
     }
     Ok(())
+}
+
+/// The `aws dynamodb create-table` commands that create what [`create_schema`] creates, one
+/// per table, each with its `--cli-input-json` (the `CreateTable` request body), for
+/// creating the tables by hand or in infrastructure code.
+///
+/// ```
+/// let text = persistence_dynamodb::create_table_commands(&Default::default());
+/// assert!(text.contains("--table-name persistence_journal"));
+/// assert!(text.contains("\"KeyType\": \"RANGE\""));
+/// ```
+pub fn create_table_commands(config: &DynamoDbConfig) -> String {
+    let mut out = String::new();
+    for spec in tables(config) {
+        let keys = spec.keys();
+        let attributes = keys
+            .iter()
+            .map(|(n, t, _)| format!("AttributeName={n},AttributeType={}", t.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let schema = keys
+            .iter()
+            .map(|(n, _, k)| format!("AttributeName={n},KeyType={}", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let json_attributes = keys
+            .iter()
+            .map(|(n, t, _)| {
+                format!(
+                    "    {{ \"AttributeName\": \"{n}\", \"AttributeType\": \"{}\" }}",
+                    t.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",\n");
+        let json_schema = keys
+            .iter()
+            .map(|(n, _, k)| {
+                format!(
+                    "    {{ \"AttributeName\": \"{n}\", \"KeyType\": \"{}\" }}",
+                    k.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",\n");
+        let billing = BillingMode::PayPerRequest;
+        out.push_str(&format!(
+            "aws dynamodb create-table --table-name {name} \\\n  --billing-mode {billing} \\\n  \
+             --attribute-definitions {attributes} \\\n  --key-schema {schema}\n\n\
+             # the same request as --cli-input-json:\n\
+             # {{\n\
+             #   \"TableName\": \"{name}\",\n\
+             #   \"BillingMode\": \"{billing}\",\n\
+             #   \"AttributeDefinitions\": [\n{json_attributes}\n  ],\n\
+             #   \"KeySchema\": [\n{json_schema}\n  ]\n\
+             # }}\n\n",
+            name = spec.name,
+            billing = billing.as_str(),
+            json_attributes = comment(&json_attributes),
+            json_schema = comment(&json_schema),
+        ));
+    }
+    out
+}
+
+/// Prefixes every line of `text` with `# ` (for JSON shown inside a shell script).
+fn comment(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("# {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One way a table differs from what [`create_schema`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaDifference {
+    /// What differs: `table "persistence_journal"`, `key schema of "..."`, `attribute
+    /// definition "sk" of "..."`, `global secondary index "..." of "..."`.
+    pub object: String,
+    /// What [`create_schema`] creates.
+    pub expected: String,
+    /// What DynamoDB describes; `None` when the object is missing.
+    pub found: Option<String>,
+}
+
+impl std::fmt::Display for SchemaDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.found {
+            None => write!(f, "missing {} (expected {})", self.object, self.expected),
+            Some(found) => write!(
+                f,
+                "different {}: expected {}, found {}",
+                self.object, self.expected, found
+            ),
+        }
+    }
+}
+
+/// Compares the journal and snapshot tables of `config` with what [`create_schema`] makes,
+/// through `DescribeTable`: a missing table, a different key schema (names, types, hash and
+/// range), attribute definitions, a table that is not active, and global secondary indexes
+/// (none is expected, so any found is listed as a difference: the stores neither read nor
+/// maintain one). An empty list means the tables are as created.
+pub async fn check_schema(
+    client: &Client,
+    config: &DynamoDbConfig,
+) -> Result<Vec<SchemaDifference>> {
+    config.validate()?;
+    let retry = RetryPolicy::new(config);
+    let mut out = Vec::new();
+    for spec in tables(config) {
+        let name = spec.name;
+        let keys = spec.keys();
+        let describe_keys = |k: &[(String, String, String)]| {
+            k.iter()
+                .map(|(n, t, r)| format!("{n} {t} {r}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let want: Vec<(String, String, String)> = keys
+            .iter()
+            .map(|(n, t, k)| {
+                (
+                    n.to_string(),
+                    t.as_str().to_string(),
+                    k.as_str().to_string(),
+                )
+            })
+            .collect();
+        let described = retry
+            .run("check_schema", || {
+                client.describe_table().table_name(name).send()
+            })
+            .await;
+        let table = match described {
+            Ok(d) => d.table,
+            Err(f) if f.class == Class::NotFound => None,
+            Err(f) => return Err(f.into_error().with_operation("check_schema")),
+        };
+        let Some(table) = table else {
+            out.push(SchemaDifference {
+                object: format!("table {name:?}"),
+                expected: format!("keys {}", describe_keys(&want)),
+                found: None,
+            });
+            continue;
+        };
+        let types: HashMap<&str, &str> = table
+            .attribute_definitions()
+            .iter()
+            .map(|a| (a.attribute_name(), a.attribute_type().as_str()))
+            .collect();
+        let have: Vec<(String, String, String)> = table
+            .key_schema()
+            .iter()
+            .map(|k| {
+                let n = k.attribute_name();
+                (
+                    n.to_string(),
+                    types.get(n).copied().unwrap_or("?").to_string(),
+                    k.key_type().as_str().to_string(),
+                )
+            })
+            .collect();
+        if have != want {
+            out.push(SchemaDifference {
+                object: format!("key schema of {name:?}"),
+                expected: describe_keys(&want),
+                found: Some(describe_keys(&have)),
+            });
+        }
+        for (n, t, _) in &want {
+            match types.get(n.as_str()) {
+                Some(found) if found == t => {}
+                found => out.push(SchemaDifference {
+                    object: format!("attribute definition {n:?} of {name:?}"),
+                    expected: t.clone(),
+                    found: found.map(|f| f.to_string()),
+                }),
+            }
+        }
+        for gsi in table.global_secondary_indexes() {
+            out.push(SchemaDifference {
+                object: format!(
+                    "global secondary index {:?} of {name:?}",
+                    gsi.index_name().unwrap_or("?")
+                ),
+                expected: "no index (the stores use none)".to_string(),
+                found: Some("present".to_string()),
+            });
+        }
+        match table.table_status() {
+            Some(TableStatus::Active) | None => {}
+            Some(status) => out.push(SchemaDifference {
+                object: format!("status of {name:?}"),
+                expected: "ACTIVE".to_string(),
+                found: Some(status.as_str().to_string()),
+            }),
+        }
+    }
+    Ok(out)
 }
 
 fn attr(name: &str, t: ScalarAttributeType) -> Result<AttributeDefinition> {
@@ -799,20 +1030,18 @@ fn key_schema(name: &str, t: KeyType) -> Result<KeySchemaElement> {
         .map_err(build_error)
 }
 
-async fn create_table(
-    client: &Client,
-    retry: &RetryPolicy,
-    table: &str,
-    sk_type: ScalarAttributeType,
-) -> Result<()> {
-    let req = client
+async fn create_table(client: &Client, retry: &RetryPolicy, spec: &TableSpec<'_>) -> Result<()> {
+    let table = spec.name;
+    let mut req = client
         .create_table()
         .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr(PK, ScalarAttributeType::S)?)
-        .attribute_definitions(attr(SK, sk_type)?)
-        .key_schema(key_schema(PK, KeyType::Hash)?)
-        .key_schema(key_schema(SK, KeyType::Range)?);
+        .billing_mode(BillingMode::PayPerRequest);
+    for (name, t, _) in spec.keys() {
+        req = req.attribute_definitions(attr(name, t)?);
+    }
+    for (name, _, k) in spec.keys() {
+        req = req.key_schema(key_schema(name, k)?);
+    }
     match retry.run("create_schema", || req.clone().send()).await {
         Ok(_) => {
             tracing::info!(table, "created DynamoDB table");

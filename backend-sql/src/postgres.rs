@@ -162,7 +162,7 @@ pub(crate) struct PgBackend {
     config: PostgresConfig,
 }
 
-fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
+pub(crate) fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
     config.validate()?;
     let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
         Error::config(format!(
@@ -177,7 +177,7 @@ fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
     Ok(options.application_name("persistence-backend-sql"))
 }
 
-async fn connect(config: &PostgresConfig, options: &PgConnectOptions) -> Result<PgPool> {
+pub(crate) async fn connect(config: &PostgresConfig, options: &PgConnectOptions) -> Result<PgPool> {
     config.validate()?;
     PgPoolOptions::new()
         .max_connections(config.max_connections)

@@ -295,6 +295,356 @@ pub(crate) async fn migrate_sqlite(pool: &sqlx::SqlitePool, config: &SqliteConfi
     tx.commit().await.map_err(err_in("migrate"))
 }
 
+// ---- Checking an existing schema ----------------------------------------------------------
+
+/// One way a database's schema differs from what [`crate::create_schema`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaDifference {
+    /// What differs: `table "p_event_journal"`, `column "p_event_journal"."tags"`,
+    /// `primary key of "p_snapshot"`, `index "p_event_tag_event_idx"`, `sequence "..."`.
+    pub object: String,
+    /// What the migrations create.
+    pub expected: String,
+    /// What the database has; `None` when the object is missing.
+    pub found: Option<String>,
+}
+
+impl std::fmt::Display for SchemaDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.found {
+            None => write!(f, "missing {} (expected {})", self.object, self.expected),
+            Some(found) => write!(
+                f,
+                "different {}: expected {}, found {}",
+                self.object, self.expected, found
+            ),
+        }
+    }
+}
+
+/// The layout of the tables of one schema and prefix, as the database describes it.
+#[derive(Clone, Debug, Default)]
+struct Layout {
+    tables: std::collections::BTreeMap<String, TableLayout>,
+    /// Sequence names (PostgreSQL).
+    sequences: std::collections::BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct TableLayout {
+    /// Name, type and nullability, in column order.
+    columns: Vec<(String, String, bool)>,
+    primary_key: Vec<String>,
+    /// Index name and its description (unique or not, method, columns).
+    indexes: std::collections::BTreeMap<String, String>,
+}
+
+/// The differences between `expected` (the migrations run on an empty scratch database)
+/// and `found`: missing or different tables, columns (type and nullability), primary keys,
+/// indexes and sequences. Objects `found` has beyond those are not differences.
+fn compare(expected: &Layout, found: &Layout) -> Vec<SchemaDifference> {
+    let mut out = Vec::new();
+    let diff = |out: &mut Vec<SchemaDifference>, object: String, e: &str, f: Option<&str>| {
+        out.push(SchemaDifference {
+            object,
+            expected: e.to_string(),
+            found: f.map(str::to_string),
+        })
+    };
+    for (name, want) in &expected.tables {
+        let Some(have) = found.tables.get(name) else {
+            let cols = want
+                .columns
+                .iter()
+                .map(|(c, _, _)| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            diff(
+                &mut out,
+                format!("table {name:?}"),
+                &format!("columns {cols}"),
+                None,
+            );
+            continue;
+        };
+        for (col, ty, not_null) in &want.columns {
+            let describe = |ty: &str, not_null: bool| {
+                format!("{ty}{}", if not_null { " NOT NULL" } else { "" })
+            };
+            let object = format!("column {name:?}.{col:?}");
+            match have.columns.iter().find(|(c, _, _)| c == col) {
+                None => diff(&mut out, object, &describe(ty, *not_null), None),
+                Some((_, t, n)) if !t.eq_ignore_ascii_case(ty) || n != not_null => diff(
+                    &mut out,
+                    object,
+                    &describe(ty, *not_null),
+                    Some(&describe(t, *n)),
+                ),
+                Some(_) => {}
+            }
+        }
+        if want.primary_key != have.primary_key {
+            let show = |k: &[String]| {
+                if k.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("({})", k.join(", "))
+                }
+            };
+            diff(
+                &mut out,
+                format!("primary key of {name:?}"),
+                &show(&want.primary_key),
+                Some(&show(&have.primary_key)),
+            );
+        }
+        for (index, def) in &want.indexes {
+            let object = format!("index {index:?} on {name:?}");
+            match have.indexes.get(index) {
+                None => diff(&mut out, object, def, None),
+                Some(d) if d != def => diff(&mut out, object, def, Some(d)),
+                Some(_) => {}
+            }
+        }
+    }
+    for seq in &expected.sequences {
+        if !found.sequences.contains(seq) {
+            diff(&mut out, format!("sequence {seq:?}"), "present", None);
+        }
+    }
+    out
+}
+
+/// Compares the PostgreSQL schema of `config` (its schema and table prefix) with what
+/// [`crate::create_schema`] makes, through `information_schema` and `pg_indexes`: missing or
+/// different tables, columns and their types and nullability, primary keys, indexes and
+/// sequences. An empty list means the schema is complete.
+///
+/// What is expected is not written down twice: the embedded migrations are run into a
+/// scratch schema inside a transaction that is rolled back, and the two are described
+/// the same way (so the role needs the right to create a schema, not to keep one).
+#[cfg(feature = "postgres")]
+pub async fn check_postgres(config: &PostgresConfig) -> Result<Vec<SchemaDifference>> {
+    let options = crate::postgres::connect_options(config)?;
+    let pool = crate::postgres::connect(config, &options).await?;
+    let result = check_postgres_on(&pool, config).await;
+    pool.close().await;
+    result
+}
+
+#[cfg(feature = "postgres")]
+async fn check_postgres_on(
+    pool: &sqlx::PgPool,
+    config: &PostgresConfig,
+) -> Result<Vec<SchemaDifference>> {
+    let prefix = config.table_prefix();
+    let mut tx = pool.begin().await.map_err(err_in("check_schema"))?;
+    let found = describe_postgres(&mut tx, &config.schema, &prefix).await?;
+    let scratch = format!(
+        "persistence_check_{}_{}",
+        std::process::id(),
+        Timestamp::now().as_millis()
+    );
+    let names = Names::new(Some(&scratch), &prefix);
+    for m in POSTGRES_MIGRATIONS {
+        sqlx::raw_sql(AssertSqlSafe(names.render(m.template)))
+            .execute(&mut *tx)
+            .await
+            .map_err(err_in("check_schema"))?;
+    }
+    let expected = describe_postgres(&mut tx, &scratch, &prefix).await;
+    tx.rollback().await.map_err(err_in("check_schema"))?;
+    Ok(compare(&expected?, &found))
+}
+
+/// The tables, sequences and indexes of `schema` whose names start with `prefix`.
+#[cfg(feature = "postgres")]
+async fn describe_postgres(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    prefix: &str,
+) -> Result<Layout> {
+    use sqlx::Row;
+    let like = format!("{}%", prefix.replace('_', "\\_"));
+    let mut layout = Layout::default();
+    let columns = sqlx::query(
+        "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+         FROM information_schema.columns WHERE table_schema = $1 AND table_name LIKE $2 \
+         ORDER BY table_name, ordinal_position",
+    )
+    .bind(schema)
+    .bind(&like)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err_in("check_schema"))?;
+    for row in columns {
+        let table: String = row.get(0);
+        let nullable: String = row.get(3);
+        layout.tables.entry(table).or_default().columns.push((
+            row.get(1),
+            row.get::<String, _>(2).to_uppercase(),
+            nullable == "NO",
+        ));
+    }
+    let keys = sqlx::query(
+        "SELECT tc.table_name::text, kcu.column_name::text \
+         FROM information_schema.table_constraints tc \
+         JOIN information_schema.key_column_usage kcu \
+           ON tc.constraint_name = kcu.constraint_name AND tc.table_schema = kcu.table_schema \
+          AND tc.table_name = kcu.table_name \
+         WHERE tc.table_schema = $1 AND tc.table_name LIKE $2 AND tc.constraint_type = 'PRIMARY KEY' \
+         ORDER BY tc.table_name, kcu.ordinal_position",
+    )
+    .bind(schema)
+    .bind(&like)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err_in("check_schema"))?;
+    for row in keys {
+        let table: String = row.get(0);
+        if let Some(t) = layout.tables.get_mut(&table) {
+            t.primary_key.push(row.get(1));
+        }
+    }
+    let indexes = sqlx::query(
+        "SELECT tablename::text, indexname::text, indexdef FROM pg_indexes \
+         WHERE schemaname = $1 AND tablename LIKE $2",
+    )
+    .bind(schema)
+    .bind(&like)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err_in("check_schema"))?;
+    for row in indexes {
+        let (table, index, def): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        // `CREATE [UNIQUE] INDEX name ON schema.table USING btree (cols)`: the schema is
+        // left out so that the scratch schema's indexes read the same.
+        let unique = def.starts_with("CREATE UNIQUE");
+        let using = def.find(" USING ").map(|i| &def[i + 7..]).unwrap_or(&def);
+        let description = format!("{}{using}", if unique { "unique " } else { "" });
+        if let Some(t) = layout.tables.get_mut(&table) {
+            t.indexes.insert(index, description);
+        }
+    }
+    let sequences: Vec<String> = sqlx::query_scalar(
+        "SELECT sequence_name::text FROM information_schema.sequences \
+         WHERE sequence_schema = $1 AND sequence_name LIKE $2",
+    )
+    .bind(schema)
+    .bind(&like)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err_in("check_schema"))?;
+    layout.sequences = sequences.into_iter().collect();
+    // The table the migration runner keeps is not part of the migrations.
+    layout
+        .tables
+        .remove(&format!("{prefix}persistence_migrations"));
+    Ok(layout)
+}
+
+/// Compares the SQLite schema of `config` (its file and table prefix) with what
+/// [`crate::create_schema`] makes, through `pragma table_info` and `pragma index_list`:
+/// missing or different tables, columns and their declared types and nullability, primary
+/// keys and indexes. An empty list means the schema is complete. A file that does not
+/// exist is not created: every table is reported missing.
+///
+/// What is expected is not written down twice: the embedded migrations are run on an
+/// in-memory database and both are described the same way.
+#[cfg(feature = "sqlite")]
+pub async fn check_sqlite(config: &SqliteConfig) -> Result<Vec<SchemaDifference>> {
+    config.validate()?;
+    let prefix = config.table_prefix();
+    let scratch = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .map_err(err_in("check_schema"))?;
+    let names = Names::new(None, &prefix);
+    let expected = async {
+        sqlx::raw_sql(AssertSqlSafe(render_all(&names, SQLITE_MIGRATIONS)))
+            .execute(&scratch)
+            .await
+            .map_err(err_in("check_schema"))?;
+        describe_sqlite(&scratch, &prefix).await
+    }
+    .await;
+    scratch.close().await;
+    let expected = expected?;
+    let found = if config.path.exists() {
+        let pool = crate::sqlite::connect(config).await?;
+        let found = describe_sqlite(&pool, &prefix).await;
+        pool.close().await;
+        found?
+    } else {
+        Layout::default()
+    };
+    Ok(compare(&expected, &found))
+}
+
+#[cfg(feature = "sqlite")]
+async fn describe_sqlite(pool: &sqlx::SqlitePool, prefix: &str) -> Result<Layout> {
+    use sqlx::Row;
+    let like = format!("{}%", prefix.replace('_', "\\_"));
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?1 ESCAPE '\\' \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .bind(&like)
+    .fetch_all(pool)
+    .await
+    .map_err(err_in("check_schema"))?;
+    let mut layout = Layout::default();
+    for table in tables {
+        if table == format!("{prefix}persistence_migrations") {
+            continue;
+        }
+        let mut t = TableLayout::default();
+        let mut key: Vec<(i64, String)> = Vec::new();
+        let columns = sqlx::query(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid",
+        )
+        .bind(&table)
+        .fetch_all(pool)
+        .await
+        .map_err(err_in("check_schema"))?;
+        for row in columns {
+            let name: String = row.get(0);
+            let pk: i64 = row.get(3);
+            if pk > 0 {
+                key.push((pk, name.clone()));
+            }
+            let not_null: i64 = row.get(2);
+            t.columns
+                .push((name, row.get::<String, _>(1).to_uppercase(), not_null != 0));
+        }
+        key.sort();
+        t.primary_key = key.into_iter().map(|(_, c)| c).collect();
+        let indexes = sqlx::query("SELECT name, \"unique\" FROM pragma_index_list(?1)")
+            .bind(&table)
+            .fetch_all(pool)
+            .await
+            .map_err(err_in("check_schema"))?;
+        for row in indexes {
+            let (index, unique): (String, i64) = (row.get(0), row.get(1));
+            let cols: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")
+                    .bind(&index)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(err_in("check_schema"))?;
+            let description = format!(
+                "{}({})",
+                if unique != 0 { "unique " } else { "" },
+                cols.join(", ")
+            );
+            t.indexes.insert(index, description);
+        }
+        layout.tables.insert(table, t);
+    }
+    Ok(layout)
+}
+
 // The row layout of the tables, for the crate's reads and writes.
 #[cfg(feature = "postgres")]
 pub(crate) use rows::encode_tags;

@@ -67,7 +67,7 @@ pub(crate) struct SqliteBackend {
 }
 
 /// Opens (creating when missing) the database file of `config` and its connection pool.
-async fn connect(config: &SqliteConfig) -> Result<SqlitePool> {
+pub(crate) async fn connect(config: &SqliteConfig) -> Result<SqlitePool> {
     config.validate()?;
     if let Some(parent) = config.path.parent() {
         if !parent.as_os_str().is_empty() {
