@@ -12,6 +12,8 @@ pub const EXIT_CONFIG: u8 = 3;
 pub const EXIT_UNREACHABLE: u8 = 4;
 /// Exit code of a `copy` or `cleanup` that stopped part-way (run it again to go on).
 pub const EXIT_PARTIAL: u8 = 5;
+/// Exit code of `schema check` when the schema is missing something or differs.
+pub const EXIT_SCHEMA_DIFFERS: u8 = 6;
 /// Exit code of anything else.
 pub const EXIT_OTHER: u8 = 1;
 
@@ -33,6 +35,8 @@ pub enum CliError {
     Other(String),
     /// The reader of our output went away (`| head`): stop quietly.
     BrokenPipe,
+    /// `schema check` found this many differences (the report is printed already).
+    SchemaDiffers(usize),
 }
 
 impl CliError {
@@ -48,6 +52,7 @@ impl CliError {
             CliError::Partial { .. } => EXIT_PARTIAL,
             CliError::Other(_) => EXIT_OTHER,
             CliError::BrokenPipe => 0,
+            CliError::SchemaDiffers(_) => EXIT_SCHEMA_DIFFERS,
         }
     }
 }
@@ -102,6 +107,10 @@ impl fmt::Display for CliError {
                 )
             }
             CliError::BrokenPipe => f.write_str("output closed"),
+            CliError::SchemaDiffers(n) => write!(
+                f,
+                "the schema differs from what the backend creates ({n} difference(s), listed above)"
+            ),
         }
     }
 }

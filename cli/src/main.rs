@@ -7,6 +7,7 @@ mod copy;
 mod error;
 mod inspect;
 mod output;
+mod schema;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +119,21 @@ enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// The backend's schema: print it, create it, or check what exists against it.
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchemaAction {
+    /// The DDL (SQL), CQL or `aws dynamodb create-table` text to apply by hand.
+    Print,
+    /// Creates what is missing (idempotent).
+    Create,
+    /// Compares what exists with what `create` makes; exit code 6 when it differs.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +242,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let (file, backend) = (cli.config.as_deref(), cli.backend.as_deref());
     match cli.command {
         Command::Copy(args) => copy::run(&args, backend, out).await,
+        Command::Schema { action } => {
+            let config = load_config(file, backend)?;
+            match action {
+                SchemaAction::Print => schema::print(&config, out).await,
+                SchemaAction::Create => schema::create(&config, out).await,
+                SchemaAction::Check => schema::check(&config, out).await,
+            }
+        }
         Command::Ids { count } => inspect::ids(&open(file, backend).await?, count, out).await,
         Command::Events { id, from, to, hex } => {
             inspect::events(&open(file, backend).await?, &id, from, to, hex, out).await
