@@ -864,8 +864,8 @@ pub fn create_table_commands(config: &DynamoDbConfig) -> String {
              # {{\n\
              #   \"TableName\": \"{name}\",\n\
              #   \"BillingMode\": \"{billing}\",\n\
-             #   \"AttributeDefinitions\": [\n{json_attributes}\n  ],\n\
-             #   \"KeySchema\": [\n{json_schema}\n  ]\n\
+             #   \"AttributeDefinitions\": [\n{json_attributes}\n#   ],\n\
+             #   \"KeySchema\": [\n{json_schema}\n#   ]\n\
              # }}\n\n",
             name = spec.name,
             billing = billing.as_str(),
