@@ -9,10 +9,10 @@
 //!    persistence ids, creates the read-model
 //!    table, and waits until a current tag query returns every event.
 //! 2. It runs this very test binary again as the child (`std::env::current_exe()` with
-//!    `--exact child_projection --nocapture --include-ignored`), with the variable
-//!    [`CHILD_ENV`] naming the backend, the delivery, where the store is and the
-//!    namespace. The child ([`child_projection`], `#[ignore]`d and a no-op without the
-//!    variable) opens the stores and runs the projection over the tag (current source, so
+//!    `--exact <its own test name> --nocapture`), with the variable [`CHILD_ENV`] naming
+//!    the backend, the delivery, where the store is and the namespace. Under that variable
+//!    the same test is the child ([`child_projection`]): it opens the stores and runs the
+//!    projection over the tag (current source, so
 //!    it ends when it has handled everything). Its handler counts each event into the
 //!    read-model table of the same store, one counter row per persistence id and sequence
 //!    number, sleeping a random 0–3 ms per envelope:
@@ -65,10 +65,9 @@ use persistence_stores::{
     StoreTransaction, StoredOffset, Stores,
 };
 
-/// The variable that makes [`child_projection`] run, carrying its [`Spec`].
+/// The variable that makes a case's test run [`child_projection`] instead of the parent,
+/// carrying its [`Spec`].
 const CHILD_ENV: &str = "PROJECTION_CRASH_CHILD";
-/// The child's test name, for `--exact`.
-const CHILD_TEST: &str = "child_projection";
 /// Kill cycles per case unless `PROJECTION_CRASH_CYCLES` says otherwise.
 const DEFAULT_CYCLES: usize = 8;
 /// Persistence ids written to.
@@ -777,15 +776,9 @@ fn projection_id() -> ProjectionId {
     ProjectionId::new(PROJECTION, TAG).unwrap()
 }
 
-/// The child: runs the projection of [`CHILD_ENV`]'s spec until its current source ends
-/// (or until the parent kills it). A no-op in a normal test run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the child process of the crash tests; it runs only under a parent that sets PROJECTION_CRASH_CHILD"]
-async fn child_projection() {
-    let Ok(text) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let spec = Spec::decode(&text);
+/// The child: runs the projection of `spec` until its current source ends (or until the
+/// parent kills it).
+async fn child_projection(spec: Spec) {
     let opened = Arc::new(Opened::open(&spec, false).await);
     let stores = opened.stores();
     let settings = ProjectionSettings {
@@ -855,14 +848,13 @@ impl ChildRun {
 /// Runs the child of `spec`; with `kill_after`, SIGKILLs it that long after it is ready.
 fn run_child(spec: &Spec, kill_after: Option<Duration>) -> ChildRun {
     let exe = std::env::current_exe().expect("the test binary's path");
+    // libtest runs each test on a thread named after it: the child is this same test.
+    let test = std::thread::current()
+        .name()
+        .expect("a libtest thread named after its test")
+        .to_owned();
     let mut child = Command::new(exe)
-        .args([
-            CHILD_TEST,
-            "--exact",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, spec.encode())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -874,8 +866,8 @@ fn run_child(spec: &Spec, kill_after: Option<Duration>) -> ChildRun {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            // libtest's `test child_projection ... ` has no newline: the first line
-            // of the child follows it.
+            // libtest's `test <name> ... ` has no newline: the first line of the child
+            // follows it.
             if let Some(at) = line.find("CRASH ") {
                 let line = line[at + "CRASH ".len()..].to_owned();
                 if tx.send((Instant::now(), line)).is_err() {
@@ -1046,6 +1038,15 @@ fn server(var: &str) -> Option<String> {
 
 /// One case: write, kill the projecting child again and again, finish it, check.
 fn crash_case(backend: Backend, delivery: Delivery) {
+    if let Ok(text) = std::env::var(CHILD_ENV) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("the child's runtime")
+            .block_on(child_projection(Spec::decode(&text)));
+        return;
+    }
     let case = format!("{} {}", backend.name(), delivery.name());
     let Some((location, namespace)) = locate(backend) else {
         eprintln!("{case}: skipped (no server configured, see above)");
