@@ -42,13 +42,12 @@ use persistence_api::{
 
 use crate::core::{now_ms, Inner};
 use crate::error::{build_error, corrupt, Class, Failed};
-use crate::query::query_page;
 use crate::schema::{
-    b, entry_sk, get_str, get_u64, is_tombstone, item_size, key, n, s, sk_str, take_bytes,
-    take_str, Item, CHANGE_NUMBER, DELETED, MANIFEST, MAX_ITEM_BYTES, MAX_TAG_BYTES, PAYLOAD, PID,
-    REVISION, SERIALIZER, SK, STATE_SK, STATE_TAG, TIMESTAMP, TOKEN_TIME, WRITE_ID,
+    b, entry_sk, get_str, get_u64, is_tombstone, item_size, key, n, s, take_bytes, take_str, Item,
+    CHANGE_NUMBER, DELETED, MANIFEST, MAX_ITEM_BYTES, MAX_TAG_BYTES, PAYLOAD, PID, REVISION,
+    SERIALIZER, STATE_SK, STATE_TAG, TIMESTAMP, TOKEN_TIME, WRITE_ID,
 };
-use crate::tag_index::{encode_offset, gap_due, Gap};
+use crate::tag_index::{encode_offset, entry_page, gap_due, Gap};
 
 /// The largest state ([`Payload::stored_size`]) this backend stores: DynamoDB's 400 KB
 /// item limit less 4 KB for the key (up to 255 bytes of id), the tag (up to
@@ -708,30 +707,10 @@ fn changes(
                 if !sh.buf.is_empty() || sh.read >= sh.limit {
                     continue;
                 }
-                let (items, more) = query_page(
-                    &inner,
-                    operation,
-                    "pk = :pk AND sk BETWEEN :a AND :b",
-                    vec![
-                        (":pk", sh.pk.clone()),
-                        (":a", entry_sk(sh.read + 1)),
-                        (":b", entry_sk(sh.limit.min(u64::MAX - 1))),
-                    ],
-                    None,
-                )
-                .await?;
+                let (items, more) =
+                    entry_page(&inner, operation, "change", &sh.pk, sh.read, sh.limit).await?;
                 let mut contiguous = true;
-                for it in items {
-                    let num: u64 = sk_str(&it).parse().map_err(|_| {
-                        corrupt(
-                            SK,
-                            format!(
-                                "the change entry of {:?} has the sort key {:?}, not a number",
-                                sh.pk,
-                                sk_str(&it)
-                            ),
-                        )
-                    })?;
+                for (num, it) in items {
                     if num != sh.read + 1 {
                         contiguous = false;
                         if let Some(due) = gap_due(&mut sh.gap, sh.read + 1, num - 1, timeout) {

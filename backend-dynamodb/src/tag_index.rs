@@ -356,30 +356,10 @@ pub(crate) fn by_tag(
                 if !sh.buf.is_empty() || sh.read >= sh.limit {
                     continue;
                 }
-                let (items, more) = query_page(
-                    &inner,
-                    operation,
-                    "pk = :pk AND sk BETWEEN :a AND :b",
-                    vec![
-                        (":pk", sh.pk.clone()),
-                        (":a", entry_sk(sh.read + 1)),
-                        (":b", entry_sk(sh.limit.min(u64::MAX - 1))),
-                    ],
-                    None,
-                )
-                .await?;
+                let (items, more) =
+                    entry_page(&inner, operation, "tag", &sh.pk, sh.read, sh.limit).await?;
                 let mut contiguous = true;
-                for it in items {
-                    let num: u64 = sk_str(&it).parse().map_err(|_| {
-                        corrupt(
-                            SK,
-                            format!(
-                                "the tag entry of {:?} has the sort key {:?}, not a number",
-                                sh.pk,
-                                sk_str(&it)
-                            ),
-                        )
-                    })?;
+                for (num, it) in items {
                     let written = get_i64(&it, TOKEN_TIME);
                     if num != sh.read + 1 {
                         contiguous = false;
@@ -457,6 +437,47 @@ pub(crate) fn by_tag(
             }
         }
     }
+}
+
+/// One page of the numbered entries of partition `pk` after number `read`, up to `limit`
+/// (a shard of the tag index, or of the durable-state change index: `what` names which in
+/// the error), each with its number; and whether more pages follow.
+pub(crate) async fn entry_page(
+    inner: &Inner,
+    operation: &'static str,
+    what: &str,
+    pk: &str,
+    read: u64,
+    limit: u64,
+) -> Result<(Vec<(u64, Item)>, Option<Item>)> {
+    let (items, more) = query_page(
+        inner,
+        operation,
+        "pk = :pk AND sk BETWEEN :a AND :b",
+        vec![
+            (":pk", pk.to_owned()),
+            (":a", entry_sk(read + 1)),
+            (":b", entry_sk(limit.min(u64::MAX - 1))),
+        ],
+        None,
+    )
+    .await?;
+    let items = items
+        .into_iter()
+        .map(|it| {
+            let num: u64 = sk_str(&it).parse().map_err(|_| {
+                corrupt(
+                    SK,
+                    format!(
+                        "the {what} entry of {pk:?} has the sort key {:?}, not a number",
+                        sk_str(&it)
+                    ),
+                )
+            })?;
+            Ok((num, it))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((items, more))
 }
 
 #[cfg(test)]
