@@ -129,6 +129,27 @@ pub(crate) struct Inner {
 const CACHE_LIMIT: usize = 100_000;
 
 impl Inner {
+    /// The journal table's item at `key`, read strongly consistently, with the retry
+    /// policy.
+    pub(crate) async fn get_item(
+        &self,
+        operation: &'static str,
+        key: crate::schema::Item,
+    ) -> persistence_api::Result<Option<crate::schema::Item>> {
+        let req = self
+            .client
+            .get_item()
+            .table_name(self.journal_table())
+            .set_key(Some(key))
+            .consistent_read(true);
+        let out = self
+            .retry
+            .run(operation, || req.clone().send())
+            .await
+            .map_err(crate::error::Failed::into_error)?;
+        Ok(out.item)
+    }
+
     pub(crate) fn new(client: Client, config: DynamoDbConfig) -> Result<Self> {
         config.validate()?;
         Ok(Inner {

@@ -152,20 +152,7 @@ impl DynamoDbDurableStateStore {
 
     /// The stored item of `pid`, read strongly consistently.
     async fn read_item(&self, operation: &'static str, pid: &str) -> Result<Option<Item>> {
-        let req = self
-            .inner
-            .client
-            .get_item()
-            .table_name(self.inner.journal_table())
-            .set_key(Some(self.state_key(pid)))
-            .consistent_read(true);
-        let out = self
-            .inner
-            .retry
-            .run(operation, || req.clone().send())
-            .await
-            .map_err(Failed::into_error)?;
-        Ok(out.item)
+        self.inner.get_item(operation, self.state_key(pid)).await
     }
 
     /// Writes `revision` of `id` (a delete when `payload` is `None`) if the stored revision

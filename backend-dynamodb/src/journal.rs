@@ -431,15 +431,8 @@ impl DynamoDbJournal {
 
     /// After an attempt that may have been applied, whether the stored item is ours.
     async fn is_ours(&self, item: &Item) -> bool {
-        let inner = &self.inner;
-        let req = inner
-            .client
-            .get_item()
-            .table_name(inner.journal_table())
-            .set_key(Some(key_of(item)))
-            .consistent_read(true);
-        match inner.retry.run("write_events", || req.clone().send()).await {
-            Ok(out) => out.item().is_some_and(|stored| {
+        match self.inner.get_item("write_events", key_of(item)).await {
+            Ok(stored) => stored.is_some_and(|stored| {
                 [WRITER, PAYLOAD, TIMESTAMP, TAGS, AW_TIME]
                     .iter()
                     .all(|a| stored.get(*a) == item.get(*a))

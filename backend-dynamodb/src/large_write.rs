@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem, Update};
 use persistence_api::{ErrorKind, Result};
 
 use crate::core::{now_ms, put_request, Inner};
-use crate::error::{build_error, Class, Failed};
+use crate::error::{build_error, Class};
 use crate::journal::{DynamoDbJournal, Fail, Kind};
 use crate::schema::{
     item_size, key, key_of, large_write, n, seq_sk, sk_str, tombstone, Item, LargeWrite,
@@ -94,18 +94,10 @@ impl DynamoDbJournal {
 impl Inner {
     /// Whether a multi-transaction atomic write is complete: its last event exists.
     pub(crate) async fn write_complete(&self, pid: &str, lw: LargeWrite) -> Result<bool> {
-        let req = self
-            .client
-            .get_item()
-            .table_name(self.journal_table())
-            .set_key(Some(key(self.keys.event_pk(pid), seq_sk(lw.to))))
-            .consistent_read(true);
-        let out = self
-            .retry
-            .run("replay", || req.clone().send())
-            .await
-            .map_err(Failed::into_error)?;
-        Ok(out.item().is_some_and(|i| {
+        let item = self
+            .get_item("replay", key(self.keys.event_pk(pid), seq_sk(lw.to)))
+            .await?;
+        Ok(item.as_ref().is_some_and(|i| {
             large_write(i).is_some_and(|l| l.from == lw.from && l.time_ms == lw.time_ms)
         }))
     }
@@ -114,18 +106,10 @@ impl Inner {
     /// of a large write that never completed; if so, that write is fenced off and its stored
     /// parts removed, and the caller writes again (true). False: a real conflict.
     pub(crate) async fn clear_leftover(&self, pid: &str, seq: u64) -> Result<bool> {
-        let req = self
-            .client
-            .get_item()
-            .table_name(self.journal_table())
-            .set_key(Some(key(self.keys.event_pk(pid), seq_sk(seq))))
-            .consistent_read(true);
-        let out = self
-            .retry
-            .run("write_events", || req.clone().send())
-            .await
-            .map_err(Failed::into_error)?;
-        let Some(found) = out.item() else {
+        let item = self
+            .get_item("write_events", key(self.keys.event_pk(pid), seq_sk(seq)))
+            .await?;
+        let Some(found) = item.as_ref() else {
             // Gone meanwhile (its writer removed it): write again.
             return Ok(true);
         };

@@ -20,7 +20,7 @@ use persistence_api::{
 };
 
 use crate::core::{now_ms, Inner};
-use crate::error::{build_error, Class, Failed};
+use crate::error::{build_error, Class};
 use crate::schema::{
     decode_offset, get_str, get_u64, key, n, offset_item, offset_version, s, Item, COMMIT_ID,
     MAX_TX_ITEMS, OFFSET, TIMESTAMP, VERSION,
@@ -134,20 +134,7 @@ impl DynamoDbOffsetStore {
 
     /// The stored offset item of `id`, read strongly consistently.
     async fn read_item(&self, operation: &'static str, id: &ProjectionId) -> Result<Option<Item>> {
-        let req = self
-            .inner
-            .client
-            .get_item()
-            .table_name(self.inner.journal_table())
-            .set_key(Some(self.offset_key(id)))
-            .consistent_read(true);
-        let out = self
-            .inner
-            .retry
-            .run(operation, || req.clone().send())
-            .await
-            .map_err(Failed::into_error)?;
-        Ok(out.item)
+        self.inner.get_item(operation, self.offset_key(id)).await
     }
 
     /// After a commit's condition failed: the stored item (`old`, as DynamoDB returned it,

@@ -184,21 +184,11 @@ impl Inner {
         operation: &'static str,
         pks: Vec<String>,
     ) -> Result<Vec<u64>> {
-        let gets = pks.into_iter().map(|pk| {
-            let req = self
-                .client
-                .get_item()
-                .table_name(self.journal_table())
-                .set_key(Some(key(pk, COUNTER_SK.to_owned())))
-                .consistent_read(true);
-            async move {
-                let out = self
-                    .retry
-                    .run(operation, || req.clone().send())
-                    .await
-                    .map_err(Failed::into_error)?;
-                Ok::<_, Error>(out.item().and_then(|i| get_u64(i, COUNTER)).unwrap_or(0))
-            }
+        let gets = pks.into_iter().map(|pk| async move {
+            let item = self
+                .get_item(operation, key(pk, COUNTER_SK.to_owned()))
+                .await?;
+            Ok::<_, Error>(item.as_ref().and_then(|i| get_u64(i, COUNTER)).unwrap_or(0))
         });
         futures::future::try_join_all(gets).await
     }
