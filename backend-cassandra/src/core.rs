@@ -594,3 +594,39 @@ pub(crate) async fn create_schema(session: &Session, config: &CassandraConfig) -
     }
     Ok(())
 }
+
+/// The rows of a table partitioned by (tag, time bucket) and clustered by a time UUID (the
+/// tag views, the durable-state change rows) with `lower < timestamp <= upper`, bucket
+/// after bucket: `statement` selects one bucket's rows given (tag key, bucket, lower,
+/// upper).
+pub(crate) fn bucketed_rows<R>(
+    inner: Arc<Inner>,
+    statement: PreparedStatement,
+    operation: &'static str,
+    tag_key: String,
+    lower: scylla::value::CqlTimeuuid,
+    upper: scylla::value::CqlTimeuuid,
+) -> impl futures::Stream<Item = Result<R>> + Send + 'static
+where
+    R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+{
+    async_stream::try_stream! {
+        let size = inner.config.tag_time_bucket;
+        let mut bucket = size.bucket_of(crate::timeuuid::millis_of(lower.as_ref()));
+        let last = size.bucket_of(crate::timeuuid::millis_of(upper.as_ref()));
+        while bucket <= last {
+            let pager = inner
+                .session
+                .execute_iter(statement.clone(), (tag_key.as_str(), bucket, lower, upper))
+                .await
+                .op(operation)?;
+            let mut rows = pager
+                .rows_stream::<R>()
+                .map_err(|e| unexpected(operation, e))?;
+            while let Some(row) = rows.next().await {
+                yield row.op(operation)?;
+            }
+            bucket += size.millis();
+        }
+    }
+}

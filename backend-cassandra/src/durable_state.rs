@@ -69,7 +69,7 @@ use scylla::value::CqlTimeuuid;
 use scylla::DeserializeRow;
 
 use crate::core::{Inner, CACHE_LIMIT};
-use crate::error::{lwt_failed, lwt_unknown, unexpected, ResultExt};
+use crate::error::{lwt_failed, lwt_unknown};
 use crate::timeuuid;
 
 /// The largest state ([`Payload::stored_size`]) the store keeps
@@ -566,28 +566,8 @@ fn change_rows(
     lower: CqlTimeuuid,
     upper: CqlTimeuuid,
 ) -> impl futures::Stream<Item = Result<ChangeRow>> + Send + 'static {
-    async_stream::try_stream! {
-        let size = inner.config.tag_time_bucket;
-        let mut bucket = size.bucket_of(timeuuid::millis_of(lower.as_ref()));
-        let last = size.bucket_of(timeuuid::millis_of(upper.as_ref()));
-        while bucket <= last {
-            let pager = inner
-                .session
-                .execute_iter(
-                    inner.stmts.select_state_changes.clone(),
-                    (tag_key.as_str(), bucket, lower, upper),
-                )
-                .await
-                .op("query_changes")?;
-            let mut rows = pager
-                .rows_stream::<ChangeRow>()
-                .map_err(|e| unexpected("query_changes", e))?;
-            while let Some(row) = rows.next().await {
-                yield row.op("query_changes")?;
-            }
-            bucket += size.millis();
-        }
-    }
+    let statement = inner.stmts.select_state_changes.clone();
+    crate::core::bucketed_rows(inner, statement, "query_changes", tag_key, lower, upper)
 }
 
 /// The earliest bucket any writer registered for the stored tag `tag_key`.

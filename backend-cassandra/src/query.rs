@@ -87,29 +87,15 @@ impl TagQuery {
         upper: CqlTimeuuid,
     ) -> impl futures::Stream<Item = Result<TagRow>> + Send + 'static {
         let inner = self.inner.clone();
-        let tag_key = self.tag_key.clone();
-        async_stream::try_stream! {
-            let size = inner.config.tag_time_bucket;
-            let mut bucket = size.bucket_of(timeuuid::millis_of(lower.as_ref()));
-            let last = size.bucket_of(timeuuid::millis_of(upper.as_ref()));
-            while bucket <= last {
-                let pager = inner
-                    .session
-                    .execute_iter(
-                        inner.stmts.select_tag_views.clone(),
-                        (tag_key.as_str(), bucket, lower, upper),
-                    )
-                    .await
-                    .op("events_by_tag")?;
-                let mut rows = pager
-                    .rows_stream::<TagRow>()
-                    .map_err(|e| unexpected("events_by_tag", e))?;
-                while let Some(row) = rows.next().await {
-                    yield row.op("events_by_tag")?;
-                }
-                bucket += size.millis();
-            }
-        }
+        let statement = inner.stmts.select_tag_views.clone();
+        crate::core::bucketed_rows(
+            inner,
+            statement,
+            "events_by_tag",
+            self.tag_key.clone(),
+            lower,
+            upper,
+        )
     }
 
     /// Looks back before `at` for the rows of `pid_key` numbered `from..to` (exclusive),
