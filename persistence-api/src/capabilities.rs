@@ -72,6 +72,10 @@ pub struct Capabilities {
     /// [`crate::DurableStateStore::query_changes`] (and its live form with
     /// `live_queries`); needs `durable_state`.
     pub durable_state_changes: bool,
+    /// Journal maintenance ([`crate::Stores::maintenance`]): scanning the journal's ids,
+    /// rebuilding an id's tag index entries and registry entry from its events, and
+    /// purging every trace of an id.
+    pub maintenance: bool,
 }
 
 impl Capabilities {
@@ -100,6 +104,7 @@ impl Capabilities {
             durable_state: true,
             max_state_size: None,
             durable_state_changes: true,
+            maintenance: true,
         }
     }
 }

@@ -8,6 +8,7 @@ mod durable_state;
 pub mod duration_ms;
 mod entity;
 mod error;
+mod maintenance;
 mod offsets;
 pub mod replay_filter;
 mod stores;
@@ -23,6 +24,7 @@ pub use durable_state::{
 };
 pub use entity::{Entity, EntityConfig, EventSourced, RecoveryInfo};
 pub use error::{Error, ErrorKind, Result};
+pub use maintenance::{JournalMaintenance, NoMaintenance, PurgeReport, RebuildReport};
 pub use offsets::{
     version_conflict, NoOffsetStore, OffsetStore, ProjectionId, StoreTransaction, StoredOffset,
     MAX_PROJECTION_ID_PART_BYTES,

@@ -15,6 +15,7 @@ use crate::durable_state::{
     ChangeStream, DurableState, DurableStateStore, NoDurableStateStore, Revision,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::maintenance::{JournalMaintenance, NoMaintenance, PurgeReport, RebuildReport};
 use crate::offsets::{NoOffsetStore, OffsetStore, ProjectionId, StoreTransaction, StoredOffset};
 use crate::traits::{
     EnvelopeStream, EventStream, Journal, PersistenceIdStream, QueryMode, ReadJournal, Replay,
@@ -53,6 +54,10 @@ pub struct Stores {
     /// [`ErrorKind::Unsupported`] unless the backend added one
     /// ([`Stores::with_durable_state_store`]) and declared [`Capabilities::durable_state`].
     pub durable_state: Arc<dyn DurableStateStore>,
+    /// Journal maintenance (rebuilding secondary structures, purging an id), checked and
+    /// traced; every call is [`ErrorKind::Unsupported`] unless the backend added it
+    /// ([`Stores::with_maintenance`]) and declared [`Capabilities::maintenance`].
+    pub maintenance: Arc<dyn JournalMaintenance>,
     capabilities: Capabilities,
     backend: &'static str,
 }
@@ -123,6 +128,10 @@ impl Stores {
                 inner: Arc::new(NoDurableStateStore),
                 ctx,
             }),
+            maintenance: Arc::new(CheckedMaintenance {
+                inner: Arc::new(NoMaintenance),
+                ctx,
+            }),
             capabilities,
             backend,
         }
@@ -162,6 +171,23 @@ impl Stores {
     pub fn with_durable_state_store(mut self, store: Arc<dyn DurableStateStore>) -> Self {
         self.durable_state = Arc::new(CheckedDurableStateStore {
             inner: store,
+            ctx: Ctx {
+                backend: self.backend,
+                caps: self.capabilities,
+            },
+        });
+        self
+    }
+
+    /// The same stores with the backend's journal maintenance, behind the same checking
+    /// and tracing layer.
+    ///
+    /// # Behavior
+    /// - Without [`Capabilities::maintenance`] every call is [`ErrorKind::Unsupported`].
+    /// - Every error leaves with the operation, the backend's name and the id.
+    pub fn with_maintenance(mut self, maintenance: Arc<dyn JournalMaintenance>) -> Self {
+        self.maintenance = Arc::new(CheckedMaintenance {
+            inner: maintenance,
             ctx: Ctx {
                 backend: self.backend,
                 caps: self.capabilities,
@@ -800,6 +826,59 @@ impl OffsetStore for CheckedOffsetStore {
                 .commit_transaction(transaction, id, expected, offset)
                 .await
                 .map_err(self.ctx.err("commit_transaction", None, None))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+struct CheckedMaintenance {
+    inner: Arc<dyn JournalMaintenance>,
+    ctx: Ctx,
+}
+
+impl CheckedMaintenance {
+    fn check(&self, operation: &'static str) -> Result<()> {
+        if !self.ctx.caps.maintenance {
+            return Err(self
+                .ctx
+                .unsupported(operation, "journal maintenance (rebuild, purge)"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JournalMaintenance for CheckedMaintenance {
+    fn scan_persistence_ids(&self) -> PersistenceIdStream {
+        if let Err(e) = self.check("scan_persistence_ids") {
+            return Box::pin(stream::once(async { Err(e) }));
+        }
+        let err = self.ctx.err("scan_persistence_ids", None, None);
+        Box::pin(self.inner.scan_persistence_ids().map(move |r| r.map_err(&err)))
+    }
+
+    async fn rebuild_persistence_id(&self, id: &PersistenceId) -> Result<RebuildReport> {
+        let span = tracing::info_span!("persistence.rebuild_persistence_id", backend = self.ctx.backend, persistence_id = %id);
+        async move {
+            self.check("rebuild_persistence_id")?;
+            self.inner
+                .rebuild_persistence_id(id)
+                .await
+                .map_err(self.ctx.err("rebuild_persistence_id", Some(id.as_str()), None))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn purge_persistence_id(&self, id: &PersistenceId) -> Result<PurgeReport> {
+        let span = tracing::info_span!("persistence.purge_persistence_id", backend = self.ctx.backend, persistence_id = %id);
+        async move {
+            self.check("purge_persistence_id")?;
+            self.inner
+                .purge_persistence_id(id)
+                .await
+                .map_err(self.ctx.err("purge_persistence_id", Some(id.as_str()), None))
         }
         .instrument(span)
         .await

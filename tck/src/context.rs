@@ -95,6 +95,20 @@ impl Ctx {
         hook_result(result, "corrupt_event", what, id, seq)
     }
 
+    /// Empties the secondary structures through the factory's
+    /// [`crate::StoreFactory::drop_indexes`]; when the factory does not implement it, the
+    /// [`Finish::Skipped`] that names the hook (the case returns it). Any other failure of
+    /// the hook fails the case.
+    pub async fn drop_indexes(&self) -> std::result::Result<(), Finish> {
+        match self.factory.drop_indexes(&self.namespace).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == persistence_api::ErrorKind::Unsupported => Err(
+                Finish::Skipped(format!("needs the factory hook drop_indexes: {e}")),
+            ),
+            Err(e) => panic!("the factory's drop_indexes failed: {e:#}"),
+        }
+    }
+
     /// [`Ctx::corrupt_event`] for the stored snapshot `(id, seq)`.
     pub async fn corrupt_snapshot(
         &self,

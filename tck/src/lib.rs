@@ -106,6 +106,22 @@ pub trait StoreFactory: Send + Sync + 'static {
         )))
     }
 
+    /// Empties the journal's secondary structures of `namespace` by writing directly to
+    /// the database (the raw driver, not the stores): every tag index entry (with the
+    /// counters, progress and bucket records a backend keeps for its tag queries) and
+    /// every entry of the persistence-id registry, leaving the events and the per-id
+    /// metadata (highest sequence number) in place, as a lost or truncated index table
+    /// would. The `maintenance::*` cases then check that
+    /// [`persistence_api::JournalMaintenance::rebuild_persistence_id`] restores them.
+    ///
+    /// By default it returns an [`persistence_api::ErrorKind::Unsupported`] error saying
+    /// why; the case is then reported as ignored with that reason, never as passed.
+    async fn drop_indexes(&self, _namespace: &str) -> Result<()> {
+        Err(Error::unsupported(
+            "this factory does not implement StoreFactory::drop_indexes",
+        ))
+    }
+
     /// Damages the stored snapshot `(persistence_id, sequence_nr)` of `namespace`, like
     /// [`StoreFactory::corrupt_event`] (never with [`Corruption::Tags`]), and returns the
     /// name of the column or attribute it damaged.

@@ -74,6 +74,8 @@ pub enum Need {
     StateSizeLimit,
     /// States of 1 MB (no declared limit, or one of at least 1 MB).
     LargeStates,
+    /// Journal maintenance: scan, rebuild, purge.
+    Maintenance,
 }
 
 impl Need {
@@ -143,6 +145,7 @@ impl Need {
                 caps.durable_state && caps.max_state_size.is_none_or(|m| m >= 1024 * 1024 + 64),
                 "max_state_size >= 1 MB",
             ),
+            Need::Maintenance => (caps.maintenance, "maintenance"),
             Need::ExactlyOnceProjections => (
                 caps.projection_offsets && caps.exactly_once_projections,
                 "exactly_once_projections",
