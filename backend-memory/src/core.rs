@@ -47,6 +47,9 @@ pub(crate) struct State {
 #[derive(Default)]
 pub(crate) struct IdLog {
     pub(crate) events: BTreeMap<SequenceNr, PersistentEvent>,
+    /// The place of each stored event in the global order (its tag entries' key), so a
+    /// rebuild restores entries where they were.
+    pub(crate) orderings: BTreeMap<SequenceNr, u64>,
     pub(crate) highest: SequenceNr,
 }
 
@@ -162,5 +165,14 @@ impl Memory {
             })?;
         payload.bytes = bytes.into();
         Ok(())
+    }
+
+    /// Empties the tag index and the id listing, leaving the events: a test seam for the
+    /// conformance kit's `maintenance::*` cases, which then rebuild them
+    /// ([`persistence_api::JournalMaintenance::rebuild_persistence_id`]).
+    pub fn drop_indexes(&self) {
+        let mut state = self.write_lock();
+        state.tags.clear();
+        state.id_order.clear();
     }
 }

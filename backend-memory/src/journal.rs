@@ -77,6 +77,8 @@ impl Journal for Memory {
         if let Some(log) = state.logs.get_mut(persistence_id) {
             let keep = log.events.split_off(&to.saturating_add(1));
             log.events = keep;
+            let keep = log.orderings.split_off(&to.saturating_add(1));
+            log.orderings = keep;
         }
         Ok(())
     }
@@ -112,6 +114,7 @@ fn store_one(state: &mut State, write: AtomicWrite) -> Result<()> {
         }
         let log = state.logs.entry(id.clone()).or_default();
         log.highest = event.sequence_nr;
+        log.orderings.insert(event.sequence_nr, ordering);
         log.events.insert(event.sequence_nr, event);
     }
     Ok(())

@@ -5,6 +5,7 @@ mod config;
 mod core;
 mod durable_state;
 mod journal;
+mod maintenance;
 mod offsets;
 mod query;
 mod snapshot;
@@ -102,7 +103,7 @@ impl Memory {
     }
 
     /// This backend's stores behind the checking layer: journal, snapshots, read journal,
-    /// projection offsets ([`MemoryOffsetStore`]) and durable state
+    /// journal maintenance, projection offsets ([`MemoryOffsetStore`]) and durable state
     /// ([`MemoryDurableStateStore`]).
     pub fn stores(&self) -> Stores {
         Stores::new(
@@ -114,5 +115,6 @@ impl Memory {
         )
         .with_offset_store(self.offsets.clone())
         .with_durable_state_store(Arc::new(self.durable_state.clone()))
+        .with_maintenance(Arc::new(self.clone()))
     }
 }

@@ -1,6 +1,6 @@
 //! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
 //! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `paging::*`,
-//! `corruption::*`, and the projection side: `offsets::*`, `projection::*`; and `durable_state::*`.
+//! `corruption::*`, and the projection side: `offsets::*`, `projection::*`; `durable_state::*`; and `maintenance::*`.
 
 use futures::future::BoxFuture;
 use persistence_api::Capabilities;
@@ -14,6 +14,7 @@ mod deletes;
 mod durability;
 mod durable_state;
 mod journal;
+mod maintenance;
 mod offsets;
 mod paging;
 mod projection;
@@ -236,5 +237,6 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(offsets::cases());
     all.extend(durable_state::cases());
     all.extend(projection::cases());
+    all.extend(maintenance::cases());
     all
 }
