@@ -559,3 +559,86 @@ async fn durable_state_calls_are_checked_before_the_backend() {
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:#}");
     assert!(err.to_string().contains("change queries"), "{err:#}");
 }
+
+#[tokio::test]
+async fn maintenance_calls_are_unsupported_unless_declared_and_errors_name_the_id() {
+    struct Failing(Arc<AtomicUsize>);
+    #[async_trait]
+    impl persistence_stores::JournalMaintenance for Failing {
+        fn scan_persistence_ids(&self) -> PersistenceIdStream {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(futures::stream::empty())
+        }
+        async fn rebuild_persistence_id(
+            &self,
+            _: &PersistenceId,
+        ) -> Result<persistence_stores::RebuildReport> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(persistence_stores::Error::new(ErrorKind::Unavailable, "the server went away"))
+        }
+        async fn purge_persistence_id(
+            &self,
+            _: &PersistenceId,
+        ) -> Result<persistence_stores::PurgeReport> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(persistence_stores::Error::new(ErrorKind::Unavailable, "the server went away"))
+        }
+    }
+    let id = PersistenceId::new("p").unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let base = reduced(Arc::new(AtomicUsize::new(0)));
+    let with = |caps: Capabilities| {
+        Stores::new(
+            "reduced",
+            caps,
+            base.journal.clone(),
+            base.snapshots.clone(),
+            base.read_journal.clone(),
+        )
+        .with_maintenance(Arc::new(Failing(reached.clone())))
+    };
+    // Not declared: Unsupported, naming the operation and the backend; never reached.
+    let stores = with(reduced_caps());
+    let m = &stores.maintenance;
+    let errs = vec![
+        m.rebuild_persistence_id(&id).await.unwrap_err(),
+        m.purge_persistence_id(&id).await.unwrap_err(),
+        m.scan_persistence_ids().next().await.unwrap().unwrap_err(),
+    ];
+    for err in errs {
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:#}");
+        assert_eq!(err.backend(), Some("reduced"), "{err:#}");
+        assert!(err.to_string().contains("maintenance"), "{err:#}");
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "none reached the backend");
+    // Declared: the backend's error leaves with the operation, the backend and the id.
+    let stores = with(Capabilities {
+        maintenance: true,
+        ..reduced_caps()
+    });
+    let err = stores
+        .maintenance
+        .rebuild_persistence_id(&id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:#}");
+    assert_eq!(err.persistence_id(), Some("p"), "{err:#}");
+    assert_eq!(err.backend(), Some("reduced"), "{err:#}");
+    assert_eq!(err.operation(), Some("rebuild_persistence_id"), "{err:#}");
+    let err = stores.maintenance.purge_persistence_id(&id).await.unwrap_err();
+    assert_eq!(err.operation(), Some("purge_persistence_id"), "{err:#}");
+    assert_eq!(reached.load(Ordering::SeqCst), 2);
+    // Without a maintenance of its own, a backend that declares it still answers clearly.
+    let bare = Stores::new(
+        "reduced",
+        Capabilities {
+            maintenance: true,
+            ..reduced_caps()
+        },
+        base.journal.clone(),
+        base.snapshots.clone(),
+        base.read_journal.clone(),
+    );
+    let err = bare.maintenance.rebuild_persistence_id(&id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:#}");
+}

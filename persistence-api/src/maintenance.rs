@@ -84,7 +84,8 @@ pub trait JournalMaintenance: Send + Sync + 'static {
     ///   once (events deleted by `delete_events_to` keep their id listed, as the
     ///   registry does), in no particular order, and completes.
     /// - Streams: it reads the journal a page at a time and holds no more than a page.
-    /// - An id written while it runs may or may not be yielded.
+    ///
+    /// An id first written while the scan runs may or may not be yielded.
     fn scan_persistence_ids(&self) -> PersistenceIdStream;
 
     /// Writes the secondary structures of `persistence_id` again from its stored events:
@@ -120,8 +121,9 @@ pub trait JournalMaintenance: Send + Sync + 'static {
     ///   sequence number 1.
     /// - Not atomic: a purge interrupted part-way leaves part of the id, and running it
     ///   again finishes it. Idempotent: a second purge removes nothing and reports zeros.
-    /// - Must not race writes to the same id (the id is being retired).
     /// - Returns how many stored events and snapshots it removed.
+    ///
+    /// The id is being retired: a purge must not race writes to the same id.
     async fn purge_persistence_id(&self, persistence_id: &PersistenceId) -> Result<PurgeReport>;
 }
 

@@ -534,7 +534,7 @@ mod traceability {
     use std::collections::{BTreeMap, BTreeSet};
 
     const README: &str = include_str!("../README.md");
-    const SOURCES: [(&str, &str); 4] = [
+    const SOURCES: [(&str, &str); 5] = [
         (
             "persistence-api/src/traits.rs",
             include_str!("../../persistence-api/src/traits.rs"),
@@ -550,6 +550,10 @@ mod traceability {
         (
             "persistence-api/src/durable_state.rs",
             include_str!("../../persistence-api/src/durable_state.rs"),
+        ),
+        (
+            "persistence-api/src/maintenance.rs",
+            include_str!("../../persistence-api/src/maintenance.rs"),
         ),
     ];
 

@@ -104,9 +104,11 @@ fn names(ids: &[PersistenceId]) -> BTreeSet<String> {
     ids.iter().map(|i| i.to_string()).collect()
 }
 
-/// Each id with events is yielded once, and nothing else of this case.
+/// Each id with events is yielded once, and nothing else of this case: more ids than a
+/// page, so the scan pages.
 async fn scan_lists_every_id(ctx: Ctx) {
-    let ids: Vec<PersistenceId> = (0..7).map(|i| ctx.pid(&format!("s{i}"))).collect();
+    let n = ctx.page_size() + 2;
+    let ids: Vec<PersistenceId> = (0..n).map(|i| ctx.pid(&format!("s{i}"))).collect();
     for (i, id) in ids.iter().enumerate() {
         ctx.write(id, 1, 1 + i as u64 % 3).await;
     }
