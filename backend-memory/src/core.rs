@@ -166,13 +166,4 @@ impl Memory {
         payload.bytes = bytes.into();
         Ok(())
     }
-
-    /// Empties the tag index and the id listing, leaving the events: a test seam for the
-    /// conformance kit's `maintenance::*` cases, which then rebuild them
-    /// ([`persistence_api::JournalMaintenance::rebuild_persistence_id`]).
-    pub fn drop_indexes(&self) {
-        let mut state = self.write_lock();
-        state.tags.clear();
-        state.id_order.clear();
-    }
 }

@@ -61,6 +61,13 @@ impl JournalMaintenance for Memory {
         Ok(RebuildReport::new(events, entries))
     }
 
+    async fn truncate_indexes(&self) -> Result<()> {
+        let mut state = self.write_lock();
+        state.tags.clear();
+        state.id_order.clear();
+        Ok(())
+    }
+
     async fn purge_persistence_id(&self, persistence_id: &PersistenceId) -> Result<PurgeReport> {
         let mut state = self.write_lock();
         let log = state.logs.remove(persistence_id);

@@ -96,11 +96,6 @@ impl persistence_tck::StoreFactory for Factory {
         }
     }
 
-    async fn drop_indexes(&self, namespace: &str) -> Result<()> {
-        self.backend(namespace)?.drop_indexes();
-        Ok(())
-    }
-
     fn page_size(&self) -> Option<u32> {
         Some(MemoryConfig::default().page_size)
     }

@@ -13,8 +13,8 @@ use persistence_stores::{
 };
 use serde_json::Value;
 
-const IDS: usize = 200;
-const EVENTS_PER_ID: u64 = 25; // 5,000 events in all
+const IDS: usize = 1_000;
+const EVENTS_PER_ID: u64 = 100; // 100,000 events in all
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -92,14 +92,14 @@ fn pid(i: usize) -> PersistenceId {
     PersistenceId::new(format!("acct-{i}")).unwrap()
 }
 
-/// `ids` ids of `per_id` events each, in atomic writes of 5, tagged, some with metadata,
+/// `ids` ids of `per_id` events each, in atomic writes of 20, tagged, some with metadata,
 /// CBOR payloads, fixed timestamps; two snapshots on every tenth id.
 async fn seed(stores: &Stores, ids: usize, per_id: u64) {
     for i in 0..ids {
         let id = pid(i);
         let mut seq = 1;
         while seq <= per_id {
-            let events = (seq..=(seq + 4).min(per_id))
+            let events = (seq..=(seq + 19).min(per_id))
                 .map(|s| {
                     let body =
                         serde_json::json!({ "account": i, "amount": s * 10, "note": "déposit" });
@@ -129,7 +129,7 @@ async fn seed(stores: &Stores, ids: usize, per_id: u64) {
                 .write(AtomicWrite::new(events).unwrap())
                 .await
                 .unwrap();
-            seq += 5;
+            seq += 20;
         }
         if i % 10 == 0 {
             for at in [per_id / 2, per_id - 1] {

@@ -108,6 +108,29 @@ pub trait JournalMaintenance: Send + Sync + 'static {
     async fn rebuild_persistence_id(&self, persistence_id: &PersistenceId)
         -> Result<RebuildReport>;
 
+    /// Removes every tag index entry of the journal (with the counters, progress and
+    /// bucket records its tag queries read) and every entry of its id registry, leaving
+    /// the events and the per-id metadata: the first half of rebuilding an index that may
+    /// hold wrong entries (a rebuild only writes what the events say, it removes nothing),
+    /// as pekko-persistence-cassandra's `Reconciliation` truncates the tag views before
+    /// rebuilding them. Only this journal's data goes (its namespace, table prefix or
+    /// keyspace), never another's sharing the tables.
+    ///
+    /// # Behavior
+    /// - Afterwards `current_events_by_tag` and `current_persistence_ids` return nothing
+    ///   of this journal until its ids are rebuilt; replays, `highest_sequence_nr` and
+    ///   `current_events_by_persistence_id` are untouched, as is
+    ///   [`JournalMaintenance::scan_persistence_ids`].
+    /// - Rebuilding every id the scan yields then restores the tag queries with their
+    ///   offsets and the id listing.
+    ///
+    /// Stop the journal's writers and readers (projections, live queries) first, and
+    /// rebuild before starting them again: a tag query running across a truncation may
+    /// end early or wait on entries that are gone.
+    async fn truncate_indexes(&self) -> Result<()> {
+        Err(no_maintenance("truncate_indexes"))
+    }
+
     /// Removes every trace of `persistence_id`: its events, their tag index entries, its
     /// snapshots, its entry in the id registry and its metadata (the highest sequence
     /// number `delete_events_to` keeps), as pekko-persistence-cassandra's `Cleanup`
@@ -149,5 +172,8 @@ impl JournalMaintenance for NoMaintenance {
     }
     async fn purge_persistence_id(&self, _: &PersistenceId) -> Result<PurgeReport> {
         Err(no_maintenance("purge_persistence_id"))
+    }
+    async fn truncate_indexes(&self) -> Result<()> {
+        Err(no_maintenance("truncate_indexes"))
     }
 }

@@ -871,6 +871,19 @@ impl JournalMaintenance for CheckedMaintenance {
         .await
     }
 
+    async fn truncate_indexes(&self) -> Result<()> {
+        let span = tracing::info_span!("persistence.truncate_indexes", backend = self.ctx.backend);
+        async move {
+            self.check("truncate_indexes")?;
+            self.inner
+                .truncate_indexes()
+                .await
+                .map_err(self.ctx.err("truncate_indexes", None, None))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn purge_persistence_id(&self, id: &PersistenceId) -> Result<PurgeReport> {
         let span = tracing::info_span!("persistence.purge_persistence_id", backend = self.ctx.backend, persistence_id = %id);
         async move {

@@ -103,7 +103,7 @@ impl Ctx {
         match self.factory.drop_indexes(&self.namespace).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == persistence_api::ErrorKind::Unsupported => Err(
-                Finish::Skipped(format!("needs the factory hook drop_indexes: {e}")),
+                Finish::Skipped(format!("the factory hook drop_indexes ({})", e.message())),
             ),
             Err(e) => panic!("the factory's drop_indexes failed: {e:#}"),
         }

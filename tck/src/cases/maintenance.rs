@@ -20,6 +20,7 @@ pub fn cases() -> Vec<Case> {
         "maintenance::scan_lists_ids_whose_events_were_all_deleted" => [Maintenance, DeleteEvents] scan_lists_deleted;
         "maintenance::rebuild_of_an_intact_journal_changes_nothing" => [Maintenance, Tags, QueryEventsByTag] rebuild_intact;
         "maintenance::rebuild_restores_dropped_tag_index_and_registry" => [Maintenance, Tags, QueryEventsByTag, QueryPersistenceIds] rebuild_restores;
+        "maintenance::truncate_then_rebuild_restores_tag_queries_and_ids" => [Maintenance, Tags, QueryEventsByTag, QueryPersistenceIds] truncate_then_rebuild;
         "maintenance::writes_after_a_rebuild_follow_the_restored_entries" => [Maintenance, Tags, QueryEventsByTag] rebuild_then_write;
         "maintenance::rebuild_of_an_unknown_id_reports_nothing" => [Maintenance] rebuild_unknown;
         "maintenance::purge_removes_every_trace_of_one_id" => [Maintenance] purge_everything;
@@ -175,25 +176,50 @@ async fn tag_queries(ctx: &Ctx, tags: &[String]) -> Vec<Vec<EventEnvelope>> {
 /// every id the scan finds brings back exactly what the tag queries returned before,
 /// with the same offsets, and the ids' listing.
 async fn rebuild_restores(ctx: Ctx) -> Finish {
+    lose_and_rebuild(ctx, false).await
+}
+
+/// `truncate_indexes` empties the tag queries and the listing and nothing else; rebuilding
+/// every scanned id then brings them back as they were.
+async fn truncate_then_rebuild(ctx: Ctx) -> Finish {
+    lose_and_rebuild(ctx, true).await
+}
+
+async fn lose_and_rebuild(ctx: Ctx, truncate: bool) -> Finish {
     let (ids, tags) = setup(&ctx).await;
     let before = tag_queries(&ctx, &tags).await;
     assert_eq!(keys(&before[0]).len(), 7);
     assert_eq!(keys(&before[1]).len(), 3);
     let listed = own(&ctx, ctx.ids().await);
     assert_eq!(listed, names(&ids));
-    if let Err(skip) = ctx.drop_indexes().await {
-        return skip;
-    }
-    // The hook really emptied them (or the case would prove nothing): fresh stores where
-    // data outlives them, so nothing cached answers.
+    let how = if truncate {
+        ctx.stores
+            .maintenance
+            .truncate_indexes()
+            .await
+            .expect("truncate_indexes");
+        "truncate_indexes"
+    } else {
+        if let Err(skip) = ctx.drop_indexes().await {
+            return skip;
+        }
+        "drop_indexes"
+    };
+    // They are really gone (or the case would prove nothing): fresh stores where data
+    // outlives them, so nothing cached answers.
     let stores = fresh(&ctx).await;
     let lost = crate::context::by_tag(&stores, &tags[0], Offset::NoOffset).await;
-    assert!(
-        lost.is_empty(),
-        "drop_indexes left {} entries of {}",
-        lost.len(),
-        tags[0]
-    );
+    assert!(lost.is_empty(), "{how} left {} entries of {}", lost.len(), tags[0]);
+    if truncate {
+        assert!(
+            own(&ctx, crate::context::ids(&stores).await).is_empty(),
+            "truncate_indexes empties the id listing"
+        );
+        for id in &ids {
+            let (events, highest) = ctx.replay(id, 1, MAX, MAX).await;
+            assert_eq!(highest, events.len() as u64, "{id} replays whole after {how}");
+        }
+    }
     let scanned = own(&ctx, scan(&ctx).await);
     assert_eq!(scanned, names(&ids), "the scan reads the journal, not the registry");
     for name in &scanned {
@@ -214,15 +240,17 @@ async fn rebuild_restores(ctx: Ctx) -> Finish {
     Finish::Passed
 }
 
-/// Events written after a rebuild of a dropped index come after the restored ones in the
+/// Events written after a truncated index is rebuilt come after the restored ones in the
 /// tag's order: a query from the last old offset returns the new events only.
-async fn rebuild_then_write(ctx: Ctx) -> Finish {
+async fn rebuild_then_write(ctx: Ctx) {
     let (ids, tags) = setup(&ctx).await;
     let before = ctx.by_tag(&tags[0], Offset::NoOffset).await;
     let last = before.last().expect("7 events").offset.clone();
-    if let Err(skip) = ctx.drop_indexes().await {
-        return skip;
-    }
+    ctx.stores
+        .maintenance
+        .truncate_indexes()
+        .await
+        .expect("truncate_indexes");
     for id in &ids {
         rebuild(&ctx, id).await;
     }
@@ -246,7 +274,6 @@ async fn rebuild_then_write(ctx: Ctx) -> Finish {
     let all = crate::context::by_tag(&stores, &tags[0], Offset::NoOffset).await;
     assert_eq!(keys(&all[..7]), keys(&before), "the old events first, in their order");
     assert_eq!(all.len(), 9);
-    Finish::Passed
 }
 
 /// An id never written: zeros, and the id is not registered by it.
