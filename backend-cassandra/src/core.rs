@@ -33,17 +33,28 @@ pub(crate) struct Statements {
     pub set_tag_pending: PreparedStatement,
     pub select_messages: PreparedStatement,
     pub select_message_tags: PreparedStatement,
+    pub select_message_partitions: PreparedStatement,
+    pub clear_tag_pending: PreparedStatement,
     pub delete_messages_to: PreparedStatement,
     pub delete_partition: PreparedStatement,
     pub select_deleted_to: PreparedStatement,
     pub insert_deleted_to: PreparedStatement,
     pub delete_metadata: PreparedStatement,
+    pub select_all_metadata: PreparedStatement,
     pub insert_persistence_id: PreparedStatement,
     pub select_persistence_ids: PreparedStatement,
     pub delete_persistence_id: PreparedStatement,
     pub insert_tag_view: PreparedStatement,
     pub select_tag_views: PreparedStatement,
     pub delete_tag_view: PreparedStatement,
+    pub select_tag_view_number: PreparedStatement,
+    pub select_tag_view_keys: PreparedStatement,
+    pub select_tag_view_partitions: PreparedStatement,
+    pub delete_tag_view_partition: PreparedStatement,
+    pub select_tag_progress_ids: PreparedStatement,
+    pub select_tag_scanning_ids: PreparedStatement,
+    pub select_tag_bucket_tags: PreparedStatement,
+    pub delete_tag_buckets: PreparedStatement,
     pub select_tag_progress: PreparedStatement,
     pub insert_tag_progress: PreparedStatement,
     pub delete_tag_progress: PreparedStatement,
@@ -139,6 +150,14 @@ impl Statements {
             select_message_tags: idempotent(prep(format!(
                 "SELECT sequence_nr, timestamp, tags FROM {m} WHERE persistence_id = ? AND partition_nr = ?"
             )).await?),
+            // Maintenance (`maintenance.rs`): every partition of `messages`, a token-range
+            // scan of the whole table, paged.
+            select_message_partitions: idempotent(prep(format!(
+                "SELECT DISTINCT persistence_id, partition_nr, tag_pending FROM {m}"
+            )).await?),
+            clear_tag_pending: idempotent(prep(format!(
+                "UPDATE {m} SET tag_pending = null WHERE persistence_id = ? AND partition_nr = ?"
+            )).await?),
             delete_messages_to: idempotent(prep(format!(
                 "DELETE FROM {m} WHERE persistence_id = ? AND partition_nr = ? AND sequence_nr <= ?"
             )).await?),
@@ -153,6 +172,9 @@ impl Statements {
             )).await?),
             delete_metadata: idempotent(prep(format!(
                 "DELETE FROM {md} WHERE persistence_id = ?"
+            )).await?),
+            select_all_metadata: idempotent(prep(format!(
+                "SELECT persistence_id, deleted_to FROM {md}"
             )).await?),
             insert_persistence_id: idempotent(prep(format!(
                 "INSERT INTO {ids} (persistence_id) VALUES (?)"
@@ -171,6 +193,31 @@ impl Statements {
             )).await?),
             delete_tag_view: idempotent(prep(format!(
                 "DELETE FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp = ?"
+            )).await?),
+            select_tag_view_number: idempotent(prep(format!(
+                "SELECT tag_pid_sequence_nr FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp = ? AND persistence_id = ?"
+            )).await?),
+            select_tag_view_keys: idempotent(prep(format!(
+                "SELECT timestamp, persistence_id FROM {tv} WHERE tag_name = ? AND timebucket = ? AND timestamp > ? AND timestamp <= ?"
+            )).await?),
+            // `truncate_indexes`: the keys of the index tables, each a scan of the table.
+            select_tag_view_partitions: idempotent(prep(format!(
+                "SELECT DISTINCT tag_name, timebucket FROM {tv}"
+            )).await?),
+            delete_tag_view_partition: idempotent(prep(format!(
+                "DELETE FROM {tv} WHERE tag_name = ? AND timebucket = ?"
+            )).await?),
+            select_tag_progress_ids: idempotent(prep(format!(
+                "SELECT DISTINCT persistence_id FROM {tp}"
+            )).await?),
+            select_tag_scanning_ids: idempotent(prep(format!(
+                "SELECT persistence_id FROM {ts}"
+            )).await?),
+            select_tag_bucket_tags: idempotent(prep(format!(
+                "SELECT tag_name FROM {tb}"
+            )).await?),
+            delete_tag_buckets: idempotent(prep(format!(
+                "DELETE FROM {tb} WHERE tag_name = ?"
             )).await?),
             select_tag_progress: idempotent(prep(format!(
                 "SELECT tag, sequence_nr, tag_pid_sequence_nr, offset FROM {tp} WHERE persistence_id = ?"
@@ -341,23 +388,43 @@ impl Inner {
         }
     }
 
-    /// The persistence id of a stored key, if it belongs to this namespace.
-    pub fn pid_of_key(&self, key: &str) -> Option<Result<PersistenceId>> {
-        let plain = if self.config.namespace.is_empty() {
-            if key.contains(NS_SEP) {
-                return None;
-            }
-            key
+    /// The id or tag of a stored key, if the key belongs to this namespace.
+    fn plain_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if self.config.namespace.is_empty() {
+            (!key.contains(NS_SEP)).then_some(key)
         } else {
             let rest = key.strip_prefix(self.config.namespace.as_str())?;
-            rest.strip_prefix(NS_SEP)?
-        };
+            rest.strip_prefix(NS_SEP)
+        }
+    }
+
+    /// Whether a stored key (of an id or a tag) belongs to this namespace.
+    pub fn owns_key(&self, key: &str) -> bool {
+        self.plain_of_key(key).is_some()
+    }
+
+    /// The persistence id of a stored key, if it belongs to this namespace.
+    pub fn pid_of_key(&self, key: &str) -> Option<Result<PersistenceId>> {
+        let plain = self.plain_of_key(key)?;
         Some(PersistenceId::new(plain).map_err(|e| {
             Error::new(
                 ErrorKind::Unexpected,
                 format!("stored persistence id {key:?} is invalid: {e}"),
             )
         }))
+    }
+
+    /// Inserts the stored key of an id into `all_persistence_ids` (an idempotent upsert)
+    /// and remembers that it is there.
+    pub async fn register_id(&self, step: &'static str, pid_key: &str) -> Result<()> {
+        self.exec(step, &self.stmts.insert_persistence_id, (pid_key,))
+            .await?;
+        let mut ids = self.known_ids.lock().unwrap();
+        if ids.len() >= CACHE_LIMIT {
+            ids.clear();
+        }
+        ids.insert(pid_key.to_owned());
+        Ok(())
     }
 
     pub fn partition_of(&self, sequence_nr: u64) -> i64 {

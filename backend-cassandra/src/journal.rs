@@ -34,7 +34,7 @@ use persistence_api::{
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlTimeuuid;
 
-use crate::core::{Inner, CACHE_LIMIT};
+use crate::core::Inner;
 use crate::error::{unexpected, ResultExt};
 use crate::schema::{unset_none, BatchRow, EventRow, GuardRow, MessageRow, UsedRow};
 use crate::tags::pending_mark;
@@ -90,18 +90,7 @@ impl CassandraJournal {
         // 1. all_persistence_ids, with the id's first event.
         let known = inner.known_ids.lock().unwrap().contains(&pid);
         if lowest == 1 || !known {
-            inner
-                .exec(
-                    "write_events",
-                    &inner.stmts.insert_persistence_id,
-                    (pid.as_str(),),
-                )
-                .await?;
-            let mut ids = inner.known_ids.lock().unwrap();
-            if ids.len() >= CACHE_LIMIT {
-                ids.clear();
-            }
-            ids.insert(pid.clone());
+            inner.register_id("write_events", &pid).await?;
         }
 
         // 2. + 3. The events, in one partition, guarded.
@@ -265,6 +254,55 @@ impl CassandraJournal {
         batch
     }
 }
+/// Streams the stored rows of `pid_key` with `from <= seq <= to`, partition after
+/// partition, page by page, each sequence number once (a write spilling over a boundary
+/// keeps its events in the previous partition, so the walk starts one partition early).
+/// `operation` names the step in errors. The read path of replays, and of the
+/// maintenance's rebuild (which needs the rows' own time-based UUIDs).
+pub(crate) fn message_rows(
+    inner: Arc<Inner>,
+    pid: String,
+    from: SequenceNr,
+    to: SequenceNr,
+    operation: &'static str,
+) -> impl futures::Stream<Item = Result<EventRow>> + Send + 'static {
+    async_stream::try_stream! {
+        if from <= to {
+            let first = inner.partition_of(from);
+            let mut nr = (first - 1).max(0);
+            let last = inner.partition_of(to);
+            let mut last_seq = from - 1;
+            'partitions: while nr <= last {
+                let pager = inner
+                    .session
+                    .execute_iter(
+                        inner.stmts.select_messages.clone(),
+                        (pid.as_str(), nr, from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64),
+                    )
+                    .await
+                    .op(operation)?;
+                let mut rows = pager
+                    .rows_stream::<EventRow>()
+                    .map_err(|e| unexpected(operation, e))?;
+                while let Some(row) = rows.next().await {
+                    let row = row.op(operation)?;
+                    let Some(seq) = row.sequence_nr else { continue };
+                    let seq = seq.max(0) as u64;
+                    if seq <= last_seq {
+                        continue;
+                    }
+                    last_seq = seq;
+                    yield row;
+                    if seq >= to {
+                        break 'partitions;
+                    }
+                }
+                nr += 1;
+            }
+        }
+    }
+}
+
 /// Streams the events of `pid_key` with `from <= seq <= to` (at most `max`), partition
 /// after partition, page by page; skips anything at or below `deleted_to` and repeats.
 pub(crate) fn event_stream(
@@ -279,39 +317,14 @@ pub(crate) fn event_stream(
     Box::pin(async_stream::try_stream! {
         if from <= to && max > 0 {
             let pid = inner.pid_key(&persistence_id);
-            let first = inner.partition_of(from);
-            // A write spilling over a boundary keeps its events in the previous partition.
-            let mut nr = (first - 1).max(0);
-            let last = inner.partition_of(to);
+            let mut rows = std::pin::pin!(message_rows(inner, pid, from, to, "replay"));
             let mut delivered = 0u64;
-            let mut last_seq = from - 1;
-            'partitions: while nr <= last {
-                let pager = inner
-                    .session
-                    .execute_iter(
-                        inner.stmts.select_messages.clone(),
-                        (pid.as_str(), nr, from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64),
-                    )
-                    .await
-                    .op("replay")?;
-                let mut rows = pager
-                    .rows_stream::<EventRow>()
-                    .map_err(|e| unexpected("replay", e))?;
-                while let Some(row) = rows.next().await {
-                    let row = row.op("replay")?;
-                    let Some(seq) = row.sequence_nr else { continue };
-                    let seq = seq.max(0) as u64;
-                    if seq <= last_seq {
-                        continue;
-                    }
-                    last_seq = seq;
-                    yield row.into_event(persistence_id.clone())?;
-                    delivered += 1;
-                    if delivered >= max || seq >= to {
-                        break 'partitions;
-                    }
+            while let Some(row) = rows.next().await {
+                yield row?.into_event(persistence_id.clone())?;
+                delivered += 1;
+                if delivered >= max {
+                    break;
                 }
-                nr += 1;
             }
         }
     })

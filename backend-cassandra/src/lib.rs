@@ -1,12 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-mod cleanup;
 mod config;
 mod core;
 mod durable_state;
 mod error;
 mod journal;
+mod maintenance;
 mod offsets;
 mod query;
 mod schema;
@@ -16,13 +16,13 @@ mod timeuuid;
 
 use std::sync::Arc;
 
-use persistence_api::{Capabilities, PersistenceId, Result, Stores};
+use persistence_api::{Capabilities, Result, Stores};
 use scylla::client::session::Session;
 
-pub use cleanup::CleanupReport;
 pub use config::{CassandraConfig, ConsistencyLevel, Replication, TableNames, TimeBucket};
 pub use durable_state::{CassandraDurableStateStore, MAX_STATE_SIZE};
 pub use journal::{CassandraJournal, MAX_ATOMIC_WRITE_SIZE, MAX_EVENT_SIZE};
+pub use maintenance::CassandraMaintenance;
 pub use offsets::CassandraOffsetStore;
 pub use query::CassandraReadJournal;
 pub use schema::{
@@ -36,8 +36,9 @@ pub use scylla;
 use crate::core::Inner;
 
 /// Opens the backend (see [`Cassandra::open`]) and returns its journal, snapshot store, read
-/// journal, projection offset store and durable-state store behind the checking layer of [`Stores`]: the one-call
-/// entry point every backend has (`persistence_<backend>::open`).
+/// journal, projection offset store, durable-state store and journal maintenance behind the
+/// checking layer of [`Stores`]: the one-call entry point every backend has
+/// (`persistence_<backend>::open`).
 pub async fn open(config: CassandraConfig) -> Result<Stores> {
     Ok(Cassandra::open(config).await?.stores())
 }
@@ -114,8 +115,8 @@ impl Cassandra {
         }
     }
 
-    /// The three stores, the projection offset store and the durable-state store behind the
-    /// checking and tracing layer.
+    /// The three stores, the projection offset store, the durable-state store and the
+    /// journal maintenance behind the checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -126,6 +127,7 @@ impl Cassandra {
         )
         .with_offset_store(Arc::new(self.offsets()))
         .with_durable_state_store(Arc::new(self.durable_state()))
+        .with_maintenance(Arc::new(self.maintenance()))
     }
 
     /// The journal, unchecked (prefer [`Cassandra::stores`]).
@@ -163,6 +165,14 @@ impl Cassandra {
         }
     }
 
+    /// The journal maintenance (scan, rebuild, purge of persistence ids), unchecked; what
+    /// `persistence rebuild` and `persistence cleanup --purge` run.
+    pub fn maintenance(&self) -> CassandraMaintenance {
+        CassandraMaintenance {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// The driver session (for raw CQL beside the stores, as the benchmark does).
     pub fn session(&self) -> &Arc<Session> {
         &self.inner.session
@@ -171,13 +181,5 @@ impl Cassandra {
     /// The configuration in use.
     pub fn config(&self) -> &CassandraConfig {
         &self.inner.config
-    }
-
-    /// Deletes everything stored for `ids`: events, their tag rows, snapshots, metadata and
-    /// the ids themselves. With `dry_run` (what the command does unless told otherwise) it
-    /// only counts. Tag rows of events already removed by `delete_events_to` cannot be found
-    /// through the events and stay (as in pekko-persistence-cassandra's tool).
-    pub async fn cleanup(&self, ids: &[PersistenceId], dry_run: bool) -> Result<CleanupReport> {
-        cleanup::cleanup(&self.inner, ids, dry_run).await
     }
 }

@@ -281,7 +281,7 @@ impl Inner {
     }
 
     /// Registers `bucket` as a first bucket of `tag` unless an earlier one is known.
-    async fn register_bucket(&self, tag: &str, bucket: i64) -> Result<()> {
+    pub(crate) async fn register_bucket(&self, tag: &str, bucket: i64) -> Result<()> {
         let known = self.tag_first_bucket.lock().unwrap().get(tag).copied();
         let known = match known {
             Some(k) => Some(k),
@@ -356,17 +356,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes tag rows (one unlogged batch per `tag_views` partition, concurrently), then
-    /// the progress per tag and `tag_scanning`.
-    async fn write_tag_rows(
+    /// Writes tag rows: one unlogged batch per `tag_views` partition, concurrently (an
+    /// upsert: a row written again with the same key and content changes nothing).
+    pub(crate) async fn insert_tag_views(
         &self,
-        pid: &str,
-        rows: Vec<TagViewRow<'_>>,
-        progress: BTreeMap<&str, (i64, i64, CqlTimeuuid)>,
-        scanned_to: u64,
+        step: &'static str,
+        rows: &[TagViewRow<'_>],
     ) -> Result<()> {
         let mut groups: BTreeMap<(&str, i64), Vec<&TagViewRow>> = BTreeMap::new();
-        for r in &rows {
+        for r in rows {
             groups
                 .entry((r.tag_name, r.timebucket))
                 .or_default()
@@ -381,9 +379,22 @@ impl Inner {
                 batch.set_consistency(c);
             }
             batch.set_is_idempotent(true);
-            async move { self.session.batch(&batch, rows).await.op("write_tags") }
+            async move { self.session.batch(&batch, rows).await.op(step) }
         }))
         .await?;
+        Ok(())
+    }
+
+    /// Writes tag rows ([`Inner::insert_tag_views`]), then the progress per tag and
+    /// `tag_scanning`.
+    async fn write_tag_rows(
+        &self,
+        pid: &str,
+        rows: Vec<TagViewRow<'_>>,
+        progress: BTreeMap<&str, (i64, i64, CqlTimeuuid)>,
+        scanned_to: u64,
+    ) -> Result<()> {
+        self.insert_tag_views("write_tags", &rows).await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::new();
         for (tag, (seq, tag_seq, ts)) in &progress {
@@ -406,7 +417,9 @@ impl Inner {
     }
 }
 
-fn tag_view_row<'a>(
+/// The `tag_views` row of event `e` of `pid` under the tag key `tag_name`, numbered
+/// `tag_pid_sequence_nr`, at the event's own time-based UUID `timestamp` (in `timebucket`).
+pub(crate) fn tag_view_row<'a>(
     tag_name: &'a str,
     timebucket: i64,
     timestamp: CqlTimeuuid,

@@ -1,5 +1,5 @@
 //! Behaviour the conformance kit cannot reach with the default configuration: partitions
-//! (with a target size of 3), writes spilling over a partition boundary, cleanup, and the
+//! (with a target size of 3), writes spilling over a partition boundary, purge and rebuild after deletes, and the
 //! events-by-tag gap look-back. Against the real node from
 //! `PERSISTENCE_CASSANDRA_CONTACT_POINTS`; skipped loudly when it is unset.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, ErrorKind, JournalExt, Offset, Payload, PersistenceId, PersistentEvent,
-    SnapshotMetadata, SnapshotSelectionCriteria,
+    PurgeReport, RebuildReport, SnapshotMetadata, SnapshotSelectionCriteria,
 };
 use persistence_cassandra::{Cassandra, CassandraConfig};
 
@@ -103,9 +103,12 @@ async fn partitions_spills_deletes_and_conflicts() {
     assert_eq!(seqs(&b, &id2, 1).await, ((1..=6).collect(), 6));
 }
 
+/// A purge removes the id's events, their tag rows (those of events `delete_events_to`
+/// removed too, found through the tag's buckets), its snapshot and its registry row; the
+/// other id keeps everything.
 #[tokio::test(flavor = "multi_thread")]
-async fn cleanup_dry_run_then_delete() {
-    let Some(b) = backend(500_000).await else {
+async fn purge_removes_tag_rows_of_deleted_events_too() {
+    let Some(b) = backend(3).await else {
         return;
     };
     let stores = b.stores();
@@ -120,6 +123,11 @@ async fn cleanup_dry_run_then_delete() {
             .await
             .unwrap();
         stores
+            .journal
+            .write(AtomicWrite::new(vec![event(id, 3, &["t"]), event(id, 4, &[])]).unwrap())
+            .await
+            .unwrap();
+        stores
             .snapshots
             .save_snapshot(
                 SnapshotMetadata::new(id.clone(), 2),
@@ -128,17 +136,11 @@ async fn cleanup_dry_run_then_delete() {
             .await
             .unwrap();
     }
-    let dry = b.cleanup(std::slice::from_ref(&a), true).await.unwrap();
-    assert_eq!((dry.events, dry.tag_rows, dry.snapshots), (2, 3, 1));
-    assert_eq!(
-        seqs(&b, &a, 1).await.0,
-        vec![1, 2],
-        "a dry run deletes nothing"
-    );
-    let done = b.cleanup(std::slice::from_ref(&a), false).await.unwrap();
-    assert_eq!((done.events, done.tag_rows, done.snapshots), (2, 3, 1));
+    stores.journal.delete_events_to(&a, 2).await.unwrap();
+    let report = stores.maintenance.purge_persistence_id(&a).await.unwrap();
+    assert_eq!(report, PurgeReport::new(2, 1));
     assert_eq!(seqs(&b, &a, 1).await, (vec![], 0));
-    assert_eq!(seqs(&b, &keep, 1).await.0, vec![1, 2]);
+    assert_eq!(seqs(&b, &keep, 1).await.0, vec![1, 2, 3, 4]);
     let ids: Vec<String> = stores
         .read_journal
         .current_persistence_ids()
@@ -146,19 +148,132 @@ async fn cleanup_dry_run_then_delete() {
         .collect()
         .await;
     assert_eq!(ids, vec!["keep".to_string()]);
-    let tagged: Vec<String> = stores
-        .read_journal
-        .current_events_by_tag("t".into(), Offset::NoOffset)
-        .map(|r| r.unwrap().event.persistence_id.into_string())
-        .collect()
-        .await;
-    assert_eq!(tagged, vec!["keep", "keep"]);
+    for (tag, n) in [("t", 3), ("u", 1)] {
+        let tagged: Vec<String> = stores
+            .read_journal
+            .current_events_by_tag(tag.into(), Offset::NoOffset)
+            .map(|r| r.unwrap().event.persistence_id.into_string())
+            .collect()
+            .await;
+        assert_eq!(tagged, vec!["keep"; n], "tag {tag}");
+    }
     assert!(stores
         .snapshots
         .load_snapshot(&a, SnapshotSelectionCriteria::latest())
         .await
         .unwrap()
         .is_none());
+    assert_eq!(
+        stores.maintenance.purge_persistence_id(&a).await.unwrap(),
+        PurgeReport::new(0, 0)
+    );
+}
+
+/// After `delete_events_to`, a rebuild of an intact journal numbers the stored events'
+/// tag rows as the write path did (read from the first stored event's row), so it writes
+/// the same rows again; with the tag rows lost too it derives the numbers from
+/// `tag_write_progress`; and writes after it continue the numbering.
+#[tokio::test(flavor = "multi_thread")]
+async fn rebuild_after_deletes_keeps_the_numbering() {
+    let Some(b) = backend(3).await else {
+        return;
+    };
+    let stores = b.stores();
+    let id = PersistenceId::new("r").unwrap();
+    for (from, to) in [(1, 3), (4, 5), (6, 7)] {
+        let events = (from..=to).map(|s| event(&id, s, &["t"])).collect();
+        stores
+            .journal
+            .write(AtomicWrite::new(events).unwrap())
+            .await
+            .unwrap();
+    }
+    stores.journal.delete_events_to(&id, 4).await.unwrap();
+    let by_tag = || async {
+        stores
+            .read_journal
+            .current_events_by_tag("t".into(), Offset::NoOffset)
+            .map(|r| {
+                let e = r.unwrap();
+                (e.event.sequence_nr, e.offset)
+            })
+            .collect::<Vec<_>>()
+            .await
+    };
+    let before = by_tag().await;
+    assert_eq!(before.len(), 7, "events by tag keep deleted events");
+    let report = stores
+        .maintenance
+        .rebuild_persistence_id(&id)
+        .await
+        .unwrap();
+    assert_eq!(report, RebuildReport::new(3, 3));
+    assert_eq!(by_tag().await, before, "the same rows, nothing added");
+    // The rows of the stored events lost (as a partial restore would leave them), the
+    // progress kept: the numbers come from it.
+    let config = b.config();
+    let (ks, t) = (&config.keyspace, &config.tables);
+    let ns = &config.namespace;
+    let (pid, tag_key) = (format!("{ns}\u{1f}r"), format!("{ns}\u{1f}t"));
+    for nr in 0..3i64 {
+        let rows = b
+            .session()
+            .query_unpaged(
+                format!(
+                    "SELECT timebucket, timestamp, sequence_nr FROM {ks}.{} \
+                     WHERE persistence_id = ? AND partition_nr = ?",
+                    t.messages
+                ),
+                (pid.as_str(), nr),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        for row in rows
+            .rows::<(
+                Option<i64>,
+                Option<persistence_cassandra::scylla::value::CqlTimeuuid>,
+                Option<i64>,
+            )>()
+            .unwrap()
+        {
+            // A partition whose events were all deleted answers its static row alone.
+            let (Some(bucket), Some(ts), _) = row.unwrap() else {
+                continue;
+            };
+            b.session()
+                .query_unpaged(
+                    format!(
+                        "DELETE FROM {ks}.{} WHERE tag_name = ? AND timebucket = ? AND timestamp = ?",
+                        t.tag_views
+                    ),
+                    (tag_key.as_str(), bucket, ts),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(by_tag().await.len(), 4);
+    let report = stores
+        .maintenance
+        .rebuild_persistence_id(&id)
+        .await
+        .unwrap();
+    assert_eq!(report, RebuildReport::new(3, 3));
+    assert_eq!(
+        by_tag().await,
+        before,
+        "restored with the same numbers and offsets"
+    );
+    stores
+        .journal
+        .write(AtomicWrite::single(event(&id, 8, &["t"])).unwrap())
+        .await
+        .unwrap();
+    let after = by_tag().await;
+    assert_eq!(&after[..7], &before[..]);
+    assert_eq!(after[7].0, 8);
 }
 
 /// A tagged event that lands late, behind a live reader, is found by the gap look-back

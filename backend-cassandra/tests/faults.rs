@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use persistence_api::{async_trait, AtomicWrite, JournalExt, PersistenceId, Stores};
+use persistence_api::{
+    async_trait, AtomicWrite, JournalExt, JournalMaintenance, PersistenceId, Stores,
+};
 use persistence_cassandra::{Cassandra, CassandraConfig};
 use persistence_tck::fault::FaultProxy;
 use persistence_tck::sweep::{run, server_env, unique, CutWrite, Shape, SweepTarget};
@@ -189,7 +191,7 @@ impl SweepTarget for Env {
         ))
     }
 
-    /// Removes what this test stored (its namespace's ids), with the driver's clean-up.
+    /// Removes what this test stored (its namespace's ids), with the driver's purge.
     async fn clean_up(&self) {
         let ids: Vec<PersistenceId> = self
             .direct
@@ -200,10 +202,13 @@ impl SweepTarget for Env {
             .into_iter()
             .collect::<persistence_api::Result<_>>()
             .expect("persistence ids");
-        self.direct_backend
-            .cleanup(&ids, false)
-            .await
-            .expect("clean up");
+        let maintenance = self.direct_backend.maintenance();
+        for id in &ids {
+            maintenance
+                .purge_persistence_id(id)
+                .await
+                .expect("clean up");
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! `cargo test -p persistence-cassandra --test tck`. One keyspace (`persistence_tck`, created if
 //! missing) serves every run; each case gets its own namespace inside it, so no schema change
 //! happens per case (see the README for why), and afterwards deletes what it stored with the
-//! driver's cleanup.
+//! driver's purge (`JournalMaintenance::purge_persistence_id`).
 
-use persistence_api::ReadJournalExt;
+use persistence_api::{JournalMaintenance, ReadJournalExt};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,6 +51,25 @@ fn damage(what: Corruption, payload_column: &'static str) -> Result<(&'static st
 }
 
 impl Factory {
+    /// Every row of a query without values, page by page.
+    async fn scan<R>(&self, cql: String) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> persistence_cassandra::scylla::deserialize::row::DeserializeRow<'f, 'm>
+            + Send
+            + 'static,
+    {
+        self.base
+            .session()
+            .query_iter(cql, ())
+            .await
+            .map_err(storage)?
+            .rows_stream::<R>()
+            .map_err(storage)?
+            .try_collect()
+            .await
+            .map_err(storage)
+    }
+
     /// Runs one CQL statement with `values`.
     async fn run(
         &self,
@@ -74,16 +94,76 @@ impl persistence_tck::StoreFactory for Factory {
         Some(self.page_size)
     }
 
-    /// Deletes what the case stored, with the driver's own cleanup (so every case also
-    /// exercises it).
+    /// Deletes what the case stored with the driver's own purge (so every case also
+    /// exercises it): every id the registry lists or the journal holds (a case may have
+    /// dropped the registry).
     async fn cleanup(&self, namespace: &str) -> Result<()> {
         let backend = self.base.with_namespace(namespace)?;
-        let ids: Vec<PersistenceId> = backend
+        let maintenance = backend.maintenance();
+        let mut ids: BTreeSet<PersistenceId> = backend
             .read_journal()
             .current_persistence_ids()
             .try_collect()
             .await?;
-        backend.cleanup(&ids, false).await?;
+        ids.extend(
+            maintenance
+                .scan_persistence_ids()
+                .try_collect::<Vec<_>>()
+                .await?,
+        );
+        for id in &ids {
+            maintenance.purge_persistence_id(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the namespace's rows of `tag_views`, `tag_write_progress`, `tag_scanning`,
+    /// `tag_buckets` and `all_persistence_ids` with raw CQL (the keyspace is shared by
+    /// every case, so no TRUNCATE): each table is scanned for the keys of the namespace,
+    /// and their partitions are deleted. `messages` and `metadata` stay.
+    async fn drop_indexes(&self, namespace: &str) -> Result<()> {
+        let config = self.base.config();
+        let (ks, t) = (&config.keyspace, &config.tables);
+        let prefix = stored_key(namespace, "");
+        // tag_views: partitions of (tag, bucket).
+        let partitions: Vec<(String, i64)> = self
+            .scan(format!(
+                "SELECT DISTINCT tag_name, timebucket FROM {ks}.{}",
+                t.tag_views
+            ))
+            .await?;
+        for (tag, bucket) in partitions {
+            if tag.starts_with(&prefix) {
+                self.run(
+                    format!(
+                        "DELETE FROM {ks}.{} WHERE tag_name = ? AND timebucket = ?",
+                        t.tag_views
+                    ),
+                    (tag.as_str(), bucket),
+                )
+                .await?;
+            }
+        }
+        // The tables keyed by one id or tag.
+        for (table, column) in [
+            (&t.tag_write_progress, "persistence_id"),
+            (&t.tag_scanning, "persistence_id"),
+            (&t.tag_buckets, "tag_name"),
+            (&t.all_persistence_ids, "persistence_id"),
+        ] {
+            let keys: Vec<(String,)> = self
+                .scan(format!("SELECT DISTINCT {column} FROM {ks}.{table}"))
+                .await?;
+            for (key,) in keys {
+                if key.starts_with(&prefix) {
+                    self.run(
+                        format!("DELETE FROM {ks}.{table} WHERE {column} = ?"),
+                        (key.as_str(),),
+                    )
+                    .await?;
+                }
+            }
+        }
         Ok(())
     }
 
