@@ -3,7 +3,8 @@
 //! implemented once by [`SqlStore`] over either database), the [`Dialect`] that spells
 //! their statements, and the wake-up of live queries.
 //!
-//! `journal.rs`, `snapshot.rs`, `query.rs`, `offsets.rs` and `durable_state.rs` implement the public traits
+//! `journal.rs`, `snapshot.rs`, `query.rs`, `offsets.rs`, `durable_state.rs` and
+//! `maintenance.rs` implement the public traits
 //! once on top of these (paging, live polling, offsets, projection offsets);
 //! `postgres.rs` and `sqlite.rs` implement [`Backend`].
 
@@ -16,6 +17,7 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use crate::durable_state::{StateRows, StateSql};
 use crate::error::{err, SqlError};
 use crate::journal::WriteError;
+use crate::maintenance::{MaintenanceRows, MaintenanceSql};
 use crate::offsets::{OffsetRows, OffsetSql};
 use crate::schema::{clamp, decode_event, stored_id, unsigned, Columns, Names, EVENT_COLUMNS};
 use crate::snapshot::{SnapshotRows, SnapshotSql};
@@ -38,7 +40,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     const NAME: &'static str;
     /// The reads, deletes, snapshots, projection offsets and durable states, the same for
     /// both databases.
-    type Store: Store + SnapshotRows + OffsetRows + StateRows;
+    type Store: Store + SnapshotRows + OffsetRows + StateRows + MaintenanceRows;
     /// The shared statements of this database.
     fn store(&self) -> &Self::Store;
     /// A receiver that changes whenever something may have been written (a write through
@@ -200,8 +202,9 @@ impl StoreSql {
                  WHERE t.tag = {p}1 AND t.ordering > {p}2 AND t.ordering <= {p}3 \
                  ORDER BY t.ordering LIMIT {p}4"
             )),
+            // Positions below 1 are ids taken out of the listing (see `maintenance.rs`).
             max_id_ordering: s(format!(
-                "SELECT COALESCE(MAX(id_ordering), 0){bigint} FROM {ids}"
+                "SELECT COALESCE(MAX(id_ordering), 0){bigint} FROM {ids} WHERE id_ordering > 0"
             )),
             ids: s(format!(
                 "SELECT id_ordering, persistence_id FROM {ids} \
@@ -223,6 +226,8 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
     pub(crate) offset_sql: OffsetSql,
     /// The durable-state statements (see `durable_state.rs`).
     pub(crate) state_sql: StateSql,
+    /// The journal maintenance statements (see `maintenance.rs`).
+    pub(crate) maintenance_sql: MaintenanceSql,
     page_size: usize,
     poll_interval: Duration,
     /// SQLite: this process's writers take turns here, so they never spin on
@@ -234,13 +239,15 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
 
 impl<DB: sqlx::Database> SqlStore<DB> {
     /// The store of `pool`, its statements rendered for `names` in `dialect` (the
-    /// durable-state writes by the database, in `state_sql`).
+    /// durable-state writes and the maintenance statements by the database, in
+    /// `state_sql` and `maintenance_sql`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pool: sqlx::Pool<DB>,
         names: &Names,
         dialect: &Dialect,
         state_sql: StateSql,
+        maintenance_sql: MaintenanceSql,
         page_size: usize,
         poll_interval: Duration,
         writers_take_turns: bool,
@@ -252,6 +259,7 @@ impl<DB: sqlx::Database> SqlStore<DB> {
             snapshot_sql: SnapshotSql::new(names, dialect),
             offset_sql: OffsetSql::new(names, dialect),
             state_sql,
+            maintenance_sql,
             page_size,
             poll_interval,
             write_turns: writers_take_turns.then(|| Mutex::new(())),

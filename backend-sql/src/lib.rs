@@ -6,7 +6,7 @@
 // The files by role: `core` (what both databases share beneath the stores), `journal`
 // (the write path, replay, highest, delete), `snapshot`, `query`, `offsets` (projection
 // offsets and exactly-once transactions), `durable_state` (states by revision and their
-// change queries), `schema` (the tables,
+// change queries), `maintenance` (scan, rebuild, truncation and purge), `schema` (the tables,
 // their migrations and row layout), `error` (sqlx's errors as public ones), and each
 // database's own machinery in `postgres` and `sqlite`.
 // Without a database feature only the configuration and the schema text remain.
@@ -19,6 +19,8 @@ mod durable_state;
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod journal;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod maintenance;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod offsets;
 #[cfg(feature = "postgres")]
@@ -57,8 +59,8 @@ pub(crate) fn capabilities(poll_interval: Duration) -> Capabilities {
     }
 }
 
-/// The journal, snapshot store, read journal, offset store and durable-state store of
-/// `backend`, behind the checking layer
+/// The journal, snapshot store, read journal, offset store, durable-state store and
+/// journal maintenance of `backend`, behind the checking layer
 /// (which adds the operation, the backend's name, the persistence id and the sequence
 /// numbers of the call to every error they return).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -81,6 +83,9 @@ pub(crate) fn stores<B: core::Backend>(backend: &Arc<B>) -> Stores {
         backend: backend.clone(),
     }))
     .with_durable_state_store(Arc::new(durable_state::SqlDurableStateStore {
+        backend: backend.clone(),
+    }))
+    .with_maintenance(Arc::new(maintenance::SqlMaintenance {
         backend: backend.clone(),
     }))
 }

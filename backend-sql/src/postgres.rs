@@ -216,12 +216,14 @@ impl PgBackend {
             config.notify,
             config.tag_order_lock,
         );
+        let ids_lock_key = fnv1a(&format!("backend-sql:{namespace}:ids")) as i64;
         Ok(PgBackend {
             store: SqlStore::new(
                 pool,
                 &names,
                 &POSTGRES,
                 state_sql,
+                crate::maintenance::MaintenanceSql::postgres(&names, ids_lock_key),
                 config.page_size as usize,
                 config.poll_interval,
                 false,
@@ -230,7 +232,7 @@ impl PgBackend {
             options,
             sql: Statements::new(&names, config.notify),
             channel,
-            ids_lock_key: fnv1a(&format!("backend-sql:{namespace}:ids")) as i64,
+            ids_lock_key,
             namespace,
             wake: Arc::new(watch::Sender::new(0)),
             listener: StdMutex::new(None),

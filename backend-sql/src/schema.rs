@@ -650,8 +650,8 @@ async fn describe_sqlite(pool: &sqlx::SqlitePool, prefix: &str) -> Result<Layout
 pub(crate) use rows::encode_tags;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use rows::{
-    bind_event, clamp, decode_event, read_payloads, stored_id, unsigned, Columns, Record,
-    EVENT_COLUMNS,
+    bind_event, clamp, decode_event, read_payloads, read_tags, stored_id, unsigned, Columns,
+    Record, EVENT_COLUMNS,
 };
 
 /// How the rows of the tables are laid out: the values an event row is bound with and read
@@ -902,13 +902,7 @@ mod rows {
         let write_timestamp = record.int(row, 4, "write_timestamp")?;
         let event_manifest = record.text(row, 5, "event_manifest")?;
         let (payload, metadata) = read_payloads(row, &record, 6)?;
-        let tags_text = record.text(row, 12, "tags")?;
-        let tags: Vec<String> = serde_json::from_str(&tags_text).map_err(|e| {
-            record.corrupt(
-                "tags",
-                format!("{tags_text:?} is not a JSON array of strings: {e}"),
-            )
-        })?;
+        let tags = read_tags(row, &record, 12)?;
         let event = PersistentEvent {
             sequence_nr: record.sequence_nr(),
             persistence_id: record.persistence_id,
@@ -920,6 +914,23 @@ mod rows {
             metadata,
         };
         Ok((ordering, event))
+    }
+
+    /// Reads the `tags` column (a JSON array of strings) of `record` at `index`; anything
+    /// else is a corrupt-column error naming the event. The replay, the tag queries and the
+    /// rebuild of the tag table read tags through here.
+    pub(crate) fn read_tags(
+        row: &impl Columns,
+        record: &Record,
+        index: usize,
+    ) -> std::result::Result<Vec<String>, SqlError> {
+        let tags_text = record.text(row, index, "tags")?;
+        serde_json::from_str(&tags_text).map_err(|e| {
+            record.corrupt(
+                "tags",
+                format!("{tags_text:?} is not a JSON array of strings: {e}"),
+            )
+        })
     }
 
     /// [`read_event`] inside sqlx's row mapping (`try_map`); `to_public` unwraps the error.

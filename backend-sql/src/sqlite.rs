@@ -124,6 +124,7 @@ impl SqliteBackend {
                 &names,
                 &SQLITE,
                 crate::durable_state::StateSql::sqlite(&names),
+                crate::maintenance::MaintenanceSql::sqlite(&names),
                 config.page_size as usize,
                 config.poll_interval,
                 true,

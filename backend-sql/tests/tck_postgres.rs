@@ -121,6 +121,21 @@ impl persistence_tck::StoreFactory for Factory {
         .await
     }
 
+    /// Empties the tag table and takes every id out of the registry: the registry is the
+    /// `journal_ids` row's position (`id_ordering`), cleared here; the row itself is the
+    /// id's metadata (highest sequence number, deleted-to mark) and stays.
+    async fn drop_indexes(&self, namespace: &str) -> Result<()> {
+        // The namespace is [a-z0-9_] (the kit's promise), so quoting it is enough.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM \"{namespace}\".\"event_tag\"; \
+             UPDATE \"{namespace}\".\"journal_ids\" SET id_ordering = NULL"
+        )))
+        .execute(&self.admin)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, "drop_indexes").with_source(e))?;
+        Ok(())
+    }
+
     async fn corrupt_snapshot(
         &self,
         namespace: &str,

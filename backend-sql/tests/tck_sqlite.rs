@@ -108,6 +108,28 @@ impl persistence_tck::StoreFactory for Factory {
         .await
     }
 
+    /// Empties the tag table and takes every id out of the registry: the registry is the
+    /// `journal_ids` row's position (`id_ordering`, SQLite's rowid, so it is negated: the
+    /// persistence-ids queries read positions above 0); the row itself is the id's
+    /// metadata (highest sequence number, deleted-to mark) and stays.
+    async fn drop_indexes(&self, namespace: &str) -> Result<()> {
+        let storage =
+            |e: sqlx::Error| Error::new(ErrorKind::Storage, "drop_indexes").with_source(e);
+        let url = format!("sqlite://{}", self.path(namespace).display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .map_err(storage)?;
+        sqlx::raw_sql(
+            "DELETE FROM \"event_tag\"; \
+             UPDATE \"journal_ids\" SET id_ordering = -id_ordering WHERE id_ordering > 0",
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(storage)?;
+        conn.close().await.map_err(storage)?;
+        Ok(())
+    }
+
     async fn corrupt_snapshot(
         &self,
         namespace: &str,
