@@ -947,7 +947,9 @@ async fn cassandra(
         PersistenceId::new("bench-tp-1")?,
         PersistenceId::new("bench-lag-1")?,
     ];
-    db.cleanup(&ids, false).await?;
+    for id in &ids {
+        target.stores.maintenance.purge_persistence_id(id).await?;
+    }
     outcome
 }
 
