@@ -20,7 +20,7 @@ use crate::Out;
 
 /// The arguments of `cleanup`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["snapshots", "events"])))]
+#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["snapshots", "events", "purge"])))]
 #[command(group(ArgGroup::new("which").required(true).multiple(true).args(["ids_file", "ids"])))]
 pub struct CleanupArgs {
     /// A file of persistence ids, one per line (blank lines and lines starting with # are skipped).
@@ -36,8 +36,13 @@ pub struct CleanupArgs {
     pub events: bool,
     /// Keep each id's latest snapshot, and (with --events) the events after it: only the
     /// events the latest snapshot covers are deleted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "purge")]
     pub keep_latest_snapshot: bool,
+    /// Remove every trace of each id: its events, their tag index entries, every snapshot,
+    /// its entry in the id listing and its metadata; the id may then be written again
+    /// from sequence number 1 (pekko-persistence-cassandra's Cleanup).
+    #[arg(long, conflicts_with_all = ["events", "snapshots"])]
+    pub purge: bool,
     /// Delete; without it, only print what would go.
     #[arg(long)]
     pub execute: bool,
@@ -45,6 +50,8 @@ pub struct CleanupArgs {
 
 /// What goes for one id.
 struct Plan {
+    /// Everything of the id goes (`--purge`).
+    purge: bool,
     /// Delete events up to here (0: none).
     events_to: SequenceNr,
     /// How many stored events that is.
@@ -118,6 +125,15 @@ async fn list_snapshots(stores: &Stores, pid: &PersistenceId) -> Result<Vec<Sequ
 }
 
 async fn plan(stores: &Stores, pid: &PersistenceId, args: &CleanupArgs) -> Result<Plan, CliError> {
+    if args.purge {
+        let highest = stores.journal.highest_sequence_nr(pid).await?;
+        return Ok(Plan {
+            purge: true,
+            events_to: highest,
+            events: count_events(stores, pid, highest).await?,
+            snapshots: list_snapshots(stores, pid).await?,
+        });
+    }
     let snapshots = if args.snapshots || args.keep_latest_snapshot {
         list_snapshots(stores, pid).await?
     } else {
@@ -140,6 +156,7 @@ async fn plan(stores: &Stores, pid: &PersistenceId, args: &CleanupArgs) -> Resul
         snapshots
     };
     Ok(Plan {
+        purge: false,
         events_to: if events == 0 { 0 } else { events_to },
         events,
         snapshots,
@@ -147,6 +164,10 @@ async fn plan(stores: &Stores, pid: &PersistenceId, args: &CleanupArgs) -> Resul
 }
 
 async fn apply(stores: &Stores, pid: &PersistenceId, plan: &Plan) -> Result<(), CliError> {
+    if plan.purge {
+        stores.maintenance.purge_persistence_id(pid).await?;
+        return Ok(());
+    }
     if plan.events > 0 {
         stores.journal.delete_events_to(pid, plan.events_to).await?;
     }
@@ -158,6 +179,21 @@ async fn apply(stores: &Stores, pid: &PersistenceId, plan: &Plan) -> Result<(), 
 }
 
 fn describe(id: &str, plan: &Plan, execute: bool) -> String {
+    if plan.purge {
+        let verb = if execute { "purged" } else { "would purge" };
+        if plan.events_to == 0 && plan.snapshots.is_empty() {
+            return format!("{id}: nothing to purge");
+        }
+        let seqs: Vec<String> = plan.snapshots.iter().map(|s| format!("#{s}")).collect();
+        return format!(
+            "{id}: {verb} sequence numbers 1..={} ({} events stored), {} snapshot(s){}{}, its index entries and metadata",
+            plan.events_to,
+            plan.events,
+            plan.snapshots.len(),
+            if seqs.is_empty() { "" } else { " at " },
+            seqs.join(", ")
+        );
+    }
     let verb = if execute { "deleted" } else { "would delete" };
     let mut parts = Vec::new();
     if plan.events > 0 {
@@ -221,6 +257,7 @@ pub async fn cleanup(stores: &Stores, args: &CleanupArgs, out: Out) -> Result<()
             "events_to": plan.events_to,
             "events": plan.events,
             "snapshots": plan.snapshots,
+            "purge": plan.purge,
             "executed": args.execute,
         });
         bar.suspend(|| emit(out, value, || describe(pid.as_str(), &plan, args.execute)))?;
@@ -228,10 +265,15 @@ pub async fn cleanup(stores: &Stores, args: &CleanupArgs, out: Out) -> Result<()
     }
     bar.finish_and_clear();
     let summary = json!({
-        "summary": { "ids": done, "events": events, "snapshots": snapshots, "executed": args.execute, "backend": stores.backend() }
+        "summary": { "ids": done, "events": events, "snapshots": snapshots, "purge": args.purge, "executed": args.execute, "backend": stores.backend() }
     });
     emit(out, summary, || {
-        if args.execute {
+        if args.execute && args.purge {
+            format!(
+                "purged {done} ids: {events} events, {snapshots} snapshots, their index entries and metadata ({})",
+                stores.backend()
+            )
+        } else if args.execute {
             format!(
                 "deleted {events} events and {snapshots} snapshots of {done} ids ({})",
                 stores.backend()
@@ -257,6 +299,7 @@ pub async fn delete(
     let highest = stores.journal.highest_sequence_nr(&pid).await?;
     let events = count_events(stores, &pid, to.min(highest)).await?;
     let plan = Plan {
+        purge: false,
         events_to: if events == 0 { 0 } else { to.min(highest) },
         events,
         snapshots: Vec::new(),

@@ -7,6 +7,7 @@ mod copy;
 mod error;
 mod inspect;
 mod output;
+mod rebuild;
 mod schema;
 
 use std::path::PathBuf;
@@ -105,6 +106,8 @@ enum Command {
     },
     /// Deletes events and/or snapshots of many ids (dry run unless `--execute`).
     Cleanup(cleanup::CleanupArgs),
+    /// Writes the tag index and the id registry again from the events (idempotent).
+    Rebuild(rebuild::RebuildArgs),
     /// Copies events and snapshots (and durable states by tag) from one backend to another.
     Copy(copy::CopyArgs),
     /// Measures the standard workloads against the configured backend.
@@ -270,6 +273,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             cleanup::delete(&open(file, backend).await?, &id, to, execute, out).await
         }
         Command::Cleanup(args) => cleanup::cleanup(&open(file, backend).await?, &args, out).await,
+        Command::Rebuild(args) => rebuild::run(&open(file, backend).await?, &args, out).await,
         Command::Bench(args) => bench::run(&open(file, backend).await?, &args, out).await,
         Command::Offsets { action } => {
             let stores = open(file, backend).await?;

@@ -199,24 +199,42 @@ fn server_hops(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// Starts a copy, reads its JSON lines until `after` ids are copied, and kills it.
 fn copy_interrupted(from: &Path, to: &Path, after: usize) {
+    let (from, to) = (from.to_str().unwrap(), to.to_str().unwrap());
+    interrupted(
+        &[
+            "copy",
+            "--json",
+            "--parallel",
+            "2",
+            "--batch",
+            "10",
+            "--from",
+            from,
+            "--to",
+            to,
+        ],
+        "copied",
+        after,
+    );
+}
+
+/// Starts the binary with `args` (which print JSON lines), reads its lines until `after`
+/// of them have the key `key`, and kills it.
+fn interrupted(args: &[&str], key: &str, after: usize) {
     let mut child = bin()
-        .args(["copy", "--json", "--parallel", "2", "--batch", "10"])
-        .arg("--from")
-        .arg(from)
-        .arg("--to")
-        .arg(to)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut copied = 0;
+    let mut seen = 0;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
-        if v.get("copied").is_some() {
-            copied += 1;
-            if copied == after {
+        if v.get(key).is_some() {
+            seen += 1;
+            if seen == after {
                 break;
             }
         }
@@ -225,7 +243,7 @@ fn copy_interrupted(from: &Path, to: &Path, after: usize) {
     let status = child.wait().unwrap();
     assert!(
         !status.success(),
-        "the copy was meant to be stopped part-way"
+        "{args:?} was meant to be stopped part-way"
     );
 }
 
@@ -543,5 +561,138 @@ fn bad_configuration_and_arguments_have_their_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
     assert_eq!(run(&["tail"]).status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The `tag` command's JSON lines of `tag`: (offset, id, sequence number) each.
+fn tag_lines(config: &Path, tag: &str) -> Vec<(String, String, u64)> {
+    json_lines(&ok(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "tag",
+        tag,
+    ]))
+    .iter()
+    .map(|v| {
+        (
+            v["offset"].as_str().unwrap().to_string(),
+            v["persistence_id"].as_str().unwrap().to_string(),
+            v["sequence_nr"].as_u64().unwrap(),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebuild_restores_a_truncated_index_on_every_backend() {
+    let dir = temp_dir();
+    let mut backends = vec![("sqlite".to_string(), sqlite_config(&dir, "rebuild"))];
+    backends.extend(server_hops(&dir));
+    for (name, config) in &backends {
+        let stores = open(config).await;
+        seed(&stores, 100, 5).await;
+        let before: Vec<_> = (0..3)
+            .map(|t| tag_lines(config, &format!("cli-tag-{t}")))
+            .collect();
+        assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 500, "{name}");
+        let c = config.to_str().unwrap();
+        let progress = dir.join(format!("{name}.progress"));
+        let p = progress.to_str().unwrap();
+        // A first run stopped part-way: truncated, then some ids rebuilt.
+        let first = [
+            "--config",
+            c,
+            "--json",
+            "rebuild",
+            "--truncate",
+            "--progress",
+            p,
+            "--parallel",
+            "1",
+        ];
+        interrupted(&first, "index_entries", 3);
+        // The same command again goes on: it does not truncate again, and skips what the
+        // progress file lists.
+        let lines = json_lines(&ok(&first));
+        assert!(lines.iter().all(|v| v.get("truncated").is_none()), "{name}");
+        let summary = &lines.last().unwrap()["summary"];
+        let (ids, skipped) = (
+            summary["ids"].as_u64().unwrap(),
+            summary["skipped"].as_u64().unwrap(),
+        );
+        assert!(skipped >= 3, "{name}: {summary}");
+        assert_eq!(ids + skipped, 100, "{name}: {summary}");
+        assert_eq!(summary["events"], ids * 5, "{name}: {summary}");
+        assert_eq!(summary["index_entries"], ids * 5, "{name}: {summary}");
+        // With ids, --truncate is refused (it would leave the others unindexed).
+        assert_eq!(
+            run(&["--config", c, "rebuild", "--truncate", "acct-1"])
+                .status
+                .code(),
+            Some(2)
+        );
+        for (t, expected) in before.iter().enumerate() {
+            assert_eq!(
+                &tag_lines(config, &format!("cli-tag-{t}")),
+                expected,
+                "{name}: tag cli-tag-{t} after the rebuild, offsets included"
+            );
+        }
+        let ids = json_lines(&ok(&["--config", c, "--json", "ids", "--count"]));
+        assert_eq!(ids[0]["count"], 100, "{name}");
+        eprintln!("{name}: truncated, rebuilt in two runs, tag queries as before");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_purge_lists_then_removes_every_trace() {
+    let dir = temp_dir();
+    let config = sqlite_config(&dir, "purge");
+    let stores = open(&config).await;
+    seed(&stores, 3, 10).await; // acct-0 has snapshots at 5 and 9
+    let c = config.to_str().unwrap();
+    let dry = json_lines(&ok(&[
+        "--config", c, "--json", "cleanup", "--purge", "acct-0",
+    ]));
+    assert_eq!(dry[0]["events"], 10);
+    assert_eq!(dry[0]["snapshots"], serde_json::json!([9, 5]));
+    assert_eq!(dry[0]["executed"], false);
+    assert_eq!(
+        stores.journal.highest_sequence_nr(&pid(0)).await.unwrap(),
+        10
+    );
+    let done = json_lines(&ok(&[
+        "--config",
+        c,
+        "--json",
+        "cleanup",
+        "--purge",
+        "acct-0",
+        "--execute",
+    ]));
+    assert_eq!(done.last().unwrap()["summary"]["events"], 10);
+    assert_eq!(
+        stores.journal.highest_sequence_nr(&pid(0)).await.unwrap(),
+        0
+    );
+    let latest = SnapshotSelectionCriteria::latest();
+    assert!(stores
+        .snapshots
+        .load_snapshot(&pid(0), latest)
+        .await
+        .unwrap()
+        .is_none());
+    let ids = json_lines(&ok(&["--config", c, "--json", "ids"]));
+    let listed: Vec<&str> = ids
+        .iter()
+        .map(|v| v["persistence_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(!listed.contains(&"acct-0"));
+    // Refused combinations are usage errors.
+    let refused = run(&["--config", c, "cleanup", "--purge", "--events", "acct-1"]);
+    assert_eq!(refused.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(dir);
 }
