@@ -10,15 +10,15 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
-use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use persistence_api::{Error, Result};
+use persistence_api::{Error, ErrorKind, Result};
 
 use crate::config::DynamoDbConfig;
 use crate::error::{build_error, unprocessed_error, Failed};
 use crate::retry::RetryPolicy;
-use crate::schema::{key, s, seq_sk, Item, Keys, Meta, MAX_BATCH_WRITE, META_SK};
+use crate::schema::{key, s, seq_sk, Item, Keys, Meta, MAX_BATCH_GET, MAX_BATCH_WRITE, META_SK};
 
 /// The HTTP client the backend gives the SDK: plain HTTP (hyper), plus HTTPS through
 /// rustls when the crate feature `tls` is on. Tests wrap it to inject faults.
@@ -198,6 +198,14 @@ impl Inner {
         }
     }
 
+    /// Forgets what this process knew of `pid` (its registry item, its highest): after the
+    /// id was purged, its next write starts from nothing and registers it again.
+    pub(crate) fn forget_id(&self, pid: &str) {
+        if let Ok(mut m) = self.known_ids.lock() {
+            m.remove(pid);
+        }
+    }
+
     /// Sets how far this process's write times run ahead of (or, negative, behind) the
     /// wall clock.
     pub(crate) fn skew_clock(&self, ms: i64) {
@@ -264,6 +272,72 @@ impl Inner {
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// The journal table's items at `keys` (at most [`MAX_BATCH_GET`]) that exist, in no
+    /// particular order: one strongly consistent `BatchGetItem`, retried with the retry
+    /// policy, unprocessed keys asked again with backoff. `attributes` (none: all) are the
+    /// attributes read, named through placeholders so no reserved word gets in the way.
+    pub(crate) async fn batch_get(
+        &self,
+        operation: &'static str,
+        keys: Vec<Item>,
+        attributes: &[&str],
+    ) -> Result<Vec<Item>> {
+        debug_assert!(keys.len() <= MAX_BATCH_GET);
+        let table = self.journal_table();
+        let projection = (!attributes.is_empty()).then(|| {
+            (0..attributes.len())
+                .map(|i| format!("#a{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let names = (!attributes.is_empty()).then(|| {
+            attributes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("#a{i}"), (*a).to_owned()))
+                .collect::<HashMap<_, _>>()
+        });
+        let mut pending = keys;
+        let mut found = Vec::with_capacity(pending.len());
+        let mut round = 0u32;
+        while !pending.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .set_projection_expression(projection.clone())
+                .set_expression_attribute_names(names.clone())
+                .consistent_read(true)
+                .build()
+                .map_err(build_error)?;
+            let req = self.client.batch_get_item().request_items(table, request);
+            let out = self
+                .retry
+                .run(operation, || req.clone().send())
+                .await
+                .map_err(Failed::into_error)?;
+            if let Some(items) = out.responses().and_then(|r| r.get(table)) {
+                found.extend(items.iter().cloned());
+            }
+            if let Some(left) = out.unprocessed_keys().and_then(|u| u.get(table)) {
+                if !left.keys().is_empty() {
+                    if round >= self.retry.max_retries {
+                        return Err(Error::new(
+                            ErrorKind::RateLimited,
+                            format!(
+                                "DynamoDB left {} batch reads unprocessed",
+                                left.keys().len()
+                            ),
+                        )
+                        .with_retries_exhausted(round + 1));
+                    }
+                    tokio::time::sleep(self.retry.delay(round)).await;
+                    round += 1;
+                    pending = left.keys().to_vec();
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes `keys` from `table` in batches of 25, several at once, retrying unprocessed

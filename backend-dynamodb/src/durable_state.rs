@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use futures::{StreamExt, TryStreamExt};
 use persistence_api::{
@@ -41,11 +41,11 @@ use persistence_api::{
 };
 
 use crate::core::{now_ms, Inner};
-use crate::error::{build_error, corrupt, Class, Failed};
+use crate::error::{build_error, corrupt, Class};
 use crate::schema::{
     b, entry_sk, get_str, get_u64, is_tombstone, item_size, key, n, s, take_bytes, take_str, Item,
-    CHANGE_NUMBER, DELETED, MANIFEST, MAX_ITEM_BYTES, MAX_TAG_BYTES, PAYLOAD, PID, REVISION,
-    SERIALIZER, STATE_SK, STATE_TAG, TIMESTAMP, TOKEN_TIME, WRITE_ID,
+    CHANGE_NUMBER, DELETED, MANIFEST, MAX_BATCH_GET, MAX_ITEM_BYTES, MAX_TAG_BYTES, PAYLOAD, PID,
+    REVISION, SERIALIZER, STATE_SK, STATE_TAG, TIMESTAMP, TOKEN_TIME, WRITE_ID,
 };
 use crate::tag_index::{encode_offset, entry_page, gap_due, Gap};
 
@@ -59,9 +59,6 @@ pub const MAX_STATE_SIZE: usize = MAX_ITEM_BYTES - 4 * 1024;
 
 /// How often one write takes new numbers after readers filled the ones it took.
 const MAX_REFILLS: usize = 5;
-
-/// DynamoDB's limit of keys per `BatchGetItem`.
-const MAX_BATCH_GET: usize = 100;
 
 /// The cancellation code of a transaction item whose condition failed.
 const CONDITION_FAILED: &str = "ConditionalCheckFailed";
@@ -598,58 +595,22 @@ impl Inner {
         operation: &'static str,
         pids: Vec<String>,
     ) -> Result<Vec<(String, Item)>> {
-        let table = self.journal_table();
         let by_pk: HashMap<String, String> = pids
             .into_iter()
             .map(|p| (self.keys.state_pk(&p), p))
             .collect();
-        let mut pending: Vec<Item> = by_pk
+        let keys = by_pk
             .keys()
             .map(|pk| key(pk.clone(), STATE_SK.to_owned()))
             .collect();
-        let mut found = Vec::with_capacity(pending.len());
-        let mut round = 0u32;
-        while !pending.is_empty() {
-            let keys = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut pending)))
-                .consistent_read(true)
-                .build()
-                .map_err(build_error)?;
-            let req = self.client.batch_get_item().request_items(table, keys);
-            let out = self
-                .retry
-                .run(operation, || req.clone().send())
-                .await
-                .map_err(Failed::into_error)?;
-            for item in out
-                .responses()
-                .and_then(|r| r.get(table))
-                .into_iter()
-                .flatten()
-            {
-                if let Some(pid) = by_pk.get(get_str(item, crate::schema::PK)) {
-                    found.push((pid.clone(), item.clone()));
-                }
-            }
-            if let Some(left) = out.unprocessed_keys().and_then(|u| u.get(table)) {
-                if !left.keys().is_empty() {
-                    if round >= self.retry.max_retries {
-                        return Err(Error::new(
-                            ErrorKind::RateLimited,
-                            format!(
-                                "DynamoDB left {} state reads unprocessed",
-                                left.keys().len()
-                            ),
-                        )
-                        .with_retries_exhausted(round + 1));
-                    }
-                    tokio::time::sleep(self.retry.delay(round)).await;
-                    round += 1;
-                    pending = left.keys().to_vec();
-                }
-            }
-        }
-        Ok(found)
+        let items = self.batch_get(operation, keys, &[]).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let pid = by_pk.get(get_str(&item, crate::schema::PK))?.clone();
+                Some((pid, item))
+            })
+            .collect())
     }
 }
 

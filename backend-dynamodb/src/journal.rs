@@ -17,8 +17,8 @@ use crate::core::{put_request, Inner};
 use crate::error::{build_error, Cancellation, Class, Failed};
 use crate::query::range_stream;
 use crate::schema::{
-    entry_sk, event_attrs, event_seq, feed_sk, get_u64, is_tombstone, item_size, key, key_of,
-    large_write, n, s, seq_sk, sk_str, tombstone, Item, LargeWrite, AW_TIME, HIGHEST,
+    deleted_event, entry_sk, event_attrs, event_seq, feed_sk, get_u64, is_tombstone, item_size,
+    key, key_of, large_write, n, s, seq_sk, sk_str, tombstone, Item, LargeWrite, AW_TIME, HIGHEST,
     MAX_ITEM_BYTES, MAX_PK_BYTES, MAX_TAG_BYTES, MAX_TX_BYTES, MAX_TX_ITEMS, META_SK, PAYLOAD, PID,
     SEQ, TAGS, TAG_NUMBERS, TIMESTAMP, TOKEN_TIME, WRITER,
 };
@@ -159,6 +159,9 @@ impl DynamoDbJournal {
             let mut ev = key(keys.event_pk(pid), seq_sk(seq));
             event_attrs(&mut ev, e, large);
             if !taken.is_empty() {
+                // The write time its entries carry, so a rebuild of the tag index restores
+                // them in the same place of the tag's order.
+                ev.insert(TOKEN_TIME.into(), n(time));
                 ev.insert(
                     TAG_NUMBERS.into(),
                     AttributeValue::M(
@@ -630,9 +633,10 @@ impl Inner {
             }
         }
         // Physical deletes, a page at a time, from where the last finished delete stopped.
-        // Each event becomes a tombstone (its key and nothing else), so its sequence number
-        // stays taken: a later write there fails its `attribute_not_exists` condition with
-        // `Conflict`, exactly as on a live event, and the write path needs no extra request.
+        // Each event becomes a tombstone (its key, and the tag numbers it took for a rebuild
+        // of the tag index), so its sequence number stays taken: a later write there fails
+        // its `attribute_not_exists` condition with `Conflict`, exactly as on a live event,
+        // and the write path needs no extra request.
         let meta = self.meta(pid).await?;
         let mut from = meta.purged_to.saturating_add(1).max(1);
         while from <= target {
@@ -652,7 +656,7 @@ impl Inner {
                 if is_tombstone(ev) {
                     continue;
                 }
-                writes.push(put_request(tombstone(key_of(ev)))?);
+                writes.push(put_request(deleted_event(ev))?);
                 // Its tag entries become tombstones too: a tag reader skips them instead
                 // of waiting for a missing number.
                 for k in self.tag_entry_keys(pid, ev) {

@@ -7,6 +7,7 @@ mod durable_state;
 mod error;
 mod journal;
 mod large_write;
+mod maintenance;
 mod offsets;
 mod query;
 mod retry;
@@ -22,6 +23,7 @@ pub use crate::core::{http_client, sdk_config};
 pub use config::DynamoDbConfig;
 pub use durable_state::{DynamoDbDurableStateStore, MAX_STATE_SIZE};
 pub use journal::DynamoDbJournal;
+pub use maintenance::DynamoDbMaintenance;
 pub use offsets::{DynamoDbOffsetStore, DynamoDbTransaction, MAX_TRANSACTION_ITEMS};
 pub use query::DynamoDbReadJournal;
 pub use schema::{
@@ -157,8 +159,17 @@ impl DynamoDb {
         }
     }
 
-    /// The three stores, the offset store and the durable-state store behind the API's
-    /// checking and tracing layer.
+    /// Journal maintenance alone: scanning the journal's ids, truncating the tag index and
+    /// id registry and rebuilding an id's part of them from its events, purging an id (see
+    /// the README's *Maintenance*).
+    pub fn maintenance(&self) -> DynamoDbMaintenance {
+        DynamoDbMaintenance {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The three stores, the offset store, the durable-state store and journal
+    /// maintenance behind the API's checking and tracing layer.
     pub fn stores(&self) -> Stores {
         Stores::new(
             Self::NAME,
@@ -169,6 +180,7 @@ impl DynamoDb {
         )
         .with_offset_store(Arc::new(self.offsets()))
         .with_durable_state_store(Arc::new(self.durable_state()))
+        .with_maintenance(Arc::new(self.maintenance()))
     }
 }
 

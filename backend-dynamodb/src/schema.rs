@@ -129,6 +129,8 @@ pub(crate) const MAX_TX_ITEMS: usize = 100;
 pub(crate) const MAX_TX_BYTES: usize = 4 * 1000 * 1000;
 /// DynamoDB's limit of requests per `BatchWriteItem`.
 pub(crate) const MAX_BATCH_WRITE: usize = 25;
+/// DynamoDB's limit of keys per `BatchGetItem`.
+pub(crate) const MAX_BATCH_GET: usize = 100;
 /// Largest partition key DynamoDB accepts.
 pub(crate) const MAX_PK_BYTES: usize = 2048;
 
@@ -157,6 +159,14 @@ impl Keys {
             id_shards: config.id_shards,
             bucket_ms: (config.feed_bucket_secs as i64).saturating_mul(1000).max(1),
         }
+    }
+
+    /// The start of the partition key of every item of one kind (the letter after the
+    /// journal name in the table above: `e` events, `t` tag index, `p` id registry, `n`
+    /// new-id feed, ...): `<j>|<kind>|`. The journal name holds no `|`, so no other
+    /// journal's keys start with it.
+    pub(crate) fn kind_prefix(&self, kind: char) -> String {
+        format!("{}|{kind}|", self.j)
     }
 
     pub(crate) fn event_pk(&self, pid: &str) -> String {
@@ -593,6 +603,17 @@ pub(crate) fn key_of(item: &Item) -> Item {
 pub(crate) fn tombstone(mut key: Item) -> Item {
     key.insert(TOMBSTONE.into(), n(1));
     key
+}
+
+/// The tombstone of a deleted event: its key, marked, and the tag numbers the event took
+/// (`tn`), so a rebuild of the tag index knows those numbers are taken and puts
+/// tombstones there instead of leaving gaps that readers wait on.
+pub(crate) fn deleted_event(event: &Item) -> Item {
+    let mut t = tombstone(key_of(event));
+    if let Some(numbers) = event.get(TAG_NUMBERS) {
+        t.insert(TAG_NUMBERS.into(), numbers.clone());
+    }
+    t
 }
 
 /// Whether an event item or tag entry is a tombstone.

@@ -151,6 +151,42 @@ impl DynamoDbSnapshotStore {
         let last = out.last_evaluated_key().cloned();
         Ok((out.items.unwrap_or_default(), last))
     }
+
+    /// Deletes the snapshots of `pid` matching `criteria` (heads first, so no load finds a
+    /// head whose chunks are gone, then their chunks) and answers how many heads it
+    /// deleted.
+    pub(crate) async fn delete_matching(
+        &self,
+        operation: &'static str,
+        pid: &str,
+        criteria: &SnapshotSelectionCriteria,
+    ) -> Result<u64> {
+        if criteria.is_empty() {
+            return Ok(0);
+        }
+        let mut heads: Vec<Item> = Vec::new();
+        let mut start = None;
+        loop {
+            let (page, next) = self
+                .heads_page(operation, pid, criteria, true, start)
+                .await?;
+            heads.extend(page);
+            match next {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        let keys: Vec<Item> = heads.iter().map(key_of).collect();
+        let table = self.inner.snapshot_table();
+        self.inner.batch_delete(operation, table, keys).await?;
+        let chunk_keys: Vec<Item> = heads.iter().flat_map(|h| self.chunk_keys(h)).collect();
+        if !chunk_keys.is_empty() {
+            self.inner
+                .batch_delete(operation, table, chunk_keys)
+                .await?;
+        }
+        Ok(heads.len() as u64)
+    }
 }
 
 #[async_trait]
@@ -294,38 +330,8 @@ impl SnapshotStore for DynamoDbSnapshotStore {
         persistence_id: &PersistenceId,
         criteria: SnapshotSelectionCriteria,
     ) -> Result<()> {
-        if criteria.is_empty() {
-            return Ok(());
-        }
-        let pid = persistence_id.as_str();
-        let mut heads: Vec<Item> = Vec::new();
-        let mut start = None;
-        loop {
-            let (page, next) = self
-                .heads_page("delete_snapshots", pid, &criteria, true, start)
-                .await?;
-            heads.extend(page);
-            match next {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
-        let mut keys: Vec<Item> = heads.iter().map(key_of).collect();
-        // Heads first, so no load finds a head whose chunks are already gone.
-        self.inner
-            .batch_delete(
-                "delete_snapshots",
-                self.inner.snapshot_table(),
-                keys.split_off(0),
-            )
-            .await?;
-        let chunk_keys: Vec<Item> = heads.iter().flat_map(|h| self.chunk_keys(h)).collect();
-        keys.extend(chunk_keys);
-        if !keys.is_empty() {
-            self.inner
-                .batch_delete("delete_snapshots", self.inner.snapshot_table(), keys)
-                .await?;
-        }
-        Ok(())
+        self.delete_matching("delete_snapshots", persistence_id.as_str(), &criteria)
+            .await
+            .map(|_| ())
     }
 }

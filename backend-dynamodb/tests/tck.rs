@@ -207,6 +207,55 @@ impl persistence_tck::StoreFactory for Factory {
         Ok(attribute)
     }
 
+    /// Deletes, with the raw client, every tag index entry and tag counter
+    /// (`<ns>|t|<shard>|<tag>`), every registry item (`<ns>|p|<shard>`) and every new-id feed
+    /// item (`<ns>|n|<bucket>|<shard>`) of `namespace`, found by a `Scan` of the journal
+    /// table; events and the ids' `#` items stay.
+    async fn drop_indexes(&self, namespace: &str) -> Result<()> {
+        let table = &self.config.journal_table;
+        let mut doomed: Vec<Item> = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(table)
+                .filter_expression(
+                    "begins_with(pk, :t) OR begins_with(pk, :p) OR begins_with(pk, :n)",
+                )
+                .projection_expression("pk, sk")
+                .expression_attribute_values(":t", AttributeValue::S(format!("{namespace}|t|")))
+                .expression_attribute_values(":p", AttributeValue::S(format!("{namespace}|p|")))
+                .expression_attribute_values(":n", AttributeValue::S(format!("{namespace}|n|")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    storage("scan")(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+                })?;
+            doomed.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        for k in doomed {
+            self.client
+                .delete_item()
+                .table_name(table)
+                .set_key(Some(k))
+                .send()
+                .await
+                .map_err(|e| {
+                    storage("delete_item")(
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     async fn corrupt_snapshot(
         &self,
         namespace: &str,
