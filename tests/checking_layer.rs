@@ -574,14 +574,20 @@ async fn maintenance_calls_are_unsupported_unless_declared_and_errors_name_the_i
             _: &PersistenceId,
         ) -> Result<persistence_stores::RebuildReport> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Err(persistence_stores::Error::new(ErrorKind::Unavailable, "the server went away"))
+            Err(persistence_stores::Error::new(
+                ErrorKind::Unavailable,
+                "the server went away",
+            ))
         }
         async fn purge_persistence_id(
             &self,
             _: &PersistenceId,
         ) -> Result<persistence_stores::PurgeReport> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Err(persistence_stores::Error::new(ErrorKind::Unavailable, "the server went away"))
+            Err(persistence_stores::Error::new(
+                ErrorKind::Unavailable,
+                "the server went away",
+            ))
         }
     }
     let id = PersistenceId::new("p").unwrap();
@@ -610,7 +616,11 @@ async fn maintenance_calls_are_unsupported_unless_declared_and_errors_name_the_i
         assert_eq!(err.backend(), Some("reduced"), "{err:#}");
         assert!(err.to_string().contains("maintenance"), "{err:#}");
     }
-    assert_eq!(reached.load(Ordering::SeqCst), 0, "none reached the backend");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "none reached the backend"
+    );
     // Declared: the backend's error leaves with the operation, the backend and the id.
     let stores = with(Capabilities {
         maintenance: true,
@@ -625,7 +635,11 @@ async fn maintenance_calls_are_unsupported_unless_declared_and_errors_name_the_i
     assert_eq!(err.persistence_id(), Some("p"), "{err:#}");
     assert_eq!(err.backend(), Some("reduced"), "{err:#}");
     assert_eq!(err.operation(), Some("rebuild_persistence_id"), "{err:#}");
-    let err = stores.maintenance.purge_persistence_id(&id).await.unwrap_err();
+    let err = stores
+        .maintenance
+        .purge_persistence_id(&id)
+        .await
+        .unwrap_err();
     assert_eq!(err.operation(), Some("purge_persistence_id"), "{err:#}");
     assert_eq!(reached.load(Ordering::SeqCst), 2);
     // Without a maintenance of its own, a backend that declares it still answers clearly.
@@ -639,6 +653,10 @@ async fn maintenance_calls_are_unsupported_unless_declared_and_errors_name_the_i
         base.snapshots.clone(),
         base.read_journal.clone(),
     );
-    let err = bare.maintenance.rebuild_persistence_id(&id).await.unwrap_err();
+    let err = bare
+        .maintenance
+        .rebuild_persistence_id(&id)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:#}");
 }

@@ -32,7 +32,10 @@ impl JournalMaintenance for Memory {
         Box::pin(stream::iter(ids.into_iter().map(Ok)))
     }
 
-    async fn rebuild_persistence_id(&self, persistence_id: &PersistenceId) -> Result<RebuildReport> {
+    async fn rebuild_persistence_id(
+        &self,
+        persistence_id: &PersistenceId,
+    ) -> Result<RebuildReport> {
         let mut guard = self.write_lock();
         let state = &mut *guard;
         let Some(log) = state.logs.get(persistence_id) else {

@@ -855,7 +855,11 @@ impl JournalMaintenance for CheckedMaintenance {
             return Box::pin(stream::once(async { Err(e) }));
         }
         let err = self.ctx.err("scan_persistence_ids", None, None);
-        Box::pin(self.inner.scan_persistence_ids().map(move |r| r.map_err(&err)))
+        Box::pin(
+            self.inner
+                .scan_persistence_ids()
+                .map(move |r| r.map_err(&err)),
+        )
     }
 
     async fn rebuild_persistence_id(&self, id: &PersistenceId) -> Result<RebuildReport> {
@@ -865,7 +869,10 @@ impl JournalMaintenance for CheckedMaintenance {
             self.inner
                 .rebuild_persistence_id(id)
                 .await
-                .map_err(self.ctx.err("rebuild_persistence_id", Some(id.as_str()), None))
+                .map_err(
+                    self.ctx
+                        .err("rebuild_persistence_id", Some(id.as_str()), None),
+                )
         }
         .instrument(span)
         .await
@@ -875,10 +882,11 @@ impl JournalMaintenance for CheckedMaintenance {
         let span = tracing::info_span!("persistence.truncate_indexes", backend = self.ctx.backend);
         async move {
             self.check("truncate_indexes")?;
-            self.inner
-                .truncate_indexes()
-                .await
-                .map_err(self.ctx.err("truncate_indexes", None, None))
+            self.inner.truncate_indexes().await.map_err(self.ctx.err(
+                "truncate_indexes",
+                None,
+                None,
+            ))
         }
         .instrument(span)
         .await
@@ -891,7 +899,10 @@ impl JournalMaintenance for CheckedMaintenance {
             self.inner
                 .purge_persistence_id(id)
                 .await
-                .map_err(self.ctx.err("purge_persistence_id", Some(id.as_str()), None))
+                .map_err(
+                    self.ctx
+                        .err("purge_persistence_id", Some(id.as_str()), None),
+                )
         }
         .instrument(span)
         .await

@@ -102,9 +102,9 @@ impl Ctx {
     pub async fn drop_indexes(&self) -> std::result::Result<(), Finish> {
         match self.factory.drop_indexes(&self.namespace).await {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == persistence_api::ErrorKind::Unsupported => Err(
-                Finish::Skipped(format!("the factory hook drop_indexes ({})", e.message())),
-            ),
+            Err(e) if e.kind() == persistence_api::ErrorKind::Unsupported => Err(Finish::Skipped(
+                format!("the factory hook drop_indexes ({})", e.message()),
+            )),
             Err(e) => panic!("the factory's drop_indexes failed: {e:#}"),
         }
     }

@@ -63,7 +63,12 @@ async fn purge(ctx: &Ctx, id: &PersistenceId) -> PurgeReport {
 }
 
 /// `seq` of `id` with `tags`.
-fn tagged(ctx: &Ctx, id: &PersistenceId, seq: u64, tags: &[String]) -> persistence_api::PersistentEvent {
+fn tagged(
+    ctx: &Ctx,
+    id: &PersistenceId,
+    seq: u64,
+    tags: &[String],
+) -> persistence_api::PersistentEvent {
     ctx.event(id, seq).with_tags(tags.iter().cloned())
 }
 
@@ -209,7 +214,12 @@ async fn lose_and_rebuild(ctx: Ctx, truncate: bool) -> Finish {
     // outlives them, so nothing cached answers.
     let stores = fresh(&ctx).await;
     let lost = crate::context::by_tag(&stores, &tags[0], Offset::NoOffset).await;
-    assert!(lost.is_empty(), "{how} left {} entries of {}", lost.len(), tags[0]);
+    assert!(
+        lost.is_empty(),
+        "{how} left {} entries of {}",
+        lost.len(),
+        tags[0]
+    );
     if truncate {
         assert!(
             own(&ctx, crate::context::ids(&stores).await).is_empty(),
@@ -217,11 +227,19 @@ async fn lose_and_rebuild(ctx: Ctx, truncate: bool) -> Finish {
         );
         for id in &ids {
             let (events, highest) = ctx.replay(id, 1, MAX, MAX).await;
-            assert_eq!(highest, events.len() as u64, "{id} replays whole after {how}");
+            assert_eq!(
+                highest,
+                events.len() as u64,
+                "{id} replays whole after {how}"
+            );
         }
     }
     let scanned = own(&ctx, scan(&ctx).await);
-    assert_eq!(scanned, names(&ids), "the scan reads the journal, not the registry");
+    assert_eq!(
+        scanned,
+        names(&ids),
+        "the scan reads the journal, not the registry"
+    );
     for name in &scanned {
         let id = PersistenceId::new(name.clone()).expect("a scanned id is valid");
         rebuild(&ctx, &id).await;
@@ -233,7 +251,12 @@ async fn lose_and_rebuild(ctx: Ctx, truncate: bool) -> Finish {
         // Resuming from every restored offset gives the rest, as before.
         for (i, env) in expected.iter().enumerate() {
             let rest = crate::context::by_tag(&stores, t, env.offset.clone()).await;
-            assert_eq!(keys(&rest), keys(&expected[i + 1..]), "tag {t} after {:?}", env.offset);
+            assert_eq!(
+                keys(&rest),
+                keys(&expected[i + 1..]),
+                "tag {t} after {:?}",
+                env.offset
+            );
         }
     }
     assert_eq!(own(&ctx, crate::context::ids(&stores).await), names(&ids));
@@ -272,7 +295,11 @@ async fn rebuild_then_write(ctx: Ctx) {
     got.sort();
     assert_eq!(got, vec![(a.to_string(), 5), (d.to_string(), 1)]);
     let all = crate::context::by_tag(&stores, &tags[0], Offset::NoOffset).await;
-    assert_eq!(keys(&all[..7]), keys(&before), "the old events first, in their order");
+    assert_eq!(
+        keys(&all[..7]),
+        keys(&before),
+        "the old events first, in their order"
+    );
     assert_eq!(all.len(), 9);
 }
 
@@ -293,11 +320,7 @@ async fn purge_everything(ctx: Ctx) {
     let (gone, kept) = (ctx.pid("gone"), ctx.pid("kept"));
     ctx.write(&gone, 1, 5).await;
     ctx.write(&kept, 1, 3).await;
-    ctx.stores
-        .journal
-        .delete_events_to(&gone, 2)
-        .await
-        .ok(); // backends without deletes still purge
+    ctx.stores.journal.delete_events_to(&gone, 2).await.ok(); // backends without deletes still purge
     let mut snapshots = 0;
     if ctx.caps.snapshots {
         for seq in [3, 5] {
@@ -327,9 +350,15 @@ async fn purge_everything(ctx: Ctx) {
             .expect("load_snapshot");
         assert!(s.is_none(), "a snapshot of the purged id: {s:?}");
     }
-    assert_eq!(own(&ctx, scan(&ctx).await), names(std::slice::from_ref(&kept)));
+    assert_eq!(
+        own(&ctx, scan(&ctx).await),
+        names(std::slice::from_ref(&kept))
+    );
     if ctx.caps.query_persistence_ids {
-        assert_eq!(own(&ctx, ctx.ids().await), names(std::slice::from_ref(&kept)));
+        assert_eq!(
+            own(&ctx, ctx.ids().await),
+            names(std::slice::from_ref(&kept))
+        );
     }
     assert_eq!(ctx.replay(&kept, 1, MAX, MAX).await, (vec![1, 2, 3], 3));
     assert_eq!(purge(&ctx, &gone).await, PurgeReport::new(0, 0));
