@@ -66,8 +66,13 @@ impl Recorder {
         caps: Capabilities,
         misbehave: Misbehave,
     ) -> (Stores, Arc<Recorder>) {
-        // Offsets and durable state are not recorded: they pass through to `inner`'s.
-        let (offsets, durable_state) = (inner.offsets.clone(), inner.durable_state.clone());
+        // Offsets, durable state and maintenance are not recorded: they pass through to
+        // `inner`'s.
+        let (offsets, durable_state, maintenance) = (
+            inner.offsets.clone(),
+            inner.durable_state.clone(),
+            inner.maintenance.clone(),
+        );
         let r = Arc::new(Recorder {
             inner,
             misbehave,
@@ -76,7 +81,8 @@ impl Recorder {
         (
             Stores::new("recorder", caps, r.clone(), r.clone(), r.clone())
                 .with_offset_store(offsets)
-                .with_durable_state_store(durable_state),
+                .with_durable_state_store(durable_state)
+                .with_maintenance(maintenance),
             r,
         )
     }
