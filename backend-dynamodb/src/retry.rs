@@ -73,6 +73,7 @@ impl RetryPolicy {
                             ?delay,
                             "retrying DynamoDB request"
                         );
+                        persistence_api::metrics::record_retry(crate::DynamoDb::NAME, operation);
                         tokio::time::sleep(delay).await;
                         retry += 1;
                         continue;

@@ -9,6 +9,7 @@ pub mod duration_ms;
 mod entity;
 mod error;
 mod maintenance;
+pub mod metrics;
 mod offsets;
 pub mod replay_filter;
 mod stores;

@@ -4,6 +4,7 @@
 //! [`Capabilities`] and the `tracing` spans are decided in one place, the same for every
 //! backend.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use crate::durable_state::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::maintenance::{JournalMaintenance, NoMaintenance, PurgeReport, RebuildReport};
+use crate::metrics;
 use crate::offsets::{NoOffsetStore, OffsetStore, ProjectionId, StoreTransaction, StoredOffset};
 use crate::traits::{
     EnvelopeStream, EventStream, Journal, PersistenceIdStream, QueryMode, ReadJournal, Replay,
@@ -96,6 +98,11 @@ impl Stores {
     /// - Every error a backend returns leaves with the operation, the backend's name, and
     ///   the persistence id and sequence range of the call (an error that already names
     ///   a more precise id or range keeps it); backends do not add them themselves.
+    /// - Every call is counted in the metrics of [`crate::metrics`] by backend and
+    ///   operation, with its duration, its error's kind, the events and bytes of the
+    ///   atomic writes acknowledged, each failed atomic write's kind, the events streams
+    ///   deliver and, for live queries, each event's delay; nothing is exported unless the
+    ///   application installs a recorder.
     pub fn new(
         backend: &'static str,
         capabilities: Capabilities,
@@ -207,6 +214,13 @@ impl Stores {
     }
 }
 
+/// Whether a call reads or writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
 /// What the checking layer knows of the backend behind it.
 #[derive(Clone, Copy)]
 struct Ctx {
@@ -236,6 +250,33 @@ impl Ctx {
         let backend = self.backend;
         let id = id.to_owned();
         move |e: Error| e.with_context(backend, operation, Some(&id), None)
+    }
+
+    /// Runs one call of `operation`, measured ([`metrics::Call`]): every checked method
+    /// that answers with a `Result` passes through here.
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        access: Access,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let _ = access;
+        let measured = metrics::Call::start(self.backend, operation);
+        let result = call.await;
+        measured.finish(&result);
+        result
+    }
+
+    /// A stream of `operation` behind the layer: the call counted, its items measured
+    /// ([`metrics::observe_stream`]).
+    fn stream<T: metrics::Item + Send + 'static>(
+        &self,
+        operation: &'static str,
+        mode: QueryMode,
+        stream: BoxedStream<T>,
+    ) -> BoxedStream<T> {
+        metrics::count_call(self.backend, operation);
+        metrics::observe_stream(self.backend, operation, mode.is_live(), stream)
     }
 
     fn unsupported(&self, operation: &'static str, what: &str) -> Error {
@@ -322,7 +363,15 @@ impl Journal for CheckedJournal {
             from = writes.first().map(|w| w.lowest_sequence_nr()).unwrap_or(0),
             to = writes.last().map(|w| w.highest_sequence_nr()).unwrap_or(0),
         );
-        async move {
+        let call = async move {
+            // Each atomic write's events and bytes, counted as written once acknowledged.
+            let sizes: Vec<(u64, u64)> = writes
+                .iter()
+                .map(|w| {
+                    let bytes = w.events().iter().map(|e| e.stored_size() as u64).sum();
+                    (w.len() as u64, bytes)
+                })
+                .collect();
             let mut results: Vec<Option<Result<()>>> = Vec::with_capacity(writes.len());
             let mut accepted = Vec::with_capacity(writes.len());
             let mut contexts = Vec::with_capacity(writes.len());
@@ -377,10 +426,18 @@ impl Journal for CheckedJournal {
                 results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect();
             let failed = results.iter().filter(|r| r.is_err()).count();
             tracing::debug!(failed, "write_events done");
+            let (mut events, mut bytes) = (0, 0);
+            for (result, (n, b)) in results.iter().zip(sizes) {
+                match result {
+                    Ok(()) => (events, bytes) = (events + n, bytes + b),
+                    Err(e) => metrics::record_error(self.ctx.backend, "write_events", e.kind()),
+                }
+            }
+            metrics::record_written(self.ctx.backend, events, bytes);
             Ok(results)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("write_events", Access::Write, call).await
     }
 
     async fn replay(
@@ -398,7 +455,7 @@ impl Journal for CheckedJournal {
             to,
             max
         );
-        async move {
+        let call = async move {
             let from = from.max(1);
             let err = self.ctx.err("replay", Some(persistence_id.as_str()), None);
             if from > to || max == 0 {
@@ -420,14 +477,20 @@ impl Journal for CheckedJournal {
                 .map_err(&err)?;
             tracing::debug!(highest = replay.highest_sequence_nr, "replay started");
             let err = self.ctx.err_owned("replay", persistence_id.as_str());
-            let events: EventStream = Box::pin(replay.events.map(move |r| r.map_err(&err)));
+            // The call is counted by `run`; its events as they pass.
+            let events: EventStream = metrics::observe_stream(
+                self.ctx.backend,
+                "replay",
+                false,
+                Box::pin(replay.events.map(move |r| r.map_err(&err))),
+            );
             Ok(Replay {
                 highest_sequence_nr: replay.highest_sequence_nr,
                 events,
             })
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("replay", Access::Read, call).await
     }
 
     async fn highest_sequence_nr(&self, persistence_id: &PersistenceId) -> Result<SequenceNr> {
@@ -436,14 +499,20 @@ impl Journal for CheckedJournal {
             backend = self.ctx.backend,
             persistence_id = persistence_id.as_str()
         );
-        self.inner
+        let call = self
+            .inner
             .highest_sequence_nr(persistence_id)
-            .instrument(span)
+            .instrument(span);
+        let call = async move {
+            call.await.map_err(self.ctx.err(
+                "highest_sequence_nr",
+                Some(persistence_id.as_str()),
+                None,
+            ))
+        };
+        self.ctx
+            .run("highest_sequence_nr", Access::Read, call)
             .await
-            .map_err(
-                self.ctx
-                    .err("highest_sequence_nr", Some(persistence_id.as_str()), None),
-            )
     }
 
     async fn delete_events_to(&self, persistence_id: &PersistenceId, to: SequenceNr) -> Result<()> {
@@ -456,7 +525,7 @@ impl Journal for CheckedJournal {
         let err = self
             .ctx
             .err("delete_events_to", Some(persistence_id.as_str()), None);
-        async move {
+        let call = async move {
             if !self.ctx.caps.delete_events {
                 return Err(err(self
                     .ctx
@@ -470,8 +539,8 @@ impl Journal for CheckedJournal {
                 .await
                 .map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("delete_events_to", Access::Write, call).await
     }
 }
 
@@ -496,7 +565,7 @@ impl SnapshotStore for CheckedSnapshotStore {
         let err = self
             .ctx
             .err("save_snapshot", Some(id.as_str()), Some((seq, seq)));
-        async move {
+        let call = async move {
             let caps = &self.ctx.caps;
             if !caps.snapshots {
                 return Err(err(self.ctx.unsupported("save_snapshot", "snapshots")));
@@ -522,8 +591,8 @@ impl SnapshotStore for CheckedSnapshotStore {
                 .await
                 .map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("save_snapshot", Access::Write, call).await
     }
 
     async fn load_snapshot(
@@ -539,7 +608,7 @@ impl SnapshotStore for CheckedSnapshotStore {
         let err = self
             .ctx
             .err("load_snapshot", Some(persistence_id.as_str()), None);
-        async move {
+        let call = async move {
             if !self.ctx.caps.snapshots {
                 return Err(err(self.ctx.unsupported("load_snapshot", "snapshots")));
             }
@@ -557,8 +626,8 @@ impl SnapshotStore for CheckedSnapshotStore {
             );
             Ok(loaded)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("load_snapshot", Access::Read, call).await
     }
 
     async fn delete_snapshot(&self, metadata: &SnapshotMetadata) -> Result<()> {
@@ -574,14 +643,14 @@ impl SnapshotStore for CheckedSnapshotStore {
             Some(metadata.persistence_id.as_str()),
             Some((seq, seq)),
         );
-        async move {
+        let call = async move {
             if !self.ctx.caps.snapshots {
                 return Err(err(self.ctx.unsupported("delete_snapshot", "snapshots")));
             }
             self.inner.delete_snapshot(metadata).await.map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("delete_snapshot", Access::Write, call).await
     }
 
     async fn delete_snapshots(
@@ -597,7 +666,7 @@ impl SnapshotStore for CheckedSnapshotStore {
         let err = self
             .ctx
             .err("delete_snapshots", Some(persistence_id.as_str()), None);
-        async move {
+        let call = async move {
             if !self.ctx.caps.snapshots {
                 return Err(err(self.ctx.unsupported("delete_snapshots", "snapshots")));
             }
@@ -609,8 +678,8 @@ impl SnapshotStore for CheckedSnapshotStore {
                 .await
                 .map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("delete_snapshots", Access::Write, call).await
     }
 }
 
@@ -645,13 +714,13 @@ impl QueryKind {
     }
 }
 
-type BoxedStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>;
+pub(crate) type BoxedStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T>> + Send>>;
 
 impl CheckedReadJournal {
     /// Runs `query` if the backend supports `kind` (and live queries when live), adding
     /// the call's context to every error it yields; else a stream of one `Unsupported`
     /// error.
-    fn guard<T: Send + 'static>(
+    fn guard<T: metrics::Item + Send + 'static>(
         &self,
         kind: QueryKind,
         mode: QueryMode,
@@ -674,14 +743,15 @@ impl CheckedReadJournal {
         let ctx = self.ctx;
         let id = persistence_id.map(str::to_owned);
         let err = move |e: Error| e.with_context(ctx.backend, operation, id.as_deref(), None);
-        if !supported {
-            return failing(err(self.ctx.unsupported(operation, what)));
-        }
-        if mode.is_live() && !caps.live_queries {
-            return failing(err(self.ctx.unsupported(operation, "live queries")));
-        }
-        tracing::info!(target: "persistence", backend = ctx.backend, operation, "query started");
-        Box::pin(query(self.inner.as_ref()).map(move |r| r.map_err(&err)))
+        let stream = if !supported {
+            failing(err(self.ctx.unsupported(operation, what)))
+        } else if mode.is_live() && !caps.live_queries {
+            failing(err(self.ctx.unsupported(operation, "live queries")))
+        } else {
+            tracing::info!(target: "persistence", backend = ctx.backend, operation, "query started");
+            Box::pin(query(self.inner.as_ref()).map(move |r| r.map_err(&err)))
+        };
+        self.ctx.stream(operation, mode, stream)
     }
 }
 
@@ -741,54 +811,54 @@ impl CheckedOffsetStore {
 impl OffsetStore for CheckedOffsetStore {
     async fn read_offset(&self, id: &ProjectionId) -> Result<Option<StoredOffset>> {
         let span = tracing::info_span!("persistence.read_offset", backend = self.ctx.backend, projection = %id);
-        async move {
+        let call = async move {
             self.check("read_offset", false)?;
             self.inner
                 .read_offset(id)
                 .await
                 .map_err(self.ctx.err("read_offset", None, None))
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("read_offset", Access::Read, call).await
     }
 
     async fn commit_offset(&self, id: &ProjectionId, expected: u64, offset: Offset) -> Result<u64> {
         let span = tracing::info_span!("persistence.commit_offset", backend = self.ctx.backend, projection = %id, expected, offset = %offset);
-        async move {
+        let call = async move {
             self.check("commit_offset", false)?;
             self.inner
                 .commit_offset(id, expected, offset)
                 .await
                 .map_err(self.ctx.err("commit_offset", None, None))
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("commit_offset", Access::Write, call).await
     }
 
     async fn set_offset(&self, id: &ProjectionId, offset: Offset) -> Result<u64> {
         let span = tracing::info_span!("persistence.set_offset", backend = self.ctx.backend, projection = %id, offset = %offset);
-        async move {
+        let call = async move {
             self.check("set_offset", false)?;
             self.inner
                 .set_offset(id, offset)
                 .await
                 .map_err(self.ctx.err("set_offset", None, None))
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("set_offset", Access::Write, call).await
     }
 
     async fn clear_offset(&self, id: &ProjectionId) -> Result<u64> {
         let span = tracing::info_span!("persistence.clear_offset", backend = self.ctx.backend, projection = %id);
-        async move {
+        let call = async move {
             self.check("clear_offset", false)?;
             self.inner
                 .clear_offset(id)
                 .await
                 .map_err(self.ctx.err("clear_offset", None, None))
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("clear_offset", Access::Write, call).await
     }
 
     fn supports_transactions(&self) -> bool {
@@ -796,11 +866,15 @@ impl OffsetStore for CheckedOffsetStore {
     }
 
     async fn begin_transaction(&self) -> Result<StoreTransaction> {
-        self.check("begin_transaction", true)?;
-        self.inner
-            .begin_transaction()
-            .await
-            .map_err(self.ctx.err("begin_transaction", None, None))
+        let call = async move {
+            self.check("begin_transaction", true)?;
+            self.inner.begin_transaction().await.map_err(self.ctx.err(
+                "begin_transaction",
+                None,
+                None,
+            ))
+        };
+        self.ctx.run("begin_transaction", Access::Write, call).await
     }
 
     async fn commit_transaction(
@@ -811,7 +885,7 @@ impl OffsetStore for CheckedOffsetStore {
         offset: Offset,
     ) -> Result<u64> {
         let span = tracing::info_span!("persistence.commit_transaction", backend = self.ctx.backend, projection = %id, expected, offset = %offset);
-        async move {
+        let call = async move {
             self.check("commit_transaction", true)?;
             if transaction.backend() != self.ctx.backend {
                 return Err(Error::invalid_input(format!(
@@ -827,8 +901,10 @@ impl OffsetStore for CheckedOffsetStore {
                 .await
                 .map_err(self.ctx.err("commit_transaction", None, None))
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx
+            .run("commit_transaction", Access::Write, call)
+            .await
     }
 }
 
@@ -851,20 +927,23 @@ impl CheckedMaintenance {
 #[async_trait]
 impl JournalMaintenance for CheckedMaintenance {
     fn scan_persistence_ids(&self) -> PersistenceIdStream {
-        if let Err(e) = self.check("scan_persistence_ids") {
-            return Box::pin(stream::once(async { Err(e) }));
-        }
-        let err = self.ctx.err("scan_persistence_ids", None, None);
-        Box::pin(
-            self.inner
-                .scan_persistence_ids()
-                .map(move |r| r.map_err(&err)),
-        )
+        let stream = if let Err(e) = self.check("scan_persistence_ids") {
+            failing(e)
+        } else {
+            let err = self.ctx.err("scan_persistence_ids", None, None);
+            Box::pin(
+                self.inner
+                    .scan_persistence_ids()
+                    .map(move |r| r.map_err(&err)),
+            )
+        };
+        self.ctx
+            .stream("scan_persistence_ids", QueryMode::Current, stream)
     }
 
     async fn rebuild_persistence_id(&self, id: &PersistenceId) -> Result<RebuildReport> {
         let span = tracing::info_span!("persistence.rebuild_persistence_id", backend = self.ctx.backend, persistence_id = %id);
-        async move {
+        let call = async move {
             self.check("rebuild_persistence_id")?;
             self.inner
                 .rebuild_persistence_id(id)
@@ -874,13 +953,15 @@ impl JournalMaintenance for CheckedMaintenance {
                         .err("rebuild_persistence_id", Some(id.as_str()), None),
                 )
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx
+            .run("rebuild_persistence_id", Access::Write, call)
+            .await
     }
 
     async fn truncate_indexes(&self) -> Result<()> {
         let span = tracing::info_span!("persistence.truncate_indexes", backend = self.ctx.backend);
-        async move {
+        let call = async move {
             self.check("truncate_indexes")?;
             self.inner.truncate_indexes().await.map_err(self.ctx.err(
                 "truncate_indexes",
@@ -888,13 +969,13 @@ impl JournalMaintenance for CheckedMaintenance {
                 None,
             ))
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("truncate_indexes", Access::Write, call).await
     }
 
     async fn purge_persistence_id(&self, id: &PersistenceId) -> Result<PurgeReport> {
         let span = tracing::info_span!("persistence.purge_persistence_id", backend = self.ctx.backend, persistence_id = %id);
-        async move {
+        let call = async move {
             self.check("purge_persistence_id")?;
             self.inner
                 .purge_persistence_id(id)
@@ -904,8 +985,10 @@ impl JournalMaintenance for CheckedMaintenance {
                         .err("purge_persistence_id", Some(id.as_str()), None),
                 )
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx
+            .run("purge_persistence_id", Access::Write, call)
+            .await
     }
 }
 
@@ -943,12 +1026,12 @@ impl DurableStateStore for CheckedDurableStateStore {
         let err = self
             .ctx
             .err("get_state", Some(persistence_id.as_str()), None);
-        async move {
+        let call = async move {
             self.check("get_state").map_err(&err)?;
             self.inner.get(persistence_id).await.map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("get_state", Access::Read, call).await
     }
 
     async fn upsert(
@@ -970,7 +1053,7 @@ impl DurableStateStore for CheckedDurableStateStore {
             Some(persistence_id.as_str()),
             Some((revision, revision)),
         );
-        async move {
+        let call = async move {
             self.check("upsert_state").map_err(&err)?;
             check_revision(revision).map_err(&err)?;
             if payload.bytes.is_empty() {
@@ -999,8 +1082,8 @@ impl DurableStateStore for CheckedDurableStateStore {
                 .await
                 .map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("upsert_state", Access::Write, call).await
     }
 
     async fn delete(&self, persistence_id: &PersistenceId, revision: Revision) -> Result<()> {
@@ -1015,7 +1098,7 @@ impl DurableStateStore for CheckedDurableStateStore {
             Some(persistence_id.as_str()),
             Some((revision, revision)),
         );
-        async move {
+        let call = async move {
             self.check("delete_state").map_err(&err)?;
             check_revision(revision).map_err(&err)?;
             self.inner
@@ -1023,8 +1106,8 @@ impl DurableStateStore for CheckedDurableStateStore {
                 .await
                 .map_err(&err)
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        self.ctx.run("delete_state", Access::Write, call).await
     }
 
     fn query_changes(&self, tag: String, offset: Offset, mode: QueryMode) -> ChangeStream {
@@ -1033,6 +1116,20 @@ impl DurableStateStore for CheckedDurableStateStore {
         } else {
             "current_changes"
         };
+        let changes = self.checked_changes(operation, tag, offset, mode);
+        self.ctx.stream(operation, mode, changes)
+    }
+}
+
+impl CheckedDurableStateStore {
+    /// [`DurableStateStore::query_changes`] checked, before it is measured.
+    fn checked_changes(
+        &self,
+        operation: &'static str,
+        tag: String,
+        offset: Offset,
+        mode: QueryMode,
+    ) -> ChangeStream {
         let ctx = self.ctx;
         let err = move |e: Error| e.with_context(ctx.backend, operation, None, None);
         let caps = &self.ctx.caps;

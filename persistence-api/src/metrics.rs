@@ -1,0 +1,184 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade.
+//!
+//! The checking layer ([`crate::Stores`]) records every call it passes to a backend, so
+//! every backend reports the same names with the same labels; backends add only their
+//! retries ([`record_retry`]). Nothing is exported unless the application installs a
+//! recorder (Prometheus, OpenTelemetry, StatsD, ...): without one every record is a no-op.
+//! The names, types and labels are tabled in this crate's README.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use crate::durable_state::DurableStateChange;
+use crate::error::{ErrorKind, Result};
+use crate::types::{EventEnvelope, PersistenceId, PersistentEvent, Timestamp};
+
+/// Counter: calls that reached the checking layer, by `backend` and `operation`.
+pub const OPERATIONS_TOTAL: &str = "persistence_operations_total";
+/// Counter: failed calls (and failed atomic writes, and errors a stream yielded), by
+/// `backend`, `operation` and `kind` ([`error_kind_label`]).
+pub const ERRORS_TOTAL: &str = "persistence_errors_total";
+/// Histogram, seconds: how long a call took, by `backend` and `operation` (for a replay,
+/// until its stream was handed over; queries have none).
+pub const OPERATION_DURATION_SECONDS: &str = "persistence_operation_duration_seconds";
+/// Counter: events of atomic writes the backend acknowledged, by `backend`.
+pub const EVENTS_WRITTEN_TOTAL: &str = "persistence_events_written_total";
+/// Counter: [`PersistentEvent::stored_size`] summed over the events of
+/// [`EVENTS_WRITTEN_TOTAL`], by `backend`.
+pub const BYTES_WRITTEN_TOTAL: &str = "persistence_bytes_written_total";
+/// Counter: events (or durable-state changes) delivered by replays and queries as the
+/// caller takes them, by `backend` and `operation`.
+pub const EVENTS_READ_TOTAL: &str = "persistence_events_read_total";
+/// Histogram, seconds: for live queries, the time from an event's timestamp to its
+/// delivery, by `backend` and `query`.
+pub const LIVE_QUERY_LAG_SECONDS: &str = "persistence_live_query_lag_seconds";
+/// Counter: requests a backend tried again, by `backend` and `operation`
+/// ([`record_retry`]).
+pub const RETRIES_TOTAL: &str = "persistence_retries_total";
+
+/// Counts one retry of `operation` by `backend`'s own retry loop, as
+/// [`RETRIES_TOTAL`]; for backends, called before each new attempt.
+pub fn record_retry(backend: &'static str, operation: &'static str) {
+    ::metrics::counter!(RETRIES_TOTAL, "backend" => backend, "operation" => operation).increment(1);
+}
+
+/// The `kind` label of [`ERRORS_TOTAL`]: the kind in snake case (`invalid_input`,
+/// `conflict`, `rate_limited`, ...).
+pub fn error_kind_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidInput => "invalid_input",
+        ErrorKind::Rejected => "rejected",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::Unsupported => "unsupported",
+        ErrorKind::ConfigInvalid => "config_invalid",
+        ErrorKind::Serialization => "serialization",
+        ErrorKind::WriterConflict => "writer_conflict",
+        ErrorKind::RateLimited => "rate_limited",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Storage => "storage",
+        ErrorKind::Corrupt => "corrupt",
+        ErrorKind::Unexpected => "unexpected",
+    }
+}
+
+/// Counts one error of `kind`.
+pub(crate) fn record_error(backend: &'static str, operation: &'static str, kind: ErrorKind) {
+    ::metrics::counter!(
+        ERRORS_TOTAL,
+        "backend" => backend,
+        "operation" => operation,
+        "kind" => error_kind_label(kind)
+    )
+    .increment(1);
+}
+
+/// Counts the events and bytes of acknowledged atomic writes.
+pub(crate) fn record_written(backend: &'static str, events: u64, bytes: u64) {
+    ::metrics::counter!(EVENTS_WRITTEN_TOTAL, "backend" => backend).increment(events);
+    ::metrics::counter!(BYTES_WRITTEN_TOTAL, "backend" => backend).increment(bytes);
+}
+
+/// One call being measured: counted when started, timed and its error counted when
+/// finished.
+pub(crate) struct Call {
+    backend: &'static str,
+    operation: &'static str,
+    start: Instant,
+}
+
+impl Call {
+    /// Counts the call and starts its clock.
+    pub(crate) fn start(backend: &'static str, operation: &'static str) -> Self {
+        ::metrics::counter!(OPERATIONS_TOTAL, "backend" => backend, "operation" => operation)
+            .increment(1);
+        Call {
+            backend,
+            operation,
+            start: Instant::now(),
+        }
+    }
+
+    /// Records the call's duration and, if it failed, its error.
+    pub(crate) fn finish<T>(self, result: &Result<T>) {
+        ::metrics::histogram!(
+            OPERATION_DURATION_SECONDS,
+            "backend" => self.backend,
+            "operation" => self.operation
+        )
+        .record(self.start.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            record_error(self.backend, self.operation, e.kind());
+        }
+    }
+}
+
+/// What a stream of the API yields, as the stream metrics see it.
+pub(crate) trait Item {
+    /// Whether the item is an event (or a durable-state change), counted as read.
+    const EVENT: bool;
+    /// When the item was written, for the live lag.
+    fn written_at(&self) -> Option<Timestamp>;
+}
+
+impl Item for EventEnvelope {
+    const EVENT: bool = true;
+    fn written_at(&self) -> Option<Timestamp> {
+        Some(self.event.timestamp)
+    }
+}
+
+impl Item for PersistentEvent {
+    const EVENT: bool = true;
+    fn written_at(&self) -> Option<Timestamp> {
+        Some(self.timestamp)
+    }
+}
+
+impl Item for DurableStateChange {
+    const EVENT: bool = true;
+    fn written_at(&self) -> Option<Timestamp> {
+        Some(self.timestamp)
+    }
+}
+
+impl Item for PersistenceId {
+    const EVENT: bool = false;
+    fn written_at(&self) -> Option<Timestamp> {
+        None
+    }
+}
+
+/// `stream` counting the events it yields, the errors it yields and, when `live`, each
+/// event's delivery lag. The call itself is counted by the caller ([`count_call`]).
+pub(crate) fn observe_stream<T: Item + Send + 'static>(
+    backend: &'static str,
+    operation: &'static str,
+    live: bool,
+    stream: crate::stores::BoxedStream<T>,
+) -> crate::stores::BoxedStream<T> {
+    let read =
+        ::metrics::counter!(EVENTS_READ_TOTAL, "backend" => backend, "operation" => operation);
+    let lag = live.then(|| {
+        ::metrics::histogram!(LIVE_QUERY_LAG_SECONDS, "backend" => backend, "query" => operation)
+    });
+    Box::pin(stream.inspect(move |item| match item {
+        Ok(item) => {
+            if T::EVENT {
+                read.increment(1);
+            }
+            if let (Some(lag), Some(at)) = (&lag, item.written_at()) {
+                let millis = Timestamp::now().as_millis().saturating_sub(at.as_millis());
+                lag.record(millis.max(0) as f64 / 1000.0);
+            }
+        }
+        Err(e) => record_error(backend, operation, e.kind()),
+    }))
+}
+
+/// Counts a call that has no duration of its own (a query: its stream is measured).
+pub(crate) fn count_call(backend: &'static str, operation: &'static str) {
+    ::metrics::counter!(OPERATIONS_TOTAL, "backend" => backend, "operation" => operation)
+        .increment(1);
+}
