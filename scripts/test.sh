@@ -5,6 +5,8 @@
 # and starts the server with scripts/servers/<name>.sh, exports its address, runs
 #   cargo test --workspace --all-features
 # and stops what it started, also on failure or Ctrl-C. Extra arguments go to cargo test.
+# Then it runs every fuzz target for FUZZ_SECONDS each (default 30; 0 skips them; see
+# scripts/fuzz.sh, which needs the nightly toolchain and installs cargo-fuzz if missing).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,3 +39,8 @@ done
 
 echo "==> cargo test --workspace --all-features $*" >&2
 cargo test --workspace --all-features "$@"
+
+if [ "${FUZZ_SECONDS:-30}" != "0" ]; then
+  echo "==> scripts/fuzz.sh ${FUZZ_SECONDS:-30}" >&2
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
