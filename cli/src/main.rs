@@ -222,9 +222,13 @@ pub(crate) fn load_config(
 }
 
 async fn open(file: Option<&std::path::Path>, backend: Option<&str>) -> Result<Stores, CliError> {
-    let config = load_config(file, backend)?;
+    open_config(&load_config(file, backend)?).await
+}
+
+/// Opens the stores `config` names; an error names the backend.
+async fn open_config(config: &Config) -> Result<Stores, CliError> {
     let name = config.backend().to_string();
-    persistence_stores::open(&config).await.map_err(|e| {
+    persistence_stores::open(config).await.map_err(|e| {
         // An error of `open` may not name the backend yet; the operator needs it.
         if e.backend().is_some() {
             CliError::Api(e)

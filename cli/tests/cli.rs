@@ -548,6 +548,11 @@ fn bad_configuration_and_arguments_have_their_exit_codes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("postgres"), "{err}");
+    // `schema check` probes the server's health first: unreachable, exit code 4.
+    let out = run(&["--config", unreachable.to_str().unwrap(), "schema", "check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("postgres"), "{err}");
 
     let good = sqlite_config(&dir, "good");
     let out = run(&[

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{stream, StreamExt};
@@ -62,6 +63,7 @@ pub struct Stores {
     pub maintenance: Arc<dyn JournalMaintenance>,
     capabilities: Capabilities,
     backend: &'static str,
+    ctx: Ctx,
 }
 
 impl std::fmt::Debug for Stores {
@@ -141,6 +143,7 @@ impl Stores {
             }),
             capabilities,
             backend,
+            ctx,
         }
     }
 
@@ -212,6 +215,89 @@ impl Stores {
     pub fn capabilities(&self) -> Capabilities {
         self.capabilities
     }
+
+    /// Whether the backend is reachable and its schema present, answered within
+    /// `timeout`: for readiness probes.
+    ///
+    /// ```
+    /// # use persistence_api::*;
+    /// # async fn demo(stores: Stores) -> Result<()> {
+    /// let health = stores.health(std::time::Duration::from_secs(2)).await?;
+    /// println!("{} answered in {:?}", health.backend, health.latency);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Behavior
+    /// - Probes by reading, never by writing: the journal's highest sequence number of
+    ///   the id [`HEALTH_PROBE_ID`] and, when the backend declares
+    ///   [`Capabilities::snapshots`], its latest snapshot; each reads a table, so a
+    ///   missing table fails the probe as the backend reports it, the error keeping its
+    ///   kind, the backend's name and the operation that failed.
+    /// - A probe not answered within `timeout` is abandoned and the call fails with
+    ///   [`ErrorKind::Timeout`] naming the backend and the timeout.
+    /// - On success, [`Health`] names the backend, what was probed and the round trip's
+    ///   latency.
+    pub async fn health(&self, timeout: Duration) -> Result<Health> {
+        let backend = self.backend;
+        let span = tracing::info_span!("persistence.health", backend, ?timeout);
+        let probe = async move {
+            let start = Instant::now();
+            let id = PersistenceId::new(HEALTH_PROBE_ID)?;
+            let mut probed = vec!["journal"];
+            self.journal.highest_sequence_nr(&id).await?;
+            if self.capabilities.snapshots {
+                self.snapshots
+                    .load_snapshot(&id, SnapshotSelectionCriteria::latest())
+                    .await?;
+                probed.push("snapshots");
+            }
+            Ok((probed, start.elapsed()))
+        };
+        let call = async move {
+            match tokio::time::timeout(timeout, probe).await {
+                Ok(Ok((probed, latency))) => {
+                    tracing::debug!(?latency, "healthy");
+                    Ok(Health {
+                        backend,
+                        latency,
+                        probed,
+                    })
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "health probe failed");
+                    Err(e)
+                }
+                Err(_) => {
+                    let e = Error::new(
+                        ErrorKind::Timeout,
+                        format!("the {backend} backend did not answer the health probe within {timeout:?}"),
+                    )
+                    .with_operation("health")
+                    .with_backend(backend);
+                    tracing::warn!(error = %e, "health probe timed out");
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span);
+        self.ctx.run("health", Access::Read, call).await
+    }
+}
+
+/// The persistence id [`Stores::health`] reads: never written by it, and nothing needs to
+/// be stored under it.
+pub const HEALTH_PROBE_ID: &str = "__health__";
+
+/// What [`Stores::health`] found: the backend answered its probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The backend's name, as [`Stores::backend`] gives it.
+    pub backend: &'static str,
+    /// How long the probes took together, one after the other.
+    pub latency: Duration,
+    /// What was probed: `"journal"`, then `"snapshots"` when the backend declares them.
+    pub probed: Vec<&'static str>,
 }
 
 /// Whether a call reads or writes.
