@@ -31,7 +31,7 @@ pub use offsets::{
     MAX_PROJECTION_ID_PART_BYTES,
 };
 pub use replay_filter::{ReplayFilter, ReplayFilterMode};
-pub use stores::{Health, Stores, HEALTH_PROBE_ID};
+pub use stores::{Health, ShutdownReport, Stores, HEALTH_PROBE_ID};
 pub use traits::{
     EnvelopeStream, EventStream, Journal, JournalExt, PersistenceIdStream, QueryMode, ReadJournal,
     ReadJournalExt, Replay, SnapshotStore,

@@ -5,11 +5,13 @@
 //! backend.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{stream, StreamExt};
+use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::capabilities::Capabilities;
@@ -115,31 +117,32 @@ impl Stores {
         let ctx = Ctx {
             backend,
             caps: capabilities,
+            shared: Arc::new(Shared::new()),
         };
         Stores {
             journal: Arc::new(CheckedJournal {
                 inner: journal,
-                ctx,
+                ctx: ctx.clone(),
             }),
             snapshots: Arc::new(CheckedSnapshotStore {
                 inner: snapshots,
-                ctx,
+                ctx: ctx.clone(),
             }),
             read_journal: Arc::new(CheckedReadJournal {
                 inner: read_journal,
-                ctx,
+                ctx: ctx.clone(),
             }),
             offsets: Arc::new(CheckedOffsetStore {
                 inner: Arc::new(NoOffsetStore),
-                ctx,
+                ctx: ctx.clone(),
             }),
             durable_state: Arc::new(CheckedDurableStateStore {
                 inner: Arc::new(NoDurableStateStore),
-                ctx,
+                ctx: ctx.clone(),
             }),
             maintenance: Arc::new(CheckedMaintenance {
                 inner: Arc::new(NoMaintenance),
-                ctx,
+                ctx: ctx.clone(),
             }),
             capabilities,
             backend,
@@ -158,10 +161,7 @@ impl Stores {
     pub fn with_offset_store(mut self, offsets: Arc<dyn OffsetStore>) -> Self {
         self.offsets = Arc::new(CheckedOffsetStore {
             inner: offsets,
-            ctx: Ctx {
-                backend: self.backend,
-                caps: self.capabilities,
-            },
+            ctx: self.ctx.clone(),
         });
         self
     }
@@ -181,10 +181,7 @@ impl Stores {
     pub fn with_durable_state_store(mut self, store: Arc<dyn DurableStateStore>) -> Self {
         self.durable_state = Arc::new(CheckedDurableStateStore {
             inner: store,
-            ctx: Ctx {
-                backend: self.backend,
-                caps: self.capabilities,
-            },
+            ctx: self.ctx.clone(),
         });
         self
     }
@@ -198,10 +195,7 @@ impl Stores {
     pub fn with_maintenance(mut self, maintenance: Arc<dyn JournalMaintenance>) -> Self {
         self.maintenance = Arc::new(CheckedMaintenance {
             inner: maintenance,
-            ctx: Ctx {
-                backend: self.backend,
-                caps: self.capabilities,
-            },
+            ctx: self.ctx.clone(),
         });
         self
     }
@@ -284,6 +278,96 @@ impl Stores {
     }
 }
 
+impl Stores {
+    /// Stops the stores accepting writes, waits up to `deadline` for the calls in flight,
+    /// and ends live queries: for an application shutting down.
+    ///
+    /// ```
+    /// # use persistence_api::*;
+    /// # async fn demo(stores: Stores) -> Result<()> {
+    /// let report = stores.shutdown(std::time::Duration::from_secs(10)).await?;
+    /// if !report.finished {
+    ///     eprintln!("{} calls were still running at the deadline", report.still_in_flight);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Behavior
+    /// - From the call on, every write through these stores or any clone of them
+    ///   (`write_events`, `delete_events_to`, snapshot saves and deletes, offset commits and
+    ///   transactions, durable-state upserts and deletes, maintenance) fails with
+    ///   [`ErrorKind::Rejected`], not retryable, saying the stores are shut down and naming
+    ///   the backend and the operation; nothing of it reaches the backend. Reads go on.
+    /// - Calls already in flight are never cancelled: each gets its true result. The call
+    ///   waits for them up to `deadline` and reports how many there were and whether they
+    ///   all finished in time ([`ShutdownReport`]).
+    /// - Live queries (through the read journal and the durable-state store) complete
+    ///   after the item they are delivering; a live query started afterwards completes at
+    ///   once. Current queries and replays run to their end.
+    /// - Calling it again waits again and reports the calls in flight then.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
+        let shared = &self.ctx.shared;
+        let backend = self.backend;
+        let span = tracing::info_span!("persistence.shutdown", backend, ?deadline);
+        async move {
+            // The flag is set before the count is read (see `Shared::enter`).
+            shared.closed.send_replace(true);
+            let in_flight = shared.in_flight.load(Ordering::SeqCst);
+            tracing::info!(in_flight, "shutting down: new writes are refused");
+            let drained = async {
+                loop {
+                    let idle = shared.idle.notified();
+                    tokio::pin!(idle);
+                    idle.as_mut().enable();
+                    if shared.in_flight.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    idle.await;
+                }
+            };
+            let finished = tokio::time::timeout(deadline, drained).await.is_ok();
+            let still_in_flight = shared.in_flight.load(Ordering::SeqCst);
+            if finished {
+                tracing::info!(in_flight, "shut down: every call in flight finished");
+            } else {
+                tracing::warn!(
+                    in_flight,
+                    still_in_flight,
+                    "shut down: calls still in flight at the deadline"
+                );
+            }
+            Ok(ShutdownReport {
+                backend,
+                in_flight,
+                finished,
+                still_in_flight: if finished { 0 } else { still_in_flight },
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether [`Stores::shutdown`] has been called on these stores or a clone of them.
+    pub fn is_shut_down(&self) -> bool {
+        *self.ctx.shared.closed.borrow()
+    }
+}
+
+/// What [`Stores::shutdown`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// The backend's name, as [`Stores::backend`] gives it.
+    pub backend: &'static str,
+    /// Calls (reads and writes) in flight when the shutdown began.
+    pub in_flight: usize,
+    /// Whether every call in flight had finished by the deadline.
+    pub finished: bool,
+    /// Calls still in flight at the deadline (0 when `finished`); they go on and get
+    /// their true results.
+    pub still_in_flight: usize,
+}
+
 /// The persistence id [`Stores::health`] reads: never written by it, and nothing needs to
 /// be stored under it.
 pub const HEALTH_PROBE_ID: &str = "__health__";
@@ -307,11 +391,65 @@ enum Access {
     Write,
 }
 
-/// What the checking layer knows of the backend behind it.
-#[derive(Clone, Copy)]
+/// What the checking layer knows of the backend behind it, and the state every clone of
+/// the stores shares.
+#[derive(Clone)]
 struct Ctx {
     backend: &'static str,
     caps: Capabilities,
+    shared: Arc<Shared>,
+}
+
+/// The state all clones of a [`Stores`] share: whether it is shut down, and the calls in
+/// flight.
+struct Shared {
+    /// True once [`Stores::shutdown`] has begun; live queries end when it turns.
+    closed: watch::Sender<bool>,
+    /// Calls inside [`Ctx::run`].
+    in_flight: AtomicUsize,
+    /// Told when `in_flight` drops to 0.
+    idle: Notify,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            closed: watch::Sender::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Counts a call in flight; `None` (counting nothing) for a write once shut down.
+    /// The count goes up before the flag is read, and [`Stores::shutdown`] sets the flag
+    /// before reading the count: a call is either refused or waited for.
+    fn enter(&self, access: Access) -> Option<InFlight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let call = InFlight(self);
+        if access == Access::Write && *self.closed.borrow() {
+            return None;
+        }
+        Some(call)
+    }
+
+    /// Completes when the stores are shut down.
+    fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|closed| *closed).await;
+        }
+    }
+}
+
+/// One call in flight, counted until dropped.
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Ctx {
@@ -346,9 +484,18 @@ impl Ctx {
         access: Access,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let _ = access;
         let measured = metrics::Call::start(self.backend, operation);
-        let result = call.await;
+        let result = match self.shared.enter(access) {
+            // Held until the call has its result: never cancelled by a shutdown.
+            Some(_in_flight) => call.await,
+            None => Err(Error::new(
+                ErrorKind::Rejected,
+                "the stores are shut down: this write was refused and nothing of it was stored",
+            )
+            .with_retryable(false)
+            .with_operation(operation)
+            .with_backend(self.backend)),
+        };
         measured.finish(&result);
         result
     }
@@ -362,7 +509,13 @@ impl Ctx {
         stream: BoxedStream<T>,
     ) -> BoxedStream<T> {
         metrics::count_call(self.backend, operation);
-        metrics::observe_stream(self.backend, operation, mode.is_live(), stream)
+        let stream = metrics::observe_stream(self.backend, operation, mode.is_live(), stream);
+        if mode.is_live() {
+            // A live query completes when the stores shut down.
+            Box::pin(stream.take_until(self.shared.closed()))
+        } else {
+            stream
+        }
     }
 
     fn unsupported(&self, operation: &'static str, what: &str) -> Error {
@@ -826,7 +979,7 @@ impl CheckedReadJournal {
                 "events-by-tag queries",
             ),
         };
-        let ctx = self.ctx;
+        let ctx = self.ctx.clone();
         let id = persistence_id.map(str::to_owned);
         let err = move |e: Error| e.with_context(ctx.backend, operation, id.as_deref(), None);
         let stream = if !supported {
@@ -1216,7 +1369,7 @@ impl CheckedDurableStateStore {
         offset: Offset,
         mode: QueryMode,
     ) -> ChangeStream {
-        let ctx = self.ctx;
+        let ctx = self.ctx.clone();
         let err = move |e: Error| e.with_context(ctx.backend, operation, None, None);
         let caps = &self.ctx.caps;
         if !caps.durable_state {
