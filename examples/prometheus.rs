@@ -24,6 +24,8 @@ async fn main() -> Result<()> {
         .expect("buckets are not empty")
         .install_recorder()
         .expect("no other recorder is installed");
+    // Optional: help texts and units for the `# HELP` lines.
+    persistence_stores::metrics::describe();
 
     let stores = Memory::new(MemoryConfig::default()).stores();
     let id = PersistenceId::new("account-1")?;

@@ -37,6 +37,49 @@ pub const LIVE_QUERY_LAG_SECONDS: &str = "persistence_live_query_lag_seconds";
 /// ([`record_retry`]).
 pub const RETRIES_TOTAL: &str = "persistence_retries_total";
 
+/// Describes every metric above to the installed recorder (its help text and unit), for
+/// exporters that print them (Prometheus' `# HELP`). Optional: call it once after
+/// installing the recorder.
+pub fn describe() {
+    use ::metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        OPERATIONS_TOTAL,
+        Unit::Count,
+        "Calls that reached the persistence checking layer"
+    );
+    describe_counter!(
+        ERRORS_TOTAL,
+        Unit::Count,
+        "Failed persistence calls, failed atomic writes and stream errors, by error kind"
+    );
+    describe_histogram!(
+        OPERATION_DURATION_SECONDS,
+        Unit::Seconds,
+        "How long a persistence call took"
+    );
+    describe_counter!(
+        EVENTS_WRITTEN_TOTAL,
+        Unit::Count,
+        "Events of acknowledged atomic writes"
+    );
+    describe_counter!(
+        BYTES_WRITTEN_TOTAL,
+        Unit::Bytes,
+        "Stored size of the events of acknowledged atomic writes"
+    );
+    describe_counter!(
+        EVENTS_READ_TOTAL,
+        Unit::Count,
+        "Events and durable-state changes delivered by replays and queries"
+    );
+    describe_histogram!(
+        LIVE_QUERY_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from an event's timestamp to its delivery by a live query"
+    );
+    describe_counter!(RETRIES_TOTAL, Unit::Count, "Requests a backend tried again");
+}
+
 /// Counts one retry of `operation` by `backend`'s own retry loop, as
 /// [`RETRIES_TOTAL`]; for backends, called before each new attempt.
 pub fn record_retry(backend: &'static str, operation: &'static str) {
