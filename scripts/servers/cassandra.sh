@@ -7,6 +7,14 @@
 #   scripts/servers/cassandra.sh stop      stop the node this script started (TERM, KILL after 30 s)
 #   scripts/servers/cassandra.sh status    exit 0 and print the env when the node runs and answers, else exit 1
 #
+# Durable mode (crash tests; a SEPARATE node, never the test node above; DIR absolute or relative):
+#   scripts/servers/cassandra.sh durable-start DIR   start (or restart on the same data, never wiped) a node with its
+#                                                    state in DIR/cassandra, commitlog_sync: batch (each write is
+#                                                    fsynced to the commit log before it is acknowledged) and
+#                                                    WITHOUT -Dcassandra.unsafesystem=true; writes DIR/env
+#   scripts/servers/cassandra.sh kill DIR            SIGKILL that node's java process, nothing else
+#   scripts/servers/cassandra.sh durable-stop DIR    stop it (TERM, KILL after CASSANDRA_STOP_TIMEOUT)
+#
 # Needs Java 17 (or 11) and Maven (apt-get install -y openjdk-17-jdk-headless maven); no Docker, no cqlsh.
 # State lives under <repo>/.servers/cassandra/ (gitignored): lib/ (jars), conf/, data/ (wiped at each start),
 # logs/ (system.log, stdout.log; the previous run's in logs.prev/), tmp/ (java.io.tmpdir and JNA), cassandra.pid, env.
@@ -39,12 +47,33 @@ PORT_FILE=$STATE_DIR/native.port
 ENV_FILE=$STATE_DIR/env
 LOCK_FILE=$STATE_DIR/.lock
 INSTALLED_MARKER=$LIB_DIR/.installed
+# 1 for the durable node of `durable-start DIR` (set by durable_paths).
+DURABLE=0
+
+# Points the state (not the jars) at DIR/cassandra for the durable commands.
+durable_paths() {
+    [[ -n "${1:-}" ]] || usage
+    mkdir -p "$1/cassandra"
+    local dir
+    dir=$(cd "$1" && pwd)
+    DURABLE=1
+    D_DIR=$dir
+    STATE_DIR=$dir/cassandra
+    CONF_DIR=$STATE_DIR/conf
+    DATA_DIR=$STATE_DIR/data
+    LOG_DIR=$STATE_DIR/logs
+    TMP_DIR=$STATE_DIR/tmp
+    PID_FILE=$STATE_DIR/cassandra.pid
+    PORT_FILE=$STATE_DIR/native.port
+    ENV_FILE=$dir/env
+    LOCK_FILE=$STATE_DIR/.lock
+}
 
 log() { echo "cassandra.sh: $*" >&2; }
 die() { echo "cassandra.sh: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: $0 install|start|stop|status" >&2
+    echo "usage: $0 install|start|stop|status | durable-start|kill|durable-stop DIR" >&2
     exit 2
 }
 
@@ -218,6 +247,10 @@ jvm_args() {
     if grep -q '^jdk.attach@' <<<"$modules"; then
         printf '%s\n' --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
     fi
+    # Fast start of the test node: system tables without fsync. Not for the durable node.
+    if [[ "$DURABLE" != 1 ]]; then
+        printf '%s\n' -Dcassandra.unsafesystem=true
+    fi
     printf '%s\n' \
         -Djdk.attach.allowAttachSelf=true \
         -Dio.netty.tryReflectionSetAccessible=true \
@@ -235,7 +268,6 @@ jvm_args() {
         -Dcassandra.skip_wait_for_gossip_to_settle=0 \
         -Dcassandra.shutdown_announce_in_ms=0 \
         -Dcassandra.superuser_setup_delay_ms=0 \
-        -Dcassandra.unsafesystem=true \
         -cp "$CONF_DIR:$LIB_DIR/*" \
         org.apache.cassandra.service.CassandraDaemon
 }
@@ -278,19 +310,36 @@ do_start_locked() {
     [[ -f "$SRC_DIR/cassandra.yaml.template" && -f "$SRC_DIR/logback.xml" ]] \
         || die "missing $SRC_DIR/cassandra.yaml.template or $SRC_DIR/logback.xml"
 
-    rm -rf "$DATA_DIR" "$TMP_DIR" "$CONF_DIR" "$STATE_DIR/logs.prev"
-    if [[ -d "$LOG_DIR" ]]; then mv "$LOG_DIR" "$STATE_DIR/logs.prev"; fi
+    if [[ "$DURABLE" == 1 ]]; then
+        # Restart on the same data: keep data/ (and the ports, so the node's own address stays the same).
+        rm -rf "$TMP_DIR" "$STATE_DIR/logs.prev"
+        if [[ -d "$LOG_DIR" ]]; then mv "$LOG_DIR" "$STATE_DIR/logs.prev"; fi
+    else
+        rm -rf "$DATA_DIR" "$TMP_DIR" "$CONF_DIR" "$STATE_DIR/logs.prev"
+        if [[ -d "$LOG_DIR" ]]; then mv "$LOG_DIR" "$STATE_DIR/logs.prev"; fi
+    fi
     mkdir -p "$DATA_DIR" "$TMP_DIR" "$CONF_DIR/triggers" "$LOG_DIR"
 
     local ports storage_port native_port
-    ports=$(free_ports) || die "could not find free ports on 127.0.0.1"
+    if [[ "$DURABLE" == 1 && -s "$STATE_DIR/ports" ]]; then
+        ports=$(cat "$STATE_DIR/ports")
+    else
+        ports=$(free_ports) || die "could not find free ports on 127.0.0.1"
+    fi
     read -r storage_port native_port <<<"$ports"
+    if [[ "$DURABLE" == 1 ]]; then echo "$storage_port $native_port" >"$STATE_DIR/ports"; fi
     [[ "$storage_port" =~ ^[0-9]+$ && "$native_port" =~ ^[0-9]+$ ]] || die "bad free ports: '$ports'"
 
     sed -e "s|@STATE_DIR@|$STATE_DIR|g" \
         -e "s|@STORAGE_PORT@|$storage_port|g" \
         -e "s|@NATIVE_PORT@|$native_port|g" \
         "$SRC_DIR/cassandra.yaml.template" >"$CONF_DIR/cassandra.yaml"
+    if [[ "$DURABLE" == 1 ]]; then
+        # batch: a write is acknowledged only after the commit log is fsynced (no sync period allowed with it).
+        sed -i -e 's|^commitlog_sync: periodic$|commitlog_sync: batch|' -e '/^commitlog_sync_period:/d' \
+            "$CONF_DIR/cassandra.yaml"
+        grep -q '^commitlog_sync: batch$' "$CONF_DIR/cassandra.yaml" || die "could not set commitlog_sync: batch"
+    fi
     cp "$SRC_DIR/logback.xml" "$CONF_DIR/logback.xml"
     echo "$native_port" >"$PORT_FILE"
 
@@ -355,6 +404,26 @@ EOF
 
 # ---------------------------------------------------------------------------------------------------------------
 
+do_kill_locked() {
+    local pid
+    if ! pid=$(running_pid); then
+        log "no durable Cassandra runs for $STATE_DIR"
+        return 0
+    fi
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    log "SIGKILLed Cassandra $pid"
+}
+
+if [[ $# -eq 2 ]]; then
+    case "$1" in
+        durable-start) durable_paths "$2"; take_lock; do_start_locked ;;
+        kill) durable_paths "$2"; do_kill_locked ;;
+        durable-stop) durable_paths "$2"; take_lock; do_stop_locked; rm -f "$ENV_FILE" ;;
+        *) usage ;;
+    esac
+    exit 0
+fi
 [[ $# -eq 1 ]] || usage
 case "$1" in
     install)
@@ -368,6 +437,9 @@ case "$1" in
     stop)
         take_lock
         do_stop_locked
+        ;;
+    durable-start | kill | durable-stop)
+        usage
         ;;
     status)
         if is_up; then

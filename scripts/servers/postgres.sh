@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # A private PostgreSQL instance (Debian's binaries, own data dir, never the system cluster) for the tests.
 # Usage: scripts/servers/postgres.sh install|start|stop|status|reset
+#        scripts/servers/postgres.sh durable-start|kill|durable-stop DIR
 #   start  prints (and writes to .servers/postgres/env) PERSISTENCE_POSTGRES_URL; every real start
 #          drops and recreates the database persistence_test, so a test run begins empty.
 #   reset  drops and recreates persistence_test on the running server.
 # Runs as root: initdb/pg_ctl run as the OS user postgres. Data lives in .servers/postgres/data, or in
 # /tmp/persistence-postgres-<hash> when postgres cannot reach .servers (recorded in .servers/postgres/pghome).
+#
+# Durable mode (crash tests; a SEPARATE instance, never the test server above):
+#   durable-start DIR  starts (or restarts on the same data) an instance with its data in DIR/pgdata,
+#                      fsync = on, synchronous_commit = on, full_page_writes = on, on a free port (the same
+#                      one again if still free); writes DIR/env (PERSISTENCE_POSTGRES_URL) and prints it.
+#   kill DIR           SIGKILLs that instance's postmaster, nothing else (its orphaned backends exit by
+#                      themselves; durable-start waits for them).
+#   durable-stop DIR   stops it (fast, then immediate).
 set -euo pipefail
 
 SERVER_NAME=postgres # log prefix, read by common.sh
@@ -209,11 +218,117 @@ cmd_reset() {
     log "database $DB_NAME re-created"
 }
 
+# ---- durable mode ------------------------------------------------------------------------------------------
+
+durable_paths() {
+    [[ -n ${1:-} ]] || die "usage: $0 durable-start|kill|durable-stop DIR"
+    mkdir -p "$1"
+    D_DIR=$(cd "$1" && pwd)
+    D_DATA=$D_DIR/pgdata
+    D_SOCK=$D_DIR/pgrun
+    D_LOG=$D_DIR/postgres.log
+    ((${#D_SOCK} < 90)) || die "$D_SOCK is too long for a unix socket path"
+    BIN=$(pg_bin) || die "PostgreSQL binaries not found (run: $0 install)"
+    SOCK=$D_SOCK
+}
+
+durable_postmaster_pid() { [[ -f $D_DATA/postmaster.pid ]] && read_pid "$D_DATA/postmaster.pid"; }
+
+cmd_durable_start() {
+    cmd_install
+    durable_paths "${1:-}"
+    local pid port first=0 pids deadline alive p
+    # postgres must traverse DIR (a mktemp -d dir is mode 700).
+    chmod a+x "$D_DIR"
+    if pid=$(durable_postmaster_pid) && kill -0 "$pid" 2>/dev/null &&
+        port=$(cat "$D_DIR/port" 2>/dev/null) && answers "$port"; then
+        cat "$D_DIR/env"; return 0
+    fi
+    # Backends orphaned by a killed postmaster hold its shared memory: wait for them to exit.
+    if [[ -s $D_DIR/orphans ]]; then
+        read -r -a pids <"$D_DIR/orphans" || true
+        deadline=$((SECONDS + 60))
+        while :; do
+            alive=0
+            for p in "${pids[@]}"; do if kill -0 "$p" 2>/dev/null; then alive=1; fi; done
+            ((alive)) || break
+            ((SECONDS < deadline)) || die "backends of the killed postmaster still alive after 60 s: ${pids[*]}"
+            sleep 0.2
+        done
+        rm -f "$D_DIR/orphans"
+    fi
+    pg_dir "$D_SOCK"
+    if [[ ! -f $D_DATA/PG_VERSION ]]; then
+        first=1
+        rm -rf "$D_DATA"
+        pg_dir "$D_DATA"
+        as_pg "$BIN/initdb" -D "$D_DATA" -U "$PG_USER" --auth-local=trust --auth-host=scram-sha-256 \
+            -E UTF8 --locale=C >"$D_DIR/initdb.log" 2>&1 ||
+            { print_log_tail "$D_DIR/initdb.log"; die "initdb failed"; }
+        echo "include_if_exists = 'persistence.conf'" >>"$D_DATA/postgresql.conf"
+    fi
+    port=$(cat "$D_DIR/port" 2>/dev/null || true)
+    if [[ ! $port =~ ^[0-9]+$ ]] || port_open "$port"; then
+        port=$(free_port) || die "no free TCP port found on 127.0.0.1"
+    fi
+    {
+        echo "# Written by scripts/servers/postgres.sh durable-start: a durable configuration (crash tests)."
+        echo "port = $port"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = '$D_SOCK'"
+        echo "max_connections = 100"
+        echo "shared_buffers = 32MB"
+        echo "fsync = on"
+        echo "synchronous_commit = on"
+        echo "full_page_writes = on"
+    } >"$D_DATA/persistence.conf"
+    chown "$PG_USER:" "$D_DATA/persistence.conf"
+    echo "$port" >"$D_DIR/port"
+    if ! as_pg "$BIN/pg_ctl" start -D "$D_DATA" -w -t "$START_TIMEOUT" -s >>"$D_LOG" 2>&1 </dev/null 9>&-; then
+        print_log_tail "$D_LOG"
+        die "pg_ctl start failed (durable instance, data dir $D_DATA)"
+    fi
+    log "durable PostgreSQL (pid $(durable_postmaster_pid)) on 127.0.0.1:$port, data $D_DATA, log $D_LOG"
+    if ((first)); then
+        recreate_db "$port" || { print_log_tail "$D_LOG"; die "creating role $DB_ROLE / database $DB_NAME failed"; }
+    fi
+    answers "$port" || { print_log_tail "$D_LOG"; die "psql $(url "$port") -c 'select 1' failed"; }
+    echo "export PERSISTENCE_POSTGRES_URL=$(url "$port")" >"$D_DIR/env"
+    cat "$D_DIR/env"
+}
+
+cmd_kill() {
+    durable_paths "${1:-}"
+    local pid
+    pid=$(durable_postmaster_pid) || die "no postmaster.pid in $D_DATA"
+    kill -0 "$pid" 2>/dev/null || { log "postmaster $pid is not running"; return 0; }
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -F -- "$D_DATA" >/dev/null ||
+        die "pid $pid is not the postmaster of $D_DATA: not killing it"
+    { pgrep -P "$pid" || true; } | tr '\n' ' ' >"$D_DIR/orphans"
+    kill -KILL "$pid"
+    WAIT_PID='' wait_until 10 eval "! kill -0 $pid 2>/dev/null" || true
+    log "SIGKILLed postmaster $pid"
+}
+
+cmd_durable_stop() {
+    durable_paths "${1:-}"
+    if [[ -f $D_DATA/PG_VERSION ]] && as_pg "$BIN/pg_ctl" status -D "$D_DATA" >/dev/null 2>&1; then
+        as_pg "$BIN/pg_ctl" stop -D "$D_DATA" -m fast -w -t 60 -s >>"$D_LOG" 2>&1 ||
+            as_pg "$BIN/pg_ctl" stop -D "$D_DATA" -m immediate -w -t 30 -s >>"$D_LOG" 2>&1 ||
+            die "pg_ctl stop failed (data dir $D_DATA)"
+        log "durable instance stopped"
+    fi
+    rm -f "$D_DIR/env"
+}
+
 case "${1:-}" in
 install) cmd_install ;;
+durable-start) cmd_durable_start "${2:-}" ;;
+kill) cmd_kill "${2:-}" ;;
+durable-stop) cmd_durable_stop "${2:-}" ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 reset) cmd_reset ;;
-*) echo "usage: $0 install|start|stop|status|reset" >&2; exit 2 ;;
+*) echo "usage: $0 install|start|stop|status|reset | durable-start|kill|durable-stop DIR" >&2; exit 2 ;;
 esac
