@@ -138,9 +138,13 @@ impl Statements {
             set_used: prep(format!(
                 "UPDATE {m} SET used = :used WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
             )).await?,
-            select_used: idempotent(prep(format!(
+            // A serial read: it completes a write whose Paxos round a crash left accepted
+            // but not committed before answering, so the highest it reads is the one the
+            // next conditional write will meet (a plain read answered 600 after a kill,
+            // and the write at 601 then met 700: tests/server_crash.rs).
+            select_used: idempotent(serial_read(prep(format!(
                 "SELECT used, tag_pending FROM {m} WHERE persistence_id = ? AND partition_nr = ? LIMIT 1"
-            )).await?),
+            )).await?)),
             set_tag_pending: prep(format!(
                 "UPDATE {m} SET tag_pending = :pending WHERE persistence_id = :persistence_id AND partition_nr = :partition_nr"
             )).await?,
