@@ -286,3 +286,21 @@ async fn a_write_outlasting_the_deadline_is_not_cancelled() {
     let again = stores.shutdown(Duration::from_millis(50)).await.unwrap();
     assert_eq!((again.in_flight, again.finished), (0, true));
 }
+
+/// A live query outlives the `Stores` it came from: dropping every handle is not a
+/// shutdown (the stream ended at once when the layer's shared state was dropped).
+#[tokio::test]
+async fn a_live_query_outlives_the_stores_handle_it_came_from() {
+    let memory = Memory::new(MemoryConfig::default());
+    let mut live = memory
+        .stores()
+        .read_journal
+        .events_by_tag("all".into(), Offset::NoOffset);
+    memory.stores().journal.write(event("a", 1)).await.unwrap();
+    let env = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .expect("delivered while the stream is read")
+        .expect("the live query goes on")
+        .unwrap();
+    assert_eq!(env.event.persistence_id.as_str(), "a");
+}

@@ -436,7 +436,11 @@ impl Shared {
     fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.closed.subscribe();
         async move {
-            let _ = rx.wait_for(|closed| *closed).await;
+            if rx.wait_for(|closed| *closed).await.is_err() {
+                // Every handle of these stores is gone, so nothing can shut them down any
+                // more: a live query goes on for as long as its consumer reads it.
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
