@@ -47,6 +47,9 @@ mod context;
 pub mod fault;
 pub mod layer;
 pub mod sweep;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
