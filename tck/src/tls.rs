@@ -292,8 +292,7 @@ mod tests {
         .unwrap();
         let e = connect(&expired, &d.join("ca.pem"), "localhost", false)
             .await
-            .err()
-            .expect("an expired certificate is refused");
+            .expect_err("an expired certificate is refused");
         assert!(e.to_string().contains("expired"), "{e}");
         let good = TlsProxy::start(
             target.to_string(),
@@ -304,13 +303,11 @@ mod tests {
         .unwrap();
         let e = connect(&good, &d.join("ca.pem"), "127.0.0.1", false)
             .await
-            .err()
-            .expect("a certificate for another name is refused");
+            .expect_err("a certificate for another name is refused");
         assert!(e.to_string().contains("not valid for name"), "{e}");
         let e = connect(&good, &d.join("other-ca.pem"), "localhost", false)
             .await
-            .err()
-            .expect("a certificate of an untrusted authority is refused");
+            .expect_err("a certificate of an untrusted authority is refused");
         assert!(e.to_string().contains("UnknownIssuer"), "{e}");
         assert_eq!(good.handshakes(), 0);
     }
