@@ -1,6 +1,7 @@
 //! [`CassandraConfig`]: every setting of the driver, with defaults.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use persistence_api::{Error, Result};
@@ -160,6 +161,33 @@ impl Default for TableNames {
 /// assert_eq!(config.keyspace, "pekko");
 /// assert_eq!(config.target_partition_size, 500_000);
 /// ```
+///
+/// A managed cluster (DataStax Astra, Amazon Keyspaces, a TLS-only cluster of one's own):
+/// TLS verified against the provider's CA, the password read from a file at open:
+///
+/// ```
+/// let config: persistence_cassandra::CassandraConfig = toml::from_str(r#"
+///     contact_points = ["cassandra.eu-west-1.amazonaws.com:9142"]
+///     local_datacenter = "eu-west-1"
+///     consistency = "LOCAL_QUORUM"
+///     tls = true
+///     tls_ca_file = "/etc/app/sf-class2-root.pem"
+///     username = "app-at-123456789012"
+///     password_file = "/run/secrets/cassandra-password"
+/// "#).unwrap();
+/// assert!(config.validate().is_ok());
+/// // Debug never shows a password (nor, here, the file's contents: it is read at open).
+/// assert!(format!("{config:?}").contains("password_file"));
+///
+/// // A password both inline and in a file is refused.
+/// let both: persistence_cassandra::CassandraConfig = toml::from_str(r#"
+///     password = "secret"
+///     password_file = "/run/secrets/cassandra-password"
+/// "#).unwrap();
+/// let err = both.validate().unwrap_err();
+/// assert_eq!(err.kind(), persistence_api::ErrorKind::ConfigInvalid);
+/// assert!(!err.to_string().contains("secret"));
+/// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CassandraConfig {
@@ -168,10 +196,34 @@ pub struct CassandraConfig {
     pub contact_points: Vec<String>,
     /// The data centre whose nodes are preferred (token-aware within it); `None` for any.
     pub local_datacenter: Option<String>,
-    /// User name, if the cluster requires authentication.
+    /// User name, if the cluster requires authentication (`PasswordAuthenticator`): sent
+    /// with [`password`](Self::password) or the contents of
+    /// [`password_file`](Self::password_file).
     pub username: Option<String>,
-    /// Password (never printed by `Debug`).
+    /// Password (never printed by `Debug`, nor in errors or logs). Prefer `password_file`.
     pub password: Option<String>,
+    /// A file whose contents, without a trailing newline, are the password: read at
+    /// [`crate::open`] (a Kubernetes or Docker secret). Not together with `password`.
+    pub password_file: Option<PathBuf>,
+    /// Connect with TLS (default false; needs the cargo feature `tls`, on by default). The
+    /// server's certificate is verified against [`tls_ca_file`](Self::tls_ca_file) and
+    /// [`tls_server_name`](Self::tls_server_name).
+    pub tls: bool,
+    /// The PEM file of the certificate authorities to trust; default: the operating system's
+    /// roots (rustls-native-certs). Only with `tls = true`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, its chain after it), for clusters that require one
+    /// (`require_client_auth`). Together with [`tls_key_file`](Self::tls_key_file).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// The name every node's certificate must carry. Default: the host part of the contact
+    /// point a node was reached through, a DNS name or an IP address (an IP address is
+    /// checked against the certificate's IP SANs); nodes found through the cluster's
+    /// topology, not a contact point, are checked against their IP address. Set it when the
+    /// certificates name the cluster (`cassandra.example.com`) and the contact points are
+    /// addresses.
+    pub tls_server_name: Option<String>,
     /// The keyspace of all tables (default `pekko`, as pekko-persistence-cassandra's journal).
     pub keyspace: String,
     /// The table names.
@@ -219,6 +271,11 @@ pub struct CassandraConfig {
     /// The client-side timeout of one request (default 12 s).
     #[serde(with = "persistence_api::duration_ms", rename = "request_timeout_ms")]
     pub request_timeout: Duration,
+    /// How long opening one connection may take: TCP connect, the TLS handshake and the CQL
+    /// handshake with authentication (default 5 s). A server that accepts the connection and
+    /// then stays silent fails within it.
+    #[serde(with = "persistence_api::duration_ms", rename = "connect_timeout_ms")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for CassandraConfig {
@@ -228,6 +285,12 @@ impl Default for CassandraConfig {
             local_datacenter: None,
             username: None,
             password: None,
+            password_file: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
             keyspace: "pekko".into(),
             tables: TableNames::default(),
             namespace: String::new(),
@@ -243,6 +306,7 @@ impl Default for CassandraConfig {
             gap_timeout: Duration::from_secs(10),
             gap_lookback: Duration::from_secs(60),
             request_timeout: Duration::from_secs(12),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -254,6 +318,12 @@ impl fmt::Debug for CassandraConfig {
             .field("local_datacenter", &self.local_datacenter)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_server_name", &self.tls_server_name)
             .field("keyspace", &self.keyspace)
             .field("tables", &self.tables)
             .field("namespace", &self.namespace)
@@ -272,6 +342,7 @@ impl fmt::Debug for CassandraConfig {
             .field("gap_timeout", &self.gap_timeout)
             .field("gap_lookback", &self.gap_lookback)
             .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -284,11 +355,96 @@ fn is_identifier(s: &str) -> bool {
 }
 
 impl CassandraConfig {
+    /// The TLS and credential keys: which go together, which exclude each other.
+    fn validate_security(&self) -> Result<()> {
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(Error::config(
+                "cassandra: password and password_file are both set: keep one",
+            ));
+        }
+        if self.username.is_none() && (self.password.is_some() || self.password_file.is_some()) {
+            return Err(Error::config(
+                "cassandra: a password (password or password_file) is set without username",
+            ));
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "cassandra: tls_cert_file is set without tls_key_file: a client certificate needs its key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "cassandra: tls_key_file is set without tls_cert_file: a client key needs its certificate",
+                ))
+            }
+            _ => {}
+        }
+        if !self.tls {
+            for (key, set) in [
+                ("tls_ca_file", self.tls_ca_file.is_some()),
+                ("tls_cert_file", self.tls_cert_file.is_some()),
+                ("tls_server_name", self.tls_server_name.is_some()),
+            ] {
+                if set {
+                    return Err(Error::config(format!(
+                        "cassandra: {key} is set but tls is false: set tls = true to connect with TLS"
+                    )));
+                }
+            }
+        }
+        if self.tls && !cfg!(feature = "tls") {
+            return Err(Error::config(
+                "cassandra: tls = true, but persistence-cassandra was built without its cargo feature `tls`",
+            ));
+        }
+        for (key, path) in [
+            ("password_file", &self.password_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(Error::config(format!("cassandra: {key} must not be empty")));
+            }
+        }
+        if self.tls_server_name.as_deref() == Some("") {
+            return Err(Error::config(
+                "cassandra: tls_server_name must not be empty",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config(
+                "cassandra: connect_timeout_ms must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The password to send: `password`, or the contents of `password_file` without a
+    /// trailing newline (read now). A missing or unreadable file is `ConfigInvalid` naming
+    /// the path, never the contents.
+    pub(crate) fn resolved_password(&self) -> Result<Option<String>> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::config(format!(
+                    "cassandra: cannot read password_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let password = text.strip_suffix('\n').unwrap_or(&text);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            return Ok(Some(password.to_string()));
+        }
+        Ok(self.password.clone())
+    }
+
     /// Checks the values; an invalid one is an `ErrorKind::ConfigInvalid` error.
     pub fn validate(&self) -> Result<()> {
         if self.contact_points.is_empty() {
             return Err(Error::config("cassandra: contact_points must not be empty"));
         }
+        self.validate_security()?;
         let t = &self.tables;
         for name in [
             &self.keyspace,
@@ -357,6 +513,71 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(
             .collect(),
         OneOrMany::Many(v) => v,
     })
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::CassandraConfig;
+    use persistence_api::ErrorKind;
+
+    fn invalid(toml_text: &str) -> String {
+        let config: CassandraConfig = toml::from_str(toml_text).unwrap();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn the_tls_and_credential_keys_are_checked_together() {
+        assert!(
+            invalid("username = \"u\"\npassword = \"s3cret\"\npassword_file = \"/p\"")
+                .contains("password and password_file")
+        );
+        assert!(invalid("password = \"s3cret\"").contains("without username"));
+        assert!(invalid("tls = true\ntls_cert_file = \"/c.pem\"").contains("tls_key_file"));
+        assert!(invalid("tls = true\ntls_key_file = \"/c.key\"").contains("tls_cert_file"));
+        assert!(invalid("tls_ca_file = \"/ca.pem\"").contains("tls = true"));
+        assert!(invalid("tls = true\ntls_server_name = \"\"").contains("tls_server_name"));
+        assert!(invalid("connect_timeout_ms = 0").contains("connect_timeout_ms"));
+        let ok: CassandraConfig = toml::from_str(
+            "tls = true\ntls_ca_file = \"/ca.pem\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"\ntls_server_name = \"localhost\"\nusername = \"u\"\npassword_file = \"/p\"\nconnect_timeout_ms = 2000",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.connect_timeout, std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn debug_and_errors_never_show_the_password() {
+        let config: CassandraConfig =
+            toml::from_str("username = \"u\"\npassword = \"s3cret-pw\"\npassword_file = \"/p\"")
+                .unwrap();
+        assert!(!format!("{config:?}").contains("s3cret-pw"));
+        assert!(!config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn password_file_is_read_without_its_trailing_newline() {
+        let path = std::env::temp_dir().join(format!("cassandra-pw-{}", std::process::id()));
+        std::fs::write(&path, "pw with spaces \n").unwrap();
+        let config = CassandraConfig {
+            username: Some("u".into()),
+            password_file: Some(path.clone()),
+            ..CassandraConfig::default()
+        };
+        assert_eq!(
+            config.resolved_password().unwrap().as_deref(),
+            Some("pw with spaces ")
+        );
+        std::fs::remove_file(&path).unwrap();
+        let err = config.resolved_password().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
+        assert!(err.to_string().contains("password_file"), "{err}");
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::CqlValue;
 
 use crate::config::{CassandraConfig, ConsistencyLevel};
-use crate::error::{connect_failed, unexpected, ResultExt};
+use crate::error::{connect_failed, connect_timed_out, unexpected, ResultExt};
 use crate::schema::{self, EVENT_COLUMNS, NS_SEP, STATE_COLUMNS};
 use crate::tags::TagSeqs;
 
@@ -619,11 +619,16 @@ pub(crate) async fn connect(config: &CassandraConfig) -> Result<(Arc<Session>, A
     Ok((Arc::new(session), Arc::new(stmts)))
 }
 
-/// A session as the configuration says (contact points, data centre, credentials,
-/// request timeout), with nothing prepared: also for the schema tools, which must work
-/// while tables are missing.
+/// A session as the configuration says (contact points, data centre, credentials, TLS,
+/// timeouts), with nothing prepared: also for the schema tools, which must work while
+/// tables are missing.
+///
+/// Never hangs: the driver bounds the TCP connect by `connect_timeout`, and the whole
+/// opening (TLS and CQL handshakes, authentication, the first metadata read) is bounded by
+/// `connect_timeout + request_timeout`.
 pub(crate) async fn session(config: &CassandraConfig) -> Result<Session> {
     config.validate()?;
+    let password = config.resolved_password()?;
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &config.local_datacenter {
         policy = policy
@@ -636,14 +641,20 @@ pub(crate) async fn session(config: &CassandraConfig) -> Result<Session> {
         .build();
     let mut builder = SessionBuilder::new()
         .known_nodes(&config.contact_points)
+        .connection_timeout(config.connect_timeout)
         .default_execution_profile_handle(profile.into_handle());
     if let Some(user) = &config.username {
-        builder = builder.user(user.clone(), config.password.clone().unwrap_or_default());
+        builder = builder.user(user.clone(), password.unwrap_or_default());
     }
-    builder
-        .build()
-        .await
-        .map_err(|e| connect_failed(&config.contact_points, e))
+    #[cfg(feature = "tls")]
+    if config.tls {
+        builder = builder.tls_context(Some(crate::tls::client_config(config).await?));
+    }
+    let bound = config.connect_timeout + config.request_timeout;
+    match tokio::time::timeout(bound, builder.build()).await {
+        Ok(result) => result.map_err(|e| connect_failed(config, e)),
+        Err(_) => Err(connect_timed_out(config, bound)),
+    }
 }
 
 /// Creates the keyspace (with `config.replication`) and the tables when missing: the

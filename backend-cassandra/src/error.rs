@@ -10,6 +10,8 @@
 //! | `Unavailable`, `IsBootstrapping`, broken connection, empty pool or plan | `Unavailable` (retryable) |
 //! | `Invalid`, `SyntaxError`, `ConfigError`, `Unauthorized`, ... | `Storage` |
 //! | (de)serialization of values | `Unexpected` (a bug or a foreign schema) |
+//! | opening the session: authentication failed or missing, a TLS certificate not trusted, for another name, expired, a server not speaking TLS or refusing plaintext | `ConfigInvalid`, naming the contact points, the cause and the key to check ([`connect_failed`]) |
+//! | opening the session: refused, unreachable, TCP connect timeout | `Unavailable` (retryable); no session within `connect_timeout + request_timeout`: `Timeout` |
 //! | a stored event or snapshot column NULL where the driver always writes it, metadata columns set in part, an empty tag | `Corrupt`, naming the persistence id, sequence number and column |
 //! | a stored projection offset or version that does not decode | `Corrupt`, naming the projection id and the column (`offsets.rs`) |
 //! | a durable state's LWT: as a projection offset's (`durable_state.rs`); a stored state or change row that does not decode | `Corrupt`, naming the persistence id and the column |
@@ -23,9 +25,12 @@
 
 use persistence_api::{Error, ErrorKind};
 use scylla::errors::{
-    DbError, ExecutionError, NewSessionError, NextPageError, NextRowError, PagerExecutionError,
-    PrepareError, RequestAttemptError, RequestError, WriteType,
+    ConnectionError, ConnectionPoolError, ConnectionSetupRequestErrorKind, DbError, ExecutionError,
+    MetadataError, NewSessionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
+    RequestAttemptError, RequestError, WriteType,
 };
+
+use crate::config::CassandraConfig;
 
 fn attempt_kind(e: &RequestAttemptError) -> ErrorKind {
     match e {
@@ -260,14 +265,171 @@ impl<T, E: DriverError> ResultExt<T> for Result<T, E> {
     }
 }
 
-/// A failed connection to `contact_points`, with the driver's error as the source.
-pub(crate) fn connect_failed(contact_points: &[String], e: NewSessionError) -> Error {
-    Error::new(
-        e.kind(),
-        format!("cassandra: cannot connect to {contact_points:?}"),
-    )
+/// A failed connection to the contact points, with the driver's error as the source.
+///
+/// A failure the configuration causes is `ConfigInvalid`, its message naming the cause and
+/// the key to check ([`misconfiguration`]); anything else (refused, unreachable, timed out)
+/// stays `Unavailable`, retryable.
+pub(crate) fn connect_failed(config: &CassandraConfig, e: NewSessionError) -> Error {
+    let points = &config.contact_points;
+    match misconfiguration(config, &e) {
+        Some(cause) => Error::new(
+            ErrorKind::ConfigInvalid,
+            format!("cassandra: cannot connect to {points:?}: {cause}"),
+        ),
+        None => Error::new(e.kind(), format!("cassandra: cannot connect to {points:?}")),
+    }
     .with_operation("connect")
     .with_source(e)
+}
+
+/// Opening the session took longer than `bound` (`connect_timeout + request_timeout`):
+/// nodes that accept connections but never finish the handshakes.
+pub(crate) fn connect_timed_out(config: &CassandraConfig, bound: std::time::Duration) -> Error {
+    let hint = if config.tls {
+        "is the server speaking TLS on this port? check tls"
+    } else {
+        "a server that requires TLS may wait for a TLS handshake: check tls"
+    };
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "cassandra: cannot connect to {:?}: no session within {} ms (connect_timeout_ms + request_timeout_ms); {hint}",
+            config.contact_points,
+            bound.as_millis()
+        ),
+    )
+    .with_operation("connect")
+}
+
+/// The cause of a failed connection when it lies in the configuration (credentials, TLS),
+/// with the key to check; `None` for a server that is down or unreachable.
+fn misconfiguration(config: &CassandraConfig, e: &NewSessionError) -> Option<String> {
+    match e {
+        NewSessionError::MetadataError(MetadataError::ConnectionPoolError(
+            ConnectionPoolError::Broken {
+                last_connection_error,
+            },
+        )) => connection_cause(config, last_connection_error),
+        _ => {
+            // Any other path: look for a connection error down the chain.
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(err) = next {
+                if let Some(c) = err.downcast_ref::<ConnectionError>() {
+                    return connection_cause(config, c);
+                }
+                next = err.source();
+            }
+            None
+        }
+    }
+}
+
+fn connection_cause(config: &CassandraConfig, e: &ConnectionError) -> Option<String> {
+    match e {
+        ConnectionError::IoError(io) => io_cause(config, io),
+        ConnectionError::BrokenConnection(b) => broken_cause(config, b),
+        ConnectionError::ConnectionSetupRequestError(setup) => match &setup.error {
+            ConnectionSetupRequestErrorKind::DbError(DbError::AuthenticationError, _) => {
+                Some(match &config.username {
+                    Some(user) => format!(
+                        "authentication failed for user {user}: check username/password (or password_file)"
+                    ),
+                    None => "authentication failed: check username/password (or password_file)"
+                        .to_string(),
+                })
+            }
+            ConnectionSetupRequestErrorKind::MissingAuthentication => Some(
+                "the server requires authentication and no credentials are configured: set username and password (or password_file)"
+                    .to_string(),
+            ),
+            ConnectionSetupRequestErrorKind::BrokenConnection(b) => broken_cause(config, b),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A connection that broke during its set-up: a TLS error inside, or, with TLS off, a
+/// server that closed it (a TLS-only server does so on the first plaintext bytes).
+fn broken_cause(
+    config: &CassandraConfig,
+    b: &scylla::errors::BrokenConnectionError,
+) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(b);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(cause) = io_cause(config, io) {
+                return Some(cause);
+            }
+        }
+        next = err.source();
+    }
+    (!config.tls).then(|| {
+        "the server closed the connection during the CQL handshake, as a server that requires TLS does: check tls".to_string()
+    })
+}
+
+fn io_cause(config: &CassandraConfig, io: &std::io::Error) -> Option<String> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Some(tls_cause(tls));
+    }
+    use std::io::ErrorKind as Io;
+    match io.kind() {
+        // The TCP connection was accepted, then closed or reset before any CQL answer.
+        Io::UnexpectedEof | Io::ConnectionReset if !config.tls => Some(
+            "the server closed the connection during the CQL handshake, as a server that requires TLS does: check tls"
+                .to_string(),
+        ),
+        Io::UnexpectedEof | Io::ConnectionReset => Some(
+            "the server closed the connection during the TLS handshake (does it require a client certificate?): check tls_cert_file/tls_key_file".to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// What a rustls handshake error means for the configuration.
+#[cfg(feature = "tls")]
+fn tls_cause(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => {
+                "certificate not trusted (UnknownIssuer): check tls_ca_file".to_string()
+            }
+            C::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "certificate not valid for the expected name (NotValidForName: expected {}, the certificate names {}): check tls_server_name (default: the contact point's host; an IP address must be in the certificate's IP SANs)",
+                expected.to_str(),
+                presented.join(", ")
+            ),
+            C::NotValidForName => {
+                "certificate not valid for the expected name (NotValidForName): check tls_server_name (default: the contact point's host; an IP address must be in the certificate's IP SANs)".to_string()
+            }
+            C::Expired | C::ExpiredContext { .. } => format!(
+                "the server's certificate has expired ({c:?}): the server needs a renewed certificate (check also this machine's clock; tls_ca_file cannot fix it)"
+            ),
+            C::NotValidYet | C::NotValidYetContext { .. } => format!(
+                "the server's certificate is not valid yet ({c:?}): check this machine's clock"
+            ),
+            other => format!(
+                "the server's certificate was refused ({other:?}): check tls_ca_file and tls_server_name"
+            ),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
+            "the server did not answer with TLS ({e}): check tls (the server's client_encryption_options)"
+        ),
+        rustls::Error::AlertReceived(alert) => format!(
+            "the server refused the TLS handshake (alert {alert:?}): check tls_cert_file/tls_key_file (a client certificate the server trusts)"
+        ),
+        other => format!("TLS handshake failed ({other}): check tls, tls_ca_file and tls_server_name"),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ mod schema;
 mod snapshot;
 mod tags;
 mod timeuuid;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::sync::Arc;
 

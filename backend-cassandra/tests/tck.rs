@@ -5,6 +5,8 @@
 //! missing) serves every run; each case gets its own namespace inside it, so no schema change
 //! happens per case (see the README for why), and afterwards deletes what it stored with the
 //! driver's purge (`JournalMaintenance::purge_persistence_id`).
+//!
+//! `tck_secure.rs` runs the same kit with this file's factory over TLS with authentication.
 
 use persistence_api::{JournalMaintenance, ReadJournalExt};
 use std::collections::BTreeSet;
@@ -17,10 +19,10 @@ use persistence_cassandra::scylla::value::CqlTimeuuid;
 use persistence_cassandra::{Cassandra, CassandraConfig, ConsistencyLevel};
 use persistence_tck::Corruption;
 
-struct Factory {
-    base: Cassandra,
+pub(crate) struct Factory {
+    pub(crate) base: Cassandra,
     /// The configured rows per page.
-    page_size: u32,
+    pub(crate) page_size: u32,
 }
 
 /// How a namespace prefixes the ids and tags it stores (the README's "Namespaces").
@@ -312,7 +314,7 @@ impl persistence_tck::StoreFactory for Factory {
 
 /// The test configuration: the node from the environment, short delays so live queries
 /// deliver within the kit's 2 s, and the development autocreate switches on.
-fn config(contact_points: String, local_datacenter: Option<String>) -> CassandraConfig {
+pub(crate) fn config(contact_points: String, local_datacenter: Option<String>) -> CassandraConfig {
     CassandraConfig {
         contact_points: contact_points
             .split(',')

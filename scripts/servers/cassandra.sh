@@ -15,6 +15,22 @@
 #   scripts/servers/cassandra.sh kill DIR            SIGKILL that node's java process, nothing else
 #   scripts/servers/cassandra.sh durable-stop DIR    stop it (TERM, KILL after CASSANDRA_STOP_TIMEOUT)
 #
+# Secure mode (TLS + password authentication; a SEPARATE node with its state in .servers/cassandra-secure/, own ports):
+#   scripts/servers/cassandra.sh secure-start    make the test certificates (scripts/servers/certs.sh -> .servers/tls/),
+#                                                wipe and start a node with client_encryption_options enabled and not
+#                                                optional (PEM keystore .servers/tls/server-key.pem: a certificate for
+#                                                DNS:localhost only; client certificates not required),
+#                                                PasswordAuthenticator + CassandraAuthorizer, create the role
+#                                                `persistence` (LOGIN, a random password, ALL PERMISSIONS ON ALL
+#                                                KEYSPACES; not a superuser) through scripts/servers/cassandra/cql.py,
+#                                                write .servers/cassandra-secure/env and print it
+#   scripts/servers/cassandra.sh secure-stop     stop it
+#   scripts/servers/cassandra.sh secure-status   exit 0 and print its env when it runs and answers, else exit 1
+#
+# After `secure-start`:  source .servers/cassandra-secure/env   # PERSISTENCE_TEST_CASSANDRA_SECURE_CONTACT_POINT
+#   (127.0.0.1:PORT: connect with tls_server_name = "localhost"), ..._USERNAME, ..._PASSWORD, ..._PASSWORD_FILE,
+#   PERSISTENCE_TEST_TLS_DIR (ca.pem, other-ca.pem, expired.pem, ...)
+#
 # Needs Java 17 (or 11) and Maven (apt-get install -y openjdk-17-jdk-headless maven); no Docker, no cqlsh.
 # State lives under <repo>/.servers/cassandra/ (gitignored): lib/ (jars), conf/, data/ (wiped at each start),
 # logs/ (system.log, stdout.log; the previous run's in logs.prev/), tmp/ (java.io.tmpdir and JNA), cassandra.pid, env.
@@ -49,6 +65,9 @@ LOCK_FILE=$STATE_DIR/.lock
 INSTALLED_MARKER=$LIB_DIR/.installed
 # 1 for the durable node of `durable-start DIR` (set by durable_paths).
 DURABLE=0
+# 1 for the TLS + authentication node of `secure-start` (set by secure_paths).
+SECURE=0
+TLS_DIR=$REPO_ROOT/.servers/tls
 
 # Points the state (not the jars) at DIR/cassandra for the durable commands.
 durable_paths() {
@@ -69,11 +88,25 @@ durable_paths() {
     LOCK_FILE=$STATE_DIR/.lock
 }
 
+# Points the state (not the jars) at .servers/cassandra-secure for the secure commands.
+secure_paths() {
+    SECURE=1
+    STATE_DIR=$REPO_ROOT/.servers/cassandra-secure
+    CONF_DIR=$STATE_DIR/conf
+    DATA_DIR=$STATE_DIR/data
+    LOG_DIR=$STATE_DIR/logs
+    TMP_DIR=$STATE_DIR/tmp
+    PID_FILE=$STATE_DIR/cassandra.pid
+    PORT_FILE=$STATE_DIR/native.port
+    ENV_FILE=$STATE_DIR/env
+    LOCK_FILE=$STATE_DIR/.lock
+}
+
 log() { echo "cassandra.sh: $*" >&2; }
 die() { echo "cassandra.sh: error: $*" >&2; exit 1; }
 
 usage() {
-    echo "usage: $0 install|start|stop|status | durable-start|kill|durable-stop DIR" >&2
+    echo "usage: $0 install|start|stop|status | secure-start|secure-stop|secure-status | durable-start|kill|durable-stop DIR" >&2
     exit 2
 }
 
@@ -340,6 +373,28 @@ do_start_locked() {
             "$CONF_DIR/cassandra.yaml"
         grep -q '^commitlog_sync: batch$' "$CONF_DIR/cassandra.yaml" || die "could not set commitlog_sync: batch"
     fi
+    if [[ "$SECURE" == 1 ]]; then
+        bash "$SCRIPT_DIR/certs.sh" "$TLS_DIR" >/dev/null
+        sed -i -e 's|^authenticator: AllowAllAuthenticator$|authenticator: PasswordAuthenticator|' \
+            -e 's|^authorizer: AllowAllAuthorizer$|authorizer: CassandraAuthorizer|' "$CONF_DIR/cassandra.yaml"
+        grep -q '^authenticator: PasswordAuthenticator$' "$CONF_DIR/cassandra.yaml" || die "could not set PasswordAuthenticator"
+        # TLS only (optional: false: a plaintext client is refused), a PEM keystore (key, then certificate);
+        # client certificates are not required, so no truststore.
+        cat >>"$CONF_DIR/cassandra.yaml" <<EOF
+
+# secure-start: TLS only, password authentication.
+client_encryption_options:
+  enabled: true
+  optional: false
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: $TLS_DIR/server-key.pem
+  require_client_auth: false
+EOF
+        # A fresh password per start (the data dir, and with it the role, is wiped at each start).
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$STATE_DIR/password")
+        (umask 077 && printf 'cassandra\n' >"$STATE_DIR/superuser.password")
+    fi
     cp "$SRC_DIR/logback.xml" "$CONF_DIR/logback.xml"
     echo "$native_port" >"$PORT_FILE"
 
@@ -393,10 +448,33 @@ do_start_locked() {
         sleep 0.5
     done
 
-    cat >"$ENV_FILE.tmp" <<EOF
+    if [[ "$SECURE" == 1 ]]; then
+        # The default superuser cassandra/cassandra appears a moment after the node listens (superuser_setup_delay_ms=0);
+        # it creates the test role, which is not a superuser.
+        local password
+        password=$(cat "$STATE_DIR/password")
+        if ! python3 "$SRC_DIR/cql.py" 127.0.0.1 "$native_port" "$TLS_DIR/ca.pem" localhost cassandra \
+                "$STATE_DIR/superuser.password" "$START_TIMEOUT" \
+                "CREATE ROLE IF NOT EXISTS persistence WITH PASSWORD = '$password' AND LOGIN = true AND SUPERUSER = false" \
+                "GRANT ALL PERMISSIONS ON ALL KEYSPACES TO persistence"; then
+            show_logs
+            do_stop_locked
+            die "could not create the role persistence on the secure node"
+        fi
+        cat >"$ENV_FILE.tmp" <<EOF
+export PERSISTENCE_TEST_CASSANDRA_SECURE_CONTACT_POINT=127.0.0.1:$native_port
+export PERSISTENCE_TEST_CASSANDRA_SECURE_SERVER_NAME=localhost
+export PERSISTENCE_TEST_CASSANDRA_SECURE_USERNAME=persistence
+export PERSISTENCE_TEST_CASSANDRA_SECURE_PASSWORD=$password
+export PERSISTENCE_TEST_CASSANDRA_SECURE_PASSWORD_FILE=$STATE_DIR/password
+export PERSISTENCE_TEST_TLS_DIR=$TLS_DIR
+EOF
+    else
+        cat >"$ENV_FILE.tmp" <<EOF
 export PERSISTENCE_CASSANDRA_CONTACT_POINTS=127.0.0.1:$native_port
 export PERSISTENCE_CASSANDRA_LOCAL_DATACENTER=$LOCAL_DC
 EOF
+    fi
     mv "$ENV_FILE.tmp" "$ENV_FILE"
     log "Cassandra is up (pid $pid)"
     print_env
@@ -437,6 +515,25 @@ case "$1" in
     stop)
         take_lock
         do_stop_locked
+        ;;
+    secure-start)
+        secure_paths
+        take_lock
+        do_start_locked
+        ;;
+    secure-stop)
+        secure_paths
+        take_lock
+        do_stop_locked
+        ;;
+    secure-status)
+        secure_paths
+        if is_up; then
+            print_env
+        else
+            echo "cassandra.sh: the secure Cassandra is not running" >&2
+            exit 1
+        fi
         ;;
     durable-start | kill | durable-stop)
         usage
