@@ -18,13 +18,32 @@ servers=()
 [ -d backend-cassandra ] && servers+=(cassandra)
 
 started=()
+# The secure Cassandra node (TLS + password authentication; tests/tck_secure.rs, tests/tls.rs):
+# started in the background beside the others (a Cassandra start takes a minute on 2 cores),
+# waited for before the tests, stopped with them.
+secure_cassandra_pid=""
+secure_cassandra_started=0
 stop_servers() {
   local s
+  if [ -n "$secure_cassandra_pid" ]; then
+    wait "$secure_cassandra_pid" 2>/dev/null || true
+  fi
   for s in "${started[@]}"; do
     bash "scripts/servers/$s.sh" stop || echo "warning: stopping $s failed" >&2
   done
+  if [ "$secure_cassandra_started" = 1 ]; then
+    bash scripts/servers/cassandra.sh secure-stop || echo "warning: stopping cassandra-secure failed" >&2
+  fi
 }
 trap stop_servers EXIT
+
+if [ -d backend-cassandra ]; then
+  echo "==> starting cassandra-secure (background; log .servers/cassandra-secure.start.log)" >&2
+  mkdir -p .servers
+  secure_cassandra_started=1
+  bash scripts/servers/cassandra.sh secure-start >.servers/cassandra-secure.start.log 2>&1 &
+  secure_cassandra_pid=$!
+fi
 
 for s in "${servers[@]}"; do
   echo "==> starting $s" >&2
@@ -36,6 +55,18 @@ for s in "${servers[@]}"; do
   # shellcheck disable=SC1090
   source ".servers/$s/env"
 done
+
+if [ -n "$secure_cassandra_pid" ]; then
+  if ! wait "$secure_cassandra_pid"; then
+    secure_cassandra_pid=""
+    cat .servers/cassandra-secure.start.log >&2
+    echo "error: could not start the secure cassandra server (see .servers/cassandra-secure/)" >&2
+    exit 1
+  fi
+  secure_cassandra_pid=""
+  # shellcheck disable=SC1091
+  source .servers/cassandra-secure/env
+fi
 
 echo "==> cargo test --workspace --all-features $*" >&2
 cargo test --workspace --all-features "$@"

@@ -8,6 +8,14 @@
 //! cargo bench -p persistence-cassandra --bench cassandra
 //! cargo bench -p persistence-cassandra --bench cassandra -- durable_state   # only durable state
 //! ```
+//!
+//! The cost of TLS (with the secure node's password authentication): the same workloads
+//! through the driver against the plain node and the secure node, alternating, in one run:
+//!
+//! ```text
+//! bash scripts/servers/cassandra.sh secure-start && source .servers/cassandra-secure/env
+//! cargo bench -p persistence-cassandra --bench cassandra -- tls
+//! ```
 
 use persistence_api::ReadJournalExt;
 use std::sync::Arc;
@@ -230,7 +238,178 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::args().any(|a| a == "tls") {
+        let Some(secure) =
+            persistence_tck::server_env("PERSISTENCE_TEST_CASSANDRA_SECURE_CONTACT_POINT")
+        else {
+            return;
+        };
+        rt.block_on(tls_cost(contact_points, secure));
+        return;
+    }
     rt.block_on(run(contact_points));
+}
+
+/// The driver's workloads against the plain node (no TLS, no authentication) and the secure
+/// node (TLS 1.3 verified against the test CA, PasswordAuthenticator and
+/// CassandraAuthorizer, as a role that is not a superuser), alternating which goes first
+/// each round: the ratio is what TLS plus per-request authorization costs on this machine.
+/// Both nodes are the same Cassandra with the same settings otherwise (512 MB heap, no
+/// commit-log fsync wait), on the same loopback.
+async fn tls_cost(plain_points: String, secure_point: String) {
+    let ks = "persistence_bench";
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let tls_dir = std::path::PathBuf::from(var("PERSISTENCE_TEST_TLS_DIR"));
+    let plain_config = CassandraConfig {
+        contact_points: plain_points.split(',').map(str::to_owned).collect(),
+        local_datacenter: Some("datacenter1".into()),
+        keyspace: ks.into(),
+        create_schema: true,
+        eventual_consistency_delay: Duration::ZERO,
+        ..CassandraConfig::default()
+    };
+    let secure_config = CassandraConfig {
+        contact_points: vec![secure_point.clone()],
+        tls: true,
+        tls_ca_file: Some(tls_dir.join("ca.pem")),
+        tls_server_name: Some("localhost".into()),
+        username: Some(var("PERSISTENCE_TEST_CASSANDRA_SECURE_USERNAME")),
+        password_file: Some(var("PERSISTENCE_TEST_CASSANDRA_SECURE_PASSWORD_FILE").into()),
+        ..plain_config.clone()
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let plain = Cassandra::open(plain_config.clone())
+        .await
+        .expect("connect plain");
+    let secure = Cassandra::open(secure_config.clone())
+        .await
+        .expect("connect secure");
+    let sides = [
+        plain
+            .with_namespace(&format!("p{run_id}"))
+            .unwrap()
+            .stores(),
+        secure
+            .with_namespace(&format!("s{run_id}"))
+            .unwrap()
+            .stores(),
+    ];
+    // Opening: a session (TCP, TLS and CQL handshakes, authentication, metadata) and the
+    // prepared statements, schema present.
+    let mut opens = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for k in [round % 2, 1 - round % 2] {
+            let config = if k == 0 {
+                &plain_config
+            } else {
+                &secure_config
+            };
+            let start = Instant::now();
+            let backend = Cassandra::open(config.clone()).await.expect("open");
+            opens[k].push(start.elapsed().as_secs_f64() * 1000.0);
+            drop(backend);
+        }
+    }
+    // Warm-up of both nodes.
+    for (k, stores) in sides.iter().enumerate() {
+        for i in 0..400u64 {
+            let id = PersistenceId::new(format!("warm{k}_{}", i % 4)).unwrap();
+            stores
+                .journal
+                .write(AtomicWrite::single(event(&id, i / 4 + 1, None)).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let mut lines = Vec::new();
+    for (w, (name, ids, size)) in [
+        (
+            "10,000 single-event writes (guarded), 16 ids concurrently",
+            SINGLE_IDS,
+            1u64,
+        ),
+        (
+            "10,000 events in 100-event atomic writes (guarded), 4 ids",
+            BATCH_IDS,
+            100,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rates = [Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            for k in [round % 2, 1 - round % 2] {
+                let journal = &sides[k].journal;
+                let per_id = EVENTS / ids;
+                let d = concurrently(ids, |i| async move {
+                    let id = PersistenceId::new(format!("t{w}r{round}i{i}")).unwrap();
+                    let mut s = 1;
+                    while s <= per_id {
+                        let write =
+                            AtomicWrite::new((s..s + size).map(|n| event(&id, n, None)).collect())
+                                .unwrap();
+                        journal.write(write).await.unwrap();
+                        s += size;
+                    }
+                })
+                .await;
+                rates[k].push(rate(EVENTS, d));
+            }
+        }
+        let [p, t] = rates;
+        lines.push((name, median(p), median(t)));
+    }
+    // Replay of 10,000 events of one id.
+    let long = PersistenceId::new("long").unwrap();
+    for stores in &sides {
+        let mut s = 1;
+        while s <= EVENTS {
+            stores
+                .journal
+                .write(
+                    AtomicWrite::new((s..s + 100).map(|n| event(&long, n, None)).collect())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            s += 100;
+        }
+    }
+    let mut rates = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for k in [round % 2, 1 - round % 2] {
+            let start = Instant::now();
+            let n = sides[k]
+                .journal
+                .replay(&long, 1, u64::MAX, u64::MAX)
+                .await
+                .unwrap()
+                .events
+                .fold(0u64, |n, e| async move {
+                    e.unwrap();
+                    n + 1
+                })
+                .await;
+            assert_eq!(n, EVENTS);
+            rates[k].push(rate(EVENTS, start.elapsed()));
+        }
+    }
+    let [p, t] = rates;
+    lines.push(("replay of 10,000 events", median(p), median(t)));
+
+    println!("\nTLS cost: plain node {plain_points} (no TLS, AllowAllAuthenticator) against secure node {secure_point} (TLS, PasswordAuthenticator + CassandraAuthorizer, role `persistence`); {PAYLOAD}-byte payloads, QUORUM; medians of {ROUNDS} rounds, the two sides alternating which goes first\n");
+    println!("| workload | plain events/s | TLS + auth events/s | TLS / plain |");
+    println!("|---|---:|---:|---:|");
+    for (name, p, t) in lines {
+        println!("| {name} | {p:.0} | {t:.0} | {:.2} |", t / p);
+    }
+    let [p, t] = opens;
+    let (p, t) = (median(p), median(t));
+    println!(
+        "| open (session + prepared statements, schema present), ms | {p:.0} | {t:.0} | {:.2} |",
+        t / p
+    );
 }
 
 /// Median of the runs' rates.

@@ -200,7 +200,19 @@ show_logs() {
 # ---------------------------------------------------------------------------------------------------------------
 # install
 
+# The jars are shared by the test, secure and durable nodes: installs of concurrent callers (start and secure-start
+# at once, as scripts/test.sh does) are serialised by their own lock (fd 8, closed again before java starts).
 do_install() {
+    mkdir -p "$REPO_ROOT/.servers"
+    if command -v flock >/dev/null 2>&1; then
+        exec 8>"$REPO_ROOT/.servers/cassandra-install.lock"
+        flock -w 900 8 || die "could not take the install lock within 900 s"
+    fi
+    do_install_locked
+    exec 8>&-
+}
+
+do_install_locked() {
     local want="cassandra-all $CASSANDRA_VERSION"
     if [[ -f "$INSTALLED_MARKER" && "$(cat "$INSTALLED_MARKER")" == "$want" ]] \
         && compgen -G "$LIB_DIR/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null; then
