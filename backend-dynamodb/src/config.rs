@@ -39,6 +39,11 @@ pub struct DynamoDbConfig {
     pub secret_access_key: Option<String>,
     /// Static session token (hidden from `Debug`).
     pub session_token: Option<String>,
+    /// A PEM file of certificate authorities to trust for `https://` endpoints, on top of
+    /// the operating system's roots: for a TLS-intercepting corporate proxy, a private
+    /// endpoint with its own authority, or a test endpoint. `None`: the OS roots only.
+    /// Needs the crate feature `tls`.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The table holding events, the highest/deleted-to item per id, the persistence-id
     /// registry and the tag index.
     pub journal_table: String,
@@ -112,6 +117,7 @@ impl Default for DynamoDbConfig {
             access_key_id: None,
             secret_access_key: None,
             session_token: None,
+            tls_ca_file: None,
             journal_table: "persistence_journal".into(),
             snapshot_table: "persistence_snapshot".into(),
             namespace: "default".into(),
@@ -144,6 +150,7 @@ impl fmt::Debug for DynamoDbConfig {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &hidden(&self.secret_access_key))
             .field("session_token", &hidden(&self.session_token))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("journal_table", &self.journal_table)
             .field("snapshot_table", &self.snapshot_table)
             .field("namespace", &self.namespace)

@@ -21,7 +21,8 @@ use crate::retry::RetryPolicy;
 use crate::schema::{key, s, seq_sk, Item, Keys, Meta, MAX_BATCH_GET, MAX_BATCH_WRITE, META_SK};
 
 /// The HTTP client the backend gives the SDK: plain HTTP (hyper), plus HTTPS through
-/// rustls when the crate feature `tls` is on. Tests wrap it to inject faults.
+/// rustls (ring provider, the OS roots and `tls_ca_file`) when the crate feature `tls` is
+/// on. Tests wrap it to inject faults.
 pub fn http_client(config: &DynamoDbConfig) -> Result<SharedHttpClient> {
     let https = config
         .endpoint
@@ -31,10 +32,31 @@ pub fn http_client(config: &DynamoDbConfig) -> Result<SharedHttpClient> {
     {
         let _ = https;
         use aws_smithy_http_client::tls;
+        let mut trust = tls::TrustStore::default();
+        if let Some(path) = &config.tls_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::config(format!(
+                    "dynamodb: cannot read tls_ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::config(format!(
+                    "dynamodb: tls_ca_file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            trust = trust.with_pem_certificate(pem);
+        }
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| Error::config(format!("dynamodb: TLS settings: {e}")))?;
         Ok(aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(context)
             .build_https())
     }
     #[cfg(not(feature = "tls"))]
@@ -43,6 +65,11 @@ pub fn http_client(config: &DynamoDbConfig) -> Result<SharedHttpClient> {
             return Err(Error::config(
                 "dynamodb: HTTPS endpoints (and so the real AWS endpoints) need the crate feature `tls` \
                  of persistence-dynamodb; without it only plain http:// endpoints such as DynamoDB Local work",
+            ));
+        }
+        if config.tls_ca_file.is_some() {
+            return Err(Error::config(
+                "dynamodb: tls_ca_file needs the crate feature `tls` of persistence-dynamodb",
             ));
         }
         Ok(aws_smithy_http_client::Builder::new().build_http())

@@ -27,6 +27,9 @@ pub(crate) enum Class {
     Validation,
     /// The table does not exist.
     NotFound,
+    /// The TLS handshake failed: the endpoint's certificate is not trusted, expired, or
+    /// for another host name. Retrying cannot help; the settings must change.
+    Tls,
     /// Anything else.
     Other,
 }
@@ -58,7 +61,7 @@ impl Class {
             Class::ServerError | Class::Unavailable => ErrorKind::Unavailable,
             Class::Timeout => ErrorKind::Timeout,
             Class::Validation => ErrorKind::Rejected,
-            Class::NotFound => ErrorKind::ConfigInvalid,
+            Class::NotFound | Class::Tls => ErrorKind::ConfigInvalid,
             Class::Other => ErrorKind::Storage,
         }
     }
@@ -111,6 +114,7 @@ where
         SdkError::TimeoutError(_) => Class::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => Class::Timeout,
         SdkError::DispatchFailure(d) if d.is_user() => Class::Other,
+        SdkError::DispatchFailure(d) if dispatch_tls_failure(d).is_some() => Class::Tls,
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Class::Unavailable,
         SdkError::ConstructionFailure(_) => Class::Other,
         SdkError::ServiceError(s) => {
@@ -162,6 +166,35 @@ where
         }
         _ => Class::Other,
     }
+}
+
+fn dispatch_tls_failure(
+    d: &aws_smithy_runtime_api::client::result::DispatchFailure,
+) -> Option<String> {
+    d.as_connector_error().and_then(|c| tls_failure(c))
+}
+
+/// The TLS error in a failed request's source chain, if the connection failed in its
+/// handshake: rustls's description (`invalid peer certificate: UnknownIssuer`,
+/// `... Expired`, `... NotValidForName`). The chain passes through `std::io::Error`, whose
+/// `source()` skips the error it wraps, so each link's own text is read, not its type.
+fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(found) = tls_failure(inner) {
+                    return Some(found);
+                }
+            }
+        }
+        let text = e.to_string();
+        if let Some(at) = text.find("invalid peer certificate") {
+            return Some(text[at..].to_owned());
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// A request that failed for good: the last error, its class, and whether an earlier
@@ -223,6 +256,11 @@ where
         SdkError::DispatchFailure(d) if d.is_user() => {
             "the DynamoDB request could not be sent".to_owned()
         }
+        SdkError::DispatchFailure(d) if class == Class::Tls => format!(
+            "the TLS handshake with DynamoDB failed: {}; check dynamodb.tls_ca_file and the \
+             endpoint's host name",
+            dispatch_tls_failure(d).unwrap_or_default()
+        ),
         SdkError::DispatchFailure(_) => "the connection to DynamoDB failed".to_owned(),
         SdkError::ResponseError(_) => "DynamoDB's answer could not be read".to_owned(),
         SdkError::ConstructionFailure(_) => "the DynamoDB request could not be built".to_owned(),
