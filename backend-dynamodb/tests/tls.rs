@@ -179,16 +179,14 @@ async fn a_missing_or_empty_ca_file_is_config_invalid() {
     let missing = dir.path().join("missing.pem");
     let e = persistence_dynamodb::open(config("https://localhost:1".into(), missing))
         .await
-        .err()
-        .expect("a missing tls_ca_file is refused");
+        .expect_err("a missing tls_ca_file is refused");
     assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{e}");
     assert!(e.to_string().contains("missing.pem"), "{e}");
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate").unwrap();
     let e = persistence_dynamodb::open(config("https://localhost:1".into(), empty))
         .await
-        .err()
-        .expect("a file without a certificate is refused");
+        .expect_err("a file without a certificate is refused");
     assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{e}");
     assert!(e.to_string().contains("no PEM certificate"), "{e}");
 }
