@@ -1,7 +1,8 @@
 //! Configuration of the two databases: [`PostgresConfig`] and [`SqliteConfig`].
 //!
 //! Both are serde structs with `#[serde(default)]`, so a config file names only what it
-//! changes. The password is never printed by `Debug`.
+//! changes. The password is never printed by `Debug` (nor the password file's contents,
+//! which are read only when the stores are opened).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,6 +10,53 @@ use std::time::Duration;
 
 use persistence_api::{Error, Result};
 use serde::{Deserialize, Serialize};
+
+/// Whether and how the PostgreSQL connection uses TLS: libpq's `sslmode`, with libpq's
+/// meanings. Written in configuration as `disable`, `prefer`, `require`, `verify-ca` or
+/// `verify-full`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP, never TLS.
+    Disable,
+    /// TLS when the server offers it, plain TCP otherwise; the server's certificate is not
+    /// checked (protects against eavesdropping, not against an impostor). The default, as
+    /// in libpq.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the server's certificate is not checked.
+    Require,
+    /// TLS or no connection; the server's certificate must chain to a trusted CA
+    /// (`tls_ca_file`, else the operating system's roots). The host name is not checked.
+    VerifyCa,
+    /// As [`SslMode::VerifyCa`], and the certificate must be for the host name of `url`.
+    /// What a server reached over a network you do not control (a cloud database) needs.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The name in configuration (`verify-full`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate is checked against trusted CAs.
+    pub fn verifies_certificate(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Settings of the PostgreSQL backend (the `[postgres]` section of the facade's configuration).
 ///
@@ -22,14 +70,60 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(config.max_connections, 10);
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
+///
+/// A cloud database (TLS with the host name checked against the provider's CA, the
+/// password in a file a secret manager mounts):
+///
+/// ```
+/// use persistence_sql::{PostgresConfig, SslMode};
+/// let config: PostgresConfig = toml::from_str(r#"
+///     url = "postgres://app@mydb.abc123.eu-west-1.rds.amazonaws.com:5432/app"
+///     ssl_mode = "verify-full"
+///     tls_ca_file = "/etc/ssl/rds-global-bundle.pem"
+///     password_file = "/run/secrets/db-password"
+/// "#).unwrap();
+/// assert_eq!(config.ssl_mode, Some(SslMode::VerifyFull));
+/// assert!(config.validate().is_ok());
+/// ```
+///
+/// Certificate authentication (the client certificate's CN is the role):
+///
+/// ```
+/// use persistence_sql::PostgresConfig;
+/// let config: PostgresConfig = toml::from_str(r#"
+///     url = "postgres://app@db.internal:5432/app"
+///     ssl_mode = "verify-full"
+///     tls_ca_file = "/etc/app/ca.pem"
+///     tls_cert_file = "/etc/app/client.pem"
+///     tls_key_file = "/etc/app/client.key"
+/// "#).unwrap();
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Connection URL, `postgres://user[:password]@host:port/database`. Default
-    /// `postgres://localhost/postgres`.
+    /// Connection URL, `postgres://user[:password]@host:port/database[?sslmode=...]`.
+    /// Default `postgres://localhost/postgres`.
     pub url: String,
-    /// Password; overrides one in `url` when set. Hidden from `Debug`.
+    /// Password; overrides one in `url` when set. Hidden from `Debug`. Not together with
+    /// `password_file`.
     pub password: Option<String>,
+    /// A file whose contents (one trailing newline trimmed) are the password, read when the
+    /// stores are opened (a mounted secret, a Kubernetes secret volume). Overrides a
+    /// password in `url`; not together with `password`.
+    pub password_file: Option<PathBuf>,
+    /// TLS: `disable`, `prefer`, `require`, `verify-ca` or `verify-full` (see
+    /// [`SslMode`]). When set it overrides an `sslmode` in `url`; unset, the `url`'s
+    /// `sslmode` applies, else `prefer` (libpq's default).
+    pub ssl_mode: Option<SslMode>,
+    /// A PEM file of the CA certificates to trust for the server's certificate (with
+    /// `verify-ca`/`verify-full`); unset, the operating system's root certificates.
+    pub tls_ca_file: Option<PathBuf>,
+    /// A PEM client certificate, for certificate authentication (PostgreSQL's `cert` in
+    /// `pg_hba.conf`: the certificate's CN is the role). Together with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM (PKCS#8, PKCS#1 or SEC1) private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// The schema holding the tables (created when missing). Default `public`.
     pub schema: String,
     /// Keeps this journal's tables apart from others' in the same database: the tables
@@ -66,6 +160,11 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: "postgres://localhost/postgres".into(),
             password: None,
+            password_file: None,
+            ssl_mode: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             schema: "public".into(),
             namespace: String::new(),
             max_connections: 10,
@@ -100,8 +199,52 @@ impl PostgresConfig {
         self
     }
 
-    /// Checks the values that end up in SQL text or pool settings.
+    /// Sets the TLS mode (overriding an `sslmode` of the URL).
+    pub fn with_ssl_mode(mut self, mode: SslMode) -> Self {
+        self.ssl_mode = Some(mode);
+        self
+    }
+
+    /// Checks the values that end up in SQL text or pool settings, and that the TLS and
+    /// password keys go together (the files are read when the stores are opened).
     pub fn validate(&self) -> Result<()> {
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(Error::config(
+                "postgres.password and postgres.password_file are both set: keep one",
+            ));
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "postgres.tls_cert_file is set without postgres.tls_key_file: a client \
+                     certificate needs its key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "postgres.tls_key_file is set without postgres.tls_cert_file: a client \
+                     key needs its certificate",
+                ))
+            }
+            _ => {}
+        }
+        if self.ssl_mode == Some(SslMode::Disable)
+            && (self.tls_ca_file.is_some() || self.tls_cert_file.is_some())
+        {
+            return Err(Error::config(
+                "postgres.ssl_mode is disable but TLS files (tls_ca_file, tls_cert_file) are set",
+            ));
+        }
+        for (key, path) in [
+            ("password_file", &self.password_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(Error::config(format!("postgres.{key} must not be empty")));
+            }
+        }
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return Err(Error::config(format!(
                 "postgres.url must start with postgres:// or postgresql:// (got {:?})",
@@ -119,6 +262,11 @@ impl fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("schema", &self.schema)
             .field("namespace", &self.namespace)
             .field("max_connections", &self.max_connections)
@@ -297,6 +445,58 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("pw1") && !s.contains("pw2"), "{s}");
         assert!(s.contains("postgres://u:<hidden>@h:5432/d"), "{s}");
+    }
+
+    #[test]
+    fn tls_and_password_keys() {
+        let c: PostgresConfig = toml::from_str(
+            r#"
+            ssl_mode = "verify-ca"
+            tls_ca_file = "ca.pem"
+            password_file = "pw"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.ssl_mode, Some(SslMode::VerifyCa));
+        assert!(c.validate().is_ok());
+        for (text, mode) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            let c: PostgresConfig = toml::from_str(&format!("ssl_mode = {text:?}")).unwrap();
+            assert_eq!(c.ssl_mode, Some(mode));
+            assert_eq!(mode.to_string(), text);
+        }
+        assert!(toml::from_str::<PostgresConfig>("ssl_mode = \"verify_full\"").is_err());
+
+        let both = PostgresConfig {
+            password: Some("x".into()),
+            password_file: Some("pw".into()),
+            ..Default::default()
+        };
+        let e = both.validate().unwrap_err();
+        assert_eq!(e.kind(), persistence_api::ErrorKind::ConfigInvalid);
+
+        let cert_only = PostgresConfig {
+            tls_cert_file: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            cert_only.validate().unwrap_err().kind(),
+            persistence_api::ErrorKind::ConfigInvalid
+        );
+        let mut key_only = PostgresConfig {
+            tls_key_file: Some("c.key".into()),
+            ..Default::default()
+        };
+        assert!(key_only.validate().is_err());
+        key_only.tls_cert_file = Some("c.pem".into());
+        assert!(key_only.validate().is_ok());
+        let s = format!("{key_only:?}");
+        assert!(s.contains("c.key"), "{s}");
     }
 
     #[test]

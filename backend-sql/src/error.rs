@@ -80,6 +80,16 @@ mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const CRASH_SHUTDOWN: &str = "57P02";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// Class 28, invalid authorization specification: no `pg_hba.conf` line admits the
+    /// connection, a certificate that does not match the role (28000), a wrong password
+    /// or unknown user (28P01). A prefix.
+    pub const INVALID_AUTHORIZATION: &str = "28";
+    /// The password did not match, or the user does not exist (the server does not say
+    /// which).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub const INVALID_PASSWORD: &str = "28P01";
+    /// The database of the URL does not exist.
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
 }
 
 /// SQLite result codes (<https://www.sqlite.org/rescode.html>). sqlx reports the extended
@@ -131,8 +141,12 @@ const DATABASE_CODES: &[(Code, ErrorKind)] = {
     use sqlite_code as lite;
     use sqlstate as pg;
     use Code::{Class, Is, SqlitePrimary};
-    use ErrorKind::{Conflict, Timeout, Unavailable};
+    use ErrorKind::{ConfigInvalid, Conflict, Timeout, Unavailable};
     &[
+        // Authentication refused, database missing: retrying cannot help, the
+        // configuration (or the server's) must change.
+        (Class(pg::INVALID_AUTHORIZATION), ConfigInvalid),
+        (Is(pg::INVALID_CATALOG_NAME), ConfigInvalid),
         // A taken key: the sequence number of a concurrent writer's event.
         (Is(pg::UNIQUE_VIOLATION), Conflict),
         (Is(lite::CONSTRAINT_UNIQUE), Conflict),
@@ -195,9 +209,12 @@ impl SqlError {
             sqlx::Error::Database(db) => {
                 database_code_kind(db.code().as_deref().unwrap_or(""), from_sqlite(db.as_ref()))
             }
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
-                ErrorKind::Unavailable
-            }
+            // A certificate the client or the server refuses: configuration, not a passing
+            // network fault.
+            sqlx::Error::Io(io) if tls_refusal(io).is_some() => ErrorKind::ConfigInvalid,
+            // TLS demanded of a server that does not offer it, a CA file that does not parse.
+            sqlx::Error::Tls(_) => ErrorKind::ConfigInvalid,
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => ErrorKind::Unavailable,
             sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
             sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::BeginFailed => {
                 ErrorKind::Unavailable
@@ -223,6 +240,147 @@ impl SqlError {
             other => other,
         }
     }
+}
+
+/// The rustls error inside an I/O error of the TLS handshake (sqlx hands rustls's
+/// handshake errors up as `io::ErrorKind::InvalidData` errors wrapping them) when it is a
+/// refusal: a certificate one side does not accept, or an alert the server sent about ours.
+#[cfg(feature = "postgres")]
+fn tls_refusal(io: &std::io::Error) -> Option<&rustls::Error> {
+    let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::AlertReceived(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::PeerIncompatible(_)
+    )
+    .then_some(tls)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn tls_refusal(_io: &std::io::Error) -> Option<&'static std::convert::Infallible> {
+    None
+}
+
+/// What to say about a certificate of the server that the client refuses.
+#[cfg(feature = "postgres")]
+fn certificate_cause(
+    e: &rustls::CertificateError,
+    host: &str,
+    ca_file: Option<&std::path::Path>,
+) -> String {
+    use rustls::CertificateError as C;
+    let trust = match ca_file {
+        Some(path) => format!("check tls_ca_file ({})", path.display()),
+        None => "check tls_ca_file (unset: the operating system's roots are trusted)".to_owned(),
+    };
+    match e {
+        C::UnknownIssuer => {
+            format!("the server's certificate is not trusted (UnknownIssuer): {trust}")
+        }
+        C::BadSignature => {
+            format!("the server's certificate is not trusted (BadSignature): {trust}")
+        }
+        C::NotValidForName => format!(
+            "the server's certificate is not valid for host name {host} (NotValidForName): \
+             connect by a name the certificate names, or use ssl_mode = \"verify-ca\""
+        ),
+        C::NotValidForNameContext { presented, .. } => format!(
+            "the server's certificate is not valid for host name {host} (NotValidForName; it \
+             names {}): connect by a name the certificate names, or use ssl_mode = \"verify-ca\"",
+            presented.join(", ")
+        ),
+        C::Expired => {
+            "the server's certificate has expired (Expired): renew it on the server".to_owned()
+        }
+        C::ExpiredContext { not_after, .. } => format!(
+            "the server's certificate has expired (Expired; not after {} s since 1970): renew \
+             it on the server",
+            not_after.as_secs()
+        ),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "the server's certificate is not valid yet (NotValidYet): check the clocks".to_owned()
+        }
+        C::Revoked => "the server's certificate is revoked (Revoked)".to_owned(),
+        other => format!("the server's certificate is refused ({other:?}): {trust}"),
+    }
+}
+
+/// The error of a connection attempt at open (`PgPool::connect_with`), naming the backend,
+/// `host:port` and, for what the configuration must fix, the cause in words: the TLS
+/// refusals and authentication failures are [`ErrorKind::ConfigInvalid`] (sqlx's pool does
+/// not retry them, so they return at once); an unreachable server stays retryable
+/// (`Unavailable`, or `Timeout` when the pool gave up within `acquire_timeout`). Neither
+/// the password nor any file's contents appear: sqlx's and the server's messages name the
+/// user at most.
+#[cfg(feature = "postgres")]
+pub(crate) fn connect_error(
+    e: sqlx::Error,
+    host: &str,
+    port: u16,
+    user: &str,
+    config: &crate::config::PostgresConfig,
+) -> Error {
+    let at = format!("postgres {host}:{port}");
+    let mode = config
+        .ssl_mode
+        .map_or_else(|| "from the url".to_owned(), |m| format!("{m:?}"));
+    let cause = match &e {
+        sqlx::Error::Io(io) => match tls_refusal(io) {
+            Some(rustls::Error::InvalidCertificate(c)) => Some(format!(
+                "TLS handshake failed: {}",
+                certificate_cause(c, host, config.tls_ca_file.as_deref())
+            )),
+            Some(rustls::Error::AlertReceived(alert)) => Some(format!(
+                "TLS handshake failed: the server refused it (alert {alert:?}){}",
+                if config.tls_cert_file.is_some() {
+                    ": check that tls_cert_file is signed by a CA the server trusts"
+                } else {
+                    ""
+                }
+            )),
+            Some(other) => Some(format!("TLS handshake failed: {other}")),
+            None => None,
+        },
+        sqlx::Error::Tls(t) => Some(format!("TLS failed (ssl_mode {mode}): {t}")),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let message = db.message();
+            if code == sqlstate::INVALID_PASSWORD {
+                Some(format!(
+                    "{message}: check the user {user:?}, password or password_file"
+                ))
+            } else if code.starts_with(sqlstate::INVALID_AUTHORIZATION) {
+                let hint = if message.contains("certificate") {
+                    ": set tls_cert_file and tls_key_file to a certificate whose CN is the user"
+                } else if message.contains("pg_hba") {
+                    ": the server admits no such connection (user, database, TLS or not)"
+                } else {
+                    ""
+                };
+                Some(format!("authentication failed: {message}{hint}"))
+            } else if code == sqlstate::INVALID_CATALOG_NAME {
+                Some(message.to_owned())
+            } else {
+                None
+            }
+        }
+        sqlx::Error::Configuration(c) => Some(format!("configuration: {c}")),
+        _ => None,
+    };
+    let e = SqlError::Sqlx(e);
+    let kind = e.kind();
+    let message = match cause {
+        Some(cause) => format!("{at}: {cause}"),
+        None if kind == ErrorKind::Timeout => format!(
+            "{at}: no connection within acquire_timeout ({} ms): is the server up and reachable?",
+            config.acquire_timeout.as_millis()
+        ),
+        None => format!("{at}: cannot connect"),
+    };
+    let error = Error::new(kind, message).with_source(e);
+    error.with_operation("open").with_backend("postgres")
 }
 
 /// Carries an [`SqlError`] through sqlx's row mapping (`try_map`), which wants a

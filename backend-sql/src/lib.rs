@@ -33,7 +33,7 @@ mod snapshot;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use config::{PostgresConfig, SqliteConfig, SqliteSync};
+pub use config::{PostgresConfig, SqliteConfig, SqliteSync, SslMode};
 #[cfg(feature = "postgres")]
 pub use offsets::PostgresTransaction;
 #[cfg(feature = "sqlite")]

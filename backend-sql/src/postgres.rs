@@ -15,20 +15,23 @@
 //! uses the same trick for the position of a new persistence id (one lock key, taken only
 //! by the first write of an id). The README gives the measured cost.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use persistence_api::{AtomicWrite, Error, PersistentEvent, Result, Stores};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres as PgDb};
+use sqlx::postgres::{
+    PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode, Postgres as PgDb,
+};
 use sqlx::Row;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{redact_url, PostgresConfig};
+use crate::config::{redact_url, PostgresConfig, SslMode};
 use crate::core::{q, wake, Backend, Sql, SqlStore, POSTGRES};
-use crate::error::{err_in, to_public, SqlError};
+use crate::error::{connect_error, to_public, SqlError};
 use crate::journal::{check_write_fits, commit_or_rollback, write_one, WriteError};
 use crate::schema::{bind_event, clamp, encode_tags, migrate_postgres, unsigned, Names};
 
@@ -162,6 +165,75 @@ pub(crate) struct PgBackend {
     config: PostgresConfig,
 }
 
+/// The password of `password_file`: the file's contents less one trailing newline.
+fn read_password_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!(
+            "postgres.password_file {}: cannot read it ({e})",
+            path.display()
+        ))
+    })?;
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(Error::config(format!(
+            "postgres.password_file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(password.to_owned())
+}
+
+/// Reads a PEM file of `key` now, so a missing or malformed file is named at open (sqlx
+/// would read it at each connection and say less). Errors never quote the contents.
+fn check_pem_file(key: &str, path: &Path) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let data = std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "postgres.{key} {}: cannot read it ({e})",
+            path.display()
+        ))
+    })?;
+    let problem = if key == "tls_key_file" {
+        PrivateKeyDer::from_pem_slice(&data)
+            .err()
+            .map(|e| format!("holds no PEM private key ({e})"))
+    } else {
+        let certs: std::result::Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&data).collect();
+        match certs {
+            Ok(certs) if certs.is_empty() => Some("holds no PEM certificate".to_owned()),
+            Ok(_) => None,
+            Err(e) => Some(format!("is not valid PEM ({e})")),
+        }
+    };
+    match problem {
+        Some(problem) => Err(Error::config(format!(
+            "postgres.{key} {} {problem}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Makes ring rustls's process-wide default provider, unless one is installed already.
+///
+/// sqlx builds its TLS client with ring explicitly, except on one path: `verify-ca`
+/// (certificate checked, host name not) calls `WebPkiServerVerifier::builder`, which takes
+/// the process's default provider, and panics when rustls cannot pick one. rustls picks one
+/// by itself only when exactly one of its providers is compiled in; another crate of the
+/// same program (the Cassandra driver's `rustls-023` feature, the AWS SDK) may turn on
+/// `aws_lc_rs` as well, and then there is no default until someone installs one. Installing
+/// ring when none is installed keeps that path working; an error means another part of the
+/// program installed its choice first, which serves as well.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 pub(crate) fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions> {
     config.validate()?;
     let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
@@ -174,6 +246,30 @@ pub(crate) fn connect_options(config: &PostgresConfig) -> Result<PgConnectOption
     if let Some(password) = &config.password {
         options = options.password(password);
     }
+    if let Some(path) = &config.password_file {
+        options = options.password(&read_password_file(path)?);
+    }
+    if let Some(mode) = config.ssl_mode {
+        options = options.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+    }
+    if let Some(path) = &config.tls_ca_file {
+        check_pem_file("tls_ca_file", path)?;
+        options = options.ssl_root_cert(path);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        check_pem_file("tls_cert_file", cert)?;
+        check_pem_file("tls_key_file", key)?;
+        options = options.ssl_client_cert(cert).ssl_client_key(key);
+    }
+    if !matches!(options.get_ssl_mode(), PgSslMode::Disable) {
+        ensure_crypto_provider();
+    }
     Ok(options.application_name("persistence-backend-sql"))
 }
 
@@ -185,7 +281,17 @@ pub(crate) async fn connect(config: &PostgresConfig, options: &PgConnectOptions)
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options.clone())
         .await
-        .map_err(err_in("open"))
+        .map_err(|e| {
+            let error = connect_error(
+                e,
+                options.get_host(),
+                options.get_port(),
+                options.get_username(),
+                config,
+            );
+            tracing::debug!(%error, "postgres: open failed");
+            error
+        })
 }
 
 /// Runs the embedded PostgreSQL migrations that have not run yet in `config`'s schema

@@ -4,6 +4,15 @@
 #        scripts/servers/postgres.sh durable-start|kill|durable-stop DIR
 #   start  prints (and writes to .servers/postgres/env) PERSISTENCE_POSTGRES_URL; every real start
 #          drops and recreates the database persistence_test, so a test run begins empty.
+#          TLS is on (ssl = on, certificates of scripts/servers/certs.sh in .servers/tls: the server's
+#          is for DNS:localhost only), beside the plain role above (unchanged; a client with the default
+#          sslmode prefer now gets TLS without checks, one with sslmode=disable plain TCP). Two more roles,
+#          owners of their own databases (re-created empty on every real start, like persistence_test):
+#            persistence_tls   password (scram-sha-256), only over TLS (hostssl)
+#            persistence_cert  client certificate (CN=persistence_cert, `cert`), only over TLS
+#          env also gets PERSISTENCE_TEST_POSTGRES_TLS_URL (no password in it),
+#          PERSISTENCE_TEST_POSTGRES_TLS_PASSWORD, PERSISTENCE_TEST_POSTGRES_CERT_URL and
+#          PERSISTENCE_TEST_TLS_DIR (ca.pem, client.pem/.key, expired.pem/.key, other-ca.pem).
 #   reset  drops and recreates persistence_test on the running server.
 # Runs as root: initdb/pg_ctl run as the OS user postgres. Data lives in .servers/postgres/data, or in
 # /tmp/persistence-postgres-<hash> when postgres cannot reach .servers (recorded in .servers/postgres/pghome).
@@ -31,6 +40,12 @@ PG_USER=postgres
 DB_ROLE=persistence
 DB_PASSWORD=persistence
 DB_NAME=persistence_test
+TLS_ROLE=persistence_tls
+TLS_PASSWORD=persistence-tls-secret
+TLS_DB=persistence_tls_test
+CERT_ROLE=persistence_cert # must equal the CN of certs.sh's client.pem
+CERT_DB=persistence_cert_test
+TLS_DIR=$SERVERS_REPO_ROOT/.servers/tls
 
 # Newest /usr/lib/postgresql/<v>/bin with every binary we use (empty if none).
 pg_bin() {
@@ -128,6 +143,33 @@ ensure_cluster() {
             { print_log_tail "$STATE/initdb.log"; die "initdb failed"; }
         echo "include_if_exists = 'persistence.conf'" >>"$DATA/postgresql.conf"
     fi
+    tls_hba "$DATA"
+}
+
+# The TLS roles' pg_hba.conf lines, ahead of initdb's (the first matching line decides): each role
+# only over TLS, never over plain TCP. Added once; initdb's lines (the plain role's) stay as they are.
+tls_hba() {
+    local hba=$1/pg_hba.conf tmp
+    grep -q '^# persistence TLS roles' "$hba" && return 0
+    tmp=$(mktemp)
+    {
+        echo "# persistence TLS roles (scripts/servers/postgres.sh)"
+        echo "hostssl   all $TLS_ROLE  127.0.0.1/32 scram-sha-256"
+        echo "hostssl   all $CERT_ROLE 127.0.0.1/32 cert"
+        echo "hostnossl all $TLS_ROLE  all          reject"
+        echo "hostnossl all $CERT_ROLE all          reject"
+        cat "$hba"
+    } >"$tmp"
+    cat "$tmp" >"$hba"
+    rm -f "$tmp"
+}
+
+# Copy the server certificate, its key and the CA into data dir $1 (postgres refuses a key others can read).
+tls_files() {
+    bash "$(dirname "${BASH_SOURCE[0]}")/certs.sh" "$TLS_DIR" >/dev/null || die "certs.sh failed"
+    install -o "$PG_USER" -m 600 "$TLS_DIR/server.key" "$1/server.key"
+    install -o "$PG_USER" -m 644 "$TLS_DIR/server.pem" "$1/server.pem"
+    install -o "$PG_USER" -m 644 "$TLS_DIR/ca.pem" "$1/ca.pem"
 }
 
 recreate_db() {
@@ -142,17 +184,60 @@ CREATE DATABASE $DB_NAME OWNER $DB_ROLE;
 EOF
 }
 
-write_env() { echo "export PERSISTENCE_POSTGRES_URL=$(url "$1")" >"$ENVFILE"; }
+# The TLS roles and their databases (the test server only; the durable instance has none).
+recreate_tls_dbs() {
+    admin_psql "$1" <<EOF
+SET client_min_messages = warning;
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$TLS_ROLE') THEN CREATE ROLE $TLS_ROLE; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$CERT_ROLE') THEN CREATE ROLE $CERT_ROLE; END IF;
+END \$\$;
+ALTER ROLE $TLS_ROLE WITH LOGIN PASSWORD '$TLS_PASSWORD';
+ALTER ROLE $CERT_ROLE WITH LOGIN PASSWORD NULL;
+DROP DATABASE IF EXISTS $TLS_DB WITH (FORCE);
+CREATE DATABASE $TLS_DB OWNER $TLS_ROLE;
+DROP DATABASE IF EXISTS $CERT_DB WITH (FORCE);
+CREATE DATABASE $CERT_DB OWNER $CERT_ROLE;
+EOF
+}
+
+tls_url() { echo "postgres://$TLS_ROLE@localhost:$1/$TLS_DB"; }
+cert_url() { echo "postgres://$CERT_ROLE@localhost:$1/$CERT_DB"; }
+
+write_env() {
+    {
+        echo "export PERSISTENCE_POSTGRES_URL=$(url "$1")"
+        echo "export PERSISTENCE_TEST_POSTGRES_TLS_URL=$(tls_url "$1")"
+        echo "export PERSISTENCE_TEST_POSTGRES_TLS_PASSWORD=$TLS_PASSWORD"
+        echo "export PERSISTENCE_TEST_POSTGRES_CERT_URL=$(cert_url "$1")"
+        echo "export PERSISTENCE_TEST_TLS_DIR=$TLS_DIR"
+    } >"$ENVFILE"
+}
+
+# Both TLS roles answer over TLS, the CA and the host name checked (as the tests connect).
+tls_answers() {
+    PGPASSWORD=$TLS_PASSWORD PGSSLMODE=verify-full PGSSLROOTCERT=$TLS_DIR/ca.pem \
+        "$BIN/psql" -X -qtA -c 'select 1' "$(tls_url "$1")" 2>/dev/null | grep -qx 1 &&
+        PGSSLMODE=verify-full PGSSLROOTCERT=$TLS_DIR/ca.pem PGSSLCERT=$TLS_DIR/client.pem \
+            PGSSLKEY=$TLS_DIR/client.key "$BIN/psql" -X -qtA -c 'select 1' "$(cert_url "$1")" 2>/dev/null |
+        grep -qx 1
+}
 
 cmd_start() {
     cmd_install
     lock_dir "$STATE"
     pg_paths
-    if running; then cat "$ENVFILE"; return 0; fi
+    # Already running with TLS (a server started by an older version of this script, without
+    # TLS, is restarted).
+    if running && grep -q '^ssl = on' "$DATA/persistence.conf" 2>/dev/null &&
+        grep -q PERSISTENCE_TEST_POSTGRES_TLS_URL "$ENVFILE" 2>/dev/null; then
+        cat "$ENVFILE"; return 0
+    fi
     rm -f "$ENVFILE"
     ensure_cluster
+    tls_files "$DATA"
     if postmaster_running; then
-        log "a postmaster for $DATA runs but does not answer: stopping it"
+        log "a postmaster for $DATA runs but does not answer (or has no TLS yet): stopping it"
         as_pg "$BIN/pg_ctl" stop -D "$DATA" -m immediate -w -s >>"$LOG" 2>&1 || true
     fi
     rm -f "$PIDFILE"
@@ -168,6 +253,10 @@ max_connections = 200
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+ssl = on
+ssl_cert_file = 'server.pem'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'ca.pem'
 EOF
     chown "$PG_USER:" "$DATA/persistence.conf"
     echo "$port" >"$PORTFILE"
@@ -183,7 +272,9 @@ EOF
     log "started PostgreSQL (pid $(cat "$PIDFILE")) on 127.0.0.1:$port, data $DATA, log $LOG"
 
     recreate_db "$port" || { print_log_tail "$LOG"; die "creating role $DB_ROLE / database $DB_NAME failed"; }
+    recreate_tls_dbs "$port" || { print_log_tail "$LOG"; die "creating roles $TLS_ROLE / $CERT_ROLE failed"; }
     answers "$port" || { print_log_tail "$LOG"; die "psql $(url "$port") -c 'select 1' failed"; }
+    tls_answers "$port" || { print_log_tail "$LOG"; die "roles $TLS_ROLE / $CERT_ROLE cannot connect over TLS"; }
     write_env "$port"
     cat "$ENVFILE"
 }
@@ -215,6 +306,7 @@ cmd_reset() {
     pg_paths
     running || die "not running (run: $0 start)"
     recreate_db "$(cat "$PORTFILE")" || die "re-creating database $DB_NAME failed"
+    recreate_tls_dbs "$(cat "$PORTFILE")" || die "re-creating databases $TLS_DB / $CERT_DB failed"
     log "database $DB_NAME re-created"
 }
 
