@@ -277,3 +277,37 @@ async fn a_missing_password_file_names_the_key() {
     assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err:#}");
     assert!(err.to_string().contains("password_file"), "{err}");
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_and_stays_silent_times_out() {
+    let Some(s) = secure() else { return };
+    // Accepts connections, reads nothing, answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    for tls in [true, false] {
+        let config = CassandraConfig {
+            contact_points: vec![addr.to_string()],
+            tls,
+            tls_ca_file: tls.then(|| s.tls_dir.join("ca.pem")),
+            tls_server_name: tls.then(|| "localhost".into()),
+            connect_timeout: Duration::from_millis(1000),
+            request_timeout: Duration::from_millis(2000),
+            ..s.config()
+        };
+        let err = fails(
+            &format!("silent server, tls = {tls}"),
+            config,
+            ErrorKind::Timeout,
+            &["no session within 3000 ms", "check tls"],
+        )
+        .await;
+        assert!(err.is_retryable());
+    }
+    silent.abort();
+}

@@ -24,6 +24,9 @@
 #                                                `persistence` (LOGIN, a random password, ALL PERMISSIONS ON ALL
 #                                                KEYSPACES; not a superuser) through scripts/servers/cassandra/cql.py,
 #                                                write .servers/cassandra-secure/env and print it
+#                                                CASSANDRA_TLS_OPTIONAL=1: `optional: true` instead, the same port
+#                                                taking TLS and plaintext clients (for the TLS cost benchmark: the
+#                                                same node, with and without TLS; the tests expect TLS only)
 #   scripts/servers/cassandra.sh secure-stop     stop it
 #   scripts/servers/cassandra.sh secure-status   exit 0 and print its env when it runs and answers, else exit 1
 #
@@ -392,12 +395,14 @@ do_start_locked() {
         grep -q '^authenticator: PasswordAuthenticator$' "$CONF_DIR/cassandra.yaml" || die "could not set PasswordAuthenticator"
         # TLS only (optional: false: a plaintext client is refused), a PEM keystore (key, then certificate);
         # client certificates are not required, so no truststore.
+        local tls_optional=false
+        if [[ "${CASSANDRA_TLS_OPTIONAL:-0}" == 1 ]]; then tls_optional=true; fi
         cat >>"$CONF_DIR/cassandra.yaml" <<EOF
 
 # secure-start: TLS only, password authentication.
 client_encryption_options:
   enabled: true
-  optional: false
+  optional: $tls_optional
   ssl_context_factory:
     class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
   keystore: $TLS_DIR/server-key.pem
@@ -480,6 +485,7 @@ export PERSISTENCE_TEST_CASSANDRA_SECURE_USERNAME=persistence
 export PERSISTENCE_TEST_CASSANDRA_SECURE_PASSWORD=$password
 export PERSISTENCE_TEST_CASSANDRA_SECURE_PASSWORD_FILE=$STATE_DIR/password
 export PERSISTENCE_TEST_TLS_DIR=$TLS_DIR
+export PERSISTENCE_TEST_CASSANDRA_SECURE_TLS_OPTIONAL=${CASSANDRA_TLS_OPTIONAL:-0}
 EOF
     else
         cat >"$ENV_FILE.tmp" <<EOF
