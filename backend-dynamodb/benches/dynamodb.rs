@@ -8,6 +8,13 @@
 //! cargo bench -p persistence-dynamodb --bench dynamodb -- --states   # the durable-state rows only
 //! ```
 //!
+//! `cargo bench -p persistence-dynamodb --features tls --bench dynamodb -- --tls`: the
+//! cost of TLS alone. The driver talks to DynamoDB Local through a
+//! plain TCP relay and through a TLS-terminating
+//! proxy ([`persistence_tck::tls::TlsProxy`], the certificates of scripts/servers/certs.sh),
+//! the same workloads in alternating order: both paths have the same extra hop, so the
+//! ratio is what the handshake and encryption cost (`BENCH_TLS_EVENTS`, default 2,000).
+//!
 //! The durable-state rows: `BENCH_STATES` (2,000) tagged upserts of one id and of 16 ids,
 //! and a current change query over `BENCH_CHANGE_IDS` (10,000) ids.
 
@@ -932,6 +939,108 @@ async fn layouts(client: &Client, table: &str, prefix: &str, events: u64) {
     );
 }
 
+/// `--tls`: the driver through a plain relay against the driver through a TLS proxy.
+async fn tls_cost(endpoint: &str, events: u64) {
+    if cfg!(not(feature = "tls")) {
+        eprintln!("--tls needs the crate feature: cargo bench -p persistence-dynamodb --features tls --bench dynamodb -- --tls");
+        return;
+    }
+    let target = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let certs = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/servers/certs.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(certs.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script} failed");
+    // The plain relay forwards the way the TLS proxy does after its handshake
+    // (`copy_bidirectional`, no delay), so the two paths differ by TLS alone.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let relay_target = target.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            let target = relay_target.clone();
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let tls = persistence_tck::tls::TlsProxy::start(
+        target,
+        certs.path().join("server.pem"),
+        certs.path().join("server.key"),
+    )
+    .await
+    .unwrap();
+    let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let open = |endpoint: String| {
+        let config = DynamoDbConfig {
+            journal_table: "bench_journal".into(),
+            snapshot_table: "bench_snapshot".into(),
+            namespace: namespace.clone(),
+            tls_ca_file: Some(certs.path().join("ca.pem")),
+            ..DynamoDbConfig::local(endpoint)
+        };
+        async move {
+            let db = DynamoDb::open(config).await.unwrap();
+            db.create_schema().await.unwrap();
+            db.stores()
+        }
+    };
+    let plain = open(format!("http://127.0.0.1:{relay_port}")).await;
+    let secure = open(format!("https://localhost:{}", tls.addr().port())).await;
+    println!(
+        "persistence-dynamodb: TLS cost against {endpoint} ({events} events of {PAYLOAD} B; events/s)\n"
+    );
+    println!(
+        "| {:<32} | {:>12} | {:>12} | {:>9} |",
+        "workload", "plain relay", "TLS proxy", "TLS/plain"
+    );
+    println!("|{:-<34}|{:->14}|{:->14}|{:->11}|", "", "", "", "");
+    let (mut write, mut replay) = ([Duration::ZERO; 2], [Duration::ZERO; 2]);
+    let rounds = 4u32;
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let stores = if side == 0 { &plain } else { &secure };
+            let id = PersistenceId::new(format!("tls-{side}-{round}")).unwrap();
+            let t = Instant::now();
+            for seq in 1..=events {
+                stores
+                    .journal
+                    .write(AtomicWrite::single(event(&id, seq, &[])).unwrap())
+                    .await
+                    .unwrap();
+            }
+            write[side] += t.elapsed();
+            let t = Instant::now();
+            assert_eq!(
+                stores.journal.replay_all(&id).await.unwrap().len() as u64,
+                events
+            );
+            replay[side] += t.elapsed();
+        }
+    }
+    for (name, times) in [("single-event writes, one id", write), ("replay", replay)] {
+        let rate = |d: Duration| (events * rounds as u64) as f64 / d.as_secs_f64();
+        let (p, t) = (rate(times[0]), rate(times[1]));
+        println!("| {name:<32} | {p:>12.0} | {t:>12.0} | {:>9.2} |", t / p);
+    }
+    println!(
+        "\nTLS handshakes: {} (connections are pooled and kept alive)",
+        tls.handshakes()
+    );
+}
+
 fn main() {
     let Ok(endpoint) = std::env::var("PERSISTENCE_DYNAMODB_ENDPOINT") else {
         eprintln!("PERSISTENCE_DYNAMODB_ENDPOINT is not set: start DynamoDB Local with scripts/servers/dynamodb.sh start and source .servers/dynamodb/env");
@@ -943,6 +1052,7 @@ fn main() {
         .unwrap_or(10_000);
     let only_layouts = std::env::args().any(|a| a == "--layouts");
     let only_states = std::env::args().any(|a| a == "--states");
+    let only_tls = std::env::args().any(|a| a == "--tls");
     let env_u64 = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -954,6 +1064,10 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
+        if only_tls {
+            tls_cost(&endpoint, env_u64("BENCH_TLS_EVENTS", 2_000)).await;
+            return;
+        }
         let config = DynamoDbConfig {
             journal_table: "bench_journal".into(),
             snapshot_table: "bench_snapshot".into(),
