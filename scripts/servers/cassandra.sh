@@ -26,7 +26,8 @@
 #                                                write .servers/cassandra-secure/env and print it
 #                                                CASSANDRA_TLS_OPTIONAL=1: `optional: true` instead, the same port
 #                                                taking TLS and plaintext clients (for the TLS cost benchmark: the
-#                                                same node, with and without TLS; the tests expect TLS only)
+#                                                same node, with and without TLS; the tests expect TLS only). A node
+#                                                running in the other mode is restarted, one in the same mode kept
 #   scripts/servers/cassandra.sh secure-stop     stop it
 #   scripts/servers/cassandra.sh secure-status   exit 0 and print its env when it runs and answers, else exit 1
 #
@@ -190,6 +191,12 @@ is_up() {
 
 print_env() { cat "$ENV_FILE"; }
 
+# True unless this is the secure node and it runs in the other TLS mode than CASSANDRA_TLS_OPTIONAL asks for.
+same_tls_mode() {
+    [[ "$SECURE" == 1 ]] || return 0
+    grep -q "^export PERSISTENCE_TEST_CASSANDRA_SECURE_TLS_OPTIONAL=${CASSANDRA_TLS_OPTIONAL:-0}\$" "$ENV_FILE"
+}
+
 show_logs() {
     local f
     for f in "$LOG_DIR/system.log" "$LOG_DIR/stdout.log"; do
@@ -346,11 +353,12 @@ do_stop_locked() {
 do_start_locked() {
     do_install
 
-    if is_up; then
+    if is_up && same_tls_mode; then
         print_env
         return 0
     fi
-    # A leftover process that does not answer (hung or half-started): replace it.
+    # A leftover process that does not answer (hung or half-started), or a secure node of the other TLS mode:
+    # replace it.
     do_stop_locked
 
     local java
@@ -389,6 +397,8 @@ do_start_locked() {
         grep -q '^commitlog_sync: batch$' "$CONF_DIR/cassandra.yaml" || die "could not set commitlog_sync: batch"
     fi
     if [[ "$SECURE" == 1 ]]; then
+        command -v python3 >/dev/null 2>&1 \
+            || die "python3 not found (apt-get install -y python3): secure-start creates its role with $SRC_DIR/cql.py"
         bash "$SCRIPT_DIR/certs.sh" "$TLS_DIR" >/dev/null
         sed -i -e 's|^authenticator: AllowAllAuthenticator$|authenticator: PasswordAuthenticator|' \
             -e 's|^authorizer: AllowAllAuthorizer$|authorizer: CassandraAuthorizer|' "$CONF_DIR/cassandra.yaml"
