@@ -20,6 +20,12 @@
 //! issuing the same conditional statements. A last section
 //! measures what the PostgreSQL tag-order lock costs 16 concurrent writers of one tag, and
 //! how many events a resuming reader misses without it.
+//!
+//! The PostgreSQL sections connect over plain TCP (`ssl_mode = "disable"`). `BENCH_ONLY=tls`
+//! (also part of `postgres`) runs the same workloads over plain TCP and over TLS
+//! (`verify-full` with the test CA of `PERSISTENCE_TEST_TLS_DIR`, written by
+//! `scripts/servers/postgres.sh start`) in the same run, and connection set-up, and prints
+//! the TLS/plain ratios.
 
 use persistence_api::ReadJournalExt;
 use std::collections::HashSet;
@@ -29,7 +35,7 @@ use futures::StreamExt;
 use persistence_api::{
     AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, Stores,
 };
-use persistence_sql::{sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig};
+use persistence_sql::{sqlx, Postgres, PostgresConfig, Sqlite, SqliteConfig, SslMode};
 use sqlx::{AssertSqlSafe, Row};
 
 const EVENTS: u64 = 10_000;
@@ -630,9 +636,112 @@ async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
     .unwrap();
 }
 
+/// `url` over plain TCP: the test server offers TLS, which the default `prefer` would take;
+/// the figures of the PostgreSQL sections are of plain TCP (as before TLS existed).
+fn plain(url: &str) -> PostgresConfig {
+    PostgresConfig::new(url).with_ssl_mode(SslMode::Disable)
+}
+
+/// Plain TCP against TLS (`verify-full`, the test CA) in the same run: the same role, the
+/// same database and schema, only the transport differs (the URL's 127.0.0.1 becomes
+/// `localhost`, the name the server's certificate is for). Per round each side does
+/// single-event writes, 100-event atomic writes and a replay of 10,000 events, and opens
+/// and closes connections (each a TCP connect, for TLS the handshake, and the scram
+/// authentication); the two take turns going first.
+async fn bench_tls(url: &str) {
+    const CONNECTS: u64 = 50;
+    let Some(dir) = std::env::var("PERSISTENCE_TEST_TLS_DIR")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+    else {
+        println!("\nPostgreSQL TLS skipped: PERSISTENCE_TEST_TLS_DIR is not set");
+        return;
+    };
+    let schema = unique_schema("bench_tls");
+    let plain_config = plain(url).with_schema(&schema);
+    let mut tls_config = PostgresConfig::new(url.replacen("@127.0.0.1:", "@localhost:", 1))
+        .with_schema(&schema)
+        .with_ssl_mode(SslMode::VerifyFull);
+    tls_config.tls_ca_file = Some(std::path::Path::new(&dir).join("ca.pem"));
+    let sides = [
+        ("plain", Postgres::open(plain_config).await.unwrap()),
+        ("TLS", Postgres::open(tls_config).await.unwrap()),
+    ];
+    for (name, opened) in &sides {
+        let ssl: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(opened.pool())
+                .await
+                .unwrap();
+        assert_eq!(ssl, *name == "TLS", "{name}: pg_stat_ssl.ssl = {ssl}");
+    }
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(sides[1].1.pool())
+        .await
+        .unwrap();
+    let cipher: String = sqlx::query_scalar(
+        "SELECT version || ' ' || cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .fetch_one(sides[1].1.pool())
+    .await
+    .unwrap();
+    println!(
+        "\nPostgreSQL plain TCP against TLS (verify-full, {cipher}), same role and schema, {}",
+        version.split(',').next().unwrap_or_default()
+    );
+    // [side][workload] -> figures of the rounds
+    let mut r = vec![vec![Vec::new(); 4]; 2];
+    for round in 0..rounds() {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let (name, opened) = &sides[side];
+            let stores = opened.stores();
+            let id = |what: &str| PersistenceId::new(format!("{name}-{what}-{round}")).unwrap();
+            r[side][0].push(driver_single(&stores, &id("single")).await);
+            r[side][1].push(driver_batches(&stores, &id("batch"), None).await);
+            r[side][2].push(driver_replay(&stores, &id("batch")).await);
+            let options = opened.pool().connect_options();
+            let start = Instant::now();
+            for _ in 0..CONNECTS {
+                let conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+                    .await
+                    .unwrap();
+                sqlx::Connection::close(conn).await.unwrap();
+            }
+            r[side][3].push(rate(CONNECTS, start.elapsed()));
+        }
+    }
+    let m: Vec<Vec<f64>> = r
+        .into_iter()
+        .map(|side| side.into_iter().map(median).collect())
+        .collect();
+    println!("| workload                          | plain /s     | TLS /s       | TLS/plain |");
+    println!("|-----------------------------------|--------------|--------------|-----------|");
+    for (i, workload) in [
+        "single-event writes (10,000)",
+        "100-event atomic writes (10,000)",
+        "replay of 10,000 events",
+        "connection open + close (50)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| {workload:<33} | {:>12.0} | {:>12.0} | {:>9.2} |",
+            m[0][i],
+            m[1][i],
+            m[1][i] / m[0][i]
+        );
+    }
+    drop_schema(sides[0].1.pool(), &schema).await;
+    for (_, opened) in &sides {
+        opened.close().await;
+    }
+}
+
 async fn bench_postgres(url: &str) {
     let schema = unique_schema("bench");
-    let config = PostgresConfig::new(url).with_schema(&schema);
+    let config = plain(url).with_schema(&schema);
     let opened = Postgres::open(config.clone()).await.unwrap();
     let stores = opened.stores();
     let pool = opened.pool().clone();
@@ -670,7 +779,7 @@ async fn tag_lock_cost(url: &str) {
     for round in 0..rounds() {
         for lock in [true, false] {
             let schema = unique_schema(if lock { "lock_on" } else { "lock_off" });
-            let mut config = PostgresConfig::new(url).with_schema(&schema);
+            let mut config = plain(url).with_schema(&schema);
             config.tag_order_lock = lock;
             config.max_connections = (WRITERS + 4) as u32;
             let opened = Postgres::open(config).await.unwrap();
@@ -1097,7 +1206,7 @@ async fn bench_states_sqlite() {
 
 async fn bench_states_postgres(url: &str) {
     let schema = unique_schema("state");
-    let mut config = PostgresConfig::new(url).with_schema(&schema);
+    let mut config = plain(url).with_schema(&schema);
     config.max_connections = (STATE_WRITERS + 4) as u32;
     let opened = Postgres::open(config).await.unwrap();
     println!(
@@ -1138,6 +1247,12 @@ fn main() {
             match &url {
                 Some(url) => bench_postgres(url).await,
                 None => println!("\nPostgreSQL skipped: PERSISTENCE_POSTGRES_URL is not set"),
+            }
+        }
+        if only.is_empty() || only == "postgres" || only == "tls" {
+            match &url {
+                Some(url) => bench_tls(url).await,
+                None => println!("\nPostgreSQL TLS skipped: PERSISTENCE_POSTGRES_URL is not set"),
             }
         }
         if only.is_empty() || only == "sqlite" || only == "state" {
