@@ -311,3 +311,49 @@ async fn a_server_that_accepts_and_stays_silent_times_out() {
     }
     silent.abort();
 }
+
+#[tokio::test]
+async fn a_contact_point_by_name_is_checked_against_that_name() {
+    let Some(s) = secure() else { return };
+    // No tls_server_name: the node reached through `localhost:PORT` must present a
+    // certificate for `localhost` (the driver itself names it by its IP address).
+    let port = s.contact_point.rsplit_once(':').unwrap().1;
+    let config = CassandraConfig {
+        contact_points: vec![format!("localhost:{port}")],
+        tls_server_name: None,
+        ..s.config()
+    };
+    Cassandra::open(config)
+        .await
+        .expect("open through localhost:PORT without tls_server_name");
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_loaded_and_a_bad_one_named() {
+    let Some(s) = secure() else { return };
+    // The node does not require client certificates; this checks the files are read and
+    // the handshake still succeeds with one configured.
+    let config = CassandraConfig {
+        tls_cert_file: Some(s.tls_dir.join("client.pem")),
+        tls_key_file: Some(s.tls_dir.join("client.key")),
+        ..s.config()
+    };
+    Cassandra::open(config)
+        .await
+        .expect("open with a client certificate");
+    let config = CassandraConfig {
+        tls_cert_file: Some(s.tls_dir.join("client.pem")),
+        tls_key_file: Some(s.tls_dir.join("ca.pem")), // a certificate, not a key
+        ..s.config()
+    };
+    let err = Cassandra::open(config).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err:#}");
+    assert!(err.to_string().contains("tls_key_file"), "{err}");
+    let config = CassandraConfig {
+        tls_ca_file: Some(s.tls_dir.join("no-such-ca.pem")),
+        ..s.config()
+    };
+    let err = Cassandra::open(config).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err:#}");
+    assert!(err.to_string().contains("tls_ca_file"), "{err}");
+}
