@@ -259,3 +259,44 @@ fn live_queries_record_their_lag_and_retries_their_count() {
         .any(|(n, l, _)| n == "persistence_live_query_lag_seconds"
             && l.iter().any(|(_, v)| v.starts_with("current_"))));
 }
+
+#[test]
+fn a_live_query_counts_each_look_after_catching_up_as_a_poll() {
+    let s = flatten(recorded(|| async {
+        let stores = stores();
+        stores
+            .journal
+            .write_events(vec![write("a", 1, 1)])
+            .await
+            .unwrap();
+        let mut live = stores
+            .read_journal
+            .events_by_tag("t".into(), Offset::NoOffset);
+        live.next().await.unwrap().unwrap();
+        // Caught up: the next item needs a write, which wakes the query once.
+        let writer = stores.journal.clone();
+        let next = tokio::spawn(async move { live.next().await.map(|e| e.unwrap()) });
+        tokio::task::yield_now().await;
+        writer.write_events(vec![write("a", 2, 2)]).await.unwrap();
+        assert_eq!(next.await.unwrap().unwrap().event.sequence_nr, 2);
+        // A current query never polls.
+        let current = stores
+            .read_journal
+            .current_events_by_tag("t".into(), Offset::NoOffset)
+            .count()
+            .await;
+        assert_eq!(current, 2);
+    }));
+    assert_eq!(
+        counter(
+            &s,
+            "persistence_live_query_polls_total",
+            &[M, ("query", "events_by_tag")]
+        ),
+        1
+    );
+    assert!(!s
+        .iter()
+        .any(|(n, l, _)| n == "persistence_live_query_polls_total"
+            && l.iter().any(|(_, v)| v.starts_with("current_"))));
+}

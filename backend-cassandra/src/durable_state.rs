@@ -721,6 +721,7 @@ fn change_stream(inner: Arc<Inner>, tag: String, offset: Offset, live: bool) -> 
                 break;
             }
             tokio::time::sleep(config.poll_interval).await;
+            persistence_api::metrics::record_poll(crate::Cassandra::NAME, "changes");
         }
     })
 }

@@ -142,6 +142,7 @@ impl TagQuery {
                 .with_persistence_id(id));
             }
             tokio::time::sleep(config.poll_interval).await;
+            persistence_api::metrics::record_poll(crate::Cassandra::NAME, "events_by_tag");
         }
     }
 }
@@ -236,6 +237,7 @@ fn tag_stream(inner: Arc<Inner>, tag: String, offset: Offset, live: bool) -> Env
                 break;
             }
             tokio::time::sleep(config.poll_interval).await;
+            persistence_api::metrics::record_poll(crate::Cassandra::NAME, "events_by_tag");
         }
     })
 }
@@ -274,6 +276,7 @@ fn by_id_stream(
                 break;
             }
             tokio::time::sleep(inner.config.poll_interval).await;
+            persistence_api::metrics::record_poll(crate::Cassandra::NAME, "events_by_persistence_id");
         }
     })
 }
@@ -295,6 +298,7 @@ impl ReadJournal for CassandraReadJournal {
                     }
                 }
                 tokio::time::sleep(inner.config.poll_interval).await;
+                persistence_api::metrics::record_poll(crate::Cassandra::NAME, "persistence_ids");
             }
         })
     }

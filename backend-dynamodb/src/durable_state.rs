@@ -769,6 +769,7 @@ fn changes(
             }
             if !again {
                 tokio::time::sleep(inner.config.poll_interval).await;
+                persistence_api::metrics::record_poll(crate::DynamoDb::NAME, "changes");
             }
         }
     }

@@ -141,6 +141,7 @@ fn ids_stream(
             let mut lo: Vec<String> = vec![feed_sk(started - settle - 1, ""); shards as usize];
             loop {
                 tokio::time::sleep(inner.config.poll_interval).await;
+                persistence_api::metrics::record_poll(crate::DynamoDb::NAME, "persistence_ids");
                 let upper = now_ms() - settle;
                 let hi = feed_upper(upper);
                 for shard in 0..shards {
@@ -287,6 +288,7 @@ fn by_id(
                 }
                 if waiting || !full {
                     tokio::time::sleep(inner.config.poll_interval).await;
+                    persistence_api::metrics::record_poll(crate::DynamoDb::NAME, "events_by_persistence_id");
                 }
             }
         }

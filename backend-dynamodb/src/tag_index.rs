@@ -424,6 +424,7 @@ pub(crate) fn by_tag(
             }
             if !again {
                 tokio::time::sleep(inner.config.poll_interval).await;
+                persistence_api::metrics::record_poll(crate::DynamoDb::NAME, "events_by_tag");
             }
         }
     }

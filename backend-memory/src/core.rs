@@ -67,13 +67,13 @@ impl Memory {
         self.shared.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// A stream that pages through the state with `fetch`, and in live mode waits for
-    /// writes when it has caught up. `fetch` returns the next items and whether the stream
+    /// A stream that pages through the state with `fetch`, and in live mode (`live` is the
+    /// query's name, for the poll counter) waits for writes when it has caught up. `fetch` returns the next items and whether the stream
     /// is complete after them; a current (non-live) stream also completes on an empty page.
     pub(crate) fn paged<C, T, F>(
         &self,
         cursor: C,
-        live: bool,
+        live: Option<&'static str>,
         fetch: F,
     ) -> Pin<Box<dyn Stream<Item = Result<T>> + Send>>
     where
@@ -108,7 +108,7 @@ impl Memory {
                     let state = s.backend.read();
                     (s.fetch)(&state, &mut s.cursor, page)
                 };
-                if complete || (!live && items.is_empty()) {
+                if complete || (live.is_none() && items.is_empty()) {
                     s.done = true;
                 }
                 if !items.is_empty() {
@@ -116,6 +116,9 @@ impl Memory {
                 }
                 if !s.done && s.rx.changed().await.is_err() {
                     return None;
+                }
+                if let Some(query) = live {
+                    persistence_api::metrics::record_poll(Memory::NAME, query);
                 }
             }
         });

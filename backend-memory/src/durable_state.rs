@@ -204,6 +204,7 @@ impl DurableStateStore for MemoryDurableStateStore {
                         if changed.changed().await.is_err() {
                             return None;
                         }
+                        persistence_api::metrics::record_poll(crate::Memory::NAME, "changes");
                     }
                 }
             },

@@ -37,7 +37,7 @@ impl Journal for Memory {
             .map_or(0, |l| l.highest);
         let id = persistence_id.clone();
         let to = to.min(highest);
-        let events = self.paged((from, max), false, move |state, (next, left), page| {
+        let events = self.paged((from, max), None, move |state, (next, left), page| {
             let Some(log) = state.logs.get(&id) else {
                 return (Vec::new(), true);
             };

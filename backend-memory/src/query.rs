@@ -33,7 +33,7 @@ impl Memory {
     fn ids(&self, live: bool) -> PersistenceIdStream {
         self.paged(
             (0usize, None::<usize>),
-            live,
+            live.then_some("persistence_ids"),
             move |state, (next, bound), page| {
                 let end = *bound.get_or_insert(state.id_order.len());
                 let end = if live { state.id_order.len() } else { end };
@@ -57,7 +57,7 @@ impl Memory {
     ) -> EnvelopeStream {
         self.paged(
             (from, None::<SequenceNr>),
-            live,
+            live.then_some("events_by_persistence_id"),
             move |state, (next, bound), page| {
                 let log = state.logs.get(&id);
                 let highest = log.map_or(0, |l| l.highest);
@@ -98,7 +98,7 @@ impl Memory {
         };
         self.paged(
             (after, None::<u64>),
-            live,
+            live.then_some("events_by_tag"),
             move |state, (last, bound), page| {
                 let end = if live {
                     u64::MAX

@@ -104,6 +104,7 @@ impl<B: Backend> DurableStateStore for SqlDurableStateStore<B> {
                     break;
                 }
                 wait_for_change(&mut wake, poll).await;
+                persistence_api::metrics::record_poll(B::NAME, "changes");
             }
         })
     }

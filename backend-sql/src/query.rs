@@ -70,6 +70,7 @@ impl<B: Backend> SqlReadJournal<B> {
                     break;
                 }
                 wait_for_change(&mut wake, poll).await;
+                persistence_api::metrics::record_poll(B::NAME, "persistence_ids");
             }
         })
     }
@@ -110,6 +111,7 @@ impl<B: Backend> SqlReadJournal<B> {
                     break;
                 }
                 wait_for_change(&mut wake, poll).await;
+                persistence_api::metrics::record_poll(B::NAME, "events_by_persistence_id");
             }
         })
     }
@@ -140,6 +142,7 @@ impl<B: Backend> SqlReadJournal<B> {
                     break;
                 }
                 wait_for_change(&mut wake, poll).await;
+                persistence_api::metrics::record_poll(B::NAME, "events_by_tag");
             }
         })
     }

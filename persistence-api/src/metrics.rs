@@ -36,6 +36,11 @@ pub const LIVE_QUERY_LAG_SECONDS: &str = "persistence_live_query_lag_seconds";
 /// Counter: requests a backend tried again, by `backend` and `operation`
 /// ([`record_retry`]).
 pub const RETRIES_TOTAL: &str = "persistence_retries_total";
+/// Counter: times a live query looked again for new items after it had delivered all it
+/// had found (woken by its poll interval or by a notification of a write), by `backend`
+/// and `query` ([`record_poll`]). Its rate against [`EVENTS_READ_TOTAL`] shows how many
+/// of the polls found nothing.
+pub const LIVE_QUERY_POLLS_TOTAL: &str = "persistence_live_query_polls_total";
 
 /// Describes every metric above to the installed recorder (its help text and unit), for
 /// exporters that print them (Prometheus' `# HELP`). Optional: call it once after
@@ -78,12 +83,26 @@ pub fn describe() {
         "Time from an event's timestamp to its delivery by a live query"
     );
     describe_counter!(RETRIES_TOTAL, Unit::Count, "Requests a backend tried again");
+    describe_counter!(
+        LIVE_QUERY_POLLS_TOTAL,
+        Unit::Count,
+        "Times a live query looked again for new items after catching up"
+    );
 }
 
 /// Counts one retry of `operation` by `backend`'s own retry loop, as
 /// [`RETRIES_TOTAL`]; for backends, called before each new attempt.
 pub fn record_retry(backend: &'static str, operation: &'static str) {
     ::metrics::counter!(RETRIES_TOTAL, "backend" => backend, "operation" => operation).increment(1);
+}
+
+/// Counts one poll of a live `query` by `backend`, as [`LIVE_QUERY_POLLS_TOTAL`]; for
+/// backends, called each time a live query that had caught up looks again. `query` is the
+/// name the checking layer uses for the live query: `persistence_ids`,
+/// `events_by_persistence_id`, `events_by_tag` or `changes`.
+pub fn record_poll(backend: &'static str, query: &'static str) {
+    ::metrics::counter!(LIVE_QUERY_POLLS_TOTAL, "backend" => backend, "query" => query)
+        .increment(1);
 }
 
 /// The `kind` label of [`ERRORS_TOTAL`]: the kind in snake case (`invalid_input`,
