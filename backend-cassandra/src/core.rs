@@ -638,6 +638,7 @@ pub(crate) async fn session(config: &CassandraConfig) -> Result<Session> {
     let profile = ExecutionProfile::builder()
         .load_balancing_policy(policy.build())
         .request_timeout(Some(config.request_timeout))
+        .retry_policy(crate::retry::CountingRetryPolicy::shared())
         .build();
     let mut builder = SessionBuilder::new()
         .known_nodes(&config.contact_points)

@@ -9,6 +9,7 @@ mod journal;
 mod maintenance;
 mod offsets;
 mod query;
+mod retry;
 mod schema;
 mod snapshot;
 mod tags;
