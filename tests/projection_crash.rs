@@ -48,6 +48,8 @@
 
 #![cfg(all(unix, feature = "projection"))]
 
+mod crash_common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -55,6 +57,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crash_common::Rng;
 use futures::StreamExt;
 use persistence_stores::projection::{
     ExactlyOnceHandler, Handler, Projection, ProjectionSettings, RestartSettings, Source,
@@ -185,32 +188,6 @@ impl Spec {
             location: take("location"),
             namespace: take("namespace"),
         }
-    }
-}
-
-/// splitmix64: random enough for sleeps, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        Rng(nanos ^ (u64::from(std::process::id()) << 32))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
     }
 }
 

@@ -47,6 +47,8 @@
 
 #![cfg(unix)]
 
+mod crash_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,22 +56,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use persistence_stores::{
-    AtomicWrite, Config, JournalExt, Offset, Payload, PersistenceId, PersistentEvent,
-    ReadJournalExt, Stores,
+use crash_common::{
+    batch, chosen, ci, pid_name, verify, Checks, Rng, Tally, EVENTS_PER_WRITE, WRITERS,
 };
+use persistence_stores::{Config, JournalExt, PersistenceId, Stores};
 
 /// Kill cycles per backend unless `PERSISTENCE_CRASH_CYCLES` says otherwise.
 const DEFAULT_CYCLES: usize = 2;
 /// Cassandra's default: one cycle (its durable restart is the slowest).
 const DEFAULT_CYCLES_CASSANDRA: usize = 1;
-/// Writer tasks (one persistence id each).
-const WRITERS: usize = 4;
-/// Events per atomic write.
-const EVENTS_PER_WRITE: u64 = 100;
-/// The tag every event carries.
-const TAG: &str = "crash";
 /// The kill comes after this many ms of writing (inclusive range).
 const KILL_AFTER_MS: (u64, u64) = (500, 3000);
 /// The longest one write may take before it counts as unknown.
@@ -97,9 +92,7 @@ impl Backend {
     /// names, comma-separated).
     fn compiled() -> Vec<Backend> {
         let mut v = Backend::all();
-        if let Ok(only) = std::env::var("PERSISTENCE_CRASH_BACKENDS") {
-            v.retain(|b| only.split(',').any(|n| n.trim() == b.name()));
-        }
+        v.retain(|b| chosen(b.name()));
         v
     }
 
@@ -228,64 +221,6 @@ impl Drop for Server {
     }
 }
 
-/// splitmix64: random enough for kill delays, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        Rng(nanos ^ (u64::from(std::process::id()) << 32))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-/// What one backend's campaign counted.
-#[derive(Default, Debug)]
-struct Tally {
-    cycles: usize,
-    acknowledged: usize,
-    unknown: usize,
-    lost: usize,
-    lost_by_emulator: usize,
-    partial: usize,
-    restart: Duration,
-    elapsed: Duration,
-    problems: Vec<String>,
-}
-
-fn pid_name(k: usize) -> String {
-    format!("crash-{k}")
-}
-
-/// One atomic write of [`EVENTS_PER_WRITE`] tagged events from `from`.
-fn batch(id: &PersistenceId, from: u64) -> AtomicWrite {
-    let events = (from..from + EVENTS_PER_WRITE)
-        .map(|seq| {
-            PersistentEvent::new(
-                id.clone(),
-                seq,
-                Payload::raw(format!("{id}/{seq}").into_bytes()),
-            )
-            .with_tags([TAG])
-        })
-        .collect();
-    AtomicWrite::new(events).unwrap()
-}
-
 async fn open(backend: Backend, env: &BTreeMap<String, String>) -> Stores {
     let config = backend.config(env);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -324,128 +259,6 @@ async fn writer(
         }
     }
     (acked, 0)
-}
-
-/// Checks the stores after a restart against the acknowledged writes (`acked[k]`: the
-/// first sequence numbers of id k's acknowledged writes); returns each id's next sequence
-/// number after a successful write at highest+1 (which it records as acknowledged).
-async fn verify(
-    backend: Backend,
-    stores: &Stores,
-    acked: &mut [Vec<u64>],
-    tally: &mut Tally,
-) -> Vec<u64> {
-    let name = backend.name();
-    let mut replayed: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut next = Vec::new();
-    for (k, acked_k) in acked.iter_mut().enumerate() {
-        let id = PersistenceId::new(pid_name(k)).unwrap();
-        let events = stores.journal.replay_all(&id).await.expect("replay");
-        let seqs: Vec<u64> = events.iter().map(|e| e.sequence_nr).collect();
-        let n = seqs.len() as u64;
-        let contiguous = seqs.iter().copied().eq(1..=n);
-        if !n.is_multiple_of(EVENTS_PER_WRITE) || !contiguous {
-            tally.partial += 1;
-            tally.problems.push(format!(
-                "{name} {id}: {n} events in replay, contiguous {contiguous} (partial write)"
-            ));
-        }
-        let highest = seqs.last().copied().unwrap_or(0);
-        let lost: Vec<u64> = acked_k
-            .iter()
-            .copied()
-            .filter(|from| !(1..=n).contains(from) || from + EVENTS_PER_WRITE - 1 > n)
-            .collect();
-        if !lost.is_empty() {
-            let msg = format!(
-                "{name} {id}: {} acknowledged write(s) missing after the restart (first sequence numbers {lost:?}; replay ends at {highest})",
-                lost.len()
-            );
-            if backend == Backend::DynamoDb {
-                tally.lost_by_emulator += lost.len();
-                eprintln!("server_crash: LOST BY THE EMULATOR (DynamoDB Local): {msg}");
-            } else {
-                tally.lost += lost.len();
-                tally.problems.push(msg);
-            }
-            // Writes lost by the emulator are gone: the id continues from what is there.
-            acked_k.retain(|from| from + EVENTS_PER_WRITE - 1 <= n);
-        }
-        let stored_highest = stores
-            .journal
-            .highest_sequence_nr(&id)
-            .await
-            .expect("highest_sequence_nr");
-        if stored_highest != highest {
-            tally.problems.push(format!(
-                "{name} {id}: highest_sequence_nr {stored_highest}, replay ends at {highest}"
-            ));
-        }
-        replayed.insert(id.to_string(), seqs);
-        next.push(highest + 1);
-    }
-
-    // The tag query returns exactly the replayed events (it may lag a moment after a restart).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut by_tag: BTreeMap<String, Vec<u64>>;
-    loop {
-        by_tag = BTreeMap::new();
-        let envelopes: Vec<_> = stores
-            .read_journal
-            .current_events_by_tag(TAG.into(), Offset::NoOffset)
-            .collect()
-            .await;
-        for e in envelopes {
-            let e = e.expect("the tag query");
-            by_tag
-                .entry(e.persistence_id().to_string())
-                .or_default()
-                .push(e.event.sequence_nr);
-        }
-        for seqs in by_tag.values_mut() {
-            seqs.sort_unstable();
-        }
-        if by_tag
-            == replayed
-                .clone()
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .collect()
-            || Instant::now() >= deadline
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    for (id, seqs) in &replayed {
-        let tagged = by_tag.get(id).cloned().unwrap_or_default();
-        if &tagged != seqs {
-            if !(tagged.len() as u64).is_multiple_of(EVENTS_PER_WRITE) {
-                tally.partial += 1;
-            }
-            tally.problems.push(format!(
-                "{name} {id}: the tag query returned {} events, the replay {}",
-                tagged.len(),
-                seqs.len()
-            ));
-        }
-    }
-
-    // The next write on each id, at highest+1, succeeds.
-    for (k, n) in next.iter_mut().enumerate() {
-        let id = PersistenceId::new(pid_name(k)).unwrap();
-        match stores.journal.write(batch(&id, *n)).await {
-            Ok(()) => {
-                acked[k].push(*n);
-                tally.acknowledged += 1;
-                *n += EVENTS_PER_WRITE;
-            }
-            Err(e) => tally.problems.push(format!(
-                "{name} {id}: the write at highest+1 = {n} failed after the restart: {e}"
-            )),
-        }
-    }
-    next
 }
 
 /// Runs the campaign on one backend; `Err` when its durable server cannot be started.
@@ -502,7 +315,13 @@ async fn campaign(backend: Backend, cycles: usize, rng: &mut Rng) -> Result<Tall
         tally.restart = tally.restart.max(restart);
         let t = Instant::now();
         let reopened = open(backend, &env).await;
-        next = verify(backend, &reopened, &mut acked, &mut tally).await;
+        let checks = Checks {
+            losses_are_the_emulators: backend == Backend::DynamoDb,
+            live_resume: false,
+        };
+        next = verify(backend.name(), &reopened, &mut acked, &mut tally, checks)
+            .await
+            .next;
         stores = Arc::new(reopened);
         tally.cycles += 1;
         eprintln!(
@@ -531,12 +350,6 @@ fn cycles(backend: Backend) -> usize {
         Err(_) if backend == Backend::Cassandra => DEFAULT_CYCLES_CASSANDRA,
         Err(_) => DEFAULT_CYCLES,
     }
-}
-
-fn ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
