@@ -325,7 +325,7 @@ pub(crate) fn connect_error(
     let at = format!("postgres {host}:{port}");
     let mode = config
         .ssl_mode
-        .map_or_else(|| "from the url".to_owned(), |m| format!("{m:?}"));
+        .map_or_else(|| "of the url".to_owned(), |m| m.to_string());
     let cause = match &e {
         sqlx::Error::Io(io) => match tls_refusal(io) {
             Some(rustls::Error::InvalidCertificate(c)) => Some(format!(

@@ -424,3 +424,29 @@ async fn no_password_in_tracing() {
         "the password is in tracing: {text}"
     );
 }
+
+/// `require` against a server that answers the TLS request with `N` (no TLS): refused at
+/// once, naming the mode. The "server" is a listener of this test that answers `N`.
+#[tokio::test]
+async fn require_against_a_server_without_tls_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if socket.read_exact(&mut request).await.is_ok() {
+                let _ = socket.write_all(b"N").await;
+            }
+        }
+    });
+    let config =
+        PostgresConfig::new(format!("postgres://app@{at}/app")).with_ssl_mode(SslMode::Require);
+    refused(
+        "require without TLS on the server",
+        config,
+        &["postgres", &at, "ssl_mode require", "does not support TLS"],
+        &[],
+    )
+    .await;
+}
