@@ -55,6 +55,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Stores several atomic writes, each all or nothing, in order, one result each; an
     /// outer `Err` when the whole call failed.
     async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>>;
+    /// The group-commit queue of concurrent single writes (see `group_commit.rs`).
+    fn group_commit(&self) -> &crate::group_commit::GroupCommit;
 }
 
 /// The statements whose logic both databases share (only their SQL spelling differs):

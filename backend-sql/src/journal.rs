@@ -22,9 +22,16 @@ pub(crate) struct SqlJournal<B> {
 #[async_trait]
 impl<B: Backend> Journal for SqlJournal<B> {
     /// Atomic writes are applied in the given order, each all or nothing; a failed one does
-    /// not stop the others (PostgreSQL: one transaction, or a transaction each once one
-    /// was refused; SQLite: one transaction with a savepoint each).
-    async fn write_events(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
+    /// not stop the others (one transaction; SQLite: a savepoint each; PostgreSQL: a write
+    /// whose sequence number is taken leaves nothing behind, and after any other refusal
+    /// the writes go one transaction each). A call of one atomic write goes through the
+    /// group commit (`group_commit.rs`) unless it is turned off: concurrent calls share a
+    /// transaction, each keeping its own result.
+    async fn write_events(&self, mut writes: Vec<AtomicWrite>) -> Result<Vec<Result<()>>> {
+        if writes.len() == 1 && self.backend.group_commit().enabled() {
+            let write = writes.pop().expect("one write");
+            return Ok(vec![crate::group_commit::write(&self.backend, write).await]);
+        }
         self.backend.write_all(&writes).await
     }
 
@@ -134,6 +141,10 @@ pub(crate) enum WriteError {
     /// The first sequence number is at or below the id's stored highest (or deleted-to
     /// mark): taken, whether its event was stored, deleted, or skipped by a gap.
     Taken,
+    /// [`WriteError::Taken`], found before the write changed anything (PostgreSQL: its
+    /// statement inserted and updated no row), so the transaction may go on with other
+    /// writes.
+    TakenUntouched,
 }
 
 impl<E: Into<SqlError>> From<E> for WriteError {
@@ -148,7 +159,7 @@ impl WriteError {
     pub(crate) fn into_public(self) -> Error {
         match self {
             WriteError::Sql(e) => to_public(e),
-            WriteError::Taken => Error::new(
+            WriteError::Taken | WriteError::TakenUntouched => Error::new(
                 ErrorKind::Conflict,
                 "the sequence number is already taken: it is at or below the id's highest \
                  (another writer got there first, or its event was deleted)",

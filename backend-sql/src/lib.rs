@@ -18,6 +18,8 @@ mod durable_state;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod group_commit;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod journal;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod maintenance;

@@ -162,6 +162,7 @@ pub(crate) struct PgBackend {
     ids_lock_key: i64,
     wake: Arc<watch::Sender<u64>>,
     listener: StdMutex<Option<ListenerTask>>,
+    group_commit: crate::group_commit::GroupCommit,
     config: PostgresConfig,
 }
 
@@ -342,6 +343,14 @@ impl PgBackend {
             namespace,
             wake: Arc::new(watch::Sender::new(0)),
             listener: StdMutex::new(None),
+            group_commit: crate::group_commit::GroupCommit::new(
+                crate::group_commit::GroupCommitSettings {
+                    enabled: config.group_commit,
+                    window: config.group_commit_window,
+                    max_events: config.group_commit_max_events as usize,
+                    max_bytes: usize::try_from(config.group_commit_max_bytes).unwrap_or(usize::MAX),
+                },
+            ),
             config,
         })
     }
@@ -452,7 +461,7 @@ impl PgBackend {
         // No row: the first sequence number is at or below the stored highest, and
         // nothing was inserted.
         let Some(row) = row else {
-            return Err(WriteError::Taken);
+            return Err(WriteError::TakenUntouched);
         };
         let deleted_to: i64 = row.try_get(0)?;
         let new_id: bool = row.try_get(1)?;
@@ -487,13 +496,17 @@ impl PgBackend {
     /// Several atomic writes in one transaction (one commit, one WAL flush): every tag
     /// lock of the batch first, in key order, then the writes ordered by persistence id
     /// (each id's writes keep their order), so concurrent batches take their locks in
-    /// the same order. `None` when one write failed: the transaction is rolled back and
-    /// the caller writes them one by one, each getting its own result.
-    async fn write_batch_tx(&self, writes: &[&AtomicWrite]) -> Option<Result<()>> {
+    /// the same order. A write whose first sequence number is taken changes nothing (its
+    /// statement inserts no row and updates none), so it is answered `Conflict` and the
+    /// others go on. One result per write, in the order of `writes`. `None` when a write
+    /// failed otherwise (the transaction is aborted): it is rolled back and the caller
+    /// writes them one by one, each getting its own result.
+    async fn write_batch_tx(&self, writes: &[&AtomicWrite]) -> Option<Result<Vec<Result<()>>>> {
         let run = async {
-            let mut order: Vec<&AtomicWrite> = writes.to_vec();
-            order.sort_by(|a, b| a.persistence_id().cmp(b.persistence_id()));
-            let keys = self.lock_keys(order.iter().copied());
+            let mut order: Vec<(usize, &AtomicWrite)> =
+                writes.iter().copied().enumerate().collect();
+            order.sort_by(|a, b| a.1.persistence_id().cmp(b.1.persistence_id()));
+            let keys = self.lock_keys(order.iter().map(|(_, w)| *w));
             let mut tx = self.store.begin().await?;
             if !keys.is_empty() {
                 sqlx::query(q(&self.sql.lock_all))
@@ -501,14 +514,16 @@ impl PgBackend {
                     .execute(&mut *tx)
                     .await?;
             }
+            let mut results: Vec<Result<()>> = writes.iter().map(|_| Ok(())).collect();
             let mut new_ids = Vec::new();
-            for write in order {
+            for (index, write) in order {
                 match self.write_statement(&mut tx, write, Vec::new()).await {
                     Ok(true) => new_ids.push(write.persistence_id().as_str()),
                     Ok(false) => {}
+                    Err(e @ WriteError::TakenUntouched) => results[index] = Err(e.into_public()),
                     Err(_) => {
                         tx.rollback().await?;
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
@@ -516,18 +531,18 @@ impl PgBackend {
             match self.assign_id_orderings(&mut tx, new_ids).await {
                 Ok(()) => {}
                 Err(WriteError::Sql(e)) => return Err(e),
-                Err(WriteError::Taken) => {
+                Err(WriteError::Taken | WriteError::TakenUntouched) => {
                     return Err(SqlError::Invariant(
                         "deleted-to while assigning positions".into(),
                     ))
                 }
             }
             tx.commit().await?;
-            Ok::<_, SqlError>(true)
+            Ok::<_, SqlError>(Some(results))
         };
         match run.await {
-            Ok(true) => Some(Ok(())),
-            Ok(false) => None,
+            Ok(Some(results)) => Some(Ok(results)),
+            Ok(None) => None,
             Err(e) => Some(Err(to_public(e))),
         }
     }
@@ -588,6 +603,10 @@ impl Backend for PgBackend {
         &self.wake
     }
 
+    fn group_commit(&self) -> &crate::group_commit::GroupCommit {
+        &self.group_commit
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         if self.config.notify {
             self.ensure_listener();
@@ -623,9 +642,15 @@ impl Backend for PgBackend {
             .collect();
         if fitting.len() > 1 {
             match self.write_batch_tx(&fitting).await {
-                Some(Ok(())) => {
-                    wake(&self.wake);
-                    return Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect());
+                Some(Ok(batch)) => {
+                    if batch.iter().any(Result::is_ok) {
+                        wake(&self.wake);
+                    }
+                    let mut batch = batch.into_iter();
+                    return Ok(results
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|| batch.next().unwrap_or(Ok(()))))
+                        .collect());
                 }
                 Some(Err(e)) => return Err(e),
                 // One write was refused: write them one by one for their own results.

@@ -64,6 +64,7 @@ pub(crate) struct SqliteBackend {
     store: SqlStore<SqliteDb>,
     sql: Statements,
     wake: watch::Sender<u64>,
+    group_commit: crate::group_commit::GroupCommit,
 }
 
 /// Opens (creating when missing) the database file of `config` and its connection pool.
@@ -132,6 +133,14 @@ impl SqliteBackend {
             ),
             sql: Statements::new(&names),
             wake: watch::Sender::new(0),
+            group_commit: crate::group_commit::GroupCommit::new(
+                crate::group_commit::GroupCommitSettings {
+                    enabled: config.group_commit,
+                    window: config.group_commit_window,
+                    max_events: config.group_commit_max_events as usize,
+                    max_bytes: usize::try_from(config.group_commit_max_bytes).unwrap_or(usize::MAX),
+                },
+            ),
         })
     }
 
@@ -233,6 +242,10 @@ impl Backend for SqliteBackend {
 
     fn wake_sender(&self) -> &watch::Sender<u64> {
         &self.wake
+    }
+
+    fn group_commit(&self) -> &crate::group_commit::GroupCommit {
+        &self.group_commit
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

@@ -1,0 +1,243 @@
+//! Group commit: single atomic writes arriving concurrently from many callers (each its own
+//! `write_events` call) are gathered and committed in one transaction, one sync to disk
+//! for the lot.
+//!
+//! # How a group forms
+//! There is at most one group in flight per opened database. A write that arrives while
+//! none is in flight starts a committer task at once, which takes it (alone: a lone writer
+//! pays no added latency) and commits it. Writes that arrive while that commit runs queue
+//! up; when it ends the committer takes them (up to `group_commit_max_events` events and
+//! `group_commit_max_bytes` bytes, in arrival order) as the next group. With
+//! `group_commit_window_ms` above zero the committer also waits that long after taking a
+//! group that is not full, to let more writes join. When the queue is empty it stops.
+//!
+//! # What each caller gets
+//! The group is written by the database's batch path ([`Backend::write_all`]): SQLite
+//! applies each write inside its own `SAVEPOINT` and rolls back to it when the write is
+//! refused; PostgreSQL takes every tag lock of the group first (sorted), then the id rows
+//! in id order, and a write whose sequence number is taken is answered `Conflict` and
+//! leaves nothing behind (see `postgres.rs`). So a `Conflict` or a rejection fails that
+//! write alone, the others commit, and writes of one id are applied in arrival order.
+//! When the whole transaction fails (the connection is lost before or during `COMMIT`)
+//! every caller of the group gets the same error the single path gives (`Unavailable` /
+//! `Timeout`: retryable, and for a cut during `COMMIT` ambiguous).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use persistence_api::{AtomicWrite, Error, ErrorKind, Result};
+use tokio::sync::oneshot;
+
+use crate::core::Backend;
+
+/// The group-commit settings of one opened database (from its configuration).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GroupCommitSettings {
+    /// Gather concurrent single writes at all.
+    pub enabled: bool,
+    /// How long a committer waits for more writes after taking a group that is not full.
+    pub window: Duration,
+    /// Most events in one group (a write larger than this still goes, alone).
+    pub max_events: usize,
+    /// Most bytes (events' [`persistence_api::PersistentEvent::stored_size`]) in one group.
+    pub max_bytes: usize,
+}
+
+/// One caller's write, waiting for its group.
+struct Pending {
+    write: AtomicWrite,
+    events: usize,
+    bytes: usize,
+    reply: oneshot::Sender<Result<()>>,
+    /// The caller's span, which the group's span follows from.
+    span: tracing::Span,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    /// A committer task is running (it will take whatever is queued).
+    running: bool,
+}
+
+/// The queue of one opened database's concurrent single writes.
+pub(crate) struct GroupCommit {
+    settings: GroupCommitSettings,
+    state: Mutex<State>,
+}
+
+impl GroupCommit {
+    pub(crate) fn new(settings: GroupCommitSettings) -> GroupCommit {
+        GroupCommit {
+            settings,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Whether single writes go through the queue.
+    pub(crate) fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic never happens while the lock is held (only queue operations run under
+        // it), but a poisoned lock must not stop every writer.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the next group off the queue: in arrival order, at least one write, then
+    /// while the bounds hold. Empty when the queue is.
+    fn take(
+        &self,
+        state: &mut State,
+        group: &mut Vec<Pending>,
+        events: &mut usize,
+        bytes: &mut usize,
+    ) {
+        while let Some(next) = state.queue.front() {
+            if !group.is_empty()
+                && (*events + next.events > self.settings.max_events
+                    || *bytes + next.bytes > self.settings.max_bytes)
+            {
+                break;
+            }
+            let next = state.queue.pop_front().expect("front was Some");
+            *events += next.events;
+            *bytes += next.bytes;
+            group.push(next);
+        }
+    }
+}
+
+/// Writes `write` through the group-commit queue of `backend` and answers its own result.
+/// Without a Tokio runtime to run the committer on it is written alone.
+pub(crate) async fn write<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> Result<()> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return single(backend, write).await;
+    };
+    let group = backend.group_commit();
+    let events = write.events().len().max(1);
+    let bytes = write.events().iter().map(|e| e.stored_size()).sum();
+    let (reply, answer) = oneshot::channel();
+    let start = {
+        let mut state = group.lock();
+        state.queue.push_back(Pending {
+            write,
+            events,
+            bytes,
+            reply,
+            span: tracing::Span::current(),
+        });
+        !std::mem::replace(&mut state.running, true)
+    };
+    if start {
+        runtime.spawn(run(backend.clone()));
+    }
+    match answer.await {
+        Ok(result) => result,
+        // The committer went away without answering (its runtime shut down, or it
+        // panicked): the write may or may not be stored.
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            "the group commit stopped before answering; the write may or may not be stored",
+        )),
+    }
+}
+
+/// One write alone, through the backend's usual path.
+async fn single<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> Result<()> {
+    let mut results = backend.write_all(std::slice::from_ref(&write)).await?;
+    results.pop().unwrap_or_else(|| {
+        Err(Error::new(
+            ErrorKind::Storage,
+            "the write path answered no result",
+        ))
+    })
+}
+
+/// Marks the committer stopped if it unwinds, so the next writer starts a new one.
+struct RunningGuard<'a>(&'a GroupCommit);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().running = false;
+        }
+    }
+}
+
+/// The committer: takes groups off the queue and commits them, one at a time, until the
+/// queue is empty.
+async fn run<B: Backend>(backend: Arc<B>) {
+    let queue = backend.group_commit();
+    let _guard = RunningGuard(queue);
+    loop {
+        let mut group = Vec::new();
+        let (mut events, mut bytes) = (0, 0);
+        {
+            let mut state = queue.lock();
+            queue.take(&mut state, &mut group, &mut events, &mut bytes);
+            if group.is_empty() {
+                state.running = false;
+                return;
+            }
+        }
+        let window = queue.settings.window;
+        if !window.is_zero()
+            && events < queue.settings.max_events
+            && bytes < queue.settings.max_bytes
+        {
+            tokio::time::sleep(window).await;
+            let mut state = queue.lock();
+            queue.take(&mut state, &mut group, &mut events, &mut bytes);
+        }
+        commit(&*backend, group, events).await;
+    }
+}
+
+/// Commits one group and answers each of its callers.
+async fn commit<B: Backend>(backend: &B, group: Vec<Pending>, events: usize) {
+    let span = tracing::debug_span!(
+        "sql.group_commit",
+        backend = B::NAME,
+        writes = group.len(),
+        events
+    );
+    for pending in &group {
+        span.follows_from(&pending.span);
+    }
+    let (writes, replies): (Vec<AtomicWrite>, Vec<oneshot::Sender<Result<()>>>) =
+        group.into_iter().map(|p| (p.write, p.reply)).unzip();
+    let results = {
+        use tracing::Instrument;
+        backend.write_all(&writes).instrument(span.clone()).await
+    };
+    match results {
+        Ok(results) if results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that stopped waiting is not told.
+                let _ = reply.send(result);
+            }
+        }
+        Ok(results) => {
+            let error = Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "the write path answered {} results for a group of {} writes",
+                    results.len(),
+                    replies.len()
+                ),
+            );
+            for reply in replies {
+                let _ = reply.send(Err(error.clone_shallow()));
+            }
+        }
+        Err(error) => {
+            span.in_scope(|| tracing::debug!(%error, "group commit failed"));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone_shallow()));
+            }
+        }
+    }
+}
