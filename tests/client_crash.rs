@@ -29,6 +29,16 @@
 //!
 //! The next cycle's child continues each id from its highest, on the same data.
 //!
+//! DynamoDB writes 100 events and their tag entries over several transactions (the
+//! backend's large-write path, `backend-dynamodb/src/large_write.rs`), so a kill between
+//! two of them leaves the first ones' items behind. Before the check the parent counts, in
+//! the table itself, the event items above each id's acknowledged highest that belong to
+//! no complete write ("unfinished" in the table: kills that landed there, and their
+//! events); the checks above must not see them, and after the write at highest+1 none may
+//! be left above the new highest. (The queries wait `tag_gap_timeout_ms` and
+//! `large_write_timeout_ms`, set to 1 s and 3 s here, before passing what a dead writer
+//! left.)
+//!
 //! Only the client dies: the servers stay up, so the shared test servers
 //! (`scripts/servers/<name>.sh start; source .servers/<name>/env`) serve, and their
 //! durability settings (off, for speed) do not matter here. A server backend whose
@@ -38,8 +48,9 @@
 //! Cycles: [`DEFAULT_CYCLES`] per backend (the bounded mode CI runs), or
 //! `PERSISTENCE_CLIENT_CRASH_CYCLES=N` for a longer campaign:
 //! `PERSISTENCE_CLIENT_CRASH_CYCLES=10 cargo test --all-features --test client_crash -- --nocapture`.
-//! A table line per backend is printed (cycles, acknowledged writes, writes in flight at
-//! the kill and how many of them were stored, lost, partial); lost and partial must be 0.
+//! A table line per backend is printed on stderr (cycles, acknowledged writes, writes in
+//! flight at the kill and how many of them were stored, DynamoDB's unfinished writes,
+//! lost, partial); lost and partial must be 0, and any other failed check fails the test.
 
 #![cfg(unix)]
 
@@ -392,6 +403,65 @@ fn run_child(spec: &Spec, rng: &mut Rng) -> ChildRun {
     run
 }
 
+/// DynamoDB only: per id, the events stored as items above `highest` (read from the table
+/// itself, past the journal): what a write over several transactions left when the kill
+/// came between its transactions. The journal must hide them (its replay, highest and tag
+/// query) and the next write must clear them; this count shows that kills landed there.
+#[cfg(feature = "dynamodb")]
+async fn raw_events_above(spec: &Spec, highest: &[u64]) -> Option<Vec<u64>> {
+    use persistence_stores::dynamodb::aws_sdk_dynamodb::types::AttributeValue;
+    use persistence_stores::dynamodb::{DynamoDb, DynamoDbConfig};
+    if spec.backend != Backend::DynamoDb {
+        return None;
+    }
+    let config: DynamoDbConfig = spec.config(false).section("dynamodb").expect("the section");
+    let db = DynamoDb::open(config).await.expect("open dynamodb");
+    let table = db.config().journal_table.clone();
+    let mut counts = Vec::new();
+    for (k, h) in highest.iter().enumerate() {
+        // The event items' partition and sort keys (`<namespace>|e|<id>`, the zero-padded
+        // sequence number), as backend-dynamodb/src/schema.rs lays them out.
+        let pk = format!("{}|e|{}", spec.namespace, pid_name(k));
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let page = db
+                .client()
+                .query()
+                .table_name(&table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :p AND sk > :s")
+                .expression_attribute_values(":p", AttributeValue::S(pk.clone()))
+                .expression_attribute_values(":s", AttributeValue::S(format!("{h:020}")))
+                .projection_expression("sk")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("query the journal table");
+            count += page
+                .items()
+                .iter()
+                .filter(|item| {
+                    item.get("sk")
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|sk| sk.len() == 20 && sk.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count() as u64;
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        counts.push(count);
+    }
+    Some(counts)
+}
+
+#[cfg(not(feature = "dynamodb"))]
+async fn raw_events_above(_spec: &Spec, _highest: &[u64]) -> Option<Vec<u64>> {
+    None
+}
+
 /// What one backend's campaign counted beyond the [`Tally`].
 #[derive(Debug, Default)]
 struct InFlight {
@@ -399,6 +469,9 @@ struct InFlight {
     writes: usize,
     /// Of those, the ones found stored (whole) afterwards.
     stored: usize,
+    /// DynamoDB: kills that left an unfinished write over several transactions (events
+    /// stored as items above the id's highest), and those events.
+    unfinished: Option<(usize, u64)>,
 }
 
 /// Runs the campaign on one backend.
@@ -457,14 +530,51 @@ fn campaign(spec: &Spec, cycles: usize, rng: &mut Rng) -> (Tally, InFlight) {
         tally.unknown += flying.len();
         in_flight.writes += flying.len();
         let t = Instant::now();
+        // What the kill left above each acknowledged highest, before anything reads or writes.
+        let acked_highest: Vec<u64> = acked
+            .iter()
+            .map(|a| a.iter().max().map_or(0, |f| f + EVENTS_PER_WRITE - 1))
+            .collect();
+        let leftovers = runtime.block_on(raw_events_above(spec, &acked_highest));
         let verified = runtime.block_on(async {
             let stores = open(spec, true).await;
             let checks = Checks {
                 losses_are_the_emulators: false,
                 live_resume: true,
             };
-            verify(name, &stores, &mut acked, &mut tally, checks).await
+            let verified = verify(name, &stores, &mut acked, &mut tally, checks).await;
+            // After the check's write at highest+1, nothing may be left above it.
+            let after = raw_events_above(
+                spec,
+                &verified.next.iter().map(|n| n - 1).collect::<Vec<_>>(),
+            )
+            .await;
+            (verified, after)
         });
+        let (verified, after) = verified;
+        if let Some(above) = &leftovers {
+            let (kills, events) = in_flight.unfinished.get_or_insert((0, 0));
+            for (k, n) in above.iter().enumerate() {
+                // Less the events of a whole write stored without its acknowledgement.
+                let unfinished =
+                    n.saturating_sub(verified.highest[k].saturating_sub(acked_highest[k]));
+                if unfinished > 0 {
+                    *kills += 1;
+                    *events += unfinished;
+                }
+            }
+        }
+        if let Some(after) = after {
+            for (k, n) in after.iter().enumerate() {
+                if *n > 0 {
+                    tally.problems.push(format!(
+                        "{name} {}: {n} event item(s) of an unfinished write still stored above the highest after the write at highest+1 (cycle {})",
+                        pid_name(k),
+                        cycle + 1
+                    ));
+                }
+            }
+        }
         let stored = flying
             .iter()
             .filter(|(k, from)| verified.highest[*k] >= from + EVENTS_PER_WRITE - 1)
@@ -547,18 +657,30 @@ fn acknowledged_writes_survive_sigkill_of_the_writing_process() {
         "\nclient_crash: SIGKILL of the writing process while {WRITERS} writers stream {EVENTS_PER_WRITE}-event atomic writes tagged {TAG:?}"
     ));
     note(&format!(
-        "{:<10} {:>6} {:>13} {:>10} {:>7} {:>5} {:>8} {:>8}",
-        "backend", "cycles", "acknowledged", "in flight", "stored", "lost", "partial", "total"
+        "{:<10} {:>6} {:>13} {:>10} {:>7} {:>22} {:>5} {:>8} {:>8}",
+        "backend",
+        "cycles",
+        "acknowledged",
+        "in flight",
+        "stored",
+        "unfinished (events)",
+        "lost",
+        "partial",
+        "total"
     ));
     let mut summary = BTreeMap::new();
     for (backend, t, f) in &rows {
         note(&format!(
-            "{:<10} {:>6} {:>13} {:>10} {:>7} {:>5} {:>8} {:>7.1}s",
+            "{:<10} {:>6} {:>13} {:>10} {:>7} {:>22} {:>5} {:>8} {:>7.1}s",
             backend.name(),
             t.cycles,
             t.acknowledged,
             f.writes,
             f.stored,
+            f.unfinished
+                .map_or("-".to_owned(), |(kills, events)| format!(
+                    "{kills} ({events})"
+                )),
             t.lost,
             t.partial,
             t.elapsed.as_secs_f64()
