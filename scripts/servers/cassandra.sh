@@ -249,6 +249,8 @@ do_install_locked() {
     compgen -G "$tmp_lib/jamm-*.jar" >/dev/null || die "mvn succeeded but no jamm-*.jar (the required java agent) in $tmp_lib"
     echo "$want" >"$tmp_lib/.installed"
     rm -rf "$LIB_DIR"
+    # The secure or a durable node may install first, before the test node's folder exists.
+    mkdir -p "$(dirname "$LIB_DIR")"
     mv "$tmp_lib" "$LIB_DIR"
     log "installed $(find "$LIB_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIB_DIR" | cut -f1))"
 }
