@@ -1,5 +1,5 @@
 //! The cases, by store: `journal::*`, `snapshot::*`, `query::*`, and across them
-//! `durability::*`, `concurrency::*`, `bad_input::*`, `deletes::*`, `paging::*`,
+//! `durability::*`, `concurrency::*`, `group_commit::*`, `bad_input::*`, `deletes::*`, `paging::*`,
 //! `corruption::*`, and the projection side: `offsets::*`, `projection::*`; `durable_state::*`; and `maintenance::*`.
 
 use futures::future::BoxFuture;
@@ -13,6 +13,7 @@ mod corruption;
 mod deletes;
 mod durability;
 mod durable_state;
+mod group_commit;
 mod journal;
 mod maintenance;
 mod offsets;
@@ -230,6 +231,7 @@ pub fn all_cases() -> Vec<Case> {
     all.extend(query::cases());
     all.extend(durability::cases());
     all.extend(concurrency::cases());
+    all.extend(group_commit::cases());
     all.extend(bad_input::cases());
     all.extend(deletes::cases());
     all.extend(paging::cases());
