@@ -26,6 +26,11 @@
 //! (`verify-full` with the test CA of `PERSISTENCE_TEST_TLS_DIR`, written by
 //! `scripts/servers/postgres.sh start`) in the same run, and connection set-up, and prints
 //! the TLS/plain ratios.
+//!
+//! `BENCH_ONLY=group` (or `group-sqlite`, `group-postgres`) runs only the group-commit
+//! workload: 1,000 entities, 1 / 10 / 100 / 1,000 concurrent tasks of single-event writes,
+//! raw sqlx one transaction per event against the stores with group commit off and on
+//! (events/s, p50 / p99 latency; see `mod group`). Not part of the default run.
 
 use persistence_api::ReadJournalExt;
 use std::collections::HashSet;
@@ -1240,6 +1245,20 @@ fn main() {
         .ok()
         .filter(|u| !u.trim().is_empty());
     runtime.block_on(async {
+        if only == "group" || only == "group-sqlite" {
+            bench_group_sqlite().await;
+        }
+        if only == "group" || only == "group-postgres" {
+            match &url {
+                Some(url) => bench_group_postgres(url).await,
+                None => println!(
+                    "\nPostgreSQL group commit skipped: PERSISTENCE_POSTGRES_URL is not set"
+                ),
+            }
+        }
+        if only.starts_with("group") {
+            return;
+        }
         if only.is_empty() || only == "sqlite" {
             bench_sqlite().await;
         }
@@ -1267,4 +1286,265 @@ fn main() {
             }
         }
     });
+}
+
+// ---------------------------------------------------------------- group commit
+
+/// `BENCH_ONLY=group`: 1,000 entities written by 1 / 10 / 100 / 1,000 concurrent tasks,
+/// single-event atomic writes (one `write_events` call each), each task writing its own
+/// entities in turn (task t owns entities t, t + n, t + 2n, …, so no write conflicts).
+/// Three paths per concurrency: raw sqlx, one transaction per event (the per-request
+/// bound; SQLite's raw writers take turns on a mutex as the stores' do), the stores with
+/// `group_commit = false`, and with `group_commit = true` (the default). Events/s, and the
+/// p50 / p99 latency of one write call. `BENCH_GC_EVENTS` (default 3,000) events per run.
+mod group {
+    use super::*;
+    use std::sync::Arc;
+
+    const ENTITIES: usize = 1000;
+    pub const TASKS: [usize; 4] = [1, 10, 100, 1000];
+
+    /// `BENCH_GC_TASKS` (comma-separated) instead of [`TASKS`].
+    pub fn tasks() -> Vec<usize> {
+        std::env::var("BENCH_GC_TASKS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .unwrap_or_else(|| TASKS.to_vec())
+    }
+
+    /// `BENCH_GC_MAX_EVENTS` and `BENCH_GC_WINDOW_MS` for the group-commit side (else the
+    /// defaults).
+    pub fn tuning() -> (Option<u32>, Option<u64>) {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        (
+            var("BENCH_GC_MAX_EVENTS").map(|v| v as u32),
+            var("BENCH_GC_WINDOW_MS"),
+        )
+    }
+
+    pub fn events() -> usize {
+        std::env::var("BENCH_GC_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000)
+    }
+
+    /// What one run measured.
+    pub struct Figures {
+        pub rate: f64,
+        pub p50: Duration,
+        pub p99: Duration,
+    }
+
+    fn figures(events: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figures {
+        latencies.sort_unstable();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        Figures {
+            rate: events as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
+    /// Runs `write(entity, seq)` for `events` writes spread over `tasks` tasks.
+    pub async fn run<F, Fut>(tasks: usize, events: usize, prefix: &str, write: F) -> Figures
+    where
+        F: Fn(PersistenceId, u64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let ids: Arc<Vec<PersistenceId>> = Arc::new(
+            (0..ENTITIES)
+                .map(|i| PersistenceId::new(format!("{prefix}-{i}")).unwrap())
+                .collect(),
+        );
+        let per_task = events / tasks;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (ids, write) = (ids.clone(), write.clone());
+                tokio::spawn(async move {
+                    let owned: Vec<usize> = (t..ENTITIES).step_by(tasks).collect();
+                    let mut latencies = Vec::with_capacity(per_task);
+                    for k in 0..per_task {
+                        let entity = owned[k % owned.len()];
+                        let seq = (k / owned.len()) as u64 + 1;
+                        let begun = Instant::now();
+                        write(ids[entity].clone(), seq).await;
+                        latencies.push(begun.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(per_task * tasks);
+        for h in handles {
+            latencies.extend(h.await.unwrap());
+        }
+        figures(per_task * tasks, start.elapsed(), latencies)
+    }
+
+    pub async fn stores(stores: &Stores, tasks: usize, events: usize, prefix: &str) -> Figures {
+        let stores = stores.clone();
+        run(tasks, events, prefix, move |id, seq| {
+            let stores = stores.clone();
+            async move {
+                stores
+                    .journal
+                    .write(AtomicWrite::single(event(&id, seq, None)).unwrap())
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+    }
+
+    pub async fn sqlite_raw(
+        pool: &sqlx::SqlitePool,
+        tasks: usize,
+        events: usize,
+        prefix: &str,
+    ) -> Figures {
+        let pool = pool.clone();
+        let turns = Arc::new(tokio::sync::Mutex::new(()));
+        run(tasks, events, prefix, move |id, seq| {
+            let (pool, turns) = (pool.clone(), turns.clone());
+            async move {
+                let _turn = turns.lock().await;
+                sqlite_raw::write(&pool, &id, &[event(&id, seq, None)]).await;
+            }
+        })
+        .await
+    }
+
+    pub async fn pg_raw(
+        pool: &sqlx::PgPool,
+        sql: Arc<pg_raw::Sql>,
+        tasks: usize,
+        events: usize,
+        prefix: &str,
+    ) -> Figures {
+        let pool = pool.clone();
+        run(tasks, events, prefix, move |id, seq| {
+            let (pool, sql) = (pool.clone(), sql.clone());
+            async move {
+                let e = event(&id, seq, None);
+                let mut tx = pool.begin().await.unwrap();
+                bind_raw_event(
+                    sqlx::query(AssertSqlSafe(sql.write_one.clone())),
+                    id.as_str(),
+                    &e,
+                )
+                .bind(seq as i64)
+                .bind(seq as i64)
+                .bind(Vec::<i64>::new())
+                .bind(sql.channel.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+        .await
+    }
+
+    pub fn header(what: &str) {
+        println!("\n{what}");
+        println!(
+            "| database   | tasks | path                 |   events/s | p50 ms | p99 ms | / raw |"
+        );
+        println!(
+            "|------------|------:|----------------------|-----------:|-------:|-------:|------:|"
+        );
+    }
+
+    pub fn row(db: &str, tasks: usize, path: &str, f: &Figures, raw: f64) {
+        println!(
+            "| {db:<10} | {tasks:>5} | {path:<20} | {:>10.0} | {:>6.2} | {:>6.2} | {:>5.2} |",
+            f.rate,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.rate / raw
+        );
+    }
+}
+
+async fn bench_group_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SqliteConfig::new(dir.path().join("group.db"));
+    let mut off_config = config.clone();
+    off_config.group_commit = false;
+    let (max_events, window) = group::tuning();
+    if let Some(m) = max_events {
+        config.group_commit_max_events = m;
+    }
+    if let Some(w) = window {
+        config.group_commit_window = Duration::from_millis(w);
+    }
+    let on = Sqlite::open(config.clone()).await.unwrap();
+    let off = Sqlite::open(off_config).await.unwrap();
+    let events = group::events();
+    group::header(&format!(
+        "Group commit, SQLite (synchronous = {:?}, WAL), {events} single-event writes of 1,000 entities per run, group_commit_max_events {}, window {:?}",
+        config.synchronous, config.group_commit_max_events, config.group_commit_window
+    ));
+    for tasks in group::tasks() {
+        let raw = group::sqlite_raw(off.pool(), tasks, events, &format!("raw-{tasks}")).await;
+        let no = group::stores(&off.stores(), tasks, events, &format!("off-{tasks}")).await;
+        let yes = group::stores(&on.stores(), tasks, events, &format!("on-{tasks}")).await;
+        group::row("sqlite", tasks, "raw sqlx, 1 tx/event", &raw, raw.rate);
+        group::row("sqlite", tasks, "group_commit = false", &no, raw.rate);
+        group::row("sqlite", tasks, "group_commit = true", &yes, raw.rate);
+    }
+    on.close().await;
+    off.close().await;
+}
+
+async fn bench_group_postgres(url: &str) {
+    let schema = unique_schema("bench_group");
+    let mut config = plain(url).with_schema(&schema);
+    let mut off_config = config.clone();
+    off_config.group_commit = false;
+    let (max_events, window) = group::tuning();
+    if let Some(m) = max_events {
+        config.group_commit_max_events = m;
+    }
+    if let Some(w) = window {
+        config.group_commit_window = Duration::from_millis(w);
+    }
+    let on = Postgres::open(config.clone()).await.unwrap();
+    let off = Postgres::open(off_config).await.unwrap();
+    let settings: Vec<(String, String)> = sqlx::query(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'commit_delay')",
+    )
+    .fetch_all(on.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let events = group::events();
+    group::header(&format!(
+        "Group commit, PostgreSQL on loopback {settings:?}, pool of {}, {events} single-event writes of 1,000 entities per run, group_commit_max_events {}, window {:?}",
+        config.max_connections, config.group_commit_max_events, config.group_commit_window
+    ));
+    let sql = std::sync::Arc::new(pg_raw::Sql::new(&schema));
+    for tasks in group::tasks() {
+        let raw = group::pg_raw(
+            off.pool(),
+            sql.clone(),
+            tasks,
+            events,
+            &format!("raw-{tasks}"),
+        )
+        .await;
+        let no = group::stores(&off.stores(), tasks, events, &format!("off-{tasks}")).await;
+        let yes = group::stores(&on.stores(), tasks, events, &format!("on-{tasks}")).await;
+        group::row("postgres", tasks, "raw sqlx, 1 tx/event", &raw, raw.rate);
+        group::row("postgres", tasks, "group_commit = false", &no, raw.rate);
+        group::row("postgres", tasks, "group_commit = true", &yes, raw.rate);
+    }
+    drop_schema(on.pool(), &schema).await;
+    on.close().await;
+    off.close().await;
 }
