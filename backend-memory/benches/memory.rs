@@ -2,13 +2,24 @@
 //! done directly on a `Vec` in the same run (the bound).
 //!
 //! Run: `cargo bench -p persistence-memory --bench memory`. Throughputs are in events/s.
+//! `memory_journal` measures through `Stores` (the checking layer, as users call it),
+//! `memory_backend_direct` calls the backend's `Journal` without the layer.
+//!
+//! Profiling: with `MEMORY_BENCH_PROFILE=replay` (or `append_1`, `append_100`) the binary
+//! skips criterion and runs a fixed amount of that workload, through `Stores` and directly
+//! and beside its `Vec` bound, so `valgrind --tool=callgrind` counts exact instructions:
+//! `replay_stores`, `replay_direct`, `replay_vec` and `replay_setup` run one part of `replay`
+//! (10 replays of 10,000 events after the setup; `replay_setup` only the setup, to subtract):
+//! `MEMORY_BENCH_PROFILE=replay valgrind --tool=callgrind target/release/deps/memory-<hash>`.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use futures::StreamExt;
 use persistence_api::{
-    AtomicWrite, CborCodec, Codec, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
+    AtomicWrite, CborCodec, Codec, Journal, JournalExt, Payload, PersistenceId, PersistentEvent,
+    Stores,
 };
+use persistence_memory::{Memory, MemoryConfig};
 use serde::{Deserialize, Serialize};
 
 /// A typical event: an account deposit with a reference and a few fields.
@@ -61,6 +72,20 @@ fn appends(c: &mut Criterion) {
                     .unwrap();
             })
         });
+        let direct = Memory::new(MemoryConfig::default());
+        let mut next = 1u64;
+        g.bench_function("memory_backend_direct", |b| {
+            b.iter(|| {
+                let events = (next..next + batch)
+                    .map(|s| event(&id, s, &payload))
+                    .collect();
+                next += batch;
+                let r = rt
+                    .block_on(direct.write_events(vec![AtomicWrite::new(events).unwrap()]))
+                    .unwrap();
+                r.into_iter().next().unwrap().unwrap();
+            })
+        });
         let mut vec: Vec<PersistentEvent> = Vec::new();
         let mut next = 1u64;
         g.bench_function("vec_push_baseline", |b| {
@@ -77,50 +102,89 @@ fn appends(c: &mut Criterion) {
     }
 }
 
-fn replay(c: &mut Criterion) {
+/// 10,000 events of one id, written in atomic writes of 100, into `Stores`, into a bare
+/// backend, and into a `Vec`.
+struct ReplaySetup {
+    id: PersistenceId,
+    rt: tokio::runtime::Runtime,
+    stores: Stores,
+    direct: Memory,
+    vec: Vec<PersistentEvent>,
+}
+
+fn replay_setup() -> ReplaySetup {
     let codec = CborCodec::<Deposited>::new("bench.Deposited");
     let payload = codec.encode(&typical()).unwrap();
     let id = PersistenceId::new("bench-replay").unwrap();
     let rt = rt();
     let stores = persistence_memory::stores();
+    let direct = Memory::new(MemoryConfig::default());
     let mut vec = Vec::new();
     for start in (1..=10_000u64).step_by(100) {
         let events: Vec<_> = (start..start + 100)
             .map(|s| event(&id, s, &payload))
             .collect();
         vec.extend(events.iter().cloned());
-        rt.block_on(stores.journal.write(AtomicWrite::new(events).unwrap()))
+        rt.block_on(
+            stores
+                .journal
+                .write(AtomicWrite::new(events.clone()).unwrap()),
+        )
+        .unwrap();
+        rt.block_on(direct.write_events(vec![AtomicWrite::new(events).unwrap()]))
             .unwrap();
     }
-    let mut g = c.benchmark_group("replay_10000_events");
-    g.throughput(Throughput::Elements(10_000));
-    g.bench_function("memory_journal", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let r = stores
-                    .journal
-                    .replay(&id, 1, u64::MAX, u64::MAX)
-                    .await
-                    .unwrap();
-                let n = r
-                    .events
-                    .fold(0usize, |n, e| async move {
-                        n + e.unwrap().payload.bytes.len().min(1)
-                    })
-                    .await;
-                assert_eq!(n, 10_000);
-            })
-        })
-    });
-    g.bench_function("vec_clone_baseline", |b| {
-        b.iter(|| {
-            let n = vec
-                .iter()
-                .cloned()
-                .fold(0usize, |n, e| n + e.payload.bytes.len().min(1));
+    ReplaySetup {
+        id,
+        rt,
+        stores,
+        direct,
+        vec,
+    }
+}
+
+impl ReplaySetup {
+    fn through(&self, journal: &dyn Journal) {
+        self.rt.block_on(async {
+            let r = journal
+                .replay(&self.id, 1, u64::MAX, u64::MAX)
+                .await
+                .unwrap();
+            let n = r
+                .events
+                .fold(0usize, |n, e| async move {
+                    n + e.unwrap().payload.bytes.len().min(1)
+                })
+                .await;
             assert_eq!(n, 10_000);
         })
-    });
+    }
+
+    fn stores(&self) {
+        self.through(&*self.stores.journal)
+    }
+
+    fn direct(&self) {
+        self.through(&self.direct)
+    }
+
+    fn vec(&self) {
+        let n = self
+            .vec
+            .iter()
+            .cloned()
+            .fold(0usize, |n, e| n + e.payload.bytes.len().min(1));
+        assert_eq!(n, 10_000);
+    }
+}
+
+fn replay(c: &mut Criterion) {
+    let setup = replay_setup();
+    let mut g = c.benchmark_group("replay_10000_events");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("memory_journal", |b| b.iter(|| setup.stores()));
+    g.bench_function("memory_backend_direct", |b| b.iter(|| setup.direct()));
+    g.bench_function("vec_clone_baseline", |b| b.iter(|| setup.vec()));
     g.finish();
 }
 
@@ -139,4 +203,58 @@ fn codec(c: &mut Criterion) {
 }
 
 criterion_group!(benches, appends, replay, codec);
-criterion_main!(benches);
+
+/// A fixed amount of one workload, for `valgrind --tool=callgrind` (see the crate docs).
+fn profile(workload: &str) {
+    match workload {
+        "replay" | "replay_stores" | "replay_direct" | "replay_vec" | "replay_setup" => {
+            let setup = replay_setup();
+            for _ in 0..10 {
+                if matches!(workload, "replay" | "replay_stores") {
+                    setup.stores();
+                }
+                if matches!(workload, "replay" | "replay_direct") {
+                    setup.direct();
+                }
+                if matches!(workload, "replay" | "replay_vec") {
+                    setup.vec();
+                }
+            }
+        }
+        "append_1" | "append_100" => {
+            let batch: u64 = if workload == "append_1" { 1 } else { 100 };
+            let payload = CborCodec::<Deposited>::new("bench.Deposited")
+                .encode(&typical())
+                .unwrap();
+            let id = PersistenceId::new("bench-1").unwrap();
+            let rt = rt();
+            let stores = persistence_memory::stores();
+            let direct = Memory::new(MemoryConfig::default());
+            let mut vec = Vec::new();
+            let writes = |from: u64| {
+                AtomicWrite::new(
+                    (from..from + batch)
+                        .map(|s| event(&id, s, &payload))
+                        .collect(),
+                )
+                .unwrap()
+            };
+            for i in 0..10_000 / batch {
+                let from = 1 + i * batch;
+                rt.block_on(stores.journal.write(writes(from))).unwrap();
+                rt.block_on(direct.write_events(vec![writes(from)]))
+                    .unwrap();
+                vec.extend(writes(from).into_events());
+            }
+        }
+        other => panic!("MEMORY_BENCH_PROFILE: unknown workload {other:?}"),
+    }
+}
+
+fn main() {
+    if let Ok(workload) = std::env::var("MEMORY_BENCH_PROFILE") {
+        return profile(&workload);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -2,11 +2,13 @@
 //! one lock, the watch channel live queries wait on, the paging helper every stream uses,
 //! and the test hooks that damage stored data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{ready, Context, Poll};
 
-use futures::{stream, Stream, StreamExt};
+use futures::Stream;
 use persistence_api::{
     Error, Payload, PersistenceId, PersistentEvent, Result, SequenceNr, SnapshotMetadata,
 };
@@ -68,8 +70,15 @@ impl Memory {
     }
 
     /// A stream that pages through the state with `fetch`, and in live mode (`live` is the
-    /// query's name, for the poll counter) waits for writes when it has caught up. `fetch` returns the next items and whether the stream
-    /// is complete after them; a current (non-live) stream also completes on an empty page.
+    /// query's name, for the poll counter) waits for writes when it has caught up. `fetch`
+    /// appends the next items (at most the page size it is given) to the empty buffer it
+    /// is given and returns whether the stream is complete after them; a current (non-live)
+    /// stream also completes on an empty page.
+    ///
+    /// One page is copied per read-lock acquisition into a buffer the stream keeps (its
+    /// allocation is reused from page to page), and each poll hands out the next buffered
+    /// item: the per-event cost is one move out of the buffer, not a poll through layers of
+    /// stream adapters.
     pub(crate) fn paged<C, T, F>(
         &self,
         cursor: C,
@@ -79,50 +88,91 @@ impl Memory {
     where
         C: Send + 'static,
         T: Send + 'static,
-        F: FnMut(&State, &mut C, usize) -> (Vec<T>, bool) + Send + 'static,
+        F: FnMut(&State, &mut C, usize, &mut VecDeque<T>) -> bool + Send + 'static,
     {
-        struct Paging<C, F> {
-            backend: Memory,
-            rx: watch::Receiver<u64>,
-            cursor: C,
-            fetch: F,
-            done: bool,
-        }
-        let page = self.shared.config.page_size.max(1) as usize;
-        let init = Paging {
+        Box::pin(Paged {
             backend: self.clone(),
-            rx: self.shared.changed.subscribe(),
+            rx: Some(self.shared.changed.subscribe()),
+            waiting: None,
             cursor,
             fetch,
+            page: self.shared.config.page_size.max(1) as usize,
+            buf: VecDeque::new(),
+            live,
             done: false,
-        };
-        // Yields whole pages, flattened below, so the per-event cost is an iterator step.
-        let pages = stream::unfold(init, move |mut s| async move {
-            loop {
-                if s.done {
-                    return None;
+        })
+    }
+}
+
+/// A live stream's wait for the next write; gives the receiver back.
+type Waiting = Pin<Box<dyn Future<Output = (watch::Receiver<u64>, bool)> + Send>>;
+
+/// The stream of [`Memory::paged`].
+struct Paged<C, T, F> {
+    backend: Memory,
+    /// `None` while `waiting` holds it.
+    rx: Option<watch::Receiver<u64>>,
+    waiting: Option<Waiting>,
+    cursor: C,
+    fetch: F,
+    page: usize,
+    buf: VecDeque<T>,
+    live: Option<&'static str>,
+    done: bool,
+}
+
+// No field is pinned structurally: every one is moved or borrowed plainly.
+impl<C, T, F> Unpin for Paged<C, T, F> {}
+
+impl<C, T, F> Stream for Paged<C, T, F>
+where
+    F: FnMut(&State, &mut C, usize, &mut VecDeque<T>) -> bool,
+{
+    type Item = Result<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.buf.pop_front() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(waiting) = &mut this.waiting {
+                let (rx, changed) = ready!(waiting.as_mut().poll(cx));
+                this.waiting = None;
+                this.rx = Some(rx);
+                if !changed {
+                    this.done = true;
+                    return Poll::Ready(None);
                 }
-                // Mark the current version seen before reading, so no write is missed.
-                s.rx.borrow_and_update();
-                let (items, complete) = {
-                    let state = s.backend.read();
-                    (s.fetch)(&state, &mut s.cursor, page)
-                };
-                if complete || (live.is_none() && items.is_empty()) {
-                    s.done = true;
-                }
-                if !items.is_empty() {
-                    return Some((items, s));
-                }
-                if !s.done && s.rx.changed().await.is_err() {
-                    return None;
-                }
-                if let Some(query) = live {
+                if let Some(query) = this.live {
                     persistence_api::metrics::record_poll(Memory::NAME, query);
                 }
             }
-        });
-        Box::pin(pages.flat_map(|items: Vec<T>| stream::iter(items.into_iter().map(Ok))))
+            let Some(rx) = this.rx.as_mut() else {
+                return Poll::Ready(None);
+            };
+            // Mark the current version seen before reading, so no write is missed.
+            rx.borrow_and_update();
+            let complete = {
+                let state = this.backend.read();
+                (this.fetch)(&state, &mut this.cursor, this.page, &mut this.buf)
+            };
+            if complete || (this.live.is_none() && this.buf.is_empty()) {
+                this.done = true;
+            }
+            if this.buf.is_empty() && !this.done {
+                let Some(mut rx) = this.rx.take() else {
+                    return Poll::Ready(None);
+                };
+                this.waiting = Some(Box::pin(async move {
+                    let changed = rx.changed().await.is_ok();
+                    (rx, changed)
+                }));
+            }
+        }
     }
 }
 

@@ -2,8 +2,7 @@
 
 use async_trait::async_trait;
 use persistence_api::{
-    AtomicWrite, Error, ErrorKind, Journal, PersistenceId, PersistentEvent, Replay, Result,
-    SequenceNr,
+    AtomicWrite, Error, ErrorKind, Journal, PersistenceId, Replay, Result, SequenceNr,
 };
 
 use crate::core::State;
@@ -37,26 +36,27 @@ impl Journal for Memory {
             .map_or(0, |l| l.highest);
         let id = persistence_id.clone();
         let to = to.min(highest);
-        let events = self.paged((from, max), None, move |state, (next, left), page| {
+        let events = self.paged((from, max), None, move |state, (next, left), page, buf| {
             let Some(log) = state.logs.get(&id) else {
-                return (Vec::new(), true);
+                return true;
             };
             if *next > to || *left == 0 {
-                return (Vec::new(), true);
+                return true;
             }
-            let take = (page as u64).min(*left) as usize;
-            let items: Vec<PersistentEvent> = log
-                .events
-                .range(*next..=to)
-                .take(take)
-                .map(|(_, e)| e.clone())
-                .collect();
-            *left -= items.len() as u64;
-            let complete = items.len() < take || *left == 0;
-            if let Some(last) = items.last() {
+            let take = (page as u64).min(*left).min((to - *next).saturating_add(1)) as usize;
+            buf.reserve(take);
+            buf.extend(
+                log.events
+                    .range(*next..=to)
+                    .take(take)
+                    .map(|(_, e)| e.clone()),
+            );
+            let n = buf.len();
+            *left -= n as u64;
+            if let Some(last) = buf.back() {
                 *next = last.sequence_nr + 1;
             }
-            (items, complete)
+            n < take || *left == 0 || *next > to
         });
         Ok(Replay {
             highest_sequence_nr: highest,

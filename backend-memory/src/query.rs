@@ -34,16 +34,12 @@ impl Memory {
         self.paged(
             (0usize, None::<usize>),
             live.then_some("persistence_ids"),
-            move |state, (next, bound), page| {
+            move |state, (next, bound), page, buf| {
                 let end = *bound.get_or_insert(state.id_order.len());
                 let end = if live { state.id_order.len() } else { end };
-                let items: Vec<PersistenceId> = state.id_order[*next..end]
-                    .iter()
-                    .take(page)
-                    .cloned()
-                    .collect();
-                *next += items.len();
-                (items, !live && *next >= end)
+                buf.extend(state.id_order[*next..end].iter().take(page).cloned());
+                *next += buf.len();
+                !live && *next >= end
             },
         )
     }
@@ -58,7 +54,7 @@ impl Memory {
         self.paged(
             (from, None::<SequenceNr>),
             live.then_some("events_by_persistence_id"),
-            move |state, (next, bound), page| {
+            move |state, (next, bound), page, buf| {
                 let log = state.logs.get(&id);
                 let highest = log.map_or(0, |l| l.highest);
                 let end = if live {
@@ -66,20 +62,21 @@ impl Memory {
                 } else {
                     (*bound.get_or_insert(highest)).min(to)
                 };
-                let items: Vec<EventEnvelope> = match log {
-                    Some(log) if *next <= end => log
-                        .events
-                        .range(*next..=end)
-                        .take(page)
-                        .map(|(s, e)| envelope(e, Offset::Sequence(*s)))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                if let Some(last) = items.last() {
+                if let Some(log) = log.filter(|_| *next <= end) {
+                    // At most a page, and no more than the stored range can hold.
+                    let stored = end.min(highest).saturating_sub(*next).saturating_add(1);
+                    buf.reserve(stored.min(page as u64) as usize);
+                    buf.extend(
+                        log.events
+                            .range(*next..=end)
+                            .take(page)
+                            .map(|(s, e)| envelope(e, Offset::Sequence(*s))),
+                    );
+                }
+                if let Some(last) = buf.back() {
                     *next = last.sequence_nr() + 1;
                 }
-                let complete = *next > end || (!live && items.len() < page);
-                (items, complete)
+                *next > end || (!live && buf.len() < page)
             },
         )
     }
@@ -99,28 +96,26 @@ impl Memory {
         self.paged(
             (after, None::<u64>),
             live.then_some("events_by_tag"),
-            move |state, (last, bound), page| {
+            move |state, (last, bound), page, buf| {
                 let end = if live {
                     u64::MAX
                 } else {
                     *bound.get_or_insert(state.next_ordering)
                 };
-                let mut items = Vec::new();
                 if let Some(index) = state.tags.get(&tag).filter(|_| *last < end) {
                     // A page is `page` events that still exist: entries of deleted events
                     // are passed over, so a page of them is not taken for the end.
                     for (ordering, (id, seq)) in index.range(last.saturating_add(1)..=end) {
                         *last = *ordering;
                         if let Some(e) = state.logs.get(id).and_then(|l| l.events.get(seq)) {
-                            items.push(envelope(e, Offset::Sequence(*ordering)));
-                            if items.len() == page {
+                            buf.push_back(envelope(e, Offset::Sequence(*ordering)));
+                            if buf.len() == page {
                                 break;
                             }
                         }
                     }
                 }
-                let complete = !live && (items.is_empty() || *last >= end);
-                (items, complete)
+                !live && (buf.is_empty() || *last >= end)
             },
         )
     }
