@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{ready, Context, Poll};
 
 use futures::Stream;
@@ -48,7 +48,9 @@ pub(crate) struct State {
 
 #[derive(Default)]
 pub(crate) struct IdLog {
-    pub(crate) events: BTreeMap<SequenceNr, PersistentEvent>,
+    /// Shared, so a page copies pointers under the lock and each event is cloned only
+    /// when the stream hands it out.
+    pub(crate) events: BTreeMap<SequenceNr, Arc<PersistentEvent>>,
     /// The place of each stored event in the global order (its tag entries' key), so a
     /// rebuild restores entries where they were.
     pub(crate) orderings: BTreeMap<SequenceNr, u64>,
@@ -64,33 +66,43 @@ impl Memory {
         self.shared.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wakes the live queries.
+    /// Wakes the live queries. With none open (no receiver), there is no one to wake: a
+    /// query subscribes before its first read of the state, so one that subscribes after
+    /// this check reads the write itself.
     pub(crate) fn notify(&self) {
-        self.shared.changed.send_modify(|v| *v = v.wrapping_add(1));
+        if self.shared.changed.receiver_count() > 0 {
+            self.shared.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
     }
 
     /// A stream that pages through the state with `fetch`, and in live mode (`live` is the
     /// query's name, for the poll counter) waits for writes when it has caught up. `fetch`
     /// appends the next items (at most the page size it is given) to the empty buffer it
     /// is given and returns whether the stream is complete after them; a current (non-live)
-    /// stream also completes on an empty page.
+    /// stream also completes on an empty page. `item` turns a buffered item into what the
+    /// stream yields, outside the lock.
     ///
     /// One page is copied per read-lock acquisition into a buffer the stream keeps (its
-    /// allocation is reused from page to page), and each poll hands out the next buffered
-    /// item: the per-event cost is one move out of the buffer, not a poll through layers of
-    /// stream adapters.
-    pub(crate) fn paged<C, T, F>(
+    /// allocation is reused from page to page): for events, `Arc` pointers, so the lock is
+    /// held for pointer copies only, and each event is cloned when the stream hands it out,
+    /// right before the caller uses it. The per-event cost is that clone and one pop from
+    /// the buffer, not a poll through layers of stream adapters.
+    pub(crate) fn paged<C, B, T, F, M>(
         &self,
         cursor: C,
         live: Option<&'static str>,
         fetch: F,
+        item: M,
     ) -> Pin<Box<dyn Stream<Item = Result<T>> + Send>>
     where
         C: Send + 'static,
+        B: Send + 'static,
         T: Send + 'static,
-        F: FnMut(&State, &mut C, usize, &mut VecDeque<T>) -> bool + Send + 'static,
+        F: FnMut(&State, &mut C, usize, &mut VecDeque<B>) -> bool + Send + 'static,
+        M: FnMut(B) -> T + Send + 'static,
     {
         Box::pin(Paged {
+            item,
             backend: self.clone(),
             rx: Some(self.shared.changed.subscribe()),
             waiting: None,
@@ -108,7 +120,8 @@ impl Memory {
 type Waiting = Pin<Box<dyn Future<Output = (watch::Receiver<u64>, bool)> + Send>>;
 
 /// The stream of [`Memory::paged`].
-struct Paged<C, T, F> {
+struct Paged<C, B, F, M> {
+    item: M,
     backend: Memory,
     /// `None` while `waiting` holds it.
     rx: Option<watch::Receiver<u64>>,
@@ -116,17 +129,18 @@ struct Paged<C, T, F> {
     cursor: C,
     fetch: F,
     page: usize,
-    buf: VecDeque<T>,
+    buf: VecDeque<B>,
     live: Option<&'static str>,
     done: bool,
 }
 
 // No field is pinned structurally: every one is moved or borrowed plainly.
-impl<C, T, F> Unpin for Paged<C, T, F> {}
+impl<C, B, F, M> Unpin for Paged<C, B, F, M> {}
 
-impl<C, T, F> Stream for Paged<C, T, F>
+impl<C, B, T, F, M> Stream for Paged<C, B, F, M>
 where
-    F: FnMut(&State, &mut C, usize, &mut VecDeque<T>) -> bool,
+    F: FnMut(&State, &mut C, usize, &mut VecDeque<B>) -> bool,
+    M: FnMut(B) -> T,
 {
     type Item = Result<T>;
 
@@ -134,7 +148,7 @@ where
         let this = self.get_mut();
         loop {
             if let Some(item) = this.buf.pop_front() {
-                return Poll::Ready(Some(Ok(item)));
+                return Poll::Ready(Some(Ok((this.item)(item))));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -196,7 +210,8 @@ impl Memory {
             .get_mut(id)
             .and_then(|log| log.events.get_mut(&sequence_nr))
             .ok_or_else(|| Error::invalid_input(format!("no stored event {id} {sequence_nr}")))?;
-        event.payload.bytes = bytes.into();
+        // A copy if a stream still holds the old one: that stream yields what was stored.
+        Arc::make_mut(event).payload.bytes = bytes.into();
         Ok(())
     }
 

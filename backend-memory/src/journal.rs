@@ -1,5 +1,8 @@
 //! The journal: the write path, replay, the highest sequence number and deletes.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use persistence_api::{
     AtomicWrite, Error, ErrorKind, Journal, PersistenceId, Replay, Result, SequenceNr,
@@ -36,28 +39,30 @@ impl Journal for Memory {
             .map_or(0, |l| l.highest);
         let id = persistence_id.clone();
         let to = to.min(highest);
-        let events = self.paged((from, max), None, move |state, (next, left), page, buf| {
-            let Some(log) = state.logs.get(&id) else {
-                return true;
+        let fetch =
+            move |state: &State, (next, left): &mut (u64, u64), page, buf: &mut VecDeque<_>| {
+                let Some(log) = state.logs.get(&id) else {
+                    return true;
+                };
+                if *next > to || *left == 0 {
+                    return true;
+                }
+                let take = (page as u64).min(*left).min((to - *next).saturating_add(1)) as usize;
+                buf.reserve(take);
+                buf.extend(
+                    log.events
+                        .range(*next..=to)
+                        .take(take)
+                        .map(|(_, e)| e.clone()),
+                );
+                let n = buf.len();
+                *left -= n as u64;
+                if let Some(last) = buf.back() {
+                    *next = last.sequence_nr + 1;
+                }
+                n < take || *left == 0 || *next > to
             };
-            if *next > to || *left == 0 {
-                return true;
-            }
-            let take = (page as u64).min(*left).min((to - *next).saturating_add(1)) as usize;
-            buf.reserve(take);
-            buf.extend(
-                log.events
-                    .range(*next..=to)
-                    .take(take)
-                    .map(|(_, e)| e.clone()),
-            );
-            let n = buf.len();
-            *left -= n as u64;
-            if let Some(last) = buf.back() {
-                *next = last.sequence_nr + 1;
-            }
-            n < take || *left == 0 || *next > to
-        });
+        let events = self.paged((from, max), None, fetch, Arc::unwrap_or_clone);
         Ok(Replay {
             highest_sequence_nr: highest,
             events,
@@ -85,11 +90,19 @@ impl Journal for Memory {
 }
 
 /// Stores one atomic write under the write lock: all its events, or a `Conflict` if its
-/// first sequence number is already taken.
+/// first sequence number is already taken. The id is hashed twice per write (the conflict
+/// check, then the log), not per event, and cloned only for a new id and for tag entries.
 fn store_one(state: &mut State, write: AtomicWrite) -> Result<()> {
-    let id = write.persistence_id().clone();
     let (from, to) = (write.lowest_sequence_nr(), write.highest_sequence_nr());
-    let highest = state.logs.get(&id).map_or(0, |l| l.highest);
+    let State {
+        logs,
+        id_order,
+        tags,
+        next_ordering,
+        ..
+    } = state;
+    let id = write.persistence_id();
+    let highest = logs.get(id).map_or(0, |l| l.highest);
     if from <= highest {
         return Err(Error::new(
             ErrorKind::Conflict,
@@ -99,23 +112,30 @@ fn store_one(state: &mut State, write: AtomicWrite) -> Result<()> {
         .with_persistence_id(id.as_str())
         .with_sequence_range(from, to));
     }
-    if !state.logs.contains_key(&id) {
-        state.id_order.push(id.clone());
-    }
-    for event in write.into_events() {
-        let ordering = state.next_ordering + 1;
-        state.next_ordering = ordering;
-        for tag in &event.tags {
-            state
-                .tags
-                .entry(tag.clone())
-                .or_default()
-                .insert(ordering, (id.clone(), event.sequence_nr));
+    let log = match logs.get_mut(id) {
+        Some(log) => log,
+        None => {
+            id_order.push(id.clone());
+            logs.entry(id.clone()).or_default()
         }
-        let log = state.logs.entry(id.clone()).or_default();
+    };
+    for event in write.into_events() {
+        let ordering = *next_ordering + 1;
+        *next_ordering = ordering;
+        for tag in &event.tags {
+            let entry = (event.persistence_id.clone(), event.sequence_nr);
+            match tags.get_mut(tag.as_str()) {
+                Some(index) => {
+                    index.insert(ordering, entry);
+                }
+                None => {
+                    tags.entry(tag.clone()).or_default().insert(ordering, entry);
+                }
+            }
+        }
         log.highest = event.sequence_nr;
         log.orderings.insert(event.sequence_nr, ordering);
-        log.events.insert(event.sequence_nr, event);
+        log.events.insert(event.sequence_nr, Arc::new(event));
     }
     Ok(())
 }

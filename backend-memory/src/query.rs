@@ -1,6 +1,8 @@
 //! The read journal: persistence ids, events by id and events by tag, current and live,
 //! all paged through the shared state by the paging helper of `core.rs`.
 
+use std::sync::Arc;
+
 use futures::stream;
 use persistence_api::{
     EnvelopeStream, Error, EventEnvelope, Offset, PersistenceId, PersistenceIdStream,
@@ -41,6 +43,7 @@ impl Memory {
                 *next += buf.len();
                 !live && *next >= end
             },
+            |id| id,
         )
     }
 
@@ -70,14 +73,15 @@ impl Memory {
                         log.events
                             .range(*next..=end)
                             .take(page)
-                            .map(|(s, e)| envelope(e, Offset::Sequence(*s))),
+                            .map(|(s, e)| (e.clone(), *s)),
                     );
                 }
-                if let Some(last) = buf.back() {
-                    *next = last.sequence_nr() + 1;
+                if let Some((_, last)) = buf.back() {
+                    *next = last + 1;
                 }
                 *next > end || (!live && buf.len() < page)
             },
+            envelope,
         )
     }
 
@@ -108,7 +112,7 @@ impl Memory {
                     for (ordering, (id, seq)) in index.range(last.saturating_add(1)..=end) {
                         *last = *ordering;
                         if let Some(e) = state.logs.get(id).and_then(|l| l.events.get(seq)) {
-                            buf.push_back(envelope(e, Offset::Sequence(*ordering)));
+                            buf.push_back((e.clone(), *ordering));
                             if buf.len() == page {
                                 break;
                             }
@@ -117,13 +121,15 @@ impl Memory {
                 }
                 !live && (buf.is_empty() || *last >= end)
             },
+            envelope,
         )
     }
 }
 
-fn envelope(event: &PersistentEvent, offset: Offset) -> EventEnvelope {
+/// A buffered event and its offset (`Offset::Sequence`), as the query yields it.
+fn envelope((event, offset): (Arc<PersistentEvent>, u64)) -> EventEnvelope {
     EventEnvelope {
-        offset,
-        event: event.clone(),
+        offset: Offset::Sequence(offset),
+        event: Arc::unwrap_or_clone(event),
     }
 }
