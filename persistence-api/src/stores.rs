@@ -720,12 +720,14 @@ impl Journal for CheckedJournal {
                 .map_err(&err)?;
             tracing::debug!(highest = replay.highest_sequence_nr, "replay started");
             let err = self.ctx.err_owned("replay", persistence_id.as_str());
-            // The call is counted by `run`; its events as they pass.
-            let events: EventStream = metrics::observe_stream(
+            // The call is counted by `run`; its events as they pass (errors given the
+            // context in the same layer).
+            let events: EventStream = metrics::observe_stream_mapped(
                 self.ctx.backend,
                 "replay",
                 false,
-                Box::pin(replay.events.map(move |r| r.map_err(&err))),
+                replay.events,
+                err,
             );
             Ok(Replay {
                 highest_sequence_nr: replay.highest_sequence_nr,
