@@ -156,13 +156,24 @@ async fn single<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> Result<()> 
     })
 }
 
-/// Marks the committer stopped if it unwinds, so the next writer starts a new one.
-struct RunningGuard<'a>(&'a GroupCommit);
+/// Marks the committer stopped if it ends any other way than by finding the queue empty
+/// (a panic, or its task dropped when its runtime shuts down), so the next writer starts a
+/// new one; the writes still queued are dropped, and their callers answered `Unavailable`
+/// (they may be waiting on a runtime that is gone).
+struct RunningGuard<'a> {
+    queue: &'a GroupCommit,
+    finished: bool,
+}
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.lock().running = false;
+        if !self.finished {
+            let dropped = {
+                let mut state = self.queue.lock();
+                state.running = false;
+                std::mem::take(&mut state.queue)
+            };
+            drop(dropped);
         }
     }
 }
@@ -171,7 +182,10 @@ impl Drop for RunningGuard<'_> {
 /// queue is empty.
 async fn run<B: Backend>(backend: Arc<B>) {
     let queue = backend.group_commit();
-    let _guard = RunningGuard(queue);
+    let mut guard = RunningGuard {
+        queue,
+        finished: false,
+    };
     loop {
         let mut group = Vec::new();
         let (mut events, mut bytes) = (0, 0);
@@ -180,6 +194,7 @@ async fn run<B: Backend>(backend: Arc<B>) {
             queue.take(&mut state, &mut group, &mut events, &mut bytes);
             if group.is_empty() {
                 state.running = false;
+                guard.finished = true;
                 return;
             }
         }
