@@ -260,3 +260,183 @@ fn urls_are_rewritten_to_the_proxy() {
         )
     );
 }
+
+/// Writes in the grouped transaction of [`grouped_write_cut_at_every_point`].
+const GROUP: usize = 3;
+
+/// How long the committer waits for a group to fill (so the writes started together are
+/// always one group, whichever of them the committer meets first).
+const GROUP_WINDOW: Duration = Duration::from_millis(100);
+
+/// Three single-event writes of three ids, started together, committed as one group (one
+/// transaction: `BEGIN`, three statements, the new ids' positions, `COMMIT`), with the
+/// connection cut after every byte count of that exchange (every 16th byte, and each of
+/// the last 48, around `COMMIT`). Every caller must get its true result (`Ok`, and its event stored) or
+/// a retryable `Unavailable`/`Timeout`, and each write must be stored wholly or not at all;
+/// being one transaction, the group is stored for all or for none. Then the pool works
+/// again: a retry of each write succeeds (not stored) or gets `Conflict` (stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_write_cut_at_every_point() {
+    use futures::future::join_all;
+    use persistence_api::{AtomicWrite, ErrorKind, JournalExt, PersistenceId};
+    use persistence_tck::sweep::event;
+
+    let Some(url) = server_env("PERSISTENCE_POSTGRES_URL") else {
+        return;
+    };
+    let (target, _) = split_url(&url, "");
+    let proxy = FaultProxy::start(target).await.expect("start the proxy");
+    let (_, via_url) = split_url(&url, &proxy.addr().to_string());
+    let schema = format!("faults_group_{}", unique() % 1_000_000_000_000);
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("connect directly");
+    let direct = Postgres::open(PostgresConfig::new(url.clone()).with_schema(schema.clone()))
+        .await
+        .expect("direct store");
+    let direct = direct.stores();
+    let mut via = PostgresConfig::new(via_url).with_schema(schema.clone());
+    via.max_connections = 1;
+    via.acquire_timeout = Duration::from_secs(2);
+    via.create_schema = false;
+    via.group_commit_window = GROUP_WINDOW;
+    let via = Postgres::open(via).await.expect("proxied store");
+    let (via_pool, via) = (via.pool().clone(), via.stores());
+
+    let ids = |case: &str| -> Vec<PersistenceId> {
+        (0..GROUP)
+            .map(|i| PersistenceId::new(format!("{case}-{i}")).unwrap())
+            .collect()
+    };
+    let write = |id: &PersistenceId| AtomicWrite::single(event(id, 1, Some("grouped"))).unwrap();
+    // One grouped write of `case`'s ids, cut after `cut` bytes; its results and its bytes.
+    let grouped = |case: String, cut: Option<u64>| {
+        let (via, via_pool, proxy, admin) = (&via, &via_pool, &proxy, &admin);
+        async move {
+            if cut.is_some() {
+                // An uncut group first (ids of names as long): after the previous cut the
+                // pool's connection is new, and this prepares its statements, so the cut
+                // group sends the same bytes as the calibration.
+                let warm = format!("w{}", &case[1..]);
+                for r in join_all(ids(&warm).iter().map(|id| via.journal.write(write(id)))).await {
+                    r.expect("the uncut warm-up group succeeds");
+                }
+            }
+            let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(via_pool)
+                .await
+                .expect("the backend pid");
+            tokio::time::sleep(SETTLE).await;
+            let before = proxy.forwarded();
+            if let Some(n) = cut {
+                proxy.cut_after(n);
+            }
+            let results = join_all(ids(&case).iter().map(|id| via.journal.write(write(id)))).await;
+            tokio::time::sleep(SETTLE).await;
+            let sent = proxy.forwarded() - before;
+            if cut.is_some_and(|n| sent >= n) {
+                // Judge only once the server process of the cut connection has ended (a
+                // COMMIT that reached it may still be committing).
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let alive: i64 =
+                        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                            .bind(backend)
+                            .fetch_one(admin)
+                            .await
+                            .expect("pg_stat_activity");
+                    if alive == 0 {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{case}: the cut connection's server process still runs after 10 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            proxy.restore();
+            (results, sent)
+        }
+    };
+
+    // Calibration, twice (the first also prepares the statements).
+    let mut size = 0;
+    for k in 0..2 {
+        let (results, sent) = grouped(format!("k{k:04}"), None).await;
+        for r in results {
+            r.expect("the uncut grouped write succeeds");
+        }
+        size = sent;
+    }
+    assert!(
+        size > COMMIT_BYTES + RELEASE_PING_BYTES + 4,
+        "the proxy forwarded {size} bytes"
+    );
+    // The group's exchange ends with more than `COMMIT` and the release ping (measured:
+    // its COMMIT is complete about 25 bytes before the end), so every byte of the last 48.
+    let mut cuts: Vec<u64> = (0..size).step_by(16).collect();
+    cuts.extend(size - 48..=size + 2);
+    cuts.sort_unstable();
+    cuts.dedup();
+
+    let (mut failed, mut stored_anyway, mut ok) = (0, 0, 0);
+    for (i, &n) in cuts.iter().enumerate() {
+        let case = format!("c{i:04}");
+        let (results, _) = grouped(case.clone(), Some(n)).await;
+        let mut stored = Vec::new();
+        for (id, result) in ids(&case).iter().zip(&results) {
+            let highest = direct.journal.highest_sequence_nr(id).await.unwrap();
+            let events = direct.journal.replay_all(id).await.unwrap();
+            assert!(
+                (highest == 0 && events.is_empty()) || (highest == 1 && events.len() == 1),
+                "{case} cut after {n} of {size}: {id} stored in part (highest {highest}, {} events)",
+                events.len()
+            );
+            match result {
+                Ok(()) => assert_eq!(highest, 1, "{case} cut after {n}: {id} acknowledged but not stored"),
+                Err(e) => assert!(
+                    matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) && e.is_retryable(),
+                    "{case} cut after {n} of {size}: {id} must get a retryable Unavailable/Timeout, got {e:?}"
+                ),
+            }
+            stored.push(highest == 1);
+        }
+        assert!(
+            stored.iter().all(|&s| s == stored[0]),
+            "{case} cut after {n} of {size}: one transaction, yet stored {stored:?}"
+        );
+        match (results.iter().all(Result::is_ok), stored[0]) {
+            (true, _) => ok += 1,
+            (false, true) => stored_anyway += 1,
+            (false, false) => failed += 1,
+        }
+        // The pool works again; a retry answers the truth.
+        for (id, was_stored) in ids(&case).iter().zip(&stored) {
+            match via.journal.write(write(id)).await {
+                Ok(()) => assert!(!was_stored, "{case}: {id} stored twice"),
+                Err(e) => {
+                    assert!(*was_stored, "{case}: the retry of {id} failed: {e:?}");
+                    assert_eq!(e.kind(), ErrorKind::Conflict, "{case}: {id}: {e:?}");
+                }
+            }
+        }
+    }
+    eprintln!(
+        "grouped: {} cut points over {size} bytes: {failed} failed and not stored, \
+         {stored_anyway} failed but stored, {ok} succeeded",
+        cuts.len()
+    );
+    assert!(failed > 0, "no cut hit the grouped write");
+    assert!(
+        stored_anyway > 0,
+        "no cut fell between COMMIT reaching the server and its answer"
+    );
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&admin)
+    .await;
+}
