@@ -3,13 +3,15 @@
 //! for the lot.
 //!
 //! # How a group forms
-//! There is at most one group in flight per opened database. A write that arrives while
-//! none is in flight starts a committer task at once, which takes it (alone: a lone writer
-//! pays no added latency) and commits it. Writes that arrive while that commit runs queue
-//! up; when it ends the committer takes them (up to `group_commit_max_events` events and
-//! `group_commit_max_bytes` bytes, in arrival order) as the next group. With
-//! `group_commit_window_ms` above zero the committer also waits that long after taking a
-//! group that is not full, to let more writes join. When the queue is empty it stops.
+//! A write that arrives while fewer than `max_in_flight` committers run (SQLite 1: one
+//! writer at a time; PostgreSQL half the pool, 1 to 4) starts a committer task at once,
+//! which takes it (alone: a lone writer pays no added latency) and commits it. Writes that
+//! arrive while the commits run queue up; when a commit ends its committer takes them (up
+//! to `group_commit_max_events` events and `group_commit_max_bytes` bytes, in arrival
+//! order, and up to the first write of an id that another committer's group holds, so the
+//! writes of one id stay in arrival order) as its next group. With `group_commit_window_ms`
+//! above zero the committer also waits that long after taking a group that is not full.
+//! When it finds nothing to take it stops.
 //!
 //! # What each caller gets
 //! The group is written by the database's batch path ([`Backend::write_all`]): SQLite
@@ -22,7 +24,7 @@
 //! every caller of the group gets the same error the single path gives (`Unavailable` /
 //! `Timeout`: retryable, and for a cut during `COMMIT` ambiguous).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +44,9 @@ pub(crate) struct GroupCommitSettings {
     pub max_events: usize,
     /// Most bytes (events' [`persistence_api::PersistentEvent::stored_size`]) in one group.
     pub max_bytes: usize,
+    /// Most groups committing at once (SQLite 1: one writer at a time; PostgreSQL more, so
+    /// that the statements of several groups run side by side on the pool).
+    pub max_in_flight: usize,
 }
 
 /// One caller's write, waiting for its group.
@@ -57,8 +62,11 @@ struct Pending {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Pending>,
-    /// A committer task is running (it will take whatever is queued).
-    running: bool,
+    /// Committer tasks running (each takes whatever is queued when its commit ends).
+    running: usize,
+    /// The ids of the groups being committed: a write of one of them waits for that group
+    /// (so the writes of one id are applied in arrival order even across groups).
+    in_flight: HashSet<String>,
 }
 
 /// The queue of one opened database's concurrent single writes.
@@ -87,7 +95,8 @@ impl GroupCommit {
     }
 
     /// Takes the next group off the queue: in arrival order, at least one write, then
-    /// while the bounds hold. Empty when the queue is.
+    /// while the bounds hold, and up to the first write of an id that another group being
+    /// committed holds. Empty when the queue is, or when its first write waits so.
     fn take(
         &self,
         state: &mut State,
@@ -100,6 +109,13 @@ impl GroupCommit {
                 && (*events + next.events > self.settings.max_events
                     || *bytes + next.bytes > self.settings.max_bytes)
             {
+                break;
+            }
+            let id = next.write.persistence_id().as_str();
+            let mine = group
+                .iter()
+                .any(|p| p.write.persistence_id().as_str() == id);
+            if !mine && !state.in_flight.insert(id.to_owned()) {
                 break;
             }
             let next = state.queue.pop_front().expect("front was Some");
@@ -129,7 +145,11 @@ pub(crate) async fn write<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> R
             reply,
             span: tracing::Span::current(),
         });
-        !std::mem::replace(&mut state.running, true)
+        let start = state.running < group.settings.max_in_flight.max(1);
+        if start {
+            state.running += 1;
+        }
+        start
     };
     if start {
         runtime.spawn(run(backend.clone()));
@@ -163,6 +183,8 @@ async fn single<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> Result<()> 
 struct RunningGuard<'a> {
     queue: &'a GroupCommit,
     finished: bool,
+    /// The ids of the group being committed.
+    ids: Vec<String>,
 }
 
 impl Drop for RunningGuard<'_> {
@@ -170,8 +192,15 @@ impl Drop for RunningGuard<'_> {
         if !self.finished {
             let dropped = {
                 let mut state = self.queue.lock();
-                state.running = false;
-                std::mem::take(&mut state.queue)
+                state.running -= 1;
+                for id in &self.ids {
+                    state.in_flight.remove(id);
+                }
+                if state.running == 0 {
+                    std::mem::take(&mut state.queue)
+                } else {
+                    VecDeque::new()
+                }
             };
             drop(dropped);
         }
@@ -185,6 +214,7 @@ async fn run<B: Backend>(backend: Arc<B>) {
     let mut guard = RunningGuard {
         queue,
         finished: false,
+        ids: Vec::new(),
     };
     loop {
         let mut group = Vec::new();
@@ -193,11 +223,18 @@ async fn run<B: Backend>(backend: Arc<B>) {
             let mut state = queue.lock();
             queue.take(&mut state, &mut group, &mut events, &mut bytes);
             if group.is_empty() {
-                state.running = false;
+                state.running -= 1;
                 guard.finished = true;
                 return;
             }
         }
+        let ids_of = |group: &[Pending]| -> Vec<String> {
+            group
+                .iter()
+                .map(|p| p.write.persistence_id().as_str().to_owned())
+                .collect()
+        };
+        guard.ids = ids_of(&group);
         let window = queue.settings.window;
         if !window.is_zero()
             && events < queue.settings.max_events
@@ -206,8 +243,14 @@ async fn run<B: Backend>(backend: Arc<B>) {
             tokio::time::sleep(window).await;
             let mut state = queue.lock();
             queue.take(&mut state, &mut group, &mut events, &mut bytes);
+            drop(state);
+            guard.ids = ids_of(&group);
         }
         commit(&*backend, group, events).await;
+        let mut state = queue.lock();
+        for id in guard.ids.drain(..) {
+            state.in_flight.remove(&id);
+        }
     }
 }
 

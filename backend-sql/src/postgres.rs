@@ -349,6 +349,7 @@ impl PgBackend {
                     window: config.group_commit_window,
                     max_events: config.group_commit_max_events as usize,
                     max_bytes: usize::try_from(config.group_commit_max_bytes).unwrap_or(usize::MAX),
+                    max_in_flight: (config.max_connections as usize / 2).clamp(1, 4),
                 },
             ),
             config,

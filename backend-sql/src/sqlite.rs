@@ -139,6 +139,7 @@ impl SqliteBackend {
                     window: config.group_commit_window,
                     max_events: config.group_commit_max_events as usize,
                     max_bytes: usize::try_from(config.group_commit_max_bytes).unwrap_or(usize::MAX),
+                    max_in_flight: 1,
                 },
             ),
         })

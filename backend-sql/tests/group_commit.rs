@@ -330,3 +330,62 @@ fn postgres_group_commit() {
 fn postgres_group_commit_off() {
     postgres_case(false);
 }
+
+/// On PostgreSQL several groups commit at once (up to 4 with the default pool of 10): five
+/// writes of one id started together (1 to 5, among writes of 30 other ids) on a
+/// multi-threaded runtime, so the committers race; a write whose id another group is
+/// committing waits for that group, so all five are applied in order, each acknowledged.
+#[test]
+fn postgres_arrival_order_across_concurrent_groups() {
+    let Some(url) = persistence_tck::server_env("PERSISTENCE_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("gc_across_{}", std::process::id());
+    // Every thread that may meet the `sql.group_commit` span has a subscriber interested in
+    // it: a thread without one would let tracing cache the callsite as uninteresting, and
+    // the other tests' captures would then miss their groups.
+    let _guard = tracing::subscriber::set_default(Groups::default());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| {
+            std::mem::forget(tracing::subscriber::set_default(Groups::default()));
+        })
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            drop_schema(&url, &schema).await;
+            let stores = persistence_sql::open(postgres_config(&url, &schema, true))
+                .await
+                .unwrap();
+            for round in 0..20 {
+                let id = pid("across", &format!("{round}"));
+                let others: Vec<PersistenceId> = (0..30)
+                    .map(|i| pid("across", &format!("{round}-{i}")))
+                    .collect();
+                let mut calls = Vec::new();
+                for seq in 1..=5 {
+                    calls.push(stores.journal.write(one(&id, seq, "w")));
+                    for o in &others[(seq as usize - 1) * 6..seq as usize * 6] {
+                        calls.push(stores.journal.write(one(o, 1, "w")));
+                    }
+                }
+                for r in join_all(calls).await {
+                    r.unwrap();
+                }
+                let replay = stores
+                    .journal
+                    .replay(&id, 1, u64::MAX, u64::MAX)
+                    .await
+                    .unwrap();
+                let seqs: Vec<u64> = futures::StreamExt::collect::<Vec<_>>(replay.events)
+                    .await
+                    .into_iter()
+                    .map(|e| e.unwrap().sequence_nr)
+                    .collect();
+                assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{id}");
+            }
+            drop(stores);
+            drop_schema(&url, &schema).await;
+        });
+}
