@@ -5,6 +5,10 @@
 //! `memory_journal` measures through `Stores` (the checking layer, as users call it),
 //! `memory_backend_direct` calls the backend's `Journal` without the layer.
 //!
+//! Ratios on a loaded machine: `MEMORY_BENCH_RATIOS=<rounds>` runs replay and 1-event
+//! appends through `Stores`, through the backend and on the `Vec` in turn, `rounds`
+//! times, and prints the fastest of each and their ratios.
+//!
 //! Profiling: with `MEMORY_BENCH_PROFILE=replay` (or `append_1`, `append_100`) the binary
 //! skips criterion and runs a fixed amount of that workload, through `Stores` and directly
 //! and beside its `Vec` bound, so `valgrind --tool=callgrind` counts exact instructions:
@@ -52,6 +56,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Events an append benchmark writes to one store (or `Vec`) before it starts on a fresh
+/// one: the store stays the size of a test's, rather than growing by millions of events
+/// (gigabytes, then page faults) over a criterion run. Both sides pay for dropping theirs.
+const APPEND_LOG: u64 = 10_000;
+
 fn appends(c: &mut Criterion) {
     let codec = CborCodec::<Deposited>::new("bench.Deposited");
     let payload = codec.encode(&typical()).unwrap();
@@ -60,10 +69,14 @@ fn appends(c: &mut Criterion) {
     for batch in [1u64, 100] {
         let mut g = c.benchmark_group(format!("append_{batch}_event_atomic_writes"));
         g.throughput(Throughput::Elements(batch));
-        let stores: Stores = persistence_memory::stores();
+        let mut stores: Stores = persistence_memory::stores();
         let mut next = 1u64;
         g.bench_function("memory_journal", |b| {
             b.iter(|| {
+                if next > APPEND_LOG {
+                    stores = persistence_memory::stores();
+                    next = 1;
+                }
                 let events = (next..next + batch)
                     .map(|s| event(&id, s, &payload))
                     .collect();
@@ -72,10 +85,14 @@ fn appends(c: &mut Criterion) {
                     .unwrap();
             })
         });
-        let direct = Memory::new(MemoryConfig::default());
+        let mut direct = Memory::new(MemoryConfig::default());
         let mut next = 1u64;
         g.bench_function("memory_backend_direct", |b| {
             b.iter(|| {
+                if next > APPEND_LOG {
+                    direct = Memory::new(MemoryConfig::default());
+                    next = 1;
+                }
                 let events = (next..next + batch)
                     .map(|s| event(&id, s, &payload))
                     .collect();
@@ -90,6 +107,10 @@ fn appends(c: &mut Criterion) {
         let mut next = 1u64;
         g.bench_function("vec_push_baseline", |b| {
             b.iter(|| {
+                if next > APPEND_LOG {
+                    vec.clear();
+                    next = 1;
+                }
                 let events: Vec<_> = (next..next + batch)
                     .map(|s| event(&id, s, &payload))
                     .collect();
@@ -251,9 +272,103 @@ fn profile(workload: &str) {
     }
 }
 
+/// Wall-clock ratios robust to a loaded machine: each workload and its bound run in turn,
+/// `rounds` times, and the fastest of each is compared (interference only slows a run).
+fn ratios(rounds: usize) {
+    use std::time::Instant;
+    fn fastest(f: impl FnMut()) -> impl FnMut() -> f64 {
+        let mut f = f;
+        let mut best = f64::MAX;
+        move || {
+            let t = Instant::now();
+            f();
+            best = best.min(t.elapsed().as_secs_f64());
+            best
+        }
+    }
+    let setup = replay_setup();
+    let mut stores = fastest(|| setup.stores());
+    let mut direct = fastest(|| setup.direct());
+    let mut vec = fastest(|| setup.vec());
+    let (mut s, mut d, mut v) = (0.0, 0.0, 0.0);
+    for _ in 0..rounds {
+        s = stores();
+        d = direct();
+        v = vec();
+    }
+    println!(
+        "replay 10,000 events, fastest of {rounds}: Stores {:.2} M/s, backend {:.2} M/s, Vec clone {:.2} M/s; ratio Stores {:.2}, backend {:.2}",
+        1e4 / s / 1e6,
+        1e4 / d / 1e6,
+        1e4 / v / 1e6,
+        v / s,
+        v / d
+    );
+    // 1-event appends, 1,000 at a time (fresh stores every APPEND_LOG events).
+    let payload = CborCodec::<Deposited>::new("bench.Deposited")
+        .encode(&typical())
+        .unwrap();
+    let id = PersistenceId::new("bench-1").unwrap();
+    let rt = rt();
+    let write = |s: u64| AtomicWrite::single(event(&id, s, &payload)).unwrap();
+    let (mut st, mut di, mut ve) = (
+        persistence_memory::stores(),
+        Memory::new(MemoryConfig::default()),
+        Vec::new(),
+    );
+    let (mut ns, mut nd, mut nv) = (1u64, 1u64, 1u64);
+    let mut stores = fastest(|| {
+        for _ in 0..1000 {
+            if ns > APPEND_LOG {
+                (st, ns) = (persistence_memory::stores(), 1);
+            }
+            rt.block_on(st.journal.write(write(ns))).unwrap();
+            ns += 1;
+        }
+    });
+    let mut direct = fastest(|| {
+        for _ in 0..1000 {
+            if nd > APPEND_LOG {
+                (di, nd) = (Memory::new(MemoryConfig::default()), 1);
+            }
+            rt.block_on(di.write_events(vec![write(nd)])).unwrap();
+            nd += 1;
+        }
+    });
+    let mut vec = fastest(|| {
+        for _ in 0..1000 {
+            if nv > APPEND_LOG {
+                (ve, nv) = (Vec::new(), 1);
+            }
+            ve.extend(write(nv).into_events());
+            nv += 1;
+        }
+    });
+    for _ in 0..rounds {
+        s = stores();
+        d = direct();
+        v = vec();
+    }
+    println!(
+        "1-event appends, fastest 1,000 of {rounds}: Stores {:.2} us, backend {:.2} us, Vec push {:.2} us; ratio Stores {:.2}, backend {:.2}",
+        s * 1e3,
+        d * 1e3,
+        v * 1e3,
+        v / s,
+        v / d
+    );
+}
+
 fn main() {
     if let Ok(workload) = std::env::var("MEMORY_BENCH_PROFILE") {
         return profile(&workload);
+    }
+    if let Ok(rounds) = std::env::var("MEMORY_BENCH_RATIOS") {
+        return ratios(
+            rounds
+                .parse()
+                .expect("MEMORY_BENCH_RATIOS: a number of rounds"),
+        );
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
