@@ -9,37 +9,19 @@
 //! `PERSISTENCE_TEST_TLS_DIR` (skipped loudly without the URL, a failure with `CI=true`).
 //! The expired certificate is presented by the kit's TLS proxy in front of the server.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use persistence_api::{
-    AtomicWrite, Error, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent,
-};
+use persistence_api::{Error, ErrorKind};
 use persistence_sql::{PostgresConfig, SslMode};
 use persistence_tck::tls::TlsProxy;
+
+#[path = "support/tls_env.rs"]
+mod tls_env;
+use tls_env::{env, password_file, verify_full, write_and_read};
 
 /// How long a refused connection may take to come back as an error (the pool's acquire
 /// timeout stays at its 30 s default, so a retry loop would show).
 const BOUND: Duration = Duration::from_secs(5);
-
-struct Env {
-    tls_url: String,
-    password: String,
-    cert_url: String,
-    dir: PathBuf,
-}
-
-fn env() -> Option<Env> {
-    let tls_url = persistence_tck::server_env("PERSISTENCE_TEST_POSTGRES_TLS_URL")?;
-    let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is not set"));
-    Some(Env {
-        tls_url,
-        password: var("PERSISTENCE_TEST_POSTGRES_TLS_PASSWORD"),
-        cert_url: var("PERSISTENCE_TEST_POSTGRES_CERT_URL"),
-        dir: PathBuf::from(var("PERSISTENCE_TEST_TLS_DIR")),
-    })
-}
 
 /// `url` with its `host:port` replaced.
 fn with_address(url: &str, address: &str) -> String {
@@ -57,20 +39,6 @@ fn address(url: &str) -> String {
 
 fn port(url: &str) -> u16 {
     address(url).rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// A password file holding `password` and a newline.
-fn password_file(password: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "{password}").unwrap();
-    file
-}
-
-fn verify_full(url: &str, env: &Env) -> PostgresConfig {
-    let mut config = PostgresConfig::new(url).with_ssl_mode(SslMode::VerifyFull);
-    config.tls_ca_file = Some(env.dir.join("ca.pem"));
-    config.max_connections = 2;
-    config
 }
 
 /// Opens `config`, expects a `ConfigInvalid` error within [`BOUND`] whose text has each of
@@ -96,17 +64,6 @@ async fn refused(case: &str, config: PostgresConfig, needles: &[&str], secrets: 
         }
     }
     err
-}
-
-async fn write_and_read(stores: &persistence_api::Stores, id: &str) {
-    let id = PersistenceId::new(id).unwrap();
-    let event = PersistentEvent::new(id.clone(), 1, Payload::raw(vec![1, 2, 3]));
-    stores
-        .journal
-        .write(AtomicWrite::new(vec![event]).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stores.journal.highest_sequence_nr(&id).await.unwrap(), 1);
 }
 
 #[tokio::test]

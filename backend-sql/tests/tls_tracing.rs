@@ -6,34 +6,9 @@
 //! `bash scripts/servers/postgres.sh start && source .servers/postgres/env &&
 //! cargo test -p persistence-sql --test tls_tracing`
 
-use std::io::Write;
-use std::path::PathBuf;
-
-use persistence_api::{AtomicWrite, JournalExt, Payload, PersistenceId, PersistentEvent};
-use persistence_sql::{PostgresConfig, SslMode};
-
-struct Env {
-    tls_url: String,
-    password: String,
-    dir: PathBuf,
-}
-
-fn env() -> Option<Env> {
-    let tls_url = persistence_tck::server_env("PERSISTENCE_TEST_POSTGRES_TLS_URL")?;
-    let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is not set"));
-    Some(Env {
-        tls_url,
-        password: var("PERSISTENCE_TEST_POSTGRES_TLS_PASSWORD"),
-        dir: PathBuf::from(var("PERSISTENCE_TEST_TLS_DIR")),
-    })
-}
-
-fn verify_full(url: &str, env: &Env) -> PostgresConfig {
-    let mut config = PostgresConfig::new(url).with_ssl_mode(SslMode::VerifyFull);
-    config.tls_ca_file = Some(env.dir.join("ca.pem"));
-    config.max_connections = 2;
-    config
-}
+#[path = "support/tls_env.rs"]
+mod tls_env;
+use tls_env::{env, password_file, verify_full, write_and_read};
 
 /// Every tracing event and span field emitted on the test's thread, as text.
 #[derive(Clone, Default)]
@@ -113,21 +88,4 @@ async fn no_password_in_tracing() {
         !text.contains(&env.password),
         "the password is in tracing: {text}"
     );
-}
-
-fn password_file(password: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "{password}").unwrap();
-    file
-}
-
-async fn write_and_read(stores: &persistence_api::Stores, id: &str) {
-    let id = PersistenceId::new(id).unwrap();
-    let event = PersistentEvent::new(id.clone(), 1, Payload::raw(vec![1, 2, 3]));
-    stores
-        .journal
-        .write(AtomicWrite::new(vec![event]).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stores.journal.highest_sequence_nr(&id).await.unwrap(), 1);
 }
