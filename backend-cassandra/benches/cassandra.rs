@@ -7,6 +7,7 @@
 //! bash scripts/servers/cassandra.sh start && source .servers/cassandra/env
 //! cargo bench -p persistence-cassandra --bench cassandra
 //! cargo bench -p persistence-cassandra --bench cassandra -- durable_state   # only durable state
+//! cargo bench -p persistence-cassandra --bench cassandra -- serial   # a serial read of the highest against a plain one
 //! ```
 //!
 //! The cost of TLS: the same workloads through the driver against one node, with and
@@ -241,6 +242,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::args().any(|a| a == "serial") {
+        rt.block_on(serial_read_cost(contact_points));
+        return;
+    }
     if std::env::args().any(|a| a == "tls") {
         let Some(secure) =
             persistence_tck::server_env("PERSISTENCE_TEST_CASSANDRA_SECURE_CONTACT_POINT")
@@ -251,6 +256,103 @@ fn main() {
         return;
     }
     rt.block_on(run(contact_points));
+}
+
+/// `serial`: what reading a partition's highest number as a serial read costs (the
+/// crash test's fix: a serial read completes a Paxos round a crash left accepted but not
+/// committed, which a plain read does not see). The same `SELECT used, tag_pending` of
+/// one written partition, raw through the driver's session, at QUORUM and at SERIAL, in
+/// alternating rounds; then the store's `highest_sequence_nr` (one serial read plus the
+/// deleted-to read).
+async fn serial_read_cost(contact_points: String) {
+    let config = CassandraConfig {
+        contact_points: contact_points.split(',').map(|s| s.trim().to_owned()).collect(),
+        local_datacenter: Some("datacenter1".into()),
+        keyspace: "persistence_bench".into(),
+        create_schema: true,
+        ..CassandraConfig::default()
+    };
+    let reads: usize = std::env::var("BENCH_SERIAL_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let namespace = format!("serial{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let cassandra = Cassandra::open(config.clone())
+        .await
+        .unwrap()
+        .with_namespace(&namespace)
+        .unwrap();
+    let stores = cassandra.stores();
+    let id = PersistenceId::new("serial-1").unwrap();
+    let events: Vec<_> = (1..=10)
+        .map(|n| PersistentEvent::new(id.clone(), n, Payload::raw(vec![1; 100])))
+        .collect();
+    stores
+        .journal
+        .write(AtomicWrite::new(events).unwrap())
+        .await
+        .unwrap();
+    let session = cassandra.session().clone();
+    let cql = format!(
+        "SELECT used, tag_pending FROM {}.{} WHERE persistence_id = ? AND partition_nr = ? LIMIT 1",
+        config.keyspace, config.tables.messages
+    );
+    // The partition the write above used: the namespace prefixes the id in the key.
+    let key_rows = session
+        .query_unpaged(
+            format!(
+                "SELECT persistence_id FROM {}.{} LIMIT 100000",
+                config.keyspace, config.tables.messages
+            ),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let key = key_rows
+        .rows::<(String,)>()
+        .unwrap()
+        .filter_map(|r| r.ok())
+        .map(|(k,)| k)
+        .find(|k| k.contains(&namespace) && k.ends_with("serial-1"))
+        .expect("the written partition");
+    let mut quorum = session.prepare(cql.clone()).await.unwrap();
+    quorum.set_consistency(Consistency::Quorum);
+    let mut serial = session.prepare(cql).await.unwrap();
+    serial.set_consistency(Consistency::Serial);
+    let statements = [quorum, serial];
+    let mut took = [Duration::ZERO; 2];
+    let rounds = 8;
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let t = Instant::now();
+            for _ in 0..reads / rounds {
+                session
+                    .execute_unpaged(&statements[side], (&key, 0i64))
+                    .await
+                    .unwrap();
+            }
+            took[side] += t.elapsed();
+        }
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / reads as f64;
+    let t = Instant::now();
+    for _ in 0..reads / 4 {
+        stores.journal.highest_sequence_nr(&id).await.unwrap();
+    }
+    let highest = t.elapsed().as_secs_f64() * 1e6 / (reads / 4) as f64;
+    println!("persistence-cassandra: the highest number read plain and serial ({reads} reads each, one node, loopback)\n");
+    println!("| read | µs per read | reads/s |");
+    println!("|---|---:|---:|");
+    for (name, i) in [("QUORUM (plain)", 0), ("SERIAL (Paxos read)", 1)] {
+        println!("| {name} | {:.0} | {:.0} |", per(took[i]), 1e6 / per(took[i]));
+    }
+    println!(
+        "\nSERIAL / QUORUM time: {:.2}x; the store's highest_sequence_nr: {highest:.0} µs per call",
+        per(took[1]) / per(took[0])
+    );
 }
 
 /// The driver's workloads against the secure node (started with `optional: true`) without
