@@ -266,7 +266,10 @@ fn main() {
 /// deleted-to read).
 async fn serial_read_cost(contact_points: String) {
     let config = CassandraConfig {
-        contact_points: contact_points.split(',').map(|s| s.trim().to_owned()).collect(),
+        contact_points: contact_points
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect(),
         local_datacenter: Some("datacenter1".into()),
         keyspace: "persistence_bench".into(),
         create_schema: true,
@@ -347,7 +350,11 @@ async fn serial_read_cost(contact_points: String) {
     println!("| read | µs per read | reads/s |");
     println!("|---|---:|---:|");
     for (name, i) in [("QUORUM (plain)", 0), ("SERIAL (Paxos read)", 1)] {
-        println!("| {name} | {:.0} | {:.0} |", per(took[i]), 1e6 / per(took[i]));
+        println!(
+            "| {name} | {:.0} | {:.0} |",
+            per(took[i]),
+            1e6 / per(took[i])
+        );
     }
     println!(
         "\nSERIAL / QUORUM time: {:.2}x; the store's highest_sequence_nr: {highest:.0} µs per call",
