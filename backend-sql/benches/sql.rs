@@ -552,24 +552,29 @@ mod pg_raw {
         }
     }
 
+    /// Event `seq` of `id` in a transaction of its own: the driver's single-event write.
+    pub async fn write_one(pool: &PgPool, sql: &Sql, id: &PersistenceId, seq: u64) {
+        let e = event(id, seq, None);
+        let mut tx = pool.begin().await.unwrap();
+        bind_raw_event(
+            sqlx::query(AssertSqlSafe(sql.write_one.clone())),
+            id.as_str(),
+            &e,
+        )
+        .bind(seq as i64)
+        .bind(seq as i64)
+        .bind(Vec::<i64>::new())
+        .bind(sql.channel.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
     pub async fn single(pool: &PgPool, sql: &Sql, id: &PersistenceId) -> f64 {
         let start = Instant::now();
         for seq in 1..=EVENTS {
-            let e = event(id, seq, None);
-            let mut tx = pool.begin().await.unwrap();
-            bind_raw_event(
-                sqlx::query(AssertSqlSafe(sql.write_one.clone())),
-                id.as_str(),
-                &e,
-            )
-            .bind(seq as i64)
-            .bind(seq as i64)
-            .bind(Vec::<i64>::new())
-            .bind(sql.channel.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
+            write_one(pool, sql, id, seq).await;
         }
         rate(EVENTS, start.elapsed())
     }
@@ -1427,23 +1432,7 @@ mod group {
         let pool = pool.clone();
         run(tasks, events, prefix, move |id, seq| {
             let (pool, sql) = (pool.clone(), sql.clone());
-            async move {
-                let e = event(&id, seq, None);
-                let mut tx = pool.begin().await.unwrap();
-                bind_raw_event(
-                    sqlx::query(AssertSqlSafe(sql.write_one.clone())),
-                    id.as_str(),
-                    &e,
-                )
-                .bind(seq as i64)
-                .bind(seq as i64)
-                .bind(Vec::<i64>::new())
-                .bind(sql.channel.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
-                tx.commit().await.unwrap();
-            }
+            async move { pg_raw::write_one(&pool, &sql, &id, seq).await }
         })
         .await
     }
