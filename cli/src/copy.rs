@@ -11,7 +11,10 @@
 //!   highest sequence number.
 //! - Verified: at the end each id's events are replayed from both stores and compared by
 //!   count and a SHA-256 over every stored field; the latest snapshots are compared whole.
+//! - Projection offsets named with `--offsets NAME/KEY=tag:TAG` (or `=id:ID`) are
+//!   translated to the target's offsets after the events verify: see [`translate_tag`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,14 +24,14 @@ use clap::Args;
 use futures::{stream, StreamExt, TryStreamExt};
 use persistence_stores::{
     AtomicWrite, Capabilities, Config, ErrorKind, JournalExt, Offset, Payload, PersistenceId,
-    PersistentEvent, QueryMode, SnapshotSelectionCriteria, Stores,
+    PersistentEvent, ProjectionId, QueryMode, ReadJournalExt, SnapshotSelectionCriteria, Stores,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::cleanup::{progress, read_ids_file};
 use crate::error::CliError;
-use crate::inspect::parse_id;
+use crate::inspect::{parse_id, projection_id};
 use crate::output::{emit, to_hex};
 use crate::Out;
 
@@ -48,6 +51,14 @@ pub struct CopyArgs {
     /// query by tag); comma-separated.
     #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
     pub state_tags: Vec<String>,
+    /// A projection whose offset to translate to the target, and what it reads:
+    /// `NAME/KEY=tag:TAG` (events by tag) or `NAME/KEY=id:PERSISTENCE_ID` (one id's
+    /// events); repeatable. Written after the events are copied and verified.
+    #[arg(long = "offsets", value_name = "NAME/KEY=SOURCE")]
+    pub offsets: Vec<String>,
+    /// A file of projections as for `--offsets`, one per line (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    pub offsets_file: Option<PathBuf>,
     /// The most events per atomic write (lowered to the target's limit).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -127,6 +138,7 @@ pub async fn run(args: &CopyArgs, backend: Option<&str>, out: Out) -> Result<(),
             "--batch, --batch-bytes and --parallel must be at least 1".into(),
         ));
     }
+    let specs = offset_specs(args)?;
     let source = open_side(&args.from, "source").await?;
     let target = open_side(&args.to, "target").await?;
     let caps = target.capabilities();
@@ -146,6 +158,9 @@ pub async fn run(args: &CopyArgs, backend: Option<&str>, out: Out) -> Result<(),
         target.backend(),
         limits.batch
     ))?;
+
+    // The source's offsets first: a stale or foreign one stops the copy before it starts.
+    let offset_plans = plan_offsets(&source, &specs).await?;
 
     let ids = id_list(&source, args).await?;
     let started = Instant::now();
@@ -209,12 +224,6 @@ pub async fn run(args: &CopyArgs, backend: Option<&str>, out: Out) -> Result<(),
     let copied = events_total.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
 
-    note(
-        "projection offsets are not copied: they are positions in the source backend's own \
-         streams and mean nothing to the target; start projections on the target from the \
-         beginning, or set their offsets with `persistence offsets set`"
-            .into(),
-    )?;
     let states = if args.state_tags.is_empty() {
         note(
             "durable states are not copied: a backend cannot list them; give --state-tags \
@@ -264,6 +273,32 @@ pub async fn run(args: &CopyArgs, backend: Option<&str>, out: Out) -> Result<(),
     }
     drop(checks);
     bar.finish_and_clear();
+
+    // Projection offsets, once the events are in the target and verified.
+    let (offsets_written, redelivered) = if specs.is_empty() {
+        note(
+            "projection offsets are not copied unless named: an offset is a position in the \
+             source backend's own stream (meaningless in the target), so give --offsets \
+             NAME/KEY=tag:TAG (or =id:ID) for each projection and copy translates it"
+                .into(),
+        )?;
+        (0, 0)
+    } else if !mismatches.is_empty() {
+        note(format!(
+            "projection offsets are not written: {} ids did not verify",
+            mismatches.len()
+        ))?;
+        (0, 0)
+    } else {
+        let done = write_offsets(&target, offset_plans, out).await?;
+        note(format!(
+            "projection offsets translated conservatively: no event after a projection's \
+             offset in the source is skipped on the target, but {} events it has handled \
+             already will be delivered again (at-least-once: a projection may see them twice)",
+            done.1
+        ))?;
+        done
+    };
     let rate = if secs > 0.0 {
         copied as f64 / secs
     } else {
@@ -274,6 +309,7 @@ pub async fn run(args: &CopyArgs, backend: Option<&str>, out: Out) -> Result<(),
         json!({ "summary": {
             "ids": ids.len(), "events_copied": copied, "seconds": secs, "events_per_second": rate,
             "events_verified": verified_events, "states": states, "mismatches": mismatches.len(),
+            "offsets": specs.len(), "offsets_written": offsets_written, "redelivered": redelivered,
             "source": source.backend(), "target": target.backend(),
         }}),
         || {
@@ -554,4 +590,299 @@ async fn verify_id(
         }
     }
     Ok((n_src, d_src, problem))
+}
+
+/// What a projection named in `--offsets` reads.
+#[derive(Debug, Clone)]
+enum OffsetSource {
+    /// Events by tag: the offset is translated (see [`translate_tag`]).
+    Tag(String),
+    /// One id's events: the offset is `sequence:<n>`, the same in both stores.
+    Id(PersistenceId),
+}
+
+impl std::fmt::Display for OffsetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OffsetSource::Tag(tag) => write!(f, "tag:{tag}"),
+            OffsetSource::Id(id) => write!(f, "id:{id}"),
+        }
+    }
+}
+
+/// One `--offsets` entry.
+#[derive(Debug, Clone)]
+struct OffsetSpec {
+    projection: ProjectionId,
+    source: OffsetSource,
+}
+
+/// Parses `NAME/KEY=tag:TAG` or `NAME/KEY=id:PERSISTENCE_ID`: the name ends at the first
+/// `/`, the key at the first `=` followed by a source kind and `:`.
+fn parse_offset_spec(text: &str) -> Result<OffsetSpec, CliError> {
+    let bad = |why: String| {
+        CliError::Usage(format!(
+            "invalid --offsets {text:?}: {why}; expected NAME/KEY=tag:TAG or NAME/KEY=id:PERSISTENCE_ID"
+        ))
+    };
+    let Some((name, rest)) = text.split_once('/') else {
+        return Err(bad("no '/' between the projection's name and key".into()));
+    };
+    let split =
+        rest.match_indices('=').find_map(|(i, _)| {
+            let after = &rest[i + 1..];
+            let (kind, value) = after.split_once(':')?;
+            (!kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                .then_some((&rest[..i], kind, value))
+        });
+    let Some((key, kind, value)) = split else {
+        return Err(bad("no =tag:TAG or =id:PERSISTENCE_ID after the key".into()));
+    };
+    let projection = projection_id(name, key)?;
+    let source = match kind {
+        "tag" if value.is_empty() => return Err(bad("the tag is empty".into())),
+        "tag" => OffsetSource::Tag(value.to_string()),
+        "id" => OffsetSource::Id(parse_id(value)?),
+        "state-tag" | "state" | "changes" => {
+            return Err(bad(format!(
+                "projections of durable-state changes ({kind}:) are not supported: the change \
+                 query gives only each state's latest change, so the set a projection has \
+                 handled cannot be rebuilt; clear the offset on the target (`persistence \
+                 offsets clear {name} {key}`) so it starts from the beginning"
+            )))
+        }
+        other => return Err(bad(format!("unknown source kind {other:?}"))),
+    };
+    Ok(OffsetSpec { projection, source })
+}
+
+/// The `--offsets` and `--offsets-file` entries, each projection id once.
+fn offset_specs(args: &CopyArgs) -> Result<Vec<OffsetSpec>, CliError> {
+    let mut texts = args.offsets.clone();
+    if let Some(path) = &args.offsets_file {
+        let read_error = |e: std::io::Error| {
+            CliError::Usage(format!(
+                "cannot read the offsets file {}: {e}",
+                path.display()
+            ))
+        };
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        texts.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    let mut specs: Vec<OffsetSpec> = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let spec = parse_offset_spec(text)?;
+        if let Some(seen) = specs.iter().find(|s| s.projection == spec.projection) {
+            return Err(CliError::Usage(format!(
+                "projection {} is named twice in --offsets (sources {} and {})",
+                spec.projection, seen.source, spec.source
+            )));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// What the source says of one projection, read before the events are copied.
+enum OffsetPlan {
+    /// The source stores no offset for it: nothing to write.
+    NotStored,
+    /// Written to the target as it is: `none`, or a by-id `sequence:<n>`.
+    Same(Offset),
+    /// A tag projection's offset `x` and the set of events it has handled: per id, the
+    /// highest sequence number (each id's tagged events come in sequence order).
+    Tag {
+        x: Offset,
+        handled: HashMap<PersistenceId, u64>,
+        events: u64,
+    },
+}
+
+/// Reads the projection's offset in the source and, for a tag projection, the events up
+/// to and including it; an offset the source's query never handed out is an error.
+async fn plan_offset(source: &Stores, spec: &OffsetSpec) -> Result<OffsetPlan, CliError> {
+    let id = &spec.projection;
+    let Some(stored) = source.offsets.read_offset(id).await? else {
+        return Ok(OffsetPlan::NotStored);
+    };
+    let x = stored.offset;
+    if x == Offset::NoOffset {
+        return Ok(OffsetPlan::Same(x));
+    }
+    match &spec.source {
+        OffsetSource::Id(pid) => {
+            let Offset::Sequence(n) = x else {
+                return Err(CliError::Other(format!(
+                    "projection {id}: its offset in the source ({}) is {x}, not a sequence number: \
+                     it does not read the events of {pid} (is the source right?); nothing was copied",
+                    source.backend()
+                )));
+            };
+            let highest = source.journal.highest_sequence_nr(pid).await?;
+            if n > highest {
+                return Err(CliError::Other(format!(
+                    "projection {id}: its offset in the source ({}) is {x}, but {pid} has events \
+                     up to {highest} only (a stale or foreign offset, or the wrong id?); nothing was copied",
+                    source.backend()
+                )));
+            }
+            Ok(OffsetPlan::Same(x))
+        }
+        OffsetSource::Tag(tag) => {
+            let mut handled: HashMap<PersistenceId, u64> = HashMap::new();
+            let mut events = 0u64;
+            let mut stream = source
+                .read_journal
+                .current_events_by_tag(tag.clone(), Offset::NoOffset);
+            while let Some(envelope) = stream.next().await {
+                let envelope = envelope?;
+                let seq = handled
+                    .entry(envelope.event.persistence_id.clone())
+                    .or_insert(0);
+                *seq = (*seq).max(envelope.event.sequence_nr);
+                events += 1;
+                if envelope.offset == x {
+                    return Ok(OffsetPlan::Tag { x, handled, events });
+                }
+            }
+            Err(CliError::Other(format!(
+                "projection {id}: its offset in the source ({}) is {x}, which is not the offset of \
+                 any of the {events} events with tag {tag:?} there (a stale offset, one from \
+                 another store, or not the tag this projection reads?); nothing was copied",
+                source.backend()
+            )))
+        }
+    }
+}
+
+/// The target's offset of a tag projection: scans the target's events by tag from the
+/// beginning and takes the offset of the last envelope of the longest prefix the projection
+/// has handled (each envelope's id and sequence number within `handled`). Everything after
+/// it is delivered, so no event is skipped; the handled events after the prefix are counted:
+/// they will be delivered again. Returns the offset and that count.
+async fn translate_tag(
+    target: &Stores,
+    tag: &str,
+    handled: &HashMap<PersistenceId, u64>,
+    events: u64,
+) -> Result<(Offset, u64), CliError> {
+    let mut y = Offset::NoOffset;
+    let (mut prefix, mut again) = (0u64, 0u64);
+    let mut in_prefix = true;
+    let mut stream = target
+        .read_journal
+        .current_events_by_tag(tag.to_string(), Offset::NoOffset);
+    while prefix + again < events {
+        let Some(envelope) = stream.next().await else {
+            break;
+        };
+        let envelope = envelope?;
+        let was_handled = handled
+            .get(&envelope.event.persistence_id)
+            .is_some_and(|&seq| envelope.event.sequence_nr <= seq);
+        match (in_prefix, was_handled) {
+            (true, true) => {
+                prefix += 1;
+                y = envelope.offset;
+            }
+            (true, false) => in_prefix = false,
+            (false, true) => again += 1,
+            (false, false) => {}
+        }
+    }
+    Ok((y, again))
+}
+
+/// Reads every named projection's offset in the source (before anything is copied, so a
+/// bad offset stops the command early).
+async fn plan_offsets(
+    source: &Stores,
+    specs: &[OffsetSpec],
+) -> Result<Vec<(OffsetSpec, OffsetPlan)>, CliError> {
+    let mut plans = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let plan = plan_offset(source, spec).await?;
+        plans.push((spec.clone(), plan));
+    }
+    Ok(plans)
+}
+
+/// Translates and writes every planned offset (after the events are copied and verified);
+/// returns how many were written and the events that will be delivered again in all.
+async fn write_offsets(
+    target: &Stores,
+    plans: Vec<(OffsetSpec, OffsetPlan)>,
+    out: Out,
+) -> Result<(u64, u64), CliError> {
+    let (mut written, mut again_total) = (0u64, 0u64);
+    for (spec, plan) in plans {
+        let id = &spec.projection;
+        let (x, y, again) = match plan {
+            OffsetPlan::NotStored => {
+                emit(
+                    out,
+                    json!({ "projection": id.to_string(), "name": id.name(), "key": id.key(),
+                            "source": spec.source.to_string(), "source_offset": null,
+                            "target_offset": null, "written": false }),
+                    || format!("projection {id}: no offset stored in the source, nothing written"),
+                )?;
+                continue;
+            }
+            OffsetPlan::Same(x) => {
+                if let (OffsetSource::Id(pid), Offset::Sequence(n)) = (&spec.source, &x) {
+                    let highest = target.journal.highest_sequence_nr(pid).await?;
+                    if highest < *n {
+                        return Err(CliError::Other(format!(
+                            "projection {id}: its offset {x} is past the events of {pid} in the \
+                             target ({}, up to {highest}): copy that id too (is it missing from --ids?)",
+                            target.backend()
+                        )));
+                    }
+                }
+                (x.clone(), x, 0)
+            }
+            OffsetPlan::Tag { x, handled, events } => {
+                let OffsetSource::Tag(tag) = &spec.source else {
+                    unreachable!("a tag plan comes from a tag source")
+                };
+                let (y, again) = translate_tag(target, tag, &handled, events).await?;
+                (x, y, again)
+            }
+        };
+        let previous = target.offsets.read_offset(id).await?;
+        let unchanged = previous.as_ref().is_some_and(|p| p.offset == y);
+        let version = if unchanged {
+            previous.as_ref().map_or(0, |p| p.version)
+        } else {
+            written += 1;
+            target.offsets.set_offset(id, y.clone()).await?
+        };
+        again_total += again;
+        emit(
+            out,
+            json!({ "projection": id.to_string(), "name": id.name(), "key": id.key(),
+                    "source": spec.source.to_string(), "source_offset": x.to_string(),
+                    "target_offset": y.to_string(), "redelivered": again,
+                    "previous": previous.as_ref().map(|p| p.offset.to_string()),
+                    "written": !unchanged, "version": version }),
+            || {
+                format!(
+                    "projection {id} ({}): {x} in the source -> {y} in the target ({}); \
+                     {again} events will be delivered again",
+                    spec.source,
+                    if unchanged {
+                        "stored already".to_string()
+                    } else {
+                        format!("written, version {version}")
+                    }
+                )
+            },
+        )?;
+    }
+    Ok((written, again_total))
 }

@@ -22,7 +22,8 @@ pub fn parse_offset(text: &str) -> Result<Offset, CliError> {
         .map_err(|e| CliError::Usage(format!("invalid --offset: {}", e.message())))
 }
 
-fn projection_id(name: &str, key: &str) -> Result<ProjectionId, CliError> {
+/// A projection id from the command line; an invalid one is a usage error.
+pub fn projection_id(name: &str, key: &str) -> Result<ProjectionId, CliError> {
     ProjectionId::new(name, key)
         .map_err(|e| CliError::Usage(format!("invalid projection: {}", e.message())))
 }
