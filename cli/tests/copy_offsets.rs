@@ -373,6 +373,21 @@ async fn copy_offsets_errors_name_the_projection_tag_and_offset() {
         1,
         &["mid/offset-tag", "\"another-tag\"", "sequence:"],
     );
+    // The same from a file (blank lines and `#` comments skipped).
+    let file = dir.join("offsets.txt");
+    std::fs::write(&file, "# projections\n\nstale/offset-tag=tag:offset-tag\n").unwrap();
+    let out = run(&[
+        "copy",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--offsets-file",
+        file.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stale/offset-tag"), "{stderr}");
     // A by-id offset past the id's events.
     fails(
         "stale/offset-tag=id:off-1",
