@@ -1,0 +1,1006 @@
+//! Histories checked for linearizability by Porcupine: concurrent clients run random
+//! operations on a few persistence ids, with the connections to the server cut at random
+//! moments, every operation's invocation, completion and result is recorded, and the
+//! history is checked against a sequential model of the journal by
+//! [Porcupine](https://github.com/anishathalye/porcupine) (v1.3.1), an established
+//! linearizability checker, run as the small Go program in `scripts/linearizability/`
+//! (its `main.go` describes the model and the history's JSON).
+//!
+//! For each backend compiled in and chosen by `PERSISTENCE_CRASH_BACKENDS` (comma-separated
+//! names, default all; the crash tests' variable), in a fresh store (memory; SQLite: a file
+//! in a temporary directory; PostgreSQL: a fresh schema; DynamoDB and Cassandra: a fresh
+//! namespace):
+//!
+//! 1. [`CLIENTS`] clients, each with its own stores opened from configuration (its own
+//!    connection pool or session: real concurrent clients; the memory backend has one
+//!    store, shared), run random operations on [`IDS`] ids until [`ops`] operations are done
+//!    (or [`RUN_CAP`] has passed): `write` (half of them) of 1-3 tagged events at the number
+//!    the client believes is next (one past the highest it last saw on that id, so writes
+//!    conflict), `highest_sequence_nr`, and `replay` (its events and the highest it reports).
+//!    Each is recorded with its invocation and completion time (nanoseconds of one
+//!    monotonic clock) and its result: a write is `ok`, `conflict` (an error of kind
+//!    `Conflict`) or `unknown` (any other error, or no answer within [`OP_TIMEOUT`]: it may
+//!    or may not have been stored); a read that fails is recorded as failed and left out by
+//!    the checker.
+//! 2. Faults, for the server backends: every client talks to the server through one
+//!    [`FaultProxy`] of the tck, and a fault task cuts after every 15-50 operations (a
+//!    random count: [`OPS_BETWEEN_FAULTS`]): either every open connection at once
+//!    (refusing new ones for 20-100 ms), or the connection that carries the next 1-3000
+//!    client-to-server bytes (in the middle of a request). A client whose operation
+//!    failed backs off 100-300 ms; between operations it pauses 5-25 ms. The memory and
+//!    SQLite backends run without faults (no network).
+//! 3. After the run the proxy is restored and one client reads each id once more
+//!    (highest and replay), so the fate of the unknown writes shows in the history.
+//! 4. The history (JSON, in a temporary directory) goes to the checker (built once with
+//!    `go build` into cargo's `CARGO_TARGET_TMPDIR`), which must say linearizable (exit 0).
+//!    The checker leaves out the unknown writes the final replay shows never took effect
+//!    (sound for a journal without deletes, see `pruneUnseen` in `main.go`: most unknown
+//!    writes never reached the server, and each pending one doubles Porcupine's search).
+//!    On a violation the test fails with the checker's report: the failing id's
+//!    operations, Porcupine's longest linearizable prefix, and a minimal failing history
+//!    (reads and conflicting writes dropped while it still fails); Porcupine's HTML
+//!    visualization of the whole history is written beside the history, and both paths are
+//!    printed (the directory stays).
+//!
+//! A line per backend is printed (operations, writes ok/conflict/unknown, reads failed,
+//! cuts injected, run and check time, verdict).
+//!
+//! Bounded for CI: [`DEFAULT_OPS`] operations per backend; a longer run:
+//! `PERSISTENCE_LINEARIZABILITY_OPS=2000 cargo test -p persistence-stores --all-features --test linearizability -- --nocapture`.
+//! A server backend whose variable is unset is skipped with a message
+//! (`persistence_tck::server_env`); Go missing skips the test with a message. With
+//! `CI=true` either is a failure.
+
+mod crash_common;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crash_common::{chosen, ci, Rng};
+use persistence_stores::{
+    AtomicWrite, Config, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
+};
+use persistence_tck::fault::FaultProxy;
+
+/// Concurrent clients per backend.
+const CLIENTS: usize = 8;
+/// Persistence ids the clients share.
+const IDS: usize = 4;
+/// Operations per backend unless `PERSISTENCE_LINEARIZABILITY_OPS` says otherwise.
+const DEFAULT_OPS: usize = 400;
+/// No operation is started after this long (per backend), whatever the count.
+const RUN_CAP: Duration = Duration::from_secs(20);
+/// A longer run (`PERSISTENCE_LINEARIZABILITY_OPS` above the default) gets this long.
+const LONG_RUN_CAP: Duration = Duration::from_secs(600);
+/// An operation without an answer after this long is abandoned (a write becomes unknown).
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The checker gives up (verdict unknown, a failure here) after this long.
+const CHECK_TIMEOUT: &str = "60s";
+/// A client pauses this long (ms, inclusive range) between two operations,
+const THINK_MS: (u64, u64) = (5, 25);
+/// and this long after an operation that failed (a client backing off).
+const BACKOFF_MS: (u64, u64) = (100, 300);
+/// The tag of every event written.
+const TAG: &str = "lin";
+
+/// A backend of this build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    Sqlite,
+    Postgres,
+    DynamoDb,
+    Cassandra,
+}
+
+const ALL: [Backend; 5] = [
+    Backend::Memory,
+    Backend::Sqlite,
+    Backend::Postgres,
+    Backend::DynamoDb,
+    Backend::Cassandra,
+];
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::DynamoDb => "dynamodb",
+            Backend::Cassandra => "cassandra",
+        }
+    }
+
+    fn compiled(self) -> bool {
+        persistence_stores::compiled_backends().contains(&self.name())
+    }
+
+    /// The variable that names the server, for the server backends.
+    fn server_var(self) -> Option<&'static str> {
+        match self {
+            Backend::Memory | Backend::Sqlite => None,
+            Backend::Postgres => Some("PERSISTENCE_POSTGRES_URL"),
+            Backend::DynamoDb => Some("PERSISTENCE_DYNAMODB_ENDPOINT"),
+            Backend::Cassandra => Some("PERSISTENCE_CASSANDRA_CONTACT_POINTS"),
+        }
+    }
+}
+
+/// Writes a line to the real stderr (libtest captures `eprintln!` of a passing test).
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{:x}{:x}", nanos % (1 << 48), std::process::id())
+}
+
+fn ops() -> usize {
+    match std::env::var("PERSISTENCE_LINEARIZABILITY_OPS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("PERSISTENCE_LINEARIZABILITY_OPS={v:?} is not a number")),
+        Err(_) => DEFAULT_OPS,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The checker
+// ---------------------------------------------------------------------------------------
+
+/// The checker's source folder.
+fn checker_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/linearizability")
+}
+
+/// Builds the checker once per test process (`go build`, which caches); `None` (after a
+/// message) when Go is not installed. With `CI=true` a missing Go is a failure; a failed
+/// build always is.
+fn checker() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if Command::new("go").arg("version").output().is_err() {
+                assert!(
+                    !ci(),
+                    "Go is not installed, so the linearizability checker (scripts/linearizability, Porcupine) cannot be built; with CI=true that is a failure"
+                );
+                note(
+                    "\n*** SKIPPED: Go is not installed, so the histories were not checked for linearizability (scripts/linearizability needs Go). ***\n",
+                );
+                return None;
+            }
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linearizability-checker");
+            let t = Instant::now();
+            let build = Command::new("go")
+                .arg("build")
+                .arg("-o")
+                .arg(&out)
+                .arg(".")
+                .current_dir(checker_source())
+                .output()
+                .expect("run go build");
+            assert!(
+                build.status.success(),
+                "go build of {} failed:\n{}",
+                checker_source().display(),
+                String::from_utf8_lossy(&build.stderr)
+            );
+            note(&format!(
+                "linearizability: checker built in {:.1} s: {}",
+                t.elapsed().as_secs_f64(),
+                out.display()
+            ));
+            Some(out)
+        })
+        .clone()
+}
+
+/// What the checker said.
+struct Verdict {
+    code: i32,
+    output: String,
+    elapsed: Duration,
+}
+
+/// Runs the checker on the history file, with the HTML visualization written to `html`.
+fn check(checker: &Path, history: &Path, html: &Path) -> Verdict {
+    let t = Instant::now();
+    let out = Command::new(checker)
+        .arg("-timeout")
+        .arg(CHECK_TIMEOUT)
+        .arg("-html")
+        .arg(html)
+        .arg(history)
+        .output()
+        .expect("run the checker");
+    Verdict {
+        code: out.status.code().unwrap_or(-1),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        elapsed: t.elapsed(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The history
+// ---------------------------------------------------------------------------------------
+
+/// What one operation was and how it ended.
+#[derive(Debug)]
+enum Kind {
+    Write {
+        from: u64,
+        events: Vec<String>,
+        /// "ok", "conflict" or "unknown".
+        result: &'static str,
+    },
+    Highest(Option<u64>),
+    Replay(Option<(u64, Vec<(u64, String)>)>),
+}
+
+/// One recorded operation.
+#[derive(Debug)]
+struct Rec {
+    client: usize,
+    id: usize,
+    call: u64,
+    ret: Option<u64>,
+    kind: Kind,
+    error: Option<String>,
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn pid_name(k: usize) -> String {
+    format!("lin-{k}")
+}
+
+/// The history as the checker reads it.
+fn to_json(history: &[Rec]) -> String {
+    let mut out = String::from("{\"ops\": [\n");
+    for (n, r) in history.iter().enumerate() {
+        let ret = r.ret.map_or("null".to_owned(), |t| t.to_string());
+        let _ = write!(
+            out,
+            "{{\"client\": {}, \"id\": {}, \"call\": {}, \"return\": {ret}, ",
+            r.client,
+            json_str(&pid_name(r.id)),
+            r.call
+        );
+        match &r.kind {
+            Kind::Write {
+                from,
+                events,
+                result,
+            } => {
+                let events: Vec<String> = events.iter().map(|e| json_str(e)).collect();
+                let _ = write!(
+                    out,
+                    "\"op\": \"write\", \"from\": {from}, \"events\": [{}], \"result\": \"{result}\"",
+                    events.join(", ")
+                );
+            }
+            Kind::Highest(Some(h)) => {
+                let _ = write!(
+                    out,
+                    "\"op\": \"highest\", \"result\": \"ok\", \"value\": {h}"
+                );
+            }
+            Kind::Highest(None) => out.push_str("\"op\": \"highest\", \"result\": \"failed\""),
+            Kind::Replay(Some((highest, events))) => {
+                let events: Vec<String> = events
+                    .iter()
+                    .map(|(seq, p)| format!("[{seq}, {}]", json_str(p)))
+                    .collect();
+                let _ = write!(
+                    out,
+                    "\"op\": \"replay\", \"result\": \"ok\", \"highest\": {highest}, \"replayed\": [{}]",
+                    events.join(", ")
+                );
+            }
+            Kind::Replay(None) => out.push_str("\"op\": \"replay\", \"result\": \"failed\""),
+        }
+        if let Some(e) = &r.error {
+            let _ = write!(out, ", \"error\": {}", json_str(e));
+        }
+        out.push('}');
+        if n + 1 < history.len() {
+            out.push(',');
+        }
+        out.push('\n');
+    }
+    out.push_str("]}\n");
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The stores
+// ---------------------------------------------------------------------------------------
+
+/// `host:port` of a `postgres://user:password@host:port/db?...` URL, and the URL with
+/// `host:port` replaced by `with`.
+fn split_url(url: &str, with: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let auth_end = rest.rfind('@').map(|i| i + 1).unwrap_or(0);
+    let host_end = rest[auth_end..]
+        .find(['/', '?'])
+        .map(|i| auth_end + i)
+        .unwrap_or(rest.len());
+    let host = &rest[auth_end..host_end];
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    let rewritten = format!(
+        "{scheme}://{}{with}{}",
+        &rest[..auth_end],
+        &rest[host_end..]
+    );
+    (host, rewritten)
+}
+
+/// Where one backend's clients connect.
+struct Target {
+    backend: Backend,
+    /// The SQLite file, the PostgreSQL URL, the DynamoDB endpoint, the Cassandra contact
+    /// point: through the proxy, for the server backends.
+    location: String,
+    namespace: String,
+    proxy: Option<FaultProxy>,
+}
+
+impl Target {
+    /// `None` when the backend's server is not configured (after `server_env`'s message;
+    /// with `CI=true` `server_env` fails instead).
+    async fn new(backend: Backend, dir: &Path) -> Option<Target> {
+        let namespace = unique("lin_");
+        let Some(var) = backend.server_var() else {
+            return Some(Target {
+                backend,
+                location: dir.join("journal.db").display().to_string(),
+                namespace,
+                proxy: None,
+            });
+        };
+        let value = persistence_tck::server_env(var)?;
+        let server = match backend {
+            Backend::Postgres => split_url(&value, "").0,
+            Backend::DynamoDb => value
+                .trim_end_matches('/')
+                .rsplit("://")
+                .next()
+                .expect("endpoint host:port")
+                .to_owned(),
+            _ => value
+                .split(',')
+                .next()
+                .expect("a contact point")
+                .trim()
+                .to_owned(),
+        };
+        let proxy = FaultProxy::start(server).await.expect("start the proxy");
+        let addr = proxy.addr().to_string();
+        let location = match backend {
+            Backend::Postgres => split_url(&value, &addr).1,
+            Backend::DynamoDb => format!("http://{addr}"),
+            _ => addr,
+        };
+        Some(Target {
+            backend,
+            location,
+            namespace,
+            proxy: Some(proxy),
+        })
+    }
+
+    fn config(&self, create_schema: bool) -> Config {
+        let name = self.backend.name();
+        let mut config = Config::for_backend(name);
+        match self.backend {
+            Backend::Memory => {}
+            Backend::Sqlite => {
+                config.set(name, "path", self.location.clone());
+                config.set(name, "busy_timeout_ms", 30_000);
+            }
+            Backend::Postgres => {
+                config.set(name, "url", self.location.clone());
+                config.set(name, "schema", self.namespace.clone());
+                config.set(name, "max_connections", 1);
+                config.set(name, "acquire_timeout_ms", 2_000);
+            }
+            Backend::DynamoDb => {
+                config.set(name, "endpoint", self.location.clone());
+                config.set(name, "namespace", self.namespace.clone());
+                config.set(name, "max_retries", 2);
+                config.set(name, "retry_base_delay_ms", 5);
+                config.set(name, "retry_max_delay_ms", 50);
+                config.set(name, "connect_timeout_ms", 1_000);
+                config.set(name, "attempt_timeout_ms", 2_000);
+            }
+            Backend::Cassandra => {
+                config.set(name, "contact_points", self.location.clone());
+                if let Ok(dc) = std::env::var("PERSISTENCE_CASSANDRA_LOCAL_DATACENTER") {
+                    config.set(name, "local_datacenter", dc);
+                }
+                config.set(name, "keyspace", "persistence_tck");
+                config.set(name, "namespace", self.namespace.clone());
+                config.set(name, "request_timeout_ms", 2_000);
+            }
+        }
+        if self.backend != Backend::Memory {
+            config.set(name, "create_schema", create_schema);
+        }
+        config
+    }
+
+    /// Opens one client's stores, retrying for a while (the proxy may be cutting).
+    async fn open(&self, create_schema: bool) -> Stores {
+        let config = self.config(create_schema);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match persistence_stores::open(&config).await {
+                Ok(stores) => return stores,
+                Err(e) if Instant::now() < deadline => {
+                    note(&format!(
+                        "linearizability[{}]: open failed ({e}), retrying",
+                        self.backend.name()
+                    ));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{}: open: {e}", self.backend.name()),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------
+
+/// What one backend's run counted.
+#[derive(Debug, Default)]
+struct Tally {
+    ops: usize,
+    ok: usize,
+    conflict: usize,
+    unknown: usize,
+    reads: usize,
+    reads_failed: usize,
+    cuts: usize,
+    cuts_mid_request: usize,
+    run: Duration,
+    check: Duration,
+    verdict: String,
+    /// The checker's summary line.
+    summary: String,
+    /// The errors seen, by message (the first 100 characters), with their count.
+    errors: std::collections::BTreeMap<String, usize>,
+}
+
+fn ns(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// One client: random operations until the shared budget is spent or the run is over.
+async fn client(
+    k: usize,
+    stores: Arc<Stores>,
+    start: Instant,
+    budget: Arc<AtomicUsize>,
+    total: usize,
+    until: Instant,
+) -> Vec<Rec> {
+    let mut rng = Rng::seeded();
+    for _ in 0..k {
+        rng.next();
+    }
+    let mut seen = [0u64; IDS];
+    let mut history = Vec::new();
+    let mut writes = 0usize;
+    while Instant::now() < until && budget.fetch_add(1, Ordering::SeqCst) < total {
+        let id = rng.between(0, IDS as u64 - 1) as usize;
+        let pid = PersistenceId::new(pid_name(id)).unwrap();
+        let roll = rng.between(0, 3);
+        let rec = if roll <= 1 {
+            let from = seen[id] + 1;
+            let n = rng.between(1, 3);
+            let payloads: Vec<String> = (0..n).map(|i| format!("c{k}.{writes}.{i}")).collect();
+            writes += 1;
+            let events = payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    PersistentEvent::new(
+                        pid.clone(),
+                        from + i as u64,
+                        Payload::raw(p.clone().into_bytes()),
+                    )
+                    .with_tags([TAG])
+                })
+                .collect();
+            let write = AtomicWrite::new(events).unwrap();
+            let call = ns(start);
+            let result = tokio::time::timeout(OP_TIMEOUT, stores.journal.write(write)).await;
+            let ret = ns(start);
+            let (result, error) = match result {
+                Ok(Ok(())) => {
+                    seen[id] = from + n - 1;
+                    ("ok", None)
+                }
+                Ok(Err(e)) if e.kind() == ErrorKind::Conflict => ("conflict", None),
+                Ok(Err(e)) => ("unknown", Some(format!("{e:#}"))),
+                Err(_) => ("unknown", Some(format!("no answer within {OP_TIMEOUT:?}"))),
+            };
+            Rec {
+                client: k,
+                id,
+                call,
+                ret: (result != "unknown").then_some(ret),
+                kind: Kind::Write {
+                    from,
+                    events: payloads,
+                    result,
+                },
+                error,
+            }
+        } else if roll == 2 {
+            let call = ns(start);
+            let result =
+                tokio::time::timeout(OP_TIMEOUT, stores.journal.highest_sequence_nr(&pid)).await;
+            let ret = ns(start);
+            let (value, error) = match result {
+                Ok(Ok(h)) => {
+                    seen[id] = h;
+                    (Some(h), None)
+                }
+                Ok(Err(e)) => (None, Some(format!("{e:#}"))),
+                Err(_) => (None, Some(format!("no answer within {OP_TIMEOUT:?}"))),
+            };
+            Rec {
+                client: k,
+                id,
+                call,
+                ret: Some(ret),
+                kind: Kind::Highest(value),
+                error,
+            }
+        } else {
+            let call = ns(start);
+            let result = tokio::time::timeout(OP_TIMEOUT, replay(&stores, &pid)).await;
+            let ret = ns(start);
+            let (value, error) = match result {
+                Ok(Ok(r)) => {
+                    seen[id] = r.0;
+                    (Some(r), None)
+                }
+                Ok(Err(e)) => (None, Some(format!("{e:#}"))),
+                Err(_) => (None, Some(format!("no answer within {OP_TIMEOUT:?}"))),
+            };
+            Rec {
+                client: k,
+                id,
+                call,
+                ret: Some(ret),
+                kind: Kind::Replay(value),
+                error,
+            }
+        };
+        let pause = if rec.error.is_some() {
+            BACKOFF_MS
+        } else {
+            THINK_MS
+        };
+        history.push(rec);
+        tokio::time::sleep(Duration::from_millis(rng.between(pause.0, pause.1))).await;
+    }
+    history
+}
+
+/// A replay of everything: the highest it reports and each event's number and payload.
+async fn replay(
+    stores: &Stores,
+    pid: &PersistenceId,
+) -> persistence_stores::Result<(u64, Vec<(u64, String)>)> {
+    use futures::StreamExt;
+    let replay = stores.journal.replay(pid, 1, u64::MAX, u64::MAX).await?;
+    let highest = replay.highest_sequence_nr;
+    let mut events = Vec::new();
+    let mut stream = replay.events;
+    while let Some(e) = stream.next().await {
+        let e = e?;
+        events.push((
+            e.sequence_nr,
+            String::from_utf8_lossy(&e.payload.bytes).into_owned(),
+        ));
+    }
+    Ok((highest, events))
+}
+
+/// Operations (started, all clients together) between two faults: a random count in this
+/// range, so every backend gets about as many faults whatever its speed.
+const OPS_BETWEEN_FAULTS: (u64, u64) = (15, 50);
+
+/// Cuts connections at random moments, each after a random number of further operations
+/// ([`OPS_BETWEEN_FAULTS`], counted by `started`), until `stop`: returns (cuts of every
+/// connection, cuts that fell mid-request, after a given number of client-to-server bytes).
+async fn faults(proxy: &FaultProxy, started: &AtomicUsize, stop: &AtomicBool) -> (usize, usize) {
+    let mut rng = Rng::seeded();
+    let (mut all, mut mid) = (0, 0);
+    while !stop.load(Ordering::SeqCst) {
+        let at = started.load(Ordering::SeqCst)
+            + rng.between(OPS_BETWEEN_FAULTS.0, OPS_BETWEEN_FAULTS.1) as usize;
+        while started.load(Ordering::SeqCst) < at && !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if rng.between(0, 1) == 0 {
+            // Every connection at once; new ones refused for a moment.
+            proxy.cut();
+            all += 1;
+            tokio::time::sleep(Duration::from_millis(rng.between(20, 100))).await;
+        } else {
+            // Whichever connection carries the budget's last byte, mid-request.
+            let budget = rng.between(1, 3000);
+            let before = proxy.forwarded();
+            proxy.cut_after(budget);
+            let armed = Instant::now();
+            while proxy.forwarded() - before < budget
+                && armed.elapsed() < Duration::from_millis(500)
+                && !stop.load(Ordering::SeqCst)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if proxy.forwarded() - before >= budget {
+                mid += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        proxy.restore();
+    }
+    proxy.restore();
+    (all, mid)
+}
+
+/// Runs one backend: the clients, the faults, the final reads, the check.
+async fn run(target: &Target, checker: &Path, dir: &Path) -> (Tally, Option<String>) {
+    let name = target.backend.name();
+    let total = ops();
+    let cap = if total > DEFAULT_OPS {
+        LONG_RUN_CAP
+    } else {
+        RUN_CAP
+    };
+    // The first open creates the schema; every client opens its own stores (the memory
+    // backend's one store is shared: another open would be another store).
+    let first = Arc::new(target.open(true).await);
+    let mut clients = vec![first.clone()];
+    let opens: Vec<_> = (1..CLIENTS)
+        .map(|_| async {
+            if target.backend == Backend::Memory {
+                first.clone()
+            } else {
+                Arc::new(target.open(false).await)
+            }
+        })
+        .collect();
+    clients.extend(futures::future::join_all(opens).await);
+
+    let start = Instant::now();
+    let until = start + cap;
+    let budget = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(k, stores)| {
+            tokio::spawn(client(
+                k,
+                stores.clone(),
+                start,
+                budget.clone(),
+                total,
+                until,
+            ))
+        })
+        .collect();
+    let fault_task = async {
+        match &target.proxy {
+            Some(proxy) => faults(proxy, &budget, &stop).await,
+            None => (0, 0),
+        }
+    };
+    let clients_done = async {
+        let mut history = Vec::new();
+        for t in tasks {
+            history.extend(t.await.expect("a client panicked"));
+        }
+        stop.store(true, Ordering::SeqCst);
+        history
+    };
+    let (mut history, (cuts, mid)) = futures::future::join(clients_done, fault_task).await;
+    let run_time = start.elapsed();
+
+    // The final reads, faults over: the highest, then a replay that shows what the unknown
+    // writes left (the checker leaves out those it shows never took effect: the replay
+    // must be the id's last operation).
+    for id in 0..IDS {
+        let pid = PersistenceId::new(pid_name(id)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut highest = None;
+        loop {
+            if highest.is_none() {
+                let call = ns(start);
+                if let Ok(Ok(h)) =
+                    tokio::time::timeout(OP_TIMEOUT, first.journal.highest_sequence_nr(&pid)).await
+                {
+                    highest = Some(Rec {
+                        client: CLIENTS,
+                        id,
+                        call,
+                        ret: Some(ns(start)),
+                        kind: Kind::Highest(Some(h)),
+                        error: None,
+                    });
+                }
+            }
+            let call = ns(start);
+            let r = tokio::time::timeout(OP_TIMEOUT, replay(&first, &pid)).await;
+            let ret = ns(start);
+            match r {
+                Ok(Ok(r)) if highest.is_some() => {
+                    history.extend(highest.take());
+                    history.push(Rec {
+                        client: CLIENTS,
+                        id,
+                        call,
+                        ret: Some(ret),
+                        kind: Kind::Replay(Some(r)),
+                        error: None,
+                    });
+                    break;
+                }
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                other => panic!("{name}: the final reads of {pid} failed: {other:?}"),
+            }
+        }
+    }
+    drop(clients);
+    drop(first);
+
+    let mut tally = Tally {
+        ops: history.len(),
+        cuts,
+        cuts_mid_request: mid,
+        run: run_time,
+        ..Tally::default()
+    };
+    for r in &history {
+        if let Some(e) = &r.error {
+            let e: String = e.chars().take(300).collect();
+            *tally.errors.entry(e).or_default() += 1;
+        }
+        match &r.kind {
+            Kind::Write { result: "ok", .. } => tally.ok += 1,
+            Kind::Write {
+                result: "conflict", ..
+            } => tally.conflict += 1,
+            Kind::Write { .. } => tally.unknown += 1,
+            Kind::Highest(v) => {
+                tally.reads += 1;
+                tally.reads_failed += usize::from(v.is_none());
+            }
+            Kind::Replay(v) => {
+                tally.reads += 1;
+                tally.reads_failed += usize::from(v.is_none());
+            }
+        }
+    }
+
+    let file = dir.join(format!("{name}.json"));
+    let html = dir.join(format!("{name}.html"));
+    std::fs::write(&file, to_json(&history)).expect("write the history");
+    let verdict = check(checker, &file, &html);
+    tally.check = verdict.elapsed;
+    tally.summary = verdict.output.lines().next().unwrap_or("").to_owned();
+    tally.verdict = match verdict.code {
+        0 => "linearizable",
+        1 => "NOT linearizable",
+        3 => "unknown (timed out)",
+        _ => "checker error",
+    }
+    .to_owned();
+    let failure = (verdict.code != 0).then(|| {
+        format!(
+            "{name}: the checker's verdict: {} (exit {})\nhistory: {}\nvisualization: {}\n{}",
+            tally.verdict,
+            verdict.code,
+            file.display(),
+            html.display(),
+            verdict.output
+        )
+    });
+    (tally, failure)
+}
+
+#[test]
+fn concurrent_clients_with_cut_connections_give_linearizable_histories() {
+    let Some(checker) = checker() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("persistence-linearizability-"));
+    std::fs::create_dir_all(&dir).expect("the temporary directory");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for backend in ALL {
+        if !backend.compiled() || !chosen(backend.name()) {
+            continue;
+        }
+        let backend_dir = dir.join(backend.name());
+        std::fs::create_dir_all(&backend_dir).unwrap();
+        let Some(target) = runtime.block_on(Target::new(backend, &backend_dir)) else {
+            continue;
+        };
+        let (tally, failure) = runtime.block_on(run(&target, &checker, &dir));
+        note(&format!(
+            "linearizability[{}]: {} ops, writes ok {} / conflict {} / unknown {}, reads {} ({} failed), cuts {} + {} mid-request, run {:.1} s, check {:.2} s: {}",
+            backend.name(),
+            tally.ops,
+            tally.ok,
+            tally.conflict,
+            tally.unknown,
+            tally.reads,
+            tally.reads_failed,
+            tally.cuts,
+            tally.cuts_mid_request,
+            tally.run.as_secs_f64(),
+            tally.check.as_secs_f64(),
+            tally.verdict
+        ));
+        note(&format!("    {}", tally.summary));
+        let mut errors: Vec<_> = tally.errors.iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(a.1));
+        for (e, n) in errors.iter().take(4) {
+            note(&format!("    {n} x {e}"));
+        }
+        if let Some(f) = failure {
+            note(&f);
+            failures.push(f);
+        }
+        runtime.block_on(async move { drop(target) });
+        rows.push((backend, tally));
+    }
+    note(&format!(
+        "\nlinearizability: {CLIENTS} clients, {IDS} ids, Porcupine v1.3.1 ({:.1} s in all)",
+        started.elapsed().as_secs_f64()
+    ));
+    note(&format!(
+        "{:<10} {:>5} {:>6} {:>9} {:>8} {:>6} {:>13} {:>6} {:>6}  verdict",
+        "backend", "ops", "ok", "conflict", "unknown", "reads", "reads failed", "cuts", "run"
+    ));
+    for (backend, t) in &rows {
+        note(&format!(
+            "{:<10} {:>5} {:>6} {:>9} {:>8} {:>6} {:>13} {:>6} {:>5.1}s  {}",
+            backend.name(),
+            t.ops,
+            t.ok,
+            t.conflict,
+            t.unknown,
+            t.reads,
+            t.reads_failed,
+            t.cuts + t.cuts_mid_request,
+            t.run.as_secs_f64(),
+            t.verdict
+        ));
+    }
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(
+        failures.is_empty(),
+        "histories not linearizable (the files stay in {}):\n{}",
+        dir.display(),
+        failures.join("\n")
+    );
+}
+
+/// A hand-made history, three clients on one id.
+fn hand_made(final_replay: &str) -> String {
+    format!(
+        r#"{{"ops": [
+{{"client": 0, "id": "a", "call": 0, "return": 10, "op": "write", "from": 1, "events": ["x", "y"], "result": "ok"}},
+{{"client": 1, "id": "a", "call": 5, "return": 12, "op": "write", "from": 1, "events": ["z"], "result": "conflict"}},
+{{"client": 2, "id": "a", "call": 3, "return": null, "op": "write", "from": 3, "events": ["u"], "result": "unknown"}},
+{{"client": 1, "id": "a", "call": 13, "return": 14, "op": "highest", "result": "ok", "value": 2}},
+{{"client": 0, "id": "a", "call": 20, "return": 30, "op": "replay", "result": "ok", {final_replay}}}
+]}}
+"#
+    )
+}
+
+/// The checker can fail: a replay after the acknowledged write that misses one of its
+/// events is not linearizable (exit 1, the failing id's operations printed); the same
+/// history with a replay that holds it, and the unknown write either stored or not, is.
+#[test]
+fn the_checker_rejects_a_replay_missing_an_acknowledged_write() {
+    let Some(checker) = checker() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("persistence-linearizability-unit-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (r#""highest": 2, "replayed": [[1, "x"]]"#, 1),
+        (r#""highest": 1, "replayed": [[1, "x"]]"#, 1),
+        (r#""highest": 2, "replayed": [[1, "z"]]"#, 1),
+        (r#""highest": 2, "replayed": [[1, "x"], [2, "y"]]"#, 0),
+        (
+            r#""highest": 3, "replayed": [[1, "x"], [2, "y"], [3, "u"]]"#,
+            0,
+        ),
+    ];
+    for (n, (replay, expected)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("case{n}.json"));
+        std::fs::write(&file, hand_made(replay)).unwrap();
+        let verdict = check(&checker, &file, &dir.join(format!("case{n}.html")));
+        assert_eq!(
+            verdict.code, expected,
+            "case {n} ({replay}): exit {}, expected {expected}:\n{}",
+            verdict.code, verdict.output
+        );
+        if expected == 1 {
+            assert!(
+                verdict
+                    .output
+                    .contains("NOT LINEARIZABLE: persistence id \"a\"")
+                    && verdict.output.contains("minimal failing history"),
+                "case {n}: the report names the failing id and its history:\n{}",
+                verdict.output
+            );
+        }
+    }
+    // Bad input is exit 2.
+    let file = dir.join("bad.json");
+    std::fs::write(&file, "{\"ops\": [{\"op\": \"put\"}]}").unwrap();
+    assert_eq!(check(&checker, &file, &dir.join("bad.html")).code, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
