@@ -293,8 +293,8 @@ pub async fn run(args: &CopyArgs, backend: Option<&str>, out: Out) -> Result<(),
         let done = write_offsets(&target, offset_plans, out).await?;
         note(format!(
             "projection offsets translated conservatively: no event after a projection's \
-             offset in the source is skipped on the target, but {} events it has handled \
-             already will be delivered again (at-least-once: a projection may see them twice)",
+             offset in the source is skipped on the target, but {} events the projections \
+             have handled already will be delivered again (at-least-once: they see them twice)",
             done.1
         ))?;
         done
