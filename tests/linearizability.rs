@@ -47,7 +47,8 @@
 //!
 //! Bounded for CI: [`DEFAULT_OPS`] operations per backend; a longer run:
 //! `PERSISTENCE_LINEARIZABILITY_OPS=2000 cargo test -p persistence-stores --all-features --test linearizability -- --nocapture`.
-//! A server backend whose variable is unset is skipped with a message
+//! `PERSISTENCE_LINEARIZABILITY_KEEP=1` keeps the histories and visualizations of a passing
+//! run (a failing run always keeps them). A server backend whose variable is unset is skipped with a message
 //! (`persistence_tck::server_env`); Go missing skips the test with a message. With
 //! `CI=true` either is a failure.
 
@@ -63,7 +64,8 @@ use std::time::{Duration, Instant};
 
 use crash_common::{chosen, ci, Rng};
 use persistence_stores::{
-    AtomicWrite, Config, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
+    AtomicWrite, Config, ErrorKind, Journal, JournalExt, Payload, PersistenceId, PersistentEvent,
+    Replay, SequenceNr, Stores,
 };
 use persistence_tck::fault::FaultProxy;
 
@@ -79,8 +81,12 @@ const RUN_CAP: Duration = Duration::from_secs(20);
 const LONG_RUN_CAP: Duration = Duration::from_secs(600);
 /// An operation without an answer after this long is abandoned (a write becomes unknown).
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
-/// The checker gives up (verdict unknown, a failure here) after this long.
+/// The checker gives up (verdict unknown) after this long: the standard check of every
+/// unknown write gets [`STANDARD_TIMEOUT`], then the check without the unknown writes a
+/// final replay shows never took effect gets this (an unknown verdict there fails).
 const CHECK_TIMEOUT: &str = "60s";
+/// How long the standard check (`-no-prune`) may take before the pruned one decides.
+const STANDARD_TIMEOUT: &str = "20s";
 /// A client pauses this long (ms, inclusive range) between two operations,
 const THINK_MS: (u64, u64) = (5, 25);
 /// and this long after an operation that failed (a client backing off).
@@ -214,14 +220,16 @@ struct Verdict {
     elapsed: Duration,
 }
 
-/// Runs the checker on the history file, with the HTML visualization written to `html`.
-fn check(checker: &Path, history: &Path, html: &Path) -> Verdict {
+/// Runs the checker on the history file, with the HTML visualization written to `html`
+/// (and `extra` arguments before the file).
+fn check(checker: &Path, history: &Path, html: &Path, extra: &[&str]) -> Verdict {
     let t = Instant::now();
     let out = Command::new(checker)
         .arg("-timeout")
         .arg(CHECK_TIMEOUT)
         .arg("-html")
         .arg(html)
+        .args(extra)
         .arg(history)
         .output()
         .expect("run the checker");
@@ -378,6 +386,9 @@ struct Target {
     location: String,
     namespace: String,
     proxy: Option<FaultProxy>,
+    /// A journal with a bug ([`Lossy`]: every n-th write acknowledged, not stored), to
+    /// show the test catches one; memory only.
+    lossy: Option<usize>,
 }
 
 impl Target {
@@ -391,6 +402,7 @@ impl Target {
                 location: dir.join("journal.db").display().to_string(),
                 namespace,
                 proxy: None,
+                lossy: None,
             });
         };
         let value = persistence_tck::server_env(var)?;
@@ -421,6 +433,7 @@ impl Target {
             location,
             namespace,
             proxy: Some(proxy),
+            lossy: None,
         })
     }
 
@@ -470,7 +483,12 @@ impl Target {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match persistence_stores::open(&config).await {
-                Ok(stores) => return stores,
+                Ok(stores) => {
+                    return match self.lossy {
+                        Some(every) => Lossy::wrap(stores, every),
+                        None => stores,
+                    }
+                }
                 Err(e) if Instant::now() < deadline => {
                     note(&format!(
                         "linearizability[{}]: open failed ({e}), retrying",
@@ -481,6 +499,69 @@ impl Target {
                 Err(e) => panic!("{}: open: {e}", self.backend.name()),
             }
         }
+    }
+}
+
+/// A journal with a bug: every `every`-th `write_events` call is acknowledged and not
+/// stored (a lost acknowledged write), for the test that shows the check catches it.
+struct Lossy {
+    inner: Arc<dyn Journal>,
+    every: usize,
+    calls: AtomicUsize,
+}
+
+impl Lossy {
+    fn wrap(stores: Stores, every: usize) -> Stores {
+        let journal = Arc::new(Lossy {
+            inner: stores.journal.clone(),
+            every,
+            calls: AtomicUsize::new(0),
+        });
+        Stores::new(
+            "lossy",
+            stores.capabilities(),
+            journal,
+            stores.snapshots.clone(),
+            stores.read_journal.clone(),
+        )
+    }
+}
+
+#[persistence_stores::async_trait]
+impl Journal for Lossy {
+    async fn write_events(
+        &self,
+        writes: Vec<AtomicWrite>,
+    ) -> persistence_stores::Result<Vec<persistence_stores::Result<()>>> {
+        if (self.calls.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(self.every) {
+            return Ok(writes.iter().map(|_| Ok(())).collect());
+        }
+        self.inner.write_events(writes).await
+    }
+
+    async fn replay(
+        &self,
+        persistence_id: &PersistenceId,
+        from: SequenceNr,
+        to: SequenceNr,
+        max: u64,
+    ) -> persistence_stores::Result<Replay> {
+        self.inner.replay(persistence_id, from, to, max).await
+    }
+
+    async fn highest_sequence_nr(
+        &self,
+        persistence_id: &PersistenceId,
+    ) -> persistence_stores::Result<SequenceNr> {
+        self.inner.highest_sequence_nr(persistence_id).await
+    }
+
+    async fn delete_events_to(
+        &self,
+        persistence_id: &PersistenceId,
+        to: SequenceNr,
+    ) -> persistence_stores::Result<()> {
+        self.inner.delete_events_to(persistence_id, to).await
     }
 }
 
@@ -695,9 +776,8 @@ async fn faults(proxy: &FaultProxy, started: &AtomicUsize, stop: &AtomicBool) ->
 }
 
 /// Runs one backend: the clients, the faults, the final reads, the check.
-async fn run(target: &Target, checker: &Path, dir: &Path) -> (Tally, Option<String>) {
+async fn run(target: &Target, checker: &Path, dir: &Path, total: usize) -> (Tally, Option<String>) {
     let name = target.backend.name();
-    let total = ops();
     let cap = if total > DEFAULT_OPS {
         LONG_RUN_CAP
     } else {
@@ -834,16 +914,29 @@ async fn run(target: &Target, checker: &Path, dir: &Path) -> (Tally, Option<Stri
     let file = dir.join(format!("{name}.json"));
     let html = dir.join(format!("{name}.html"));
     std::fs::write(&file, to_json(&history)).expect("write the history");
-    let verdict = check(checker, &file, &html);
+    // Porcupine's standard check first: every unknown write pending to the end.
+    let mut verdict = check(
+        checker,
+        &file,
+        &html,
+        &["-no-prune", "-timeout", STANDARD_TIMEOUT],
+    );
+    let mut how = "";
+    if verdict.code == 3 {
+        // Undecided: without the unknown writes the final replay shows never took effect.
+        let standard = verdict.elapsed;
+        verdict = check(checker, &file, &html, &[]);
+        verdict.elapsed += standard;
+        how = " (standard check undecided; decided without the unknown writes no replay shows)";
+    }
     tally.check = verdict.elapsed;
     tally.summary = verdict.output.lines().next().unwrap_or("").to_owned();
     tally.verdict = match verdict.code {
-        0 => "linearizable",
-        1 => "NOT linearizable",
-        3 => "unknown (timed out)",
-        _ => "checker error",
-    }
-    .to_owned();
+        0 => format!("linearizable{how}"),
+        1 => format!("NOT linearizable{how}"),
+        3 => "unknown (timed out)".to_owned(),
+        _ => "checker error".to_owned(),
+    };
     let failure = (verdict.code != 0).then(|| {
         format!(
             "{name}: the checker's verdict: {} (exit {})\nhistory: {}\nvisualization: {}\n{}",
@@ -881,7 +974,7 @@ fn concurrent_clients_with_cut_connections_give_linearizable_histories() {
         let Some(target) = runtime.block_on(Target::new(backend, &backend_dir)) else {
             continue;
         };
-        let (tally, failure) = runtime.block_on(run(&target, &checker, &dir));
+        let (tally, failure) = runtime.block_on(run(&target, &checker, &dir, ops()));
         note(&format!(
             "linearizability[{}]: {} ops, writes ok {} / conflict {} / unknown {}, reads {} ({} failed), cuts {} + {} mid-request, run {:.1} s, check {:.2} s: {}",
             backend.name(),
@@ -933,8 +1026,13 @@ fn concurrent_clients_with_cut_connections_give_linearizable_histories() {
             t.verdict
         ));
     }
-    if failures.is_empty() {
+    if failures.is_empty() && std::env::var_os("PERSISTENCE_LINEARIZABILITY_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        note(&format!(
+            "linearizability: the histories (.json) and Porcupine's visualizations (.html) are in {}",
+            dir.display()
+        ));
     }
     assert!(
         failures.is_empty(),
@@ -942,6 +1040,55 @@ fn concurrent_clients_with_cut_connections_give_linearizable_histories() {
         dir.display(),
         failures.join("\n")
     );
+}
+
+/// The whole pipeline catches a real bug: the memory backend behind a journal that
+/// acknowledges every fifth write without storing it ([`Lossy`]) gives a history the
+/// checker rejects, with the failing id's operations and a minimal failing history.
+#[test]
+fn a_journal_that_acknowledges_writes_it_did_not_store_is_caught() {
+    let Some(checker) = checker() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("persistence-linearizability-lossy-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let target = Target {
+        backend: Backend::Memory,
+        location: String::new(),
+        namespace: unique("lin_"),
+        proxy: None,
+        lossy: Some(5),
+    };
+    let (tally, failure) = runtime.block_on(run(&target, &checker, &dir, 120));
+    let failure = failure.unwrap_or_else(|| {
+        panic!(
+            "a journal that loses every fifth acknowledged write passed the check: {}",
+            tally.summary
+        )
+    });
+    assert!(
+        tally.verdict.starts_with("NOT linearizable")
+            && failure.contains("NOT LINEARIZABLE: persistence id")
+            && failure.contains("minimal failing history"),
+        "the checker's report:\n{failure}"
+    );
+    let report: Vec<&str> = failure.lines().collect();
+    let at = report
+        .iter()
+        .position(|l| l.contains("minimal failing history"))
+        .unwrap();
+    note(&format!(
+        "linearizability[lossy memory]: {} ops, {}; the first {}",
+        tally.ops,
+        tally.verdict,
+        report[at..report.len().min(at + 12)].join("\n")
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A hand-made history, three clients on one id.
@@ -981,7 +1128,7 @@ fn the_checker_rejects_a_replay_missing_an_acknowledged_write() {
     for (n, (replay, expected)) in cases.into_iter().enumerate() {
         let file = dir.join(format!("case{n}.json"));
         std::fs::write(&file, hand_made(replay)).unwrap();
-        let verdict = check(&checker, &file, &dir.join(format!("case{n}.html")));
+        let verdict = check(&checker, &file, &dir.join(format!("case{n}.html")), &[]);
         assert_eq!(
             verdict.code, expected,
             "case {n} ({replay}): exit {}, expected {expected}:\n{}",
@@ -1001,6 +1148,6 @@ fn the_checker_rejects_a_replay_missing_an_acknowledged_write() {
     // Bad input is exit 2.
     let file = dir.join("bad.json");
     std::fs::write(&file, "{\"ops\": [{\"op\": \"put\"}]}").unwrap();
-    assert_eq!(check(&checker, &file, &dir.join("bad.html")).code, 2);
+    assert_eq!(check(&checker, &file, &dir.join("bad.html"), &[]).code, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
