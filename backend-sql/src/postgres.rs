@@ -64,6 +64,7 @@ struct Statements {
     lock_all: Sql,
     write_one: Sql,
     write_many: Sql,
+    write_group: Sql,
     assign_id_ordering: Sql,
 }
 
@@ -126,7 +127,38 @@ impl Statements {
                  SELECT id_row.deleted_to, id_row.new_id, {notify} FROM id_row"
             )
         };
+        // A whole group of writes of distinct ids in one statement (group commit): the same
+        // steps as `write`, each over all the writes. `w` holds one row per write (id,
+        // highest, lowest), `id_row` upserts the ids' rows in id order (byte order, the
+        // order every other transaction takes them) and returns only the rows of writes
+        // whose first number is above the stored highest, so a write whose number is taken
+        // inserts nothing and is answered `Conflict`; `e` inserts the events of the writes
+        // `id_row` returned, in the order given (ids in order, numbers in order).
+        let write_group = format!(
+            "WITH locks AS (SELECT count(pg_advisory_xact_lock(l.k)) AS n FROM \
+             (SELECT k FROM UNNEST($17::bigint[]) AS u(k) ORDER BY k) AS l), \
+             w AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS w(pid, hi, lo)), \
+             id_row AS (INSERT INTO {ids} AS i (persistence_id, highest_sequence_nr) \
+             SELECT w.pid, w.hi FROM w, locks ORDER BY w.pid COLLATE \"C\" \
+             ON CONFLICT (persistence_id) DO UPDATE SET \
+             highest_sequence_nr = GREATEST(i.highest_sequence_nr, EXCLUDED.highest_sequence_nr) \
+             WHERE i.highest_sequence_nr < (SELECT w.lo FROM w WHERE w.pid = EXCLUDED.persistence_id) \
+             RETURNING i.persistence_id AS pid, i.deleted_to, i.id_ordering IS NULL AS new_id), \
+             e AS (INSERT INTO {ev} ({columns}) \
+             SELECT u.pid, u.s, u.w, u.ts, u.em, u.si, u.sm, u.p, u.msi, u.msm, u.mp, u.t \
+             FROM UNNEST($4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], \
+             $10::text[], $11::bytea[], $12::text[], $13::text[], $14::bytea[], $15::text[]) \
+             WITH ORDINALITY AS u(pid, s, w, ts, em, si, sm, p, msi, msm, mp, t, n) \
+             JOIN id_row r ON r.pid = u.pid JOIN w ON w.pid = u.pid \
+             WHERE r.deleted_to < w.lo ORDER BY u.n \
+             RETURNING ordering, persistence_id, sequence_nr, tags), \
+             t AS (INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
+             SELECT DISTINCT x.tag, e.ordering, e.persistence_id, e.sequence_nr \
+             FROM e CROSS JOIN LATERAL json_array_elements_text(e.tags::json) AS x(tag)) \
+             SELECT id_row.pid, id_row.deleted_to, id_row.new_id, {notify} FROM id_row"
+        );
         Statements {
+            write_group: s(write_group),
             lock: s("SELECT pg_advisory_xact_lock($1)".into()),
             lock_all: s("SELECT count(pg_advisory_xact_lock(l.k)) FROM \
                  (SELECT k FROM UNNEST($1::bigint[]) AS u(k) ORDER BY k) AS l"
@@ -139,6 +171,57 @@ impl Statements {
             )),
         }
     }
+}
+
+/// A query of the PostgreSQL driver.
+type PgQuery<'q> = sqlx::query::Query<'q, PgDb, sqlx::postgres::PgArguments>;
+
+/// Binds the eleven columns of `events` after the persistence id, one array each, in the
+/// order the `UNNEST` of the multi-event statements takes them: sequence number, writer,
+/// timestamp, event manifest, payload (3), metadata (3), tags.
+fn bind_event_columns<'q>(query: PgQuery<'q>, events: &[&'q PersistentEvent]) -> PgQuery<'q> {
+    let col = |f: &dyn Fn(&'q PersistentEvent) -> Option<&'q str>| -> Vec<Option<&'q str>> {
+        events.iter().map(|e| f(e)).collect()
+    };
+    query
+        .bind(
+            events
+                .iter()
+                .map(|e| clamp(e.sequence_nr))
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(&|e| Some(e.writer_id.as_str())))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.timestamp.as_millis())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(&|e| Some(e.event_manifest.as_str())))
+        .bind(col(&|e| Some(e.payload.serializer_id.as_str())))
+        .bind(col(&|e| Some(e.payload.manifest.as_str())))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.payload.bytes.as_ref())
+                .collect::<Vec<&[u8]>>(),
+        )
+        .bind(col(&|e| {
+            e.metadata.as_ref().map(|m| m.serializer_id.as_str())
+        }))
+        .bind(col(&|e| e.metadata.as_ref().map(|m| m.manifest.as_str())))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.metadata.as_ref().map(|m| m.bytes.as_ref()))
+                .collect::<Vec<Option<&[u8]>>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| encode_tags(&e.tags))
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// Aborts the listener task when the backend goes away.
@@ -408,49 +491,8 @@ impl PgBackend {
         let query = if let [event] = events {
             bind_event(sqlx::query(q(&self.sql.write_one)), id, event)
         } else {
-            let col = |f: &dyn Fn(&PersistentEvent) -> Option<&str>| -> Vec<Option<&str>> {
-                events.iter().map(f).collect()
-            };
-            sqlx::query(q(&self.sql.write_many))
-                .bind(id)
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| clamp(e.sequence_nr))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(col(&|e| Some(e.writer_id.as_str())))
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.timestamp.as_millis())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(col(&|e| Some(e.event_manifest.as_str())))
-                .bind(col(&|e| Some(e.payload.serializer_id.as_str())))
-                .bind(col(&|e| Some(e.payload.manifest.as_str())))
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.payload.bytes.as_ref())
-                        .collect::<Vec<&[u8]>>(),
-                )
-                .bind(col(&|e| {
-                    e.metadata.as_ref().map(|m| m.serializer_id.as_str())
-                }))
-                .bind(col(&|e| e.metadata.as_ref().map(|m| m.manifest.as_str())))
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.metadata.as_ref().map(|m| m.bytes.as_ref()))
-                        .collect::<Vec<Option<&[u8]>>>(),
-                )
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| encode_tags(&e.tags))
-                        .collect::<Vec<_>>(),
-                )
+            let events: Vec<&PersistentEvent> = events.iter().collect();
+            bind_event_columns(sqlx::query(q(&self.sql.write_many)).bind(id), &events)
         };
         let row = query
             .bind(clamp(write.highest_sequence_nr()))
@@ -509,22 +551,40 @@ impl PgBackend {
             order.sort_by(|a, b| a.1.persistence_id().cmp(b.1.persistence_id()));
             let keys = self.lock_keys(order.iter().map(|(_, w)| *w));
             let mut tx = self.store.begin().await?;
-            if !keys.is_empty() {
-                sqlx::query(q(&self.sql.lock_all))
-                    .bind(keys)
-                    .execute(&mut *tx)
-                    .await?;
-            }
             let mut results: Vec<Result<()>> = writes.iter().map(|_| Ok(())).collect();
             let mut new_ids = Vec::new();
-            for (index, write) in order {
-                match self.write_statement(&mut tx, write, Vec::new()).await {
-                    Ok(true) => new_ids.push(write.persistence_id().as_str()),
-                    Ok(false) => {}
-                    Err(e @ WriteError::TakenUntouched) => results[index] = Err(e.into_public()),
-                    Err(_) => {
+            let distinct = order
+                .windows(2)
+                .all(|p| p[0].1.persistence_id() != p[1].1.persistence_id());
+            if distinct {
+                match self
+                    .write_group_statement(&mut tx, &order, keys, &mut results)
+                    .await?
+                {
+                    Some(ids) => new_ids = ids,
+                    None => {
                         tx.rollback().await?;
                         return Ok(None);
+                    }
+                }
+            } else {
+                if !keys.is_empty() {
+                    sqlx::query(q(&self.sql.lock_all))
+                        .bind(keys)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for (index, write) in order {
+                    match self.write_statement(&mut tx, write, Vec::new()).await {
+                        Ok(true) => new_ids.push(write.persistence_id().as_str()),
+                        Ok(false) => {}
+                        Err(e @ WriteError::TakenUntouched) => {
+                            results[index] = Err(e.into_public())
+                        }
+                        Err(_) => {
+                            tx.rollback().await?;
+                            return Ok(None);
+                        }
                     }
                 }
             }
@@ -546,6 +606,71 @@ impl PgBackend {
             Ok(None) => None,
             Err(e) => Some(Err(to_public(e))),
         }
+    }
+
+    /// The writes of a group, each of its own id, in one statement (`write_group`, taking
+    /// the tag locks of `lock_keys` first). A write whose first sequence number is taken
+    /// gets its `Conflict` in `results` and leaves nothing behind. Answers the new ids, or
+    /// `None` when a write must be refused otherwise (the caller rolls back).
+    async fn write_group_statement<'w>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        order: &[(usize, &'w AtomicWrite)],
+        lock_keys: Vec<i64>,
+        results: &mut [Result<()>],
+    ) -> std::result::Result<Option<Vec<&'w str>>, SqlError> {
+        let ids: Vec<&str> = order
+            .iter()
+            .map(|(_, w)| w.persistence_id().as_str())
+            .collect();
+        let events: Vec<&PersistentEvent> = order.iter().flat_map(|(_, w)| w.events()).collect();
+        let event_ids: Vec<&str> = order
+            .iter()
+            .flat_map(|(_, w)| w.events().iter().map(|_| w.persistence_id().as_str()))
+            .collect();
+        let query = sqlx::query(q(&self.sql.write_group))
+            .bind(&ids)
+            .bind(
+                order
+                    .iter()
+                    .map(|(_, w)| clamp(w.highest_sequence_nr()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                order
+                    .iter()
+                    .map(|(_, w)| clamp(w.lowest_sequence_nr()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(event_ids);
+        let rows = bind_event_columns(query, &events)
+            .bind(self.channel.as_str())
+            .bind(lock_keys)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut written = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let deleted_to: i64 = row.try_get(1)?;
+            let new_id: bool = row.try_get(2)?;
+            written.insert(id, (unsigned(deleted_to, "deleted_to")?, new_id));
+        }
+        let mut new_ids = Vec::new();
+        for (index, write) in order {
+            let id = write.persistence_id().as_str();
+            match written.get(id) {
+                // Nothing inserted: the number is taken.
+                None => results[*index] = Err(WriteError::TakenUntouched.into_public()),
+                // The id's highest was raised but no event inserted: refused as the single
+                // path refuses it, after a rollback.
+                Some((deleted_to, _)) if write.lowest_sequence_nr() <= *deleted_to => {
+                    return Ok(None)
+                }
+                Some((_, true)) => new_ids.push(id),
+                Some((_, false)) => {}
+            }
+        }
+        Ok(Some(new_ids))
     }
 
     /// The pool.

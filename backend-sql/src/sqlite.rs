@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::{SqliteConfig, SqliteSync};
 use crate::core::{q, wake, Backend, Sql, SqlStore, SQLITE};
-use crate::error::{err, err_in};
+use crate::error::{err, err_in, to_public, SqlError};
 use crate::journal::{check_write_fits, commit_or_rollback, write_one, WriteError};
 use crate::schema::{bind_event, clamp, migrate_sqlite, unsigned, Columns, Names};
 
@@ -28,6 +28,11 @@ struct Statements {
     upsert_id: Sql,
     insert_event: Sql,
     insert_tag: Sql,
+    read_ids: Sql,
+    /// The tables' names, for the group statements (whose row count varies).
+    ids: String,
+    ev: String,
+    tag: String,
 }
 
 impl Statements {
@@ -54,6 +59,13 @@ impl Statements {
                 "INSERT INTO {tag} (tag, ordering, persistence_id, sequence_nr) \
                  VALUES (?1, ?2, ?3, ?4)"
             )),
+            read_ids: s(format!(
+                "SELECT persistence_id, highest_sequence_nr, deleted_to FROM {ids} \
+                 WHERE persistence_id IN (SELECT value FROM json_each(?1))"
+            )),
+            ids: ids.to_owned(),
+            ev: ev.to_owned(),
+            tag: tag.to_owned(),
         }
     }
 }
@@ -193,11 +205,185 @@ impl SqliteBackend {
         Ok(())
     }
 
-    /// Several atomic writes in one transaction (one sync to disk), each inside a savepoint
-    /// so a refused one leaves nothing behind and does not stop the others.
+    /// A group of atomic writes in a fixed number of statements, whatever its size (group
+    /// commit; see the README's "Group commit"): the ids' stored highest numbers and
+    /// deleted-to marks read in one statement, each write checked against them in arrival
+    /// order (this transaction is the database's only writer: `BEGIN IMMEDIATE`), then the
+    /// accepted writes' id rows, events and tag rows inserted in multi-row statements. A
+    /// write that does not fit or whose number is taken gets its error and writes nothing;
+    /// the rest are written. One result per write, in order. On `Err` the caller rolls back.
+    async fn write_group_rows(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        writes: &[AtomicWrite],
+    ) -> std::result::Result<Vec<Result<()>>, SqlError> {
+        use std::collections::HashMap;
+        let mut results: Vec<Option<Result<()>>> = writes
+            .iter()
+            .map(|w| check_write_fits(w).err().map(Err))
+            .collect();
+        let mut ids: Vec<&str> = writes
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|(w, _)| w.persistence_id().as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut stored: HashMap<String, (u64, u64)> = HashMap::with_capacity(ids.len());
+        if !ids.is_empty() {
+            let json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+            for row in sqlx::query(q(&self.sql.read_ids))
+                .bind(json)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let highest = unsigned(row.int(1)?, "highest_sequence_nr")?;
+                let deleted_to = unsigned(row.int(2)?, "deleted_to")?;
+                stored.insert(row.text(0)?, (highest, deleted_to));
+            }
+        }
+        // Each write against the highest as the writes before it in the group left it.
+        let mut accepted: Vec<&AtomicWrite> = Vec::new();
+        let mut highest: HashMap<&str, u64> = HashMap::new();
+        for (write, slot) in writes.iter().zip(results.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let id = write.persistence_id().as_str();
+            let (stored_highest, deleted_to) = stored.get(id).copied().unwrap_or((0, 0));
+            let current = highest.entry(id).or_insert(stored_highest);
+            if write.lowest_sequence_nr() > *current && write.lowest_sequence_nr() > deleted_to {
+                *current = write.highest_sequence_nr();
+                accepted.push(write);
+                *slot = Some(Ok(()));
+            } else {
+                *slot = Some(Err(WriteError::Taken.into_public()));
+            }
+        }
+        if !accepted.is_empty() {
+            self.insert_group(tx, &accepted, &highest).await?;
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+    }
+
+    /// The multi-row statements of [`SqliteBackend::write_group_rows`]: the id rows at their
+    /// new highest, the events in order, the tag rows of the events inserted. Rows per
+    /// statement stay under SQLite's 32,766 bound variables.
+    async fn insert_group(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        accepted: &[&AtomicWrite],
+        highest: &std::collections::HashMap<&str, u64>,
+    ) -> std::result::Result<(), SqlError> {
+        let values = |rows: usize, columns: usize| -> String {
+            let row = format!("({})", vec!["?"; columns].join(", "));
+            vec![row.as_str(); rows].join(", ")
+        };
+        let mut new_highest: Vec<(&str, u64)> = highest.iter().map(|(id, h)| (*id, *h)).collect();
+        new_highest.sort_unstable();
+        for chunk in new_highest.chunks(10_000) {
+            let sql = format!(
+                "INSERT INTO {} (persistence_id, highest_sequence_nr) VALUES {} \
+                 ON CONFLICT (persistence_id) DO UPDATE \
+                 SET highest_sequence_nr = max(highest_sequence_nr, excluded.highest_sequence_nr)",
+                self.sql.ids,
+                values(chunk.len(), 2)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, h) in chunk {
+                query = query.bind(*id).bind(clamp(*h));
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let events: Vec<(&str, &persistence_api::PersistentEvent)> = accepted
+            .iter()
+            .flat_map(|w| {
+                let id = w.persistence_id().as_str();
+                w.events().iter().map(move |e| (id, e))
+            })
+            .collect();
+        let mut tag_rows: Vec<(&str, i64, &str, i64)> = Vec::new();
+        for chunk in events.chunks(2_000) {
+            let sql = format!(
+                "INSERT INTO {} (persistence_id, sequence_nr, writer_id, write_timestamp, \
+                 event_manifest, ser_id, ser_manifest, payload, meta_ser_id, meta_ser_manifest, \
+                 meta_payload, tags) VALUES {} RETURNING ordering, persistence_id, sequence_nr",
+                self.sql.ev,
+                values(chunk.len(), 12)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, event) in chunk {
+                query = bind_event(query, id, event);
+            }
+            let rows = query.fetch_all(&mut *tx).await?;
+            if chunk.iter().all(|(_, e)| e.tags.is_empty()) {
+                continue;
+            }
+            let mut orderings = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                orderings.insert((row.text(1)?, row.int(2)?), row.int(0)?);
+            }
+            for (id, event) in chunk {
+                if event.tags.is_empty() {
+                    continue;
+                }
+                let seq = clamp(event.sequence_nr);
+                let ordering = *orderings.get(&((*id).to_owned(), seq)).ok_or_else(|| {
+                    SqlError::Invariant(format!("no ordering returned for {id} #{seq}"))
+                })?;
+                let mut tags: Vec<&str> = event.tags.iter().map(String::as_str).collect();
+                tags.sort_unstable();
+                tags.dedup();
+                tag_rows.extend(tags.into_iter().map(|t| (t, ordering, *id, seq)));
+            }
+        }
+        for chunk in tag_rows.chunks(8_000) {
+            let sql = format!(
+                "INSERT INTO {} (tag, ordering, persistence_id, sequence_nr) VALUES {}",
+                self.sql.tag,
+                values(chunk.len(), 4)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (tag, ordering, id, seq) in chunk {
+                query = query.bind(*tag).bind(*ordering).bind(*id).bind(*seq);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Several atomic writes in one transaction (one sync to disk): first in one pass
+    /// ([`SqliteBackend::write_group_rows`]); should that fail, rolled back and written again
+    /// each inside a savepoint, so a refused one leaves nothing behind and does not stop
+    /// the others.
     async fn write_batch_tx(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
+        let _turn = self.store.write_turn().await;
+        let one_pass = async {
+            let mut tx = self.store.begin().await?;
+            match self.write_group_rows(&mut tx, writes).await {
+                Ok(results) => {
+                    tx.commit().await?;
+                    Ok(Some(results))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "one-pass group write failed; writing each alone");
+                    tx.rollback().await?;
+                    Ok::<_, SqlError>(None)
+                }
+            }
+        };
+        match one_pass.await {
+            Ok(Some(results)) => {
+                if results.iter().any(Result::is_ok) {
+                    wake(&self.wake);
+                }
+                return Ok(results);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(to_public(e)),
+        }
         let run = async {
-            let _turn = self.store.write_turn().await;
             let mut tx = self.store.begin().await?;
             let mut results = Vec::with_capacity(writes.len());
             for write in writes {
