@@ -7,6 +7,7 @@
 //! - two writes of one id in one group are applied in arrival order;
 //! - a `Conflict` and a rejection in a group fail those writes alone, nothing of them is
 //!   stored, the others are;
+//! - every event of a group is in the tag query once, whole;
 //! - `group_commit_max_events` bounds a group.
 //!
 //! SQLite always; PostgreSQL with `PERSISTENCE_POSTGRES_URL` (skipped without it, a
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use persistence_api::{
-    AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, Stores,
+    AtomicWrite, ErrorKind, JournalExt, Payload, PersistenceId, PersistentEvent, ReadJournalExt,
+    Stores,
 };
 use persistence_sql::{PostgresConfig, SqliteConfig};
 
@@ -101,6 +103,30 @@ async fn many_in_few_groups(
             1,
             "{id}"
         );
+    }
+    // The tag rows of a group: each event once in the tag query, whole, in increasing
+    // offsets.
+    let tagged: Vec<_> = futures::StreamExt::collect::<Vec<_>>(
+        stores
+            .read_journal
+            .current_events_by_tag("gc".into(), persistence_api::Offset::NoOffset),
+    )
+    .await
+    .into_iter()
+    .map(|e| e.unwrap())
+    .filter(|e| ids.contains(e.persistence_id()))
+    .collect();
+    assert_eq!(tagged.len(), ids.len(), "every event once in the tag query");
+    let mut distinct: Vec<&PersistenceId> = tagged.iter().map(|e| e.persistence_id()).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len());
+    for e in &tagged {
+        let id = e.persistence_id();
+        assert_eq!(e.sequence_nr(), 1, "{id}");
+        assert_eq!(e.event.writer_id, "w", "{id}");
+        assert_eq!(e.event.tags, vec!["gc".to_string()], "{id}");
+        assert_eq!(e.event.payload.bytes.as_ref(), format!("{id}#1").as_bytes());
     }
     let seen = groups.0.lock().unwrap().clone();
     if coalescing {
