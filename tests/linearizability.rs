@@ -14,14 +14,16 @@
 //! 1. [`CLIENTS`] clients, each with its own stores opened from configuration (its own
 //!    connection pool or session: real concurrent clients; the memory backend has one
 //!    store, shared), run random operations on [`IDS`] ids until [`ops`] operations are done
-//!    (or [`RUN_CAP`] has passed): `write` (half of them) of 1-3 tagged events at the number
-//!    the client believes is next (one past the highest it last saw on that id, so writes
-//!    conflict), `highest_sequence_nr`, and `replay` (its events and the highest it reports).
-//!    Each is recorded with its invocation and completion time (nanoseconds of one
-//!    monotonic clock) and its result: a write is `ok`, `conflict` (an error of kind
-//!    `Conflict`) or `unknown` (any other error, or no answer within [`OP_TIMEOUT`]: it may
-//!    or may not have been stored); a read that fails is recorded as failed and left out by
-//!    the checker.
+//!    (or [`RUN_CAP`] has passed): `write` (40 %) of 1-3 tagged events at the number the
+//!    client believes is next (one past the highest it last saw on that id, so writes
+//!    conflict), `highest_sequence_nr` (15 %), `replay` (15 %: its events and the highest
+//!    it reports), `save_snapshot` (15 %, at the highest the client last saw) and
+//!    `load_snapshot` of the latest (15 %). Each is recorded with its invocation and
+//!    completion time (nanoseconds of one monotonic clock) and its result: a write is
+//!    `ok`, `conflict` (an error of kind `Conflict`) or `unknown` (any other error, or no
+//!    answer within [`OP_TIMEOUT`]: it may or may not have been stored), a snapshot save
+//!    `ok` or `unknown`; a read that fails is recorded as failed and left out by the
+//!    checker.
 //! 2. Faults, for the server backends: every client talks to the server through one
 //!    [`FaultProxy`] of the tck, and a fault task cuts after every 15-50 operations (a
 //!    random count: [`OPS_BETWEEN_FAULTS`]): either every open connection at once
@@ -33,14 +35,21 @@
 //!    (highest and replay), so the fate of the unknown writes shows in the history.
 //! 4. The history (JSON, in a temporary directory) goes to the checker (built once with
 //!    `go build` into cargo's `CARGO_TARGET_TMPDIR`), which must say linearizable (exit 0).
-//!    The checker leaves out the unknown writes the final replay shows never took effect
-//!    (sound for a journal without deletes, see `pruneUnseen` in `main.go`: most unknown
-//!    writes never reached the server, and each pending one doubles Porcupine's search).
+//!    First Porcupine's standard check: every unknown write pending to the end of the
+//!    history, either outcome allowed (`-no-prune`, [`STANDARD_TIMEOUT`]). Only if that is
+//!    undecided, the check again without the unknown writes the final replay shows never
+//!    took effect (sound for a journal without deletes, see `pruneUnseen` in `main.go`;
+//!    each pending unknown write can double Porcupine's search), which must decide.
 //!    On a violation the test fails with the checker's report: the failing id's
 //!    operations, Porcupine's longest linearizable prefix, and a minimal failing history
 //!    (reads and conflicting writes dropped while it still fails); Porcupine's HTML
 //!    visualization of the whole history is written beside the history, and both paths are
 //!    printed (the directory stays).
+//!
+//! Two more tests show the check can fail: hand-made histories (a replay missing an
+//! acknowledged write, a stale snapshot load) give exit 1, and the memory backend behind
+//! a journal that acknowledges every fifth write without storing it ([`Lossy`]) gives a
+//! history the checker rejects.
 //!
 //! A line per backend is printed (operations, writes ok/conflict/unknown, reads failed,
 //! cuts injected, run and check time, verdict).
@@ -65,7 +74,7 @@ use std::time::{Duration, Instant};
 use crash_common::{chosen, ci, Rng};
 use persistence_stores::{
     AtomicWrite, Config, ErrorKind, Journal, JournalExt, Payload, PersistenceId, PersistentEvent,
-    Replay, SequenceNr, Stores,
+    Replay, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, Stores,
 };
 use persistence_tck::fault::FaultProxy;
 
@@ -259,6 +268,15 @@ enum Kind {
     },
     Highest(Option<u64>),
     Replay(Option<(u64, Vec<(u64, String)>)>),
+    SaveSnapshot {
+        seq: u64,
+        payload: String,
+        /// "ok" or "unknown".
+        result: &'static str,
+    },
+    /// The latest snapshot's sequence number and payload (inner `None`: none); outer
+    /// `None`: the load failed.
+    LoadSnapshot(Option<Option<(u64, String)>>),
 }
 
 /// One recorded operation.
@@ -337,6 +355,29 @@ fn to_json(history: &[Rec]) -> String {
                 );
             }
             Kind::Replay(None) => out.push_str("\"op\": \"replay\", \"result\": \"failed\""),
+            Kind::SaveSnapshot {
+                seq,
+                payload,
+                result,
+            } => {
+                let _ = write!(
+                    out,
+                    "\"op\": \"save_snapshot\", \"seq\": {seq}, \"payload\": {}, \"result\": \"{result}\"",
+                    json_str(payload)
+                );
+            }
+            Kind::LoadSnapshot(Some(snapshot)) => {
+                let snapshot = snapshot.as_ref().map_or("null".to_owned(), |(seq, p)| {
+                    format!("[{seq}, {}]", json_str(p))
+                });
+                let _ = write!(
+                    out,
+                    "\"op\": \"load_snapshot\", \"result\": \"ok\", \"snapshot\": {snapshot}"
+                );
+            }
+            Kind::LoadSnapshot(None) => {
+                out.push_str("\"op\": \"load_snapshot\", \"result\": \"failed\"")
+            }
         }
         if let Some(e) = &r.error {
             let _ = write!(out, ", \"error\": {}", json_str(e));
@@ -578,6 +619,9 @@ struct Tally {
     unknown: usize,
     reads: usize,
     reads_failed: usize,
+    /// Snapshot saves, and those of them with an unknown outcome.
+    saves: usize,
+    saves_unknown: usize,
     cuts: usize,
     cuts_mid_request: usize,
     run: Duration,
@@ -612,8 +656,9 @@ async fn client(
     while Instant::now() < until && budget.fetch_add(1, Ordering::SeqCst) < total {
         let id = rng.between(0, IDS as u64 - 1) as usize;
         let pid = PersistenceId::new(pid_name(id)).unwrap();
-        let roll = rng.between(0, 3);
-        let rec = if roll <= 1 {
+        // 40 % writes, 15 % each highest, replay, snapshot save, snapshot load.
+        let roll = rng.between(0, 19);
+        let rec = if roll <= 7 {
             let from = seen[id] + 1;
             let n = rng.between(1, 3);
             let payloads: Vec<String> = (0..n).map(|i| format!("c{k}.{writes}.{i}")).collect();
@@ -655,7 +700,9 @@ async fn client(
                 },
                 error,
             }
-        } else if roll == 2 {
+        } else if roll >= 14 {
+            snapshot_op(k, id, &pid, roll >= 17, seen[id], writes, &stores, start).await
+        } else if roll <= 10 {
             let call = ns(start);
             let result =
                 tokio::time::timeout(OP_TIMEOUT, stores.journal.highest_sequence_nr(&pid)).await;
@@ -697,6 +744,7 @@ async fn client(
                 error,
             }
         };
+        writes += usize::from(matches!(rec.kind, Kind::SaveSnapshot { .. }));
         let pause = if rec.error.is_some() {
             BACKOFF_MS
         } else {
@@ -706,6 +754,81 @@ async fn client(
         tokio::time::sleep(Duration::from_millis(rng.between(pause.0, pause.1))).await;
     }
     history
+}
+
+/// A snapshot save (at the highest the client last saw, at least 1; the payload names the
+/// client and its operation) or a load of the latest snapshot.
+#[allow(clippy::too_many_arguments)]
+async fn snapshot_op(
+    k: usize,
+    id: usize,
+    pid: &PersistenceId,
+    load: bool,
+    seen: u64,
+    n: usize,
+    stores: &Stores,
+    start: Instant,
+) -> Rec {
+    let call = ns(start);
+    if load {
+        let result = tokio::time::timeout(
+            OP_TIMEOUT,
+            stores
+                .snapshots
+                .load_snapshot(pid, SnapshotSelectionCriteria::default()),
+        )
+        .await;
+        let ret = ns(start);
+        let (value, error) = match result {
+            Ok(Ok(s)) => (
+                Some(s.map(|s| {
+                    (
+                        s.metadata.sequence_nr,
+                        String::from_utf8_lossy(&s.snapshot.bytes).into_owned(),
+                    )
+                })),
+                None,
+            ),
+            Ok(Err(e)) => (None, Some(format!("{e:#}"))),
+            Err(_) => (None, Some(format!("no answer within {OP_TIMEOUT:?}"))),
+        };
+        return Rec {
+            client: k,
+            id,
+            call,
+            ret: Some(ret),
+            kind: Kind::LoadSnapshot(value),
+            error,
+        };
+    }
+    let seq = seen.max(1);
+    let payload = format!("s{k}.{n}");
+    let result = tokio::time::timeout(
+        OP_TIMEOUT,
+        stores.snapshots.save_snapshot(
+            SnapshotMetadata::new(pid.clone(), seq),
+            Payload::raw(payload.clone().into_bytes()),
+        ),
+    )
+    .await;
+    let ret = ns(start);
+    let (result, error) = match result {
+        Ok(Ok(())) => ("ok", None),
+        Ok(Err(e)) => ("unknown", Some(format!("{e:#}"))),
+        Err(_) => ("unknown", Some(format!("no answer within {OP_TIMEOUT:?}"))),
+    };
+    Rec {
+        client: k,
+        id,
+        call,
+        ret: (result == "ok").then_some(ret),
+        kind: Kind::SaveSnapshot {
+            seq,
+            payload,
+            result,
+        },
+        error,
+    }
 }
 
 /// A replay of everything: the highest it reports and each event's number and payload.
@@ -908,6 +1031,14 @@ async fn run(target: &Target, checker: &Path, dir: &Path, total: usize) -> (Tall
                 tally.reads += 1;
                 tally.reads_failed += usize::from(v.is_none());
             }
+            Kind::SaveSnapshot { result, .. } => {
+                tally.saves += 1;
+                tally.saves_unknown += usize::from(*result == "unknown");
+            }
+            Kind::LoadSnapshot(v) => {
+                tally.reads += 1;
+                tally.reads_failed += usize::from(v.is_none());
+            }
         }
     }
 
@@ -976,12 +1107,14 @@ fn concurrent_clients_with_cut_connections_give_linearizable_histories() {
         };
         let (tally, failure) = runtime.block_on(run(&target, &checker, &dir, ops()));
         note(&format!(
-            "linearizability[{}]: {} ops, writes ok {} / conflict {} / unknown {}, reads {} ({} failed), cuts {} + {} mid-request, run {:.1} s, check {:.2} s: {}",
+            "linearizability[{}]: {} ops, writes ok {} / conflict {} / unknown {}, snapshot saves {} ({} unknown), reads {} ({} failed), cuts {} + {} mid-request, run {:.1} s, check {:.2} s: {}",
             backend.name(),
             tally.ops,
             tally.ok,
             tally.conflict,
             tally.unknown,
+            tally.saves,
+            tally.saves_unknown,
             tally.reads,
             tally.reads_failed,
             tally.cuts,
@@ -1008,17 +1141,27 @@ fn concurrent_clients_with_cut_connections_give_linearizable_histories() {
         started.elapsed().as_secs_f64()
     ));
     note(&format!(
-        "{:<10} {:>5} {:>6} {:>9} {:>8} {:>6} {:>13} {:>6} {:>6}  verdict",
-        "backend", "ops", "ok", "conflict", "unknown", "reads", "reads failed", "cuts", "run"
+        "{:<10} {:>5} {:>6} {:>9} {:>8} {:>6} {:>6} {:>13} {:>6} {:>6}  verdict",
+        "backend",
+        "ops",
+        "ok",
+        "conflict",
+        "unknown",
+        "saves",
+        "reads",
+        "reads failed",
+        "cuts",
+        "run"
     ));
     for (backend, t) in &rows {
         note(&format!(
-            "{:<10} {:>5} {:>6} {:>9} {:>8} {:>6} {:>13} {:>6} {:>5.1}s  {}",
+            "{:<10} {:>5} {:>6} {:>9} {:>8} {:>6} {:>6} {:>13} {:>6} {:>5.1}s  {}",
             backend.name(),
             t.ops,
             t.ok,
             t.conflict,
             t.unknown,
+            t.saves,
             t.reads,
             t.reads_failed,
             t.cuts + t.cuts_mid_request,
@@ -1145,6 +1288,22 @@ fn the_checker_rejects_a_replay_missing_an_acknowledged_write() {
             );
         }
     }
+    // Snapshots: a load after a save at a higher number returned must see it (or a later one).
+    let file = dir.join("snapshots.json");
+    std::fs::write(
+        &file,
+        r#"{"ops": [
+{"client": 0, "id": "a", "call": 0, "return": 10, "op": "save_snapshot", "seq": 3, "payload": "p", "result": "ok"},
+{"client": 1, "id": "a", "call": 11, "return": 20, "op": "save_snapshot", "seq": 5, "payload": "q", "result": "ok"},
+{"client": 2, "id": "a", "call": 21, "return": 30, "op": "load_snapshot", "result": "ok", "snapshot": [3, "p"]}
+]}"#,
+    )
+    .unwrap();
+    let verdict = check(&checker, &file, &dir.join("snapshots.html"), &[]);
+    assert_eq!(verdict.code, 1, "{}", verdict.output);
+    assert!(verdict
+        .output
+        .contains("NOT LINEARIZABLE: persistence id \"a (snapshots)\""));
     // Bad input is exit 2.
     let file = dir.join("bad.json");
     std::fs::write(&file, "{\"ops\": [{\"op\": \"put\"}]}").unwrap();

@@ -18,7 +18,11 @@
 //	  {"client": 3, "id": "lin-1", "call": 6000, "return": 6100,
 //	   "op": "highest", "result": "ok", "value": 2},
 //	  {"client": 4, "id": "lin-1", "call": 6000, "return": 6400,
-//	   "op": "replay", "result": "ok", "highest": 2, "replayed": [[1, "c0.3.0"], [2, "c0.3.1"]]}
+//	   "op": "replay", "result": "ok", "highest": 2, "replayed": [[1, "c0.3.0"], [2, "c0.3.1"]]},
+//	  {"client": 5, "id": "lin-1", "call": 6500, "return": 6900,
+//	   "op": "save_snapshot", "seq": 2, "payload": "s5.0", "result": "ok"},
+//	  {"client": 6, "id": "lin-1", "call": 7000, "return": 7200,
+//	   "op": "load_snapshot", "result": "ok", "snapshot": [2, "s5.0"]}
 //	]}
 //
 // Times are integers (nanoseconds of one monotonic clock). Results:
@@ -31,6 +35,9 @@
 //   - highest / replay: "ok" with "value" / "replayed" (and optionally "highest", the
 //     highest sequence number the replay reported); any other result (a read that failed)
 //     is left out, since a read changes nothing.
+//   - save_snapshot: "ok" or "unknown" (as for a write).
+//   - load_snapshot (the latest): "ok" with "snapshot" ([sequence number, payload id], or
+//     null for none); any other result is left out.
 //
 // The model of one id's journal (the history is partitioned by "id"): the state is the
 // highest sequence number and the stored events (sequence number and payload id).
@@ -38,7 +45,9 @@
 // is taken), else stores the events at from, from+1, ... and the highest becomes the last
 // of them (a write may start above highest+1, as the journal allows). highest() answers
 // the highest; replay() answers every stored event in order (and, when recorded, the
-// highest as of the same moment).
+// highest as of the same moment). An id's snapshots are a partition of their own: a map
+// from sequence number to payload id; save_snapshot(seq, payload) replaces the snapshot at
+// seq; load_snapshot() answers the one with the highest sequence number, or none.
 //
 // Unknown writes that an id's final replay (one invoked after every other operation of the
 // id returned) shows never took effect are left out before the check (see pruneUnseen;
@@ -80,6 +89,9 @@ type Op struct {
 	Value    uint64          `json:"value"`
 	Replayed []ReplayedEvent `json:"replayed"`
 	Highest  *uint64         `json:"highest"`
+	Seq      uint64          `json:"seq"`
+	Payload  string          `json:"payload"`
+	Snapshot *ReplayedEvent  `json:"snapshot"`
 	Error    string          `json:"error,omitempty"`
 }
 
@@ -111,12 +123,15 @@ type History struct {
 
 // input of a model step.
 type input struct {
-	kind   string // "write", "highest", "replay"
+	kind   string // "write", "highest", "replay", "save_snapshot", "load_snapshot"
 	id     string
 	from   uint64
 	events string // encoded as in state.events
 	count  uint64
 	index  int // position in the input history
+	// save_snapshot: the snapshot's sequence number and payload id
+	seq     uint64
+	payload string
 }
 
 // output of a model step.
@@ -127,12 +142,48 @@ type output struct {
 	unknown bool
 	// replay: value is the highest the replay reported
 	hasHighest bool
+	// load_snapshot: "seq:payload" of the snapshot loaded, "" for none
+	snapshot string
 }
 
-// state of one id's journal: comparable with ==.
+// state of one id's journal, or of its snapshots (their own partition): comparable with ==.
 type state struct {
 	highest uint64
 	events  string // "seq:payload " per stored event, in order
+	// the snapshots: "seq:payload " per saved snapshot, by ascending sequence number
+	snapshots string
+}
+
+// saveSnapshot replaces or inserts the snapshot at seq.
+func saveSnapshot(snapshots string, seq uint64, payload string) string {
+	var kept []string
+	placed := false
+	entry := fmt.Sprintf("%d:%s", seq, payload)
+	for _, e := range strings.Fields(snapshots) {
+		var n uint64
+		fmt.Sscanf(e, "%d:", &n)
+		switch {
+		case n == seq:
+			continue
+		case n > seq && !placed:
+			kept = append(kept, entry)
+			placed = true
+		}
+		kept = append(kept, e)
+	}
+	if !placed {
+		kept = append(kept, entry)
+	}
+	return strings.Join(kept, " ") + " "
+}
+
+// latestSnapshot is the snapshot with the highest sequence number, "" for none.
+func latestSnapshot(snapshots string) string {
+	fields := strings.Fields(snapshots)
+	if len(fields) == 0 {
+		return ""
+	}
+	return fields[len(fields)-1]
 }
 
 func encodeEvents(from uint64, payloads []string) string {
@@ -184,6 +235,12 @@ func step(st, in, out interface{}) (bool, interface{}) {
 		return o.value == s.highest, s
 	case "replay":
 		return o.events == s.events && (!o.hasHighest || o.value == s.highest), s
+	case "save_snapshot":
+		next := s
+		next.snapshots = saveSnapshot(s.snapshots, i.seq, i.payload)
+		return true, next
+	case "load_snapshot":
+		return o.snapshot == latestSnapshot(s.snapshots), s
 	}
 	return false, s
 }
@@ -200,6 +257,17 @@ func describeOperation(in, out interface{}) string {
 		return fmt.Sprintf("write(from %d, %s) -> %s", i.from, short(i.events), r)
 	case "highest":
 		return fmt.Sprintf("highest() -> %d", o.value)
+	case "save_snapshot":
+		r := o.result
+		if o.unknown {
+			r = "unknown"
+		}
+		return fmt.Sprintf("save_snapshot(%d:%s) -> %s", i.seq, i.payload, r)
+	case "load_snapshot":
+		if o.snapshot == "" {
+			return "load_snapshot() -> none"
+		}
+		return fmt.Sprintf("load_snapshot() -> %s", o.snapshot)
 	default:
 		if o.hasHighest {
 			return fmt.Sprintf("replay() -> highest %d, %s", o.value, short(o.events))
@@ -210,6 +278,9 @@ func describeOperation(in, out interface{}) string {
 
 func describeState(st interface{}) string {
 	s := st.(state)
+	if s.snapshots != "" {
+		return fmt.Sprintf("snapshots %s", short(s.snapshots))
+	}
 	return fmt.Sprintf("highest %d, events %s", s.highest, short(s.events))
 }
 
@@ -220,7 +291,7 @@ func model(partitioned bool) porcupine.Model {
 		Hash: func(st interface{}) uint64 {
 			s := st.(state)
 			h := fnv.New64a()
-			fmt.Fprintf(h, "%d|%s", s.highest, s.events)
+			fmt.Fprintf(h, "%d|%s|%s", s.highest, s.events, s.snapshots)
 			return h.Sum64()
 		},
 		DescribeOperation: describeOperation,
@@ -293,8 +364,31 @@ func convert(h History) ([]porcupine.Operation, int, error) {
 				out.value = *op.Highest
 				out.hasHighest = true
 			}
+		case "save_snapshot":
+			// The snapshots of an id are their own partition.
+			in.id = op.ID + " (snapshots)"
+			in.seq = op.Seq
+			in.payload = op.Payload
+			switch op.Result {
+			case "ok":
+				out.result = op.Result
+			case "unknown":
+				out.unknown = true
+			default:
+				return nil, 0, fmt.Errorf("op %d: a snapshot save's result is ok or unknown, not %q", n, op.Result)
+			}
+		case "load_snapshot":
+			in.id = op.ID + " (snapshots)"
+			if op.Result != "ok" {
+				dropped++
+				continue
+			}
+			out.result = "ok"
+			if op.Snapshot != nil {
+				out.snapshot = fmt.Sprintf("%d:%s", op.Snapshot.Seq, op.Snapshot.Payload)
+			}
 		default:
-			return nil, 0, fmt.Errorf("op %d: unknown op %q (write, highest, replay)", n, op.Op)
+			return nil, 0, fmt.Errorf("op %d: unknown op %q (write, highest, replay, save_snapshot, load_snapshot)", n, op.Op)
 		}
 		ret := infinity
 		if !out.unknown {
@@ -400,7 +494,7 @@ func minimize(ops []porcupine.Operation, deadline time.Time) []porcupine.Operati
 		}
 		in := current[i].Input.(input)
 		out := current[i].Output.(output)
-		if in.kind == "write" && (out.unknown || out.result == "ok") {
+		if in.kind == "save_snapshot" || in.kind == "write" && (out.unknown || out.result == "ok") {
 			continue
 		}
 		candidate := append(append([]porcupine.Operation(nil), current[:i]...), current[i+1:]...)
@@ -480,8 +574,12 @@ func main() {
 		}
 	}
 	elapsed := time.Since(started)
-	fmt.Printf("linearizability: %d operations (%d failed reads left out, %d unknown writes no final replay shows left out) on %d ids: %s in %.3f s\n",
-		len(ops), dropped, pruned, len(parts), verdict, elapsed.Seconds())
+	prunedText := fmt.Sprintf("%d unknown writes no final replay shows left out", pruned)
+	if *noPrune {
+		prunedText = "every unknown write kept, -no-prune"
+	}
+	fmt.Printf("linearizability: %d operations (%d failed reads left out, %s) in %d partitions (ids, and their snapshots): %s in %.3f s\n",
+		len(ops), dropped, prunedText, len(parts), verdict, elapsed.Seconds())
 
 	if *html != "" {
 		_, info := porcupine.CheckOperationsVerbose(model(true), ops, *timeout)
