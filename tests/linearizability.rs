@@ -51,14 +51,15 @@
 //! a journal that acknowledges every fifth write without storing it ([`Lossy`]) gives a
 //! history the checker rejects.
 //!
-//! A line per backend is printed (operations, writes ok/conflict/unknown, reads failed,
-//! cuts injected, run and check time, verdict).
+//! A line per backend is printed (operations, writes ok/conflict/unknown, snapshot saves,
+//! reads failed, cuts injected, run and check time, verdict), then a table.
 //!
 //! Bounded for CI: [`DEFAULT_OPS`] operations per backend; a longer run:
 //! `PERSISTENCE_LINEARIZABILITY_OPS=2000 cargo test -p persistence-stores --all-features --test linearizability -- --nocapture`.
 //! `PERSISTENCE_LINEARIZABILITY_KEEP=1` keeps the histories and visualizations of a passing
-//! run (a failing run always keeps them). A server backend whose variable is unset is skipped with a message
-//! (`persistence_tck::server_env`); Go missing skips the test with a message. With
+//! run (a failing run always keeps them). A server backend whose variable is unset is
+//! skipped with a message (`persistence_tck::server_env`); without Go (or without the
+//! checker's source, in a packaged crate) the tests are skipped with a message. With
 //! `CI=true` either is a failure.
 
 mod crash_common;
