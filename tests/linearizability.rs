@@ -11,9 +11,11 @@
 //! in a temporary directory; PostgreSQL: a fresh schema; DynamoDB and Cassandra: a fresh
 //! namespace):
 //!
-//! 1. [`CLIENTS`] clients, each with its own stores opened from configuration (its own
-//!    connection pool or session: real concurrent clients; the memory backend has one
-//!    store, shared), run random operations on [`IDS`] ids until [`ops`] operations are done
+//! 1. [`CLIENTS`] clients run random operations: [`OWN_STORES`] of them each with its own
+//!    stores opened from configuration (its own connection pool or session: clients as
+//!    separate processes would be), the other 3 sharing one (tasks of one process: the
+//!    SQL backends' group commit gathers their concurrent writes into one transaction);
+//!    the memory backend has one store, shared by all. They run random operations on [`IDS`] ids until [`ops`] operations are done
 //!    (or [`RUN_CAP`] has passed): `write` (40 %) of 1-3 tagged events at the number the
 //!    client believes is next (one past the highest it last saw on that id, so writes
 //!    conflict), `highest_sequence_nr` (15 %), `replay` (15 %: its events and the highest
@@ -81,6 +83,8 @@ use persistence_tck::fault::FaultProxy;
 
 /// Concurrent clients per backend.
 const CLIENTS: usize = 8;
+/// Clients with stores of their own; the other `CLIENTS - OWN_STORES` share one.
+const OWN_STORES: usize = 5;
 /// Persistence ids the clients share.
 const IDS: usize = 4;
 /// Operations per backend unless `PERSISTENCE_LINEARIZABILITY_OPS` says otherwise.
@@ -920,11 +924,14 @@ async fn run(target: &Target, checker: &Path, dir: &Path, total: usize) -> (Tall
     } else {
         RUN_CAP
     };
-    // The first open creates the schema; every client opens its own stores (the memory
-    // backend's one store is shared: another open would be another store).
+    // The first open creates the schema. The first [`OWN_STORES`] clients open their own
+    // stores (separate processes, as it were); the others share one (tasks of one process:
+    // the SQL backends' group commit gathers their concurrent writes into one
+    // transaction). The memory backend's one store is shared by all: another open would
+    // be another store.
     let first = Arc::new(target.open(true).await);
     let mut clients = vec![first.clone()];
-    let opens: Vec<_> = (1..CLIENTS)
+    let opens: Vec<_> = (1..OWN_STORES)
         .map(|_| async {
             if target.backend == Backend::Memory {
                 first.clone()
@@ -934,6 +941,13 @@ async fn run(target: &Target, checker: &Path, dir: &Path, total: usize) -> (Tall
         })
         .collect();
     clients.extend(futures::future::join_all(opens).await);
+    let shared = if target.backend == Backend::Memory {
+        first.clone()
+    } else {
+        Arc::new(target.open(false).await)
+    };
+    clients.extend((OWN_STORES..CLIENTS).map(|_| shared.clone()));
+    drop(shared);
 
     let start = Instant::now();
     let until = start + cap;
