@@ -6,6 +6,7 @@
 //! bash scripts/servers/dynamodb.sh start && source .servers/dynamodb/env
 //! cargo bench -p persistence-dynamodb --bench dynamodb          # BENCH_EVENTS=10000 by default
 //! cargo bench -p persistence-dynamodb --bench dynamodb -- --states   # the durable-state rows only
+//! cargo bench -p persistence-dynamodb --bench dynamodb -- group      # group commit (issue 16), see `mod group`
 //! ```
 //!
 //! `cargo bench -p persistence-dynamodb --features tls --bench dynamodb -- --tls`: the
@@ -1053,6 +1054,7 @@ fn main() {
     let only_layouts = std::env::args().any(|a| a == "--layouts");
     let only_states = std::env::args().any(|a| a == "--states");
     let only_tls = std::env::args().any(|a| a == "--tls");
+    let only_group = std::env::args().any(|a| a == "--group" || a == "group");
     let env_u64 = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -1097,6 +1099,10 @@ fn main() {
         }
         for _ in 0..5 {
             query_all(&bench.client, bench.table(), &warm, None).await;
+        }
+        if only_group {
+            group::bench(&bench).await;
+            return;
         }
         if only_states {
             println!(
@@ -1162,4 +1168,419 @@ fn main() {
         }
         layouts(&bench.client, bench.table(), &config.namespace, events).await;
     });
+}
+
+/// `-- group`: the group-commit question of issue 16 on DynamoDB. 1,000 entities, 1 / 10 /
+/// 100 / 1,000 concurrent tasks (`BENCH_GC_TASKS`, comma-separated), `BENCH_GC_EVENTS`
+/// (3,000) single-event writes per run, each task writing its own entities in turn (an
+/// entity's next write waits for its previous one, as an entity's do). Every entity's first
+/// event is written before the timing (the store's first write of an id also carries its
+/// registry items, a 3-item transaction), so every timed write is the steady state: the
+/// store's one conditional `PutItem`.
+///
+/// Paths, at the same concurrency: (a) the raw SDK sending that one conditional `PutItem`
+/// per event (the per-request bound), (b) the stores, (c) the alternative the issue names:
+/// concurrent writes of different ids gathered into one `TransactWriteItems` of up to 100
+/// items (`BENCH_GC_TX_ITEMS`), a committer taking what queued while the previous
+/// transactions were in flight, up to `BENCH_GC_TX_INFLIGHT` (4) transactions at once (a
+/// group of one goes as a plain conditional `PutItem`).
+/// Then the write capacity each path consumes (`ReturnConsumedCapacity`), and what one
+/// conflicting item does to a 100-item transaction.
+mod group {
+    use super::*;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
+    use tokio::sync::{mpsc, oneshot, Semaphore};
+
+    pub const ENTITIES: usize = 1000;
+
+    fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
+    }
+
+    fn env_usize(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    pub struct Figures {
+        pub rate: f64,
+        pub p50: Duration,
+        pub p99: Duration,
+    }
+
+    fn figures(events: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figures {
+        latencies.sort_unstable();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        Figures {
+            rate: events as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
+    /// Runs `write(entity, seq)` for `events` writes spread over `tasks` tasks, each task
+    /// writing its own entities in turn, from sequence number 2 (1 is written untimed).
+    async fn run<F, Fut>(tasks: usize, events: usize, write: F) -> Figures
+    where
+        F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let per_task = events / tasks;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let write = write.clone();
+                tokio::spawn(async move {
+                    let owned: Vec<usize> = (t..ENTITIES).step_by(tasks).collect();
+                    let mut latencies = Vec::with_capacity(per_task);
+                    for k in 0..per_task {
+                        let entity = owned[k % owned.len()];
+                        let seq = (k / owned.len()) as u64 + 2;
+                        let begun = Instant::now();
+                        write(entity, seq).await;
+                        latencies.push(begun.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(per_task * tasks);
+        for h in handles {
+            latencies.extend(h.await.unwrap());
+        }
+        figures(per_task * tasks, start.elapsed(), latencies)
+    }
+
+    /// Writes event 1 of every entity, `concurrency` at a time, untimed.
+    async fn seed<F, Fut>(write: F)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        futures::stream::iter(0..ENTITIES)
+            .map(write)
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    fn raw_pk(ns: &str, path: &str, tasks: usize, entity: usize) -> String {
+        format!("{ns}{path}{tasks}|e|entity-{entity}")
+    }
+
+    /// (a) One conditional `PutItem` per event, as the store sends.
+    async fn raw(b: &Bench, tasks: usize, events: usize) -> Figures {
+        let (client, table, ns) = (
+            b.client.clone(),
+            b.table().to_owned(),
+            b.config.namespace.clone(),
+        );
+        seed(|e| put(&client, &table, raw_event(&raw_pk(&ns, "raw", tasks, e), 1))).await;
+        run(tasks, events, move |e, seq| {
+            let (client, table, pk) = (client.clone(), table.clone(), raw_pk(&ns, "raw", tasks, e));
+            async move { put(&client, &table, raw_event(&pk, seq)).await }
+        })
+        .await
+    }
+
+    fn entity(tasks: usize, e: usize) -> PersistenceId {
+        PersistenceId::new(format!("gc{tasks}-{e}")).unwrap()
+    }
+
+    /// (b) The stores.
+    async fn stores(b: &Bench, tasks: usize, events: usize) -> Figures {
+        let journal = b.stores.journal.clone();
+        seed(|e| {
+            let journal = journal.clone();
+            async move {
+                let id = entity(tasks, e);
+                journal
+                    .write(AtomicWrite::single(event(&id, 1, &[])).unwrap())
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        run(tasks, events, move |e, seq| {
+            let journal = journal.clone();
+            async move {
+                let id = entity(tasks, e);
+                journal
+                    .write(AtomicWrite::single(event(&id, seq, &[])).unwrap())
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+    }
+
+    type Ask = (Item, oneshot::Sender<()>);
+
+    /// A committer: takes the first queued write at once, then whatever else is queued (up
+    /// to `max` items), sends them as one `TransactWriteItems`, and answers every caller;
+    /// up to `inflight` transactions at once. Returns the sender and the group sizes.
+    fn committer(
+        client: Client,
+        table: String,
+        max: usize,
+        inflight: usize,
+    ) -> (
+        mpsc::UnboundedSender<Ask>,
+        Arc<std::sync::Mutex<Vec<usize>>>,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Ask>();
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(inflight));
+            loop {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                let Some(first) = rx.recv().await else { break };
+                let mut group = vec![first];
+                while group.len() < max {
+                    match rx.try_recv() {
+                        Ok(a) => group.push(a),
+                        Err(_) => break,
+                    }
+                }
+                seen.lock().unwrap().push(group.len());
+                let (client, table) = (client.clone(), table.clone());
+                tokio::spawn(async move {
+                    let (mut items, answers): (Vec<Item>, Vec<_>) = group.into_iter().unzip();
+                    if items.len() == 1 {
+                        // A group of one needs no transaction (nor its double cost).
+                        put(&client, &table, items.pop().unwrap()).await;
+                    } else {
+                        transact(&client, &table, items).await;
+                    }
+                    for a in answers {
+                        let _ = a.send(());
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        (tx, sizes)
+    }
+
+    /// (c) Concurrent writes of different ids in shared `TransactWriteItems`.
+    async fn grouped(
+        b: &Bench,
+        tasks: usize,
+        events: usize,
+        max: usize,
+        inflight: usize,
+    ) -> (Figures, f64, f64) {
+        let (client, table, ns) = (
+            b.client.clone(),
+            b.table().to_owned(),
+            b.config.namespace.clone(),
+        );
+        seed(|e| put(&client, &table, raw_event(&raw_pk(&ns, "tx", tasks, e), 1))).await;
+        let (queue, sizes) = committer(client, table, max, inflight);
+        let f = run(tasks, events, move |e, seq| {
+            let (queue, pk) = (queue.clone(), raw_pk(&ns, "tx", tasks, e));
+            async move {
+                let (answer, done) = oneshot::channel();
+                queue.send((raw_event(&pk, seq), answer)).unwrap();
+                done.await.unwrap();
+            }
+        })
+        .await;
+        let sizes = sizes.lock().unwrap();
+        let items = sizes.iter().sum::<usize>() as f64;
+        let mean = items / sizes.len().max(1) as f64;
+        // AWS's billing: a lone PutItem 1 WCU, an item of a transaction 2.
+        let wcu: f64 = sizes
+            .iter()
+            .map(|&n| if n == 1 { 1.0 } else { 2.0 * n as f64 })
+            .sum();
+        (f, mean, wcu / items)
+    }
+
+    /// Write capacity units DynamoDB reports for one conditional `PutItem` of an event and
+    /// for one 100-item `TransactWriteItems` of events (per event).
+    async fn capacity(b: &Bench) -> (Option<f64>, Option<f64>) {
+        let ns = &b.config.namespace;
+        let out = b
+            .client
+            .put_item()
+            .table_name(b.table())
+            .set_item(Some(raw_event(&format!("{ns}wcu|e|put"), 1)))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .expect("put");
+        let put_wcu = out.consumed_capacity().and_then(|c| c.capacity_units());
+        let actions = (0..100)
+            .map(|i| {
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(b.table())
+                            .set_item(Some(raw_event(&format!("{ns}wcu|e|tx-{i}"), 1)))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+            })
+            .collect();
+        let out = b
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .expect("transaction");
+        let tx_wcu = out
+            .consumed_capacity()
+            .iter()
+            .map(|c| c.capacity_units().unwrap_or(0.0))
+            .sum::<f64>();
+        let tx_wcu = (!out.consumed_capacity().is_empty()).then_some(tx_wcu);
+        (put_wcu, tx_wcu)
+    }
+
+    /// One item of a 100-item transaction conflicts: what DynamoDB answers, what is stored,
+    /// and the time of the cancelled attempt and of re-submitting the other 99.
+    async fn conflict(b: &Bench) {
+        let ns = &b.config.namespace;
+        let pks: Vec<String> = (0..100).map(|i| format!("{ns}cf|e|{i}")).collect();
+        // Item 37 is taken already.
+        put(&b.client, b.table(), raw_event(&pks[37], 1)).await;
+        let actions = |skip: Option<usize>| -> Vec<TransactWriteItem> {
+            pks.iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != skip)
+                .map(|(_, pk)| {
+                    TransactWriteItem::builder()
+                        .put(
+                            Put::builder()
+                                .table_name(b.table())
+                                .set_item(Some(raw_event(pk, 1)))
+                                .condition_expression("attribute_not_exists(pk)")
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                })
+                .collect()
+        };
+        let t = Instant::now();
+        let err = b
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions(None)))
+            .send()
+            .await
+            .expect_err("item 37 is taken");
+        let cancelled = t.elapsed();
+        let reasons: Vec<String> = err
+            .as_service_error()
+            .and_then(|e| match e {
+                TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+                _ => None,
+            })
+            .map(|e| {
+                e.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut codes: Vec<(String, usize)> = Vec::new();
+        for r in &reasons {
+            match codes.iter_mut().find(|(c, _)| c == r) {
+                Some((_, n)) => *n += 1,
+                None => codes.push((r.clone(), 1)),
+            }
+        }
+        let stored = futures::stream::iter(pks.iter().enumerate().filter(|(i, _)| *i != 37))
+            .map(|(_, pk)| query_all(&b.client, b.table(), pk, None))
+            .buffer_unordered(16)
+            .fold(0usize, |a, c| async move { a + c })
+            .await;
+        let t = Instant::now();
+        b.client
+            .transact_write_items()
+            .set_transact_items(Some(actions(Some(37))))
+            .send()
+            .await
+            .expect("the 99 others");
+        let again = t.elapsed();
+        println!(
+            "\nOne conflicting item in a 100-item TransactWriteItems: {} ({:?}); items of the 99 others stored: {stored}; the cancelled attempt took {:.1} ms, re-submitting the 99 {:.1} ms",
+            err.as_service_error().map(|e| e.meta().code().unwrap_or("?").to_owned()).unwrap_or_else(|| format!("{err:?}")),
+            codes,
+            cancelled.as_secs_f64() * 1e3,
+            again.as_secs_f64() * 1e3,
+        );
+    }
+
+    fn row(tasks: usize, path: &str, f: &Figures, raw: f64, note: &str) {
+        println!(
+            "| {tasks:>5} | {path:<34} | {:>9.0} | {:>7.2} | {:>7.2} | {:>5.2} | {note}",
+            f.rate,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.rate / raw
+        );
+    }
+
+    pub async fn bench(b: &Bench) {
+        let tasks = env_list("BENCH_GC_TASKS", &[1, 10, 100, 1000]);
+        let events = env_usize("BENCH_GC_EVENTS", 3000);
+        let max = env_usize("BENCH_GC_TX_ITEMS", 100).clamp(1, 100);
+        let inflight = env_usize("BENCH_GC_TX_INFLIGHT", 4).max(1);
+        let (put_wcu, tx_wcu) = capacity(b).await;
+        let fmt = |w: Option<f64>| w.map_or_else(|| "not reported".to_owned(), |w| format!("{w}"));
+        println!(
+            "persistence-dynamodb group commit against {} ({events} single-event writes of {} entities per run, {PAYLOAD} B payloads; grouped: up to {max} items per TransactWriteItems, {inflight} in flight)",
+            b.config.endpoint.as_deref().unwrap_or(""),
+            ENTITIES
+        );
+        println!(
+            "Write capacity the endpoint reports (ReturnConsumedCapacity): one conditional PutItem of an event {} WCU; one TransactWriteItems of 100 such events {} WCU in all (AWS bills a transactional write 2 WCU per item of up to 1 KB: 200)\n",
+            fmt(put_wcu),
+            fmt(tx_wcu)
+        );
+        println!(
+            "| tasks | path                               |  events/s | p50 ms  | p99 ms  | / raw | "
+        );
+        println!("|------:|------------------------------------|----------:|--------:|--------:|------:|");
+        for (i, t) in tasks.into_iter().enumerate() {
+            let t = t.clamp(1, ENTITIES);
+            // Every other concurrency runs the paths in reverse order, so none gains from
+            // always going first (a fresher JVM heap, fewer items) or last.
+            let (raw_f, store_f, (tx_f, mean, wcu)) = if i % 2 == 0 {
+                let r = raw(b, t, events).await;
+                let s = stores(b, t, events).await;
+                (r, s, grouped(b, t, events, max, inflight).await)
+            } else {
+                let g = grouped(b, t, events, max, inflight).await;
+                let s = stores(b, t, events).await;
+                (raw(b, t, events).await, s, g)
+            };
+            row(t, "raw PutItem, 1 request/event", &raw_f, raw_f.rate, "");
+            row(t, "store (1 PutItem/event)", &store_f, raw_f.rate, "");
+            row(
+                t,
+                "raw TransactWriteItems, grouped",
+                &tx_f,
+                raw_f.rate,
+                &format!("mean {mean:.1} writes/request, {wcu:.2} WCU/event on AWS"),
+            );
+        }
+        conflict(b).await;
+    }
 }
