@@ -8,6 +8,7 @@
 //! cargo bench -p persistence-cassandra --bench cassandra
 //! cargo bench -p persistence-cassandra --bench cassandra -- durable_state   # only durable state
 //! cargo bench -p persistence-cassandra --bench cassandra -- serial   # a serial read of the highest against a plain one
+//! cargo bench -p persistence-cassandra --bench cassandra -- group    # group commit (issue 16), see `mod group`
 //! ```
 //!
 //! The cost of TLS: the same workloads through the driver against one node, with and
@@ -576,6 +577,11 @@ async fn run(contact_points: String) {
         .await;
     }
 
+    if std::env::args().any(|a| a == "group") {
+        group::bench(raw, &guarded, &unguarded, run_id, &contact_points).await;
+        return;
+    }
+
     // Write workloads: `ids` concurrent ids, each writing `EVENTS / ids` events in atomic
     // writes of `size`, in order. Driver and raw alternate for ROUNDS rounds; medians.
     #[derive(Clone, Copy)]
@@ -1121,4 +1127,368 @@ async fn durable_state(base: &Cassandra, run_id: &str, ks: &str) -> Vec<Line> {
         raw: median(r_rates),
     });
     lines
+}
+
+/// `group`: the group-commit question of issue 16 on Cassandra. 1,000 entities, 1 / 10 /
+/// 100 / 1,000 concurrent tasks (`BENCH_GC_TASKS`, comma-separated), `BENCH_GC_EVENTS`
+/// (3,000) single-event writes per run, each task writing its own entities in turn (an
+/// entity's next write waits for its previous one). Every entity's first event is written
+/// before the timing (the store's first write of an id in a process also registers it in
+/// `all_persistence_ids`), so each timed write is the steady state: one request.
+///
+/// Paths, at the same concurrency: the raw scylla session sending the store's request per
+/// event (guarded: the single-partition logged batch of `UPDATE .. SET used .. IF used <
+/// seq` and the event's `INSERT`, one Paxos round; unguarded: the same batch unlogged without the
+/// condition), the stores (`overwrite_guard` true and false), and the alternative the issue
+/// calls an anti-pattern: the unguarded writes of different ids gathered into one unlogged
+/// batch over up to `BENCH_GC_BATCH` (100) partitions, a committer taking what queued while
+/// the previous batches were in flight, up to `BENCH_GC_INFLIGHT` (4) at once. A guarded
+/// write cannot be grouped that way: the bench sends a conditional batch over two partitions
+/// and prints Cassandra's refusal.
+mod group {
+    use super::*;
+    use persistence_api::Stores;
+    use persistence_cassandra::scylla::value::CqlValue as V;
+    use tokio::sync::{mpsc, oneshot, Semaphore};
+
+    pub const ENTITIES: usize = 1000;
+
+    fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
+    }
+
+    fn env_usize(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    pub struct Figures {
+        pub rate: f64,
+        pub p50: Duration,
+        pub p99: Duration,
+    }
+
+    fn figures(events: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figures {
+        latencies.sort_unstable();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        Figures {
+            rate: events as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
+    /// Runs `write(entity, seq)` for `events` writes spread over `tasks` tasks, each task
+    /// writing its own entities in turn, from sequence number 2 (1 is written untimed).
+    async fn run<F, Fut>(tasks: usize, events: usize, write: F) -> Figures
+    where
+        F: Fn(usize, i64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let per_task = events / tasks;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let write = write.clone();
+                tokio::spawn(async move {
+                    let owned: Vec<usize> = (t..ENTITIES).step_by(tasks).collect();
+                    let mut latencies = Vec::with_capacity(per_task);
+                    for k in 0..per_task {
+                        let entity = owned[k % owned.len()];
+                        let seq = (k / owned.len()) as i64 + 2;
+                        let begun = Instant::now();
+                        write(entity, seq).await;
+                        latencies.push(begun.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(per_task * tasks);
+        for h in handles {
+            latencies.extend(h.await.unwrap());
+        }
+        figures(per_task * tasks, start.elapsed(), latencies)
+    }
+
+    /// Writes event 1 of every entity, 64 at a time, untimed.
+    async fn seed<F, Fut>(write: F)
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        futures::stream::iter(0..ENTITIES)
+            .map(write)
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// The store's request per event, raw: guarded or not, one request per event.
+    async fn one_each(
+        raw: &Arc<Raw>,
+        prefix: &str,
+        tasks: usize,
+        events: usize,
+        guarded: bool,
+    ) -> Figures {
+        let key = |e: usize| format!("{prefix}-{tasks}-{e}");
+        seed(|e| {
+            let (raw, id) = (raw.clone(), key(e));
+            async move { raw.write(&id, 1, 1, guarded, None).await }
+        })
+        .await;
+        let raw = raw.clone();
+        let prefix = prefix.to_owned();
+        run(tasks, events, move |e, seq| {
+            let (raw, id) = (raw.clone(), format!("{prefix}-{tasks}-{e}"));
+            async move { raw.write(&id, seq, seq, guarded, None).await }
+        })
+        .await
+    }
+
+    fn entity(tasks: usize, e: usize) -> PersistenceId {
+        PersistenceId::new(format!("gc{tasks}-{e}")).unwrap()
+    }
+
+    async fn stores(stores: &Stores, tasks: usize, events: usize) -> Figures {
+        let journal = stores.journal.clone();
+        seed(|e| {
+            let journal = journal.clone();
+            async move {
+                journal
+                    .write(AtomicWrite::single(event(&entity(tasks, e), 1, None)).unwrap())
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        run(tasks, events, move |e, seq| {
+            let journal = journal.clone();
+            async move {
+                journal
+                    .write(AtomicWrite::single(event(&entity(tasks, e), seq as u64, None)).unwrap())
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+    }
+
+    /// The unguarded write of one event as bound values: `used`, then the event row.
+    fn unguarded_values(id: &str, seq: i64) -> [Vec<V>; 2] {
+        let now = now_millis();
+        [
+            vec![V::BigInt(seq), V::Text(id.into()), V::BigInt(0)],
+            vec![
+                V::Text(id.into()),
+                V::BigInt(seq),
+                V::Timeuuid(timeuuid(seq)),
+                V::BigInt(now - now % 3_600_000),
+                V::Blob(vec![b'x'; PAYLOAD]),
+                V::List(Vec::new()),
+                V::BigInt(now),
+            ],
+        ]
+    }
+
+    type Ask = (String, i64, oneshot::Sender<()>);
+
+    /// A committer: takes the first queued write at once, then whatever else is queued (up
+    /// to `max` writes), sends them as one unlogged batch (each write's two statements to
+    /// its own partition), and answers every caller; up to `inflight` batches at once.
+    fn committer(
+        raw: Arc<Raw>,
+        max: usize,
+        inflight: usize,
+    ) -> (
+        mpsc::UnboundedSender<Ask>,
+        Arc<std::sync::Mutex<Vec<usize>>>,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Ask>();
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(inflight));
+            loop {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                let Some(first) = rx.recv().await else { break };
+                let mut group = vec![first];
+                while group.len() < max {
+                    match rx.try_recv() {
+                        Ok(a) => group.push(a),
+                        Err(_) => break,
+                    }
+                }
+                seen.lock().unwrap().push(group.len());
+                let raw = raw.clone();
+                tokio::spawn(async move {
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    batch.set_consistency(Consistency::Quorum);
+                    let mut values = Vec::with_capacity(group.len() * 2);
+                    let mut answers = Vec::with_capacity(group.len());
+                    for (id, seq, answer) in group {
+                        batch.append_statement(raw.plain_used.clone());
+                        batch.append_statement(raw.insert.clone());
+                        values.extend(unguarded_values(&id, seq));
+                        answers.push(answer);
+                    }
+                    raw.session
+                        .batch(&batch, &values)
+                        .await
+                        .expect("multi-partition batch");
+                    for a in answers {
+                        let _ = a.send(());
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        (tx, sizes)
+    }
+
+    /// Unguarded writes of different ids gathered into multi-partition unlogged batches.
+    async fn grouped(
+        raw: &Arc<Raw>,
+        prefix: &str,
+        tasks: usize,
+        events: usize,
+        max: usize,
+        inflight: usize,
+    ) -> (Figures, f64) {
+        seed(|e| {
+            let (raw, id) = (raw.clone(), format!("{prefix}-{tasks}-{e}"));
+            async move { raw.write(&id, 1, 1, false, None).await }
+        })
+        .await;
+        let (queue, sizes) = committer(raw.clone(), max, inflight);
+        let prefix = prefix.to_owned();
+        let f = run(tasks, events, move |e, seq| {
+            let (queue, id) = (queue.clone(), format!("{prefix}-{tasks}-{e}"));
+            async move {
+                let (answer, done) = oneshot::channel();
+                queue.send((id, seq, answer)).unwrap();
+                done.await.unwrap();
+            }
+        })
+        .await;
+        let sizes = sizes.lock().unwrap();
+        let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
+        (f, mean)
+    }
+
+    /// Two guarded writes (the store's conditional statement and its event) of two ids in
+    /// one batch: what Cassandra answers.
+    async fn conditional_across_partitions(raw: &Raw, prefix: &str) -> String {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_consistency(Consistency::Quorum);
+        batch.set_serial_consistency(Some(SerialConsistency::Serial));
+        let mut values = Vec::new();
+        for id in [format!("{prefix}-a"), format!("{prefix}-b")] {
+            batch.append_statement(raw.guarded_first.clone());
+            values.push(vec![V::BigInt(1), V::Text(id.clone()), V::BigInt(0)]);
+            batch.append_statement(raw.insert.clone());
+            values.push(unguarded_values(&id, 1)[1].clone());
+        }
+        match raw.session.batch(&batch, &values).await {
+            Ok(_) => "accepted (unexpected)".to_owned(),
+            Err(e) => format!("refused: {e}"),
+        }
+    }
+
+    fn row(tasks: usize, path: &str, f: &Figures, base: f64, note: &str) {
+        println!(
+            "| {tasks:>5} | {path:<40} | {:>9.0} | {:>7.2} | {:>7.2} | {:>5.2} | {note}",
+            f.rate,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.rate / base
+        );
+    }
+
+    pub async fn bench(
+        raw: Raw,
+        guarded: &Stores,
+        unguarded: &Stores,
+        run_id: &str,
+        contact_points: &str,
+    ) {
+        let raw = Arc::new(raw);
+        let tasks = env_list("BENCH_GC_TASKS", &[1, 10, 100, 1000]);
+        let events = env_usize("BENCH_GC_EVENTS", 3000);
+        let max = env_usize("BENCH_GC_BATCH", 100).max(1);
+        let inflight = env_usize("BENCH_GC_INFLIGHT", 4).max(1);
+        let refusal = conditional_across_partitions(&raw, &format!("rawgclwt{run_id}")).await;
+        println!(
+            "persistence-cassandra group commit against {contact_points} ({events} single-event writes of {ENTITIES} entities per run, {PAYLOAD} B payloads, QUORUM; grouped: up to {max} writes per multi-partition unlogged batch, {inflight} in flight)"
+        );
+        println!("A logged batch of two guarded writes to two partitions: {refusal}\n");
+        println!(
+            "| tasks | path                                     |  events/s | p50 ms  | p99 ms  | ratio | "
+        );
+        println!(
+            "|------:|------------------------------------------|----------:|--------:|--------:|------:|"
+        );
+        for (i, t) in tasks.into_iter().enumerate() {
+            let t = t.clamp(1, ENTITIES);
+            // Every other concurrency runs the paths in reverse order, so none gains from
+            // always going first or last.
+            let (raw_g, store_g, raw_u, store_u, (grp, mean)) = if i % 2 == 0 {
+                let a = one_each(&raw, &format!("rawgcg{run_id}"), t, events, true).await;
+                let b = stores(guarded, t, events).await;
+                let c = one_each(&raw, &format!("rawgcu{run_id}"), t, events, false).await;
+                let d = stores(unguarded, t, events).await;
+                let e = grouped(&raw, &format!("rawgcb{run_id}"), t, events, max, inflight).await;
+                (a, b, c, d, e)
+            } else {
+                let e = grouped(&raw, &format!("rawgcb{run_id}"), t, events, max, inflight).await;
+                let d = stores(unguarded, t, events).await;
+                let c = one_each(&raw, &format!("rawgcu{run_id}"), t, events, false).await;
+                let b = stores(guarded, t, events).await;
+                let a = one_each(&raw, &format!("rawgcg{run_id}"), t, events, true).await;
+                (a, b, c, d, e)
+            };
+            row(
+                t,
+                "raw guarded (LWT batch), 1/event",
+                &raw_g,
+                raw_g.rate,
+                "/ raw guarded",
+            );
+            row(
+                t,
+                "store, overwrite_guard = true",
+                &store_g,
+                raw_g.rate,
+                "/ raw guarded",
+            );
+            row(
+                t,
+                "raw unguarded, 1 batch/event",
+                &raw_u,
+                raw_u.rate,
+                "/ raw unguarded",
+            );
+            row(
+                t,
+                "store, overwrite_guard = false",
+                &store_u,
+                raw_u.rate,
+                "/ raw unguarded",
+            );
+            row(
+                t,
+                "raw unguarded, multi-partition batches",
+                &grp,
+                raw_u.rate,
+                &format!("/ raw unguarded; mean {mean:.1} writes/batch"),
+            );
+        }
+    }
 }
