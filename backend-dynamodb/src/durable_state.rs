@@ -47,7 +47,7 @@ use crate::schema::{
     CHANGE_NUMBER, DELETED, MANIFEST, MAX_BATCH_GET, MAX_ITEM_BYTES, MAX_TAG_BYTES, PAYLOAD, PID,
     REVISION, SERIALIZER, STATE_SK, STATE_TAG, TIMESTAMP, TOKEN_TIME, WRITE_ID,
 };
-use crate::tag_index::{encode_offset, entry_page, gap_due, Gap};
+use crate::tag_index::{encode_offset, entry_page, Gaps};
 
 /// The largest state ([`Payload::stored_size`]) this backend stores: DynamoDB's 400 KB
 /// item limit less 4 KB for the key (up to 255 bytes of id), the tag (up to
@@ -546,7 +546,7 @@ struct ChangeShard {
     /// Read up to this number (the counter at the start of a current query).
     limit: u64,
     buf: VecDeque<Entry>,
-    gap: Option<Gap>,
+    gaps: Gaps,
 }
 
 /// Decodes a change entry of shard `pk`.
@@ -641,7 +641,7 @@ fn changes(
                 read: start[i],
                 limit: limits[i],
                 buf: VecDeque::new(),
-                gap: None,
+                gaps: Gaps::default(),
             })
             .collect();
         let mut delivered = start;
@@ -658,18 +658,19 @@ fn changes(
                 let (items, more) =
                     entry_page(&inner, operation, "change", &sh.pk, sh.read, sh.limit).await?;
                 let mut contiguous = true;
+                sh.gaps.note_page(sh.read, items.iter().map(|(num, _)| *num));
                 for (num, it) in items {
                     if num != sh.read + 1 {
                         contiguous = false;
-                        if let Some(due) = gap_due(&mut sh.gap, sh.read + 1, num - 1, timeout) {
+                        if let Some(due) = sh.gaps.due(sh.read + 1, num - 1, timeout) {
                             inner.fill_all(operation, &sh.pk, due).await?;
-                            sh.gap = None;
+                            sh.gaps.filled(due.1);
                             again = true;
                         }
                         break;
                     }
-                    sh.gap = None;
                     sh.read = num;
+                    sh.gaps.passed(num);
                     if is_tombstone(&it) {
                         continue;
                     }
@@ -681,9 +682,9 @@ fn changes(
                     } else if sh.read < sh.limit && sh.limit != u64::MAX {
                         // A current query: numbers up to the counter read at its start
                         // that have no entry yet, their writes in flight.
-                        if let Some(due) = gap_due(&mut sh.gap, sh.read + 1, sh.limit, timeout) {
+                        if let Some(due) = sh.gaps.due(sh.read + 1, sh.limit, timeout) {
                             inner.fill_all(operation, &sh.pk, due).await?;
-                            sh.gap = None;
+                            sh.gaps.filled(due.1);
                             again = true;
                         }
                     }

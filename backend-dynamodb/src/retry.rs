@@ -49,6 +49,36 @@ impl RetryPolicy {
     pub(crate) async fn run<T, E, F, Fut>(
         &self,
         operation: &'static str,
+        attempt: F,
+    ) -> Result<T, Failed<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + Cancellation,
+    {
+        self.run_with(operation, false, attempt).await
+    }
+
+    /// [`RetryPolicy::run`], but an attempt that may have been applied (a 5xx, a timeout, a
+    /// lost connection) is not retried: it is returned at once, for a caller whose request
+    /// must not be applied twice (its failure's `ambiguous` is set).
+    pub(crate) async fn run_until_ambiguous<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        attempt: F,
+    ) -> Result<T, Failed<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + Cancellation,
+    {
+        self.run_with(operation, true, attempt).await
+    }
+
+    async fn run_with<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        stop_on_ambiguous: bool,
         mut attempt: F,
     ) -> Result<T, Failed<E>>
     where
@@ -64,7 +94,8 @@ impl RetryPolicy {
                 Err(err) => {
                     let class = classify(&err);
                     ambiguous |= class.ambiguous();
-                    if class.retryable() && retry < self.max_retries {
+                    let stop = stop_on_ambiguous && class.ambiguous();
+                    if class.retryable() && !stop && retry < self.max_retries {
                         let delay = self.delay(retry);
                         tracing::debug!(
                             operation,

@@ -5,6 +5,9 @@
 //! names that version, its chunk count and its length: the head is the commit, so a
 //! half-written snapshot is never found, and a load that finds fewer chunks than the head
 //! names (a concurrent delete) skips to the next older snapshot instead of returning part.
+//! A save that replaces a head deletes the replaced version's chunks, so a chunked head is
+//! never put twice: a put whose answer was lost is tried again under a fresh version (see
+//! `save_snapshot`; found by the kit run with injected 500s, `tests/tck_throttled.rs`).
 
 use std::sync::Arc;
 
@@ -65,6 +68,45 @@ impl DynamoDbSnapshotStore {
         {
             tracing::warn!(error = %e, "could not delete the chunks of a replaced or deleted snapshot");
         }
+    }
+
+    /// Deletes the `count` chunks of `version` (best effort: a leftover chunk is never read).
+    async fn delete_version(&self, version: &str, count: usize) {
+        let keys = (0..count)
+            .map(|i| snapshot_key(self.inner.keys.chunk_pk(version), i as u64))
+            .collect();
+        if let Err(e) = self
+            .inner
+            .batch_delete("save_snapshot", self.inner.snapshot_table(), keys)
+            .await
+        {
+            tracing::warn!(error = %e, "could not remove the chunks of an unused snapshot version");
+        }
+    }
+
+    /// Writes `bytes` as the chunks of `version`; answers their count. On failure no head
+    /// names them: they are removed and the error returned.
+    async fn write_chunks(&self, version: &str, bytes: &[u8]) -> Result<usize> {
+        let inner = &self.inner;
+        let mut requests = Vec::new();
+        let chunks: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut item = snapshot_key(inner.keys.chunk_pk(version), i as u64);
+            item.insert(CHUNK_DATA.into(), b(chunk));
+            requests.push(put_request(item)?);
+        }
+        // 16 chunks of 350 KB keep each request under BatchWriteItem's 16 MB.
+        for batch in requests.chunks(16) {
+            let mut pending = batch.to_vec();
+            if let Err(e) = inner
+                .batch_write("save_snapshot", inner.snapshot_table(), &mut pending)
+                .await
+            {
+                self.delete_version(version, chunks.len()).await;
+                return Err(e);
+            }
+        }
+        Ok(chunks.len())
     }
 
     /// The payload of a head: inline, or reassembled from its chunks (`None` when a chunk
@@ -207,52 +249,71 @@ impl SnapshotStore for DynamoDbSnapshotStore {
             if !bytes.is_empty() {
                 head.insert(PAYLOAD.into(), b(bytes));
             }
-        } else {
+            // An inline head may be put twice (a retry after a lost answer): it carries its
+            // whole payload, whatever it replaced.
+            let req = inner
+                .client
+                .put_item()
+                .table_name(inner.snapshot_table())
+                .set_item(Some(head))
+                .return_values(ReturnValue::AllOld);
+            let out = inner
+                .retry
+                .run("save_snapshot", || req.clone().send())
+                .await
+                .map_err(Failed::into_error)?;
+            self.delete_chunks_of(out.attributes()).await;
+            return Ok(());
+        }
+        // A chunked head is never put twice. Whoever replaces a head deletes its chunks, so
+        // a head put again after its answer was lost (applied, then replaced by a
+        // concurrent save that deleted its chunks, then put back by the retry) would name
+        // chunks that are gone: an acknowledged snapshot lost. A put that may have been
+        // applied is therefore tried again under a fresh version with its own chunks; once
+        // one is acknowledged, the chunks of the earlier versions go (no head can name them
+        // again: only this call would put them).
+        let mut earlier: Vec<(String, usize)> = Vec::new();
+        let mut retry = 0;
+        loop {
             let version = uuid::Uuid::new_v4().simple().to_string();
-            let mut requests = Vec::new();
-            let chunks: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect();
-            for (i, chunk) in chunks.iter().enumerate() {
-                let mut item = snapshot_key(inner.keys.chunk_pk(&version), i as u64);
-                item.insert(CHUNK_DATA.into(), b(chunk));
-                requests.push(put_request(item)?);
-            }
-            // 16 chunks of 350 KB keep each request under BatchWriteItem's 16 MB.
-            for batch in requests.chunks(16) {
-                let mut pending = batch.to_vec();
-                if let Err(e) = inner
-                    .batch_write("save_snapshot", inner.snapshot_table(), &mut pending)
-                    .await
-                {
-                    // No head names these chunks, so nothing can load them; remove them.
-                    let keys = (0..chunks.len())
-                        .map(|i| snapshot_key(inner.keys.chunk_pk(&version), i as u64))
-                        .collect();
-                    if let Err(re) = inner
-                        .batch_delete("save_snapshot", inner.snapshot_table(), keys)
-                        .await
-                    {
-                        tracing::warn!(error = %re, "could not remove the chunks of a failed snapshot save");
+            let count = self.write_chunks(&version, bytes).await?;
+            let mut head = head.clone();
+            head.insert(CHUNK_VERSION.into(), s(version.clone()));
+            head.insert(CHUNK_COUNT.into(), n(count));
+            head.insert(CHUNK_LENGTH.into(), n(bytes.len()));
+            let req = inner
+                .client
+                .put_item()
+                .table_name(inner.snapshot_table())
+                .set_item(Some(head))
+                .return_values(ReturnValue::AllOld);
+            match inner
+                .retry
+                .run_until_ambiguous("save_snapshot", || req.clone().send())
+                .await
+            {
+                Ok(out) => {
+                    self.delete_chunks_of(out.attributes()).await;
+                    for (version, count) in &earlier {
+                        self.delete_version(version, *count).await;
                     }
-                    return Err(e);
+                    return Ok(());
+                }
+                Err(f) if f.class.ambiguous() && retry < inner.retry.max_retries => {
+                    earlier.push((version, count));
+                    tokio::time::sleep(inner.retry.delay(retry)).await;
+                    retry += 1;
+                }
+                Err(f) => {
+                    if !f.class.ambiguous() {
+                        // Not applied: no head names this version.
+                        self.delete_version(&version, count).await;
+                    }
+                    // The earlier versions stay: one of them may be the head.
+                    return Err(f.into_error());
                 }
             }
-            head.insert(CHUNK_VERSION.into(), s(version));
-            head.insert(CHUNK_COUNT.into(), n(chunks.len()));
-            head.insert(CHUNK_LENGTH.into(), n(bytes.len()));
         }
-        let req = inner
-            .client
-            .put_item()
-            .table_name(inner.snapshot_table())
-            .set_item(Some(head))
-            .return_values(ReturnValue::AllOld);
-        let out = inner
-            .retry
-            .run("save_snapshot", || req.clone().send())
-            .await
-            .map_err(Failed::into_error)?;
-        self.delete_chunks_of(out.attributes()).await;
-        Ok(())
     }
 
     async fn load_snapshot(

@@ -265,44 +265,73 @@ struct Shard {
     /// Entries read, not yet delivered, in number order: (write time, number, entry).
     buf: VecDeque<(i64, u64, Item)>,
     /// The missing numbers this reader waits for, and since when.
-    gap: Option<Gap>,
+    gaps: Gaps,
 }
 
 /// Numbers `from..=to` missing in a shard: all taken (a later number is there, or the
-/// counter was past them) when the reader first found `from` missing, at `since`.
+/// counter was past them) when the reader first found them missing, at `since`.
 #[derive(Clone, Copy)]
-pub(crate) struct Gap {
+struct Gap {
     from: u64,
     to: u64,
     since: Instant,
 }
 
-impl Shard {
-    fn gap_due(&mut self, from: u64, to: u64, timeout: Duration) -> Option<(u64, u64)> {
-        gap_due(&mut self.gap, from, to, timeout)
-    }
+/// The missing numbers a reader of one shard waits for, each range with the moment this
+/// reader first saw it missing. Every range a page shows is noted when the page is read,
+/// not only the first: a page with several gaps (a retried counter update skips numbers
+/// that no entry will ever take) costs one gap timeout, not one per gap. Only the reader's
+/// own clock counts: the writers' clocks never decide anything, so a writer whose clock is
+/// off cannot make a reader skip or wait.
+#[derive(Default)]
+pub(crate) struct Gaps {
+    seen: Vec<Gap>,
 }
 
-/// The numbers of `from..=to` (all missing now) that have been missing for `timeout`
-/// since this reader first saw `from` missing (`gap` remembers when): those taken by then.
-/// Only the reader's own clock counts: the writers' clocks never decide anything, so a
-/// writer whose clock is off cannot make a reader skip or wait.
-pub(crate) fn gap_due(
-    gap: &mut Option<Gap>,
-    from: u64,
-    to: u64,
-    timeout: Duration,
-) -> Option<(u64, u64)> {
-    match *gap {
-        Some(g) if g.from == from => (g.since.elapsed() >= timeout).then_some((from, g.to.min(to))),
-        _ => {
-            *gap = Some(Gap {
+impl Gaps {
+    /// Notes the ranges missing before and between `numbers` (a page of entry numbers in
+    /// order, all above `read`), each from now unless an earlier sighting holds it.
+    pub(crate) fn note_page(&mut self, read: u64, numbers: impl IntoIterator<Item = u64>) {
+        let mut prev = read;
+        for num in numbers {
+            if num > prev + 1 {
+                self.note(prev + 1, num - 1);
+            }
+            prev = num;
+        }
+    }
+
+    fn note(&mut self, from: u64, to: u64) {
+        if !self.seen.iter().any(|g| g.from <= from && from <= g.to) {
+            self.seen.push(Gap {
                 from,
                 to,
                 since: Instant::now(),
             });
-            None
         }
+    }
+
+    /// The numbers of `from..=to` (all missing now) that have been missing for `timeout`
+    /// since this reader first saw `from` missing: those taken by then.
+    pub(crate) fn due(&mut self, from: u64, to: u64, timeout: Duration) -> Option<(u64, u64)> {
+        match self.seen.iter().find(|g| g.from <= from && from <= g.to) {
+            Some(g) => (g.since.elapsed() >= timeout).then_some((from, g.to.min(to))),
+            None => {
+                self.note(from, to);
+                None
+            }
+        }
+    }
+
+    /// Forgets the ranges at or below `read` (delivered, skipped, or filled and read).
+    pub(crate) fn passed(&mut self, read: u64) {
+        self.seen.retain(|g| g.to > read);
+    }
+
+    /// Forgets the ranges that begin at or below `to` (just filled: the reader reads their
+    /// tombstones next).
+    pub(crate) fn filled(&mut self, to: u64) {
+        self.seen.retain(|g| g.from > to);
     }
 }
 
@@ -332,7 +361,7 @@ pub(crate) fn by_tag(
                 read: start[i],
                 limit: limits[i],
                 buf: VecDeque::new(),
-                gap: None,
+                gaps: Gaps::default(),
             })
             .collect();
         let mut delivered = start;
@@ -349,13 +378,14 @@ pub(crate) fn by_tag(
                 let (items, more) =
                     entry_page(&inner, operation, "tag", &sh.pk, sh.read, sh.limit).await?;
                 let mut contiguous = true;
+                sh.gaps.note_page(sh.read, items.iter().map(|(num, _)| *num));
                 for (num, it) in items {
                     let written = get_i64(&it, TOKEN_TIME);
                     if num != sh.read + 1 {
                         contiguous = false;
-                        if let Some(due) = sh.gap_due(sh.read + 1, num - 1, timeout) {
+                        if let Some(due) = sh.gaps.due(sh.read + 1, num - 1, timeout) {
                             inner.fill_all(operation, &sh.pk, due).await?;
-                            sh.gap = None;
+                            sh.gaps.filled(due.1);
                             again = true;
                         }
                         break;
@@ -384,8 +414,8 @@ pub(crate) fn by_tag(
                             }
                         }
                     }
-                    sh.gap = None;
                     sh.read = num;
+                    sh.gaps.passed(num);
                     sh.buf.push_back((written.unwrap_or(0), num, it));
                 }
                 if contiguous {
@@ -394,9 +424,9 @@ pub(crate) fn by_tag(
                     } else if sh.read < sh.limit && sh.limit != u64::MAX {
                         // A current query: numbers up to the counter read at its start
                         // that have no entry yet, their writes in flight.
-                        if let Some(due) = sh.gap_due(sh.read + 1, sh.limit, timeout) {
+                        if let Some(due) = sh.gaps.due(sh.read + 1, sh.limit, timeout) {
                             inner.fill_all(operation, &sh.pk, due).await?;
-                            sh.gap = None;
+                            sh.gaps.filled(due.1);
                             again = true;
                         }
                     }

@@ -8,9 +8,12 @@
 //! client can answer chosen operations with a 500 after the server applied them, or hold
 //! every n-th request of an operation before sending it.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{error_body, operation, response};
 
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -19,8 +22,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_runtime_api::client::http::{
     http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
 };
-use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
-use aws_smithy_types::body::SdkBody;
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use futures::StreamExt;
 use persistence_api::{
     DurableStateChange, ErrorKind, Offset, Payload, PersistenceId, QueryMode, Stores,
@@ -84,14 +86,6 @@ impl Shared {
     }
 }
 
-fn operation(headers: &aws_smithy_runtime_api::http::Headers) -> String {
-    headers
-        .get("x-amz-target")
-        .and_then(|t| t.rsplit('.').next())
-        .unwrap_or("?")
-        .to_owned()
-}
-
 #[derive(Debug)]
 struct Counter(Shared);
 
@@ -133,15 +127,7 @@ impl HttpConnector for Faulty {
         let inner = self.inner.clone();
         HttpConnectorFuture::new(async move {
             let _applied = inner.call(request).await?;
-            let mut r = HttpResponse::new(
-                500.try_into().unwrap(),
-                SdkBody::from(
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected by the test"}"#,
-                ),
-            );
-            r.headers_mut()
-                .insert("content-type", "application/x-amz-json-1.0");
-            Ok(r)
+            Ok(response(500, error_body("InternalServerError", "")))
         })
     }
 }

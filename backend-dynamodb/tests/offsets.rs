@@ -7,8 +7,11 @@
 //! An interceptor counts every attempt by operation (`X-Amz-Target`), and a wrapping HTTP
 //! client can answer chosen operations with a 500 after the server applied them.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use support::{error_body, operation, response};
 
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -20,8 +23,7 @@ use aws_sdk_dynamodb::types::{
 use aws_smithy_runtime_api::client::http::{
     http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
 };
-use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
-use aws_smithy_types::body::SdkBody;
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use persistence_api::{ErrorKind, Offset, ProjectionId, StoredOffset, Stores};
 use persistence_dynamodb::{
     aws_sdk_dynamodb, DynamoDb, DynamoDbConfig, DynamoDbTransaction, MAX_TRANSACTION_ITEMS, PK, SK,
@@ -75,14 +77,6 @@ impl Shared {
     }
 }
 
-fn operation(headers: &aws_smithy_runtime_api::http::Headers) -> String {
-    headers
-        .get("x-amz-target")
-        .and_then(|t| t.rsplit('.').next())
-        .unwrap_or("?")
-        .to_owned()
-}
-
 #[derive(Debug)]
 struct Counter(Shared);
 
@@ -116,15 +110,7 @@ impl HttpConnector for Faulty {
         let inner = self.inner.clone();
         HttpConnectorFuture::new(async move {
             let _applied = inner.call(request).await?;
-            let mut r = HttpResponse::new(
-                500.try_into().unwrap(),
-                SdkBody::from(
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected by the test"}"#,
-                ),
-            );
-            r.headers_mut()
-                .insert("content-type", "application/x-amz-json-1.0");
-            Ok(r)
+            Ok(response(500, error_body("InternalServerError", "")))
         })
     }
 }

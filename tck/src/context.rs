@@ -125,7 +125,13 @@ impl Ctx {
 
     /// The backend's declared [`Capabilities::live_query_max_delay`]; a backend that
     /// declares live queries must declare it, since every live case is checked against it.
+    /// Plus the factory's [`crate::StoreFactory::live_delay_allowance`] (zero unless the
+    /// run injects faults).
     pub fn live_delay(&self) -> Duration {
+        self.declared_live_delay() + self.factory.live_delay_allowance()
+    }
+
+    fn declared_live_delay(&self) -> Duration {
         self.caps.live_query_max_delay.unwrap_or_else(|| {
             panic!(
                 "the backend declares live_queries but no live_query_max_delay; \
@@ -138,7 +144,7 @@ impl Ctx {
     /// declared delay (at least 250 ms), so anything the backend would deliver by its own
     /// contract has had the time to arrive.
     pub fn quiet_window(&self) -> Duration {
-        (self.live_delay() * 2).max(Duration::from_millis(250))
+        (self.declared_live_delay() * 2).max(Duration::from_millis(250))
     }
 
     /// The next item of a live stream for an event whose write was acknowledged at
@@ -153,7 +159,7 @@ impl Ctx {
             Ok(Some(item)) => item.unwrap_or_else(|e| panic!("a live stream item ({what}): {e}")),
             Ok(None) => panic!("the live stream completed before {what}, but live streams never complete"),
             Err(_) => panic!(
-                "{what} was not delivered within the declared live_query_max_delay of {delay:?} after its write was acknowledged"
+                "{what} was not delivered within {delay:?} after its write was acknowledged (the declared live_query_max_delay, plus the run's allowance for injected faults)"
             ),
         };
         let took = acked.elapsed();

@@ -82,6 +82,17 @@ pub trait StoreFactory: Send + Sync + 'static {
         None
     }
 
+    /// Time the kit allows beyond the declared [`Capabilities::live_query_max_delay`] before
+    /// a live delivery counts as missing. Zero (the default) for a plain run: the declared
+    /// delay holds for a server that answers. A run that slows the backend on purpose
+    /// (throttling and server errors injected, so requests are retried with back-off)
+    /// gives the time its faults may add: what such a run checks is that nothing is lost
+    /// or delivered twice. The quiet windows (how long a stream is watched for what it must
+    /// not deliver) stay at the declared delay.
+    fn live_delay_allowance(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Removes what [`StoreFactory::create`] made for `namespace`, after its case ran.
     async fn cleanup(&self, _namespace: &str) -> Result<()> {
         Ok(())
