@@ -3,9 +3,11 @@
 //! for the lot.
 //!
 //! # How a group forms
-//! A write that arrives while fewer than `max_in_flight` committers run (SQLite 1: one
-//! writer at a time; PostgreSQL half the pool, 1 to 4) starts a committer task at once,
-//! which takes it (alone: a lone writer pays no added latency) and commits it. Writes that
+//! A write that finds nothing queued and no committer running (and no window configured)
+//! commits at once on its caller's own task, as a group of one: a lone writer pays no
+//! hand-off. Otherwise a write that arrives while fewer than `max_in_flight` committers run
+//! (SQLite 1: one writer at a time; PostgreSQL half the pool, 1 to 4) starts a committer
+//! task, which takes it and whatever queued meanwhile and commits them. Writes that
 //! arrive while the commits run queue up; when a commit ends its committer takes them (up
 //! to `group_commit_max_events` events and `group_commit_max_bytes` bytes, in arrival
 //! order, and up to the first write of an id that another committer's group holds, so the
@@ -135,6 +137,45 @@ pub(crate) async fn write<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> R
     let group = backend.group_commit();
     let events = write.events().len().max(1);
     let bytes = write.events().iter().map(|e| e.stored_size()).sum();
+    // A write that finds nothing queued and no committer running commits on the caller's
+    // own task: a lone writer pays no hand-off to a committer task (measured on
+    // PostgreSQL: one task's p50 0.53 ms through the committer against 0.33 ms raw). It
+    // counts as a running committer and holds its id, so writes arriving meanwhile queue
+    // behind it and keep their order; when it ends, a committer starts for them.
+    let inline = {
+        let mut state = group.lock();
+        let id = write.persistence_id().as_str();
+        // Only when no committer runs at all: with one running, writes are arriving
+        // together, and a committer task gathers those that come during its hand-off
+        // (inline whenever a slot was free cut PostgreSQL at 10 tasks to 0.71x raw).
+        // Never with a window: it asks for writes to be gathered.
+        let free = group.settings.window.is_zero()
+            && state.queue.is_empty()
+            && state.running == 0
+            && !state.in_flight.contains(id);
+        if free {
+            state.running += 1;
+            state.in_flight.insert(id.to_owned());
+        }
+        free
+    };
+    if inline {
+        let _slot = InlineSlot {
+            backend: backend.clone(),
+            runtime: runtime.clone(),
+            id: write.persistence_id().as_str().to_owned(),
+        };
+        // A group of one, traced as every group is.
+        let span = tracing::debug_span!(
+            "sql.group_commit",
+            backend = B::NAME,
+            writes = 1usize,
+            events
+        );
+        span.follows_from(tracing::Span::current());
+        use tracing::Instrument;
+        return single(backend, write).instrument(span).await;
+    }
     let (reply, answer) = oneshot::channel();
     let start = {
         let mut state = group.lock();
@@ -162,6 +203,35 @@ pub(crate) async fn write<B: Backend>(backend: &Arc<B>, write: AtomicWrite) -> R
             ErrorKind::Unavailable,
             "the group commit stopped before answering; the write may or may not be stored",
         )),
+    }
+}
+
+/// The committer slot and the id a write committing on its caller's task holds; given
+/// back when the write ends (or its caller stops waiting), starting a committer for what
+/// queued up meanwhile.
+struct InlineSlot<B: Backend> {
+    backend: Arc<B>,
+    runtime: tokio::runtime::Handle,
+    id: String,
+}
+
+impl<B: Backend> Drop for InlineSlot<B> {
+    fn drop(&mut self) {
+        let group = self.backend.group_commit();
+        let start = {
+            let mut state = group.lock();
+            state.in_flight.remove(&self.id);
+            if state.queue.is_empty() {
+                state.running -= 1;
+                false
+            } else {
+                // The slot passes to a committer for the queued writes.
+                true
+            }
+        };
+        if start {
+            self.runtime.spawn(run(self.backend.clone()));
+        }
     }
 }
 
