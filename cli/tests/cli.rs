@@ -5,87 +5,23 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use persistence_stores::{
-    to_cbor, AtomicWrite, Config, JournalExt, Payload, PersistenceId, PersistentEvent,
-    SnapshotMetadata, SnapshotSelectionCriteria, Stores, Timestamp,
+    to_cbor, AtomicWrite, JournalExt, Payload, PersistenceId, PersistentEvent, SnapshotMetadata,
+    SnapshotSelectionCriteria, Stores, Timestamp,
 };
 use serde_json::Value;
 
 const IDS: usize = 1_000;
 const EVENTS_PER_ID: u64 = 100; // 100,000 events in all
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{nanos}")
-}
+mod support;
+
+use support::{bin, json_lines, ok, open, run, sqlite_config, unique, write_config};
 
 fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("persistence-cli-test-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_persistence"));
-    // The configuration comes from the files the tests write: the environment's
-    // PERSISTENCE_* variables (the servers' addresses) would override them.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PERSISTENCE_") {
-            c.env_remove(name);
-        }
-    }
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Every line of `text` as JSON.
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn sqlite_config(dir: &Path, name: &str) -> PathBuf {
-    let db = dir.join(format!("{name}.db"));
-    write_config(
-        dir,
-        name,
-        &format!(
-            "backend = \"sqlite\"\n[sqlite]\npath = {:?}\n",
-            db.display().to_string()
-        ),
-    )
-}
-
-async fn open(path: &Path) -> Stores {
-    persistence_stores::open(&Config::from_file(path).unwrap())
-        .await
-        .unwrap()
+    support::temp_dir("persistence-cli-test-")
 }
 
 fn pid(i: usize) -> PersistenceId {

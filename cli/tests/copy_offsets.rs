@@ -6,11 +6,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use futures::TryStreamExt;
 use persistence_stores::{
-    AtomicWrite, Config, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, ProjectionId,
+    AtomicWrite, JournalExt, Offset, Payload, PersistenceId, PersistentEvent, ProjectionId,
     ReadJournalExt, Stores,
 };
 use serde_json::Value;
@@ -19,62 +18,17 @@ const IDS: u64 = 6;
 const EVENTS_PER_ID: u64 = 40; // 240 events, 200 of them tagged `TAG`
 const TAG: &str = "offset-tag";
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{nanos}")
-}
+mod support;
+
+use support::{json_lines, open, run, sqlite_config, unique, write_config};
 
 fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("persistence-cli-offsets-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::temp_dir("persistence-cli-offsets-")
 }
 
-fn run(args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_persistence"));
-    // The configuration comes from the files the tests write, not PERSISTENCE_* variables.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PERSISTENCE_") {
-            c.env_remove(name);
-        }
-    }
-    c.args(args).output().expect("the binary runs")
-}
-
+/// Runs the binary with `args`, which must succeed; its JSON lines.
 fn ok(args: &[&str]) -> Vec<Value> {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn sqlite_config(dir: &Path, name: &str) -> PathBuf {
-    let db = dir.join(format!("{name}.db"));
-    write_config(
-        dir,
-        name,
-        &format!(
-            "backend = \"sqlite\"\n[sqlite]\npath = {:?}\n",
-            db.display().to_string()
-        ),
-    )
+    json_lines(&support::ok(args))
 }
 
 /// The server targets whose servers are configured (as `tests/cli.rs` finds them).
@@ -103,12 +57,6 @@ fn server_targets(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         targets.push(("cassandra", write_config(dir, "cassandra", &toml)));
     }
     targets
-}
-
-async fn open(path: &Path) -> Stores {
-    persistence_stores::open(&Config::from_file(path).unwrap())
-        .await
-        .unwrap()
 }
 
 fn pid(i: u64) -> PersistenceId {

@@ -5,34 +5,25 @@
 //! to an empty database and checks ok.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{nanos}")
-}
+mod support;
+
+use support::{unique, write_config};
 
 fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("persistence-cli-schema-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::temp_dir("persistence-cli-schema-")
 }
 
 fn run(config: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_persistence"));
-    // The configuration comes from the files the tests write.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PERSISTENCE_") {
-            c.env_remove(name);
-        }
-    }
-    c.arg("--config").arg(config).args(args);
-    c.output().expect("the binary runs")
+    support::bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn text(out: &Output) -> String {
@@ -85,12 +76,6 @@ fn check_missing(config: &Path, missing: &[&str]) {
             "{m} not in {json}"
         );
     }
-}
-
-fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).unwrap();
-    path
 }
 
 fn sqlite_config(dir: &Path, name: &str, namespace: &str) -> PathBuf {
