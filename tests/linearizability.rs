@@ -79,7 +79,7 @@ use persistence_stores::{
     AtomicWrite, Config, ErrorKind, Journal, JournalExt, Payload, PersistenceId, PersistentEvent,
     Replay, SequenceNr, SnapshotMetadata, SnapshotSelectionCriteria, Stores,
 };
-use persistence_tck::fault::FaultProxy;
+use persistence_tck::fault::{split_postgres_url, FaultProxy};
 
 /// Concurrent clients per backend.
 const CLIENTS: usize = 8;
@@ -414,29 +414,6 @@ fn to_json(history: &[Rec]) -> String {
 // The stores
 // ---------------------------------------------------------------------------------------
 
-/// `host:port` of a `postgres://user:password@host:port/db?...` URL, and the URL with
-/// `host:port` replaced by `with`.
-fn split_url(url: &str, with: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let auth_end = rest.rfind('@').map(|i| i + 1).unwrap_or(0);
-    let host_end = rest[auth_end..]
-        .find(['/', '?'])
-        .map(|i| auth_end + i)
-        .unwrap_or(rest.len());
-    let host = &rest[auth_end..host_end];
-    let host = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:5432")
-    };
-    let rewritten = format!(
-        "{scheme}://{}{with}{}",
-        &rest[..auth_end],
-        &rest[host_end..]
-    );
-    (host, rewritten)
-}
-
 /// Where one backend's clients connect.
 struct Target {
     backend: Backend,
@@ -466,7 +443,7 @@ impl Target {
         };
         let value = persistence_tck::server_env(var)?;
         let server = match backend {
-            Backend::Postgres => split_url(&value, "").0,
+            Backend::Postgres => split_postgres_url(&value, "").0,
             Backend::DynamoDb => value
                 .trim_end_matches('/')
                 .rsplit("://")
@@ -483,7 +460,7 @@ impl Target {
         let proxy = FaultProxy::start(server).await.expect("start the proxy");
         let addr = proxy.addr().to_string();
         let location = match backend {
-            Backend::Postgres => split_url(&value, &addr).1,
+            Backend::Postgres => split_postgres_url(&value, &addr).1,
             Backend::DynamoDb => format!("http://{addr}"),
             _ => addr,
         };

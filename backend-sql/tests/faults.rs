@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use persistence_api::{async_trait, Stores};
 use persistence_sql::{sqlx, Postgres, PostgresConfig};
-use persistence_tck::fault::FaultProxy;
+use persistence_tck::fault::{split_postgres_url, FaultProxy};
 use persistence_tck::sweep::{run, server_env, unique, CutWrite, Shape, SweepTarget};
 
 const SINGLE: Shape = Shape {
@@ -73,34 +73,11 @@ impl Env {
     }
 }
 
-/// `host:port` of a `postgres://user:password@host:port/db?...` URL, and the URL with
-/// `host:port` replaced by `with`.
-fn split_url(url: &str, with: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let auth_end = rest.rfind('@').map(|i| i + 1).unwrap_or(0);
-    let host_end = rest[auth_end..]
-        .find(['/', '?'])
-        .map(|i| auth_end + i)
-        .unwrap_or(rest.len());
-    let host = &rest[auth_end..host_end];
-    let host = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:5432")
-    };
-    let rewritten = format!(
-        "{scheme}://{}{with}{}",
-        &rest[..auth_end],
-        &rest[host_end..]
-    );
-    (host, rewritten)
-}
-
 async fn env(shape: &str) -> Option<Env> {
     let url = server_env("PERSISTENCE_POSTGRES_URL")?;
-    let (target, _) = split_url(&url, "");
+    let (target, _) = split_postgres_url(&url, "");
     let proxy = FaultProxy::start(target).await.expect("start the proxy");
-    let (_, via_url) = split_url(&url, &proxy.addr().to_string());
+    let (_, via_url) = split_postgres_url(&url, &proxy.addr().to_string());
     let schema = format!("faults_{shape}_{}", unique() % 1_000_000_000_000);
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -243,24 +220,6 @@ async fn atomic_write_of_100_tagged_events_cut_at_every_point() {
     sweep(BATCH100).await;
 }
 
-#[test]
-fn urls_are_rewritten_to_the_proxy() {
-    assert_eq!(
-        split_url("postgres://u:p@127.0.0.1:48135/db", "127.0.0.1:9"),
-        (
-            "127.0.0.1:48135".to_owned(),
-            "postgres://u:p@127.0.0.1:9/db".to_owned()
-        )
-    );
-    assert_eq!(
-        split_url("postgresql://h/db?sslmode=disable", "p:1"),
-        (
-            "h:5432".to_owned(),
-            "postgresql://p:1/db?sslmode=disable".to_owned()
-        )
-    );
-}
-
 /// Writes in the grouped transaction of [`grouped_write_cut_at_every_point`].
 const GROUP: usize = 3;
 
@@ -284,9 +243,9 @@ async fn grouped_write_cut_at_every_point() {
     let Some(url) = server_env("PERSISTENCE_POSTGRES_URL") else {
         return;
     };
-    let (target, _) = split_url(&url, "");
+    let (target, _) = split_postgres_url(&url, "");
     let proxy = FaultProxy::start(target).await.expect("start the proxy");
-    let (_, via_url) = split_url(&url, &proxy.addr().to_string());
+    let (_, via_url) = split_postgres_url(&url, &proxy.addr().to_string());
     let schema = format!("faults_group_{}", unique() % 1_000_000_000_000);
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)

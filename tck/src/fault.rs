@@ -106,6 +106,43 @@ impl FaultProxy {
     }
 }
 
+/// The `host:port` of a `postgres://user:password@host:port/db?...` URL (port 5432 when it
+/// names none), and the URL with `host:port` replaced by `with`: what a test starts a
+/// [`FaultProxy`] for, and the URL that sends the client through it.
+///
+/// ```
+/// let (server, via) = persistence_tck::fault::split_postgres_url(
+///     "postgres://u:p@db.example:6543/app?sslmode=disable",
+///     "127.0.0.1:40000",
+/// );
+/// assert_eq!(server, "db.example:6543");
+/// assert_eq!(via, "postgres://u:p@127.0.0.1:40000/app?sslmode=disable");
+/// assert_eq!(persistence_tck::fault::split_postgres_url("postgres://h/db", "x:1").0, "h:5432");
+/// ```
+///
+/// # Panics
+/// When `url` has no `scheme://`.
+pub fn split_postgres_url(url: &str, with: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let auth_end = rest.rfind('@').map(|i| i + 1).unwrap_or(0);
+    let host_end = rest[auth_end..]
+        .find(['/', '?'])
+        .map(|i| auth_end + i)
+        .unwrap_or(rest.len());
+    let host = &rest[auth_end..host_end];
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    let rewritten = format!(
+        "{scheme}://{}{with}{}",
+        &rest[..auth_end],
+        &rest[host_end..]
+    );
+    (host, rewritten)
+}
+
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.shared.cut();
@@ -194,6 +231,24 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[test]
+    fn urls_are_rewritten_to_the_proxy() {
+        assert_eq!(
+            split_postgres_url("postgres://u:p@127.0.0.1:48135/db", "127.0.0.1:9"),
+            (
+                "127.0.0.1:48135".to_owned(),
+                "postgres://u:p@127.0.0.1:9/db".to_owned()
+            )
+        );
+        assert_eq!(
+            split_postgres_url("postgresql://h/db?sslmode=disable", "p:1"),
+            (
+                "h:5432".to_owned(),
+                "postgresql://p:1/db?sslmode=disable".to_owned()
+            )
+        );
     }
 
     #[tokio::test]
