@@ -1151,8 +1151,6 @@ mod group {
     use persistence_cassandra::scylla::value::CqlValue as V;
     use tokio::sync::{mpsc, oneshot, Semaphore};
 
-    pub const ENTITIES: usize = 1000;
-
     fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         std::env::var(name)
             .ok()
@@ -1167,54 +1165,16 @@ mod group {
             .unwrap_or(default)
     }
 
-    pub struct Figures {
-        pub rate: f64,
-        pub p50: Duration,
-        pub p99: Duration,
-    }
+    use persistence_tck::bench::{Figures, ENTITIES};
 
-    fn figures(events: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figures {
-        latencies.sort_unstable();
-        let at =
-            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-        Figures {
-            rate: events as f64 / elapsed.as_secs_f64(),
-            p50: at(0.50),
-            p99: at(0.99),
-        }
-    }
-
-    /// Runs `write(entity, seq)` for `events` writes spread over `tasks` tasks, each task
-    /// writing its own entities in turn, from sequence number 2 (1 is written untimed).
+    /// [`persistence_tck::bench::run`] from sequence number 2 (1 is written untimed), with
+    /// CQL's `bigint` sequence numbers.
     async fn run<F, Fut>(tasks: usize, events: usize, write: F) -> Figures
     where
         F: Fn(usize, i64) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let per_task = events / tasks;
-        let start = Instant::now();
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let write = write.clone();
-                tokio::spawn(async move {
-                    let owned: Vec<usize> = (t..ENTITIES).step_by(tasks).collect();
-                    let mut latencies = Vec::with_capacity(per_task);
-                    for k in 0..per_task {
-                        let entity = owned[k % owned.len()];
-                        let seq = (k / owned.len()) as i64 + 2;
-                        let begun = Instant::now();
-                        write(entity, seq).await;
-                        latencies.push(begun.elapsed());
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(per_task * tasks);
-        for h in handles {
-            latencies.extend(h.await.unwrap());
-        }
-        figures(per_task * tasks, start.elapsed(), latencies)
+        persistence_tck::bench::run(tasks, events, 2, move |e, seq| write(e, seq as i64)).await
     }
 
     /// Writes event 1 of every entity, 64 at a time, untimed.

@@ -1306,7 +1306,7 @@ mod group {
     use super::*;
     use std::sync::Arc;
 
-    const ENTITIES: usize = 1000;
+    use persistence_tck::bench::ENTITIES;
     pub const TASKS: [usize; 4] = [1, 10, 100, 1000];
 
     /// `BENCH_GC_TASKS` (comma-separated) instead of [`TASKS`].
@@ -1334,25 +1334,10 @@ mod group {
             .unwrap_or(3000)
     }
 
-    /// What one run measured.
-    pub struct Figures {
-        pub rate: f64,
-        pub p50: Duration,
-        pub p99: Duration,
-    }
+    pub use persistence_tck::bench::Figures;
 
-    fn figures(events: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figures {
-        latencies.sort_unstable();
-        let at =
-            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-        Figures {
-            rate: events as f64 / elapsed.as_secs_f64(),
-            p50: at(0.50),
-            p99: at(0.99),
-        }
-    }
-
-    /// Runs `write(entity, seq)` for `events` writes spread over `tasks` tasks.
+    /// [`persistence_tck::bench::run`] over the ids `<prefix>-<entity>`, from sequence
+    /// number 1.
     pub async fn run<F, Fut>(tasks: usize, events: usize, prefix: &str, write: F) -> Figures
     where
         F: Fn(PersistenceId, u64) -> Fut + Clone + Send + Sync + 'static,
@@ -1363,30 +1348,8 @@ mod group {
                 .map(|i| PersistenceId::new(format!("{prefix}-{i}")).unwrap())
                 .collect(),
         );
-        let per_task = events / tasks;
-        let start = Instant::now();
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let (ids, write) = (ids.clone(), write.clone());
-                tokio::spawn(async move {
-                    let owned: Vec<usize> = (t..ENTITIES).step_by(tasks).collect();
-                    let mut latencies = Vec::with_capacity(per_task);
-                    for k in 0..per_task {
-                        let entity = owned[k % owned.len()];
-                        let seq = (k / owned.len()) as u64 + 1;
-                        let begun = Instant::now();
-                        write(ids[entity].clone(), seq).await;
-                        latencies.push(begun.elapsed());
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(per_task * tasks);
-        for h in handles {
-            latencies.extend(h.await.unwrap());
-        }
-        figures(per_task * tasks, start.elapsed(), latencies)
+        persistence_tck::bench::run(tasks, events, 1, move |e, seq| write(ids[e].clone(), seq))
+            .await
     }
 
     pub async fn stores(stores: &Stores, tasks: usize, events: usize, prefix: &str) -> Figures {

@@ -42,6 +42,7 @@
 //! delay of live queries.
 #![deny(missing_docs)]
 
+pub mod bench;
 mod cases;
 mod context;
 pub mod fault;
