@@ -1151,21 +1151,7 @@ mod group {
     use persistence_cassandra::scylla::value::CqlValue as V;
     use tokio::sync::{mpsc, oneshot, Semaphore};
 
-    fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
-            .unwrap_or_else(|| default.to_vec())
-    }
-
-    fn env_usize(name: &str, default: usize) -> usize {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
-    use persistence_tck::bench::{Figures, ENTITIES};
+    use persistence_tck::bench::{env_list, env_usize, Figures, ENTITIES};
 
     /// [`persistence_tck::bench::run`] from sequence number 2 (1 is written untimed), with
     /// CQL's `bigint` sequence numbers.

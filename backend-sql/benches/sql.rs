@@ -1311,10 +1311,7 @@ mod group {
 
     /// `BENCH_GC_TASKS` (comma-separated) instead of [`TASKS`].
     pub fn tasks() -> Vec<usize> {
-        std::env::var("BENCH_GC_TASKS")
-            .ok()
-            .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
-            .unwrap_or_else(|| TASKS.to_vec())
+        persistence_tck::bench::env_list("BENCH_GC_TASKS", &TASKS)
     }
 
     /// `BENCH_GC_MAX_EVENTS` and `BENCH_GC_WINDOW_MS` for the group-commit side (else the
@@ -1327,11 +1324,9 @@ mod group {
         )
     }
 
+    /// `BENCH_GC_EVENTS`, else 3,000.
     pub fn events() -> usize {
-        std::env::var("BENCH_GC_EVENTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000)
+        persistence_tck::bench::env_usize("BENCH_GC_EVENTS", 3000)
     }
 
     pub use persistence_tck::bench::Figures;

@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 /// Entities of the workload.
 pub const ENTITIES: usize = 1000;
 
+/// The comma-separated numbers of the variable `name` (`BENCH_GC_TASKS=1,100`), else
+/// `default`.
+pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// The number in the variable `name`, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// What one run measured.
 #[derive(Clone, Copy, Debug)]
 pub struct Figures {
