@@ -1149,9 +1149,8 @@ mod group {
     use super::*;
     use persistence_api::Stores;
     use persistence_cassandra::scylla::value::CqlValue as V;
-    use tokio::sync::{mpsc, oneshot, Semaphore};
 
-    use persistence_tck::bench::{env_list, env_usize, Figures, ENTITIES};
+    use persistence_tck::bench::{env_list, env_usize, Figures, Gather, ENTITIES};
 
     /// [`persistence_tck::bench::run`] from sequence number 2 (1 is written untimed), with
     /// CQL's `bigint` sequence numbers.
@@ -1244,59 +1243,26 @@ mod group {
         ]
     }
 
-    type Ask = (String, i64, oneshot::Sender<()>);
-
-    /// A committer: takes the first queued write at once, then whatever else is queued (up
-    /// to `max` writes), sends them as one unlogged batch (each write's two statements to
-    /// its own partition), and answers every caller; up to `inflight` batches at once.
-    fn committer(
-        raw: Arc<Raw>,
-        max: usize,
-        inflight: usize,
-    ) -> (
-        mpsc::UnboundedSender<Ask>,
-        Arc<std::sync::Mutex<Vec<usize>>>,
-    ) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Ask>();
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(inflight));
-            loop {
-                let permit = slots.clone().acquire_owned().await.unwrap();
-                let Some(first) = rx.recv().await else { break };
-                let mut group = vec![first];
-                while group.len() < max {
-                    match rx.try_recv() {
-                        Ok(a) => group.push(a),
-                        Err(_) => break,
-                    }
+    /// Unguarded writes of different ids gathered (see [`Gather`]) into one unlogged batch
+    /// each (each write's two statements to its own partition).
+    fn committer(raw: Arc<Raw>, max: usize, inflight: usize) -> Gather<(String, i64)> {
+        Gather::start(max, inflight, move |group: Vec<(String, i64)>| {
+            let raw = raw.clone();
+            async move {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_consistency(Consistency::Quorum);
+                let mut values = Vec::with_capacity(group.len() * 2);
+                for (id, seq) in group {
+                    batch.append_statement(raw.plain_used.clone());
+                    batch.append_statement(raw.insert.clone());
+                    values.extend(unguarded_values(&id, seq));
                 }
-                seen.lock().unwrap().push(group.len());
-                let raw = raw.clone();
-                tokio::spawn(async move {
-                    let mut batch = Batch::new(BatchType::Unlogged);
-                    batch.set_consistency(Consistency::Quorum);
-                    let mut values = Vec::with_capacity(group.len() * 2);
-                    let mut answers = Vec::with_capacity(group.len());
-                    for (id, seq, answer) in group {
-                        batch.append_statement(raw.plain_used.clone());
-                        batch.append_statement(raw.insert.clone());
-                        values.extend(unguarded_values(&id, seq));
-                        answers.push(answer);
-                    }
-                    raw.session
-                        .batch(&batch, &values)
-                        .await
-                        .expect("multi-partition batch");
-                    for a in answers {
-                        let _ = a.send(());
-                    }
-                    drop(permit);
-                });
+                raw.session
+                    .batch(&batch, &values)
+                    .await
+                    .expect("multi-partition batch");
             }
-        });
-        (tx, sizes)
+        })
     }
 
     /// Unguarded writes of different ids gathered into multi-partition unlogged batches.
@@ -1313,18 +1279,15 @@ mod group {
             async move { raw.write(&id, 1, 1, false, None).await }
         })
         .await;
-        let (queue, sizes) = committer(raw.clone(), max, inflight);
+        let queue = committer(raw.clone(), max, inflight);
         let prefix = prefix.to_owned();
+        let gathered = queue.clone();
         let f = run(tasks, events, move |e, seq| {
-            let (queue, id) = (queue.clone(), format!("{prefix}-{tasks}-{e}"));
-            async move {
-                let (answer, done) = oneshot::channel();
-                queue.send((id, seq, answer)).unwrap();
-                done.await.unwrap();
-            }
+            let (queue, id) = (gathered.clone(), format!("{prefix}-{tasks}-{e}"));
+            async move { queue.submit((id, seq)).await }
         })
         .await;
-        let sizes = sizes.lock().unwrap();
+        let sizes = queue.sizes();
         let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
         (f, mean)
     }

@@ -1190,9 +1190,8 @@ mod group {
     use super::*;
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
     use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
-    use tokio::sync::{mpsc, oneshot, Semaphore};
 
-    use persistence_tck::bench::{env_list, env_usize, Figures, ENTITIES};
+    use persistence_tck::bench::{env_list, env_usize, Figures, Gather, ENTITIES};
 
     /// [`persistence_tck::bench::run`] from sequence number 2 (1 is written untimed).
     async fn run<F, Fut>(tasks: usize, events: usize, write: F) -> Figures
@@ -1266,53 +1265,20 @@ mod group {
         .await
     }
 
-    type Ask = (Item, oneshot::Sender<()>);
-
-    /// A committer: takes the first queued write at once, then whatever else is queued (up
-    /// to `max` items), sends them as one `TransactWriteItems`, and answers every caller;
-    /// up to `inflight` transactions at once. Returns the sender and the group sizes.
-    fn committer(
-        client: Client,
-        table: String,
-        max: usize,
-        inflight: usize,
-    ) -> (
-        mpsc::UnboundedSender<Ask>,
-        Arc<std::sync::Mutex<Vec<usize>>>,
-    ) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Ask>();
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(inflight));
-            loop {
-                let permit = slots.clone().acquire_owned().await.unwrap();
-                let Some(first) = rx.recv().await else { break };
-                let mut group = vec![first];
-                while group.len() < max {
-                    match rx.try_recv() {
-                        Ok(a) => group.push(a),
-                        Err(_) => break,
-                    }
+    /// Writes of different ids gathered (see [`Gather`]) into one `TransactWriteItems`
+    /// each; a group of one needs no transaction (nor its double cost) and goes as a
+    /// `PutItem`.
+    fn committer(client: Client, table: String, max: usize, inflight: usize) -> Gather<Item> {
+        Gather::start(max, inflight, move |mut items: Vec<Item>| {
+            let (client, table) = (client.clone(), table.clone());
+            async move {
+                if items.len() == 1 {
+                    put(&client, &table, items.pop().unwrap()).await;
+                } else {
+                    transact(&client, &table, items).await;
                 }
-                seen.lock().unwrap().push(group.len());
-                let (client, table) = (client.clone(), table.clone());
-                tokio::spawn(async move {
-                    let (mut items, answers): (Vec<Item>, Vec<_>) = group.into_iter().unzip();
-                    if items.len() == 1 {
-                        // A group of one needs no transaction (nor its double cost).
-                        put(&client, &table, items.pop().unwrap()).await;
-                    } else {
-                        transact(&client, &table, items).await;
-                    }
-                    for a in answers {
-                        let _ = a.send(());
-                    }
-                    drop(permit);
-                });
             }
-        });
-        (tx, sizes)
+        })
     }
 
     /// (c) Concurrent writes of different ids in shared `TransactWriteItems`.
@@ -1329,17 +1295,14 @@ mod group {
             b.config.namespace.clone(),
         );
         seed(|e| put(&client, &table, raw_event(&raw_pk(&ns, "tx", tasks, e), 1))).await;
-        let (queue, sizes) = committer(client, table, max, inflight);
+        let queue = committer(client, table, max, inflight);
+        let gathered = queue.clone();
         let f = run(tasks, events, move |e, seq| {
-            let (queue, pk) = (queue.clone(), raw_pk(&ns, "tx", tasks, e));
-            async move {
-                let (answer, done) = oneshot::channel();
-                queue.send((raw_event(&pk, seq), answer)).unwrap();
-                done.await.unwrap();
-            }
+            let (queue, pk) = (gathered.clone(), raw_pk(&ns, "tx", tasks, e));
+            async move { queue.submit(raw_event(&pk, seq)).await }
         })
         .await;
-        let sizes = sizes.lock().unwrap();
+        let sizes = queue.sizes();
         let items = sizes.iter().sum::<usize>() as f64;
         let mean = items / sizes.len().max(1) as f64;
         // AWS's billing: a lone PutItem 1 WCU, an item of a transaction 2.

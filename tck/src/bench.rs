@@ -88,3 +88,78 @@ where
     }
     figures(per_task * tasks, start.elapsed(), latencies)
 }
+
+/// A queue that gathers requests into groups, for the raw clients' grouped alternatives
+/// to one request per write: the first request queued goes at once, with whatever else is
+/// queued by then (up to `max`, in arrival order), while up to `inflight` groups are in
+/// flight; each request is answered when its group was sent. Clones share the queue.
+pub struct Gather<R> {
+    queue: tokio::sync::mpsc::UnboundedSender<(R, tokio::sync::oneshot::Sender<()>)>,
+    sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl<R> Clone for Gather<R> {
+    fn clone(&self) -> Self {
+        Gather {
+            queue: self.queue.clone(),
+            sizes: self.sizes.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> Gather<R> {
+    /// Starts the committer task, which sends each group with `send`.
+    pub fn start<F, Fut>(max: usize, inflight: usize, send: F) -> Self
+    where
+        F: Fn(Vec<R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        use std::sync::{Arc, Mutex};
+        use tokio::sync::{mpsc, Semaphore};
+        let (queue, mut rx) = mpsc::unbounded_channel::<(R, tokio::sync::oneshot::Sender<()>)>();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let send = Arc::new(send);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(inflight.max(1)));
+            loop {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let Some(first) = rx.recv().await else { break };
+                let mut group = vec![first];
+                while group.len() < max {
+                    match rx.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                seen.lock().unwrap().push(group.len());
+                let send = send.clone();
+                tokio::spawn(async move {
+                    let (requests, answers): (Vec<R>, Vec<_>) = group.into_iter().unzip();
+                    send(requests).await;
+                    for answer in answers {
+                        let _ = answer.send(());
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Gather { queue, sizes }
+    }
+
+    /// Queues `request` and waits until its group was sent.
+    pub async fn submit(&self, request: R) {
+        let (answer, done) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((request, answer))
+            .expect("the gathering task runs");
+        done.await.expect("the group was sent");
+    }
+
+    /// The size of every group sent so far.
+    pub fn sizes(&self) -> Vec<usize> {
+        self.sizes.lock().unwrap().clone()
+    }
+}
