@@ -162,15 +162,13 @@ async fn arrival_order_per_id(stores: &Stores, prefix: &str) {
         for r in join_all(calls).await {
             r.unwrap();
         }
-        let replay = stores
+        let seqs: Vec<u64> = stores
             .journal
-            .replay(&id, 1, u64::MAX, u64::MAX)
+            .replay_all(&id)
             .await
-            .unwrap();
-        let seqs: Vec<u64> = futures::StreamExt::collect::<Vec<_>>(replay.events)
-            .await
-            .into_iter()
-            .map(|e| e.unwrap().sequence_nr)
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence_nr)
             .collect();
         assert_eq!(seqs, vec![1, 2], "{id}");
     }
@@ -204,16 +202,7 @@ async fn refusals_fail_alone(stores: &Stores, prefix: &str) {
         for r in &results[3..] {
             assert!(r.is_ok(), "{r:?}");
         }
-        let replay = stores
-            .journal
-            .replay(&taken, 1, u64::MAX, u64::MAX)
-            .await
-            .unwrap();
-        let events: Vec<PersistentEvent> = futures::StreamExt::collect::<Vec<_>>(replay.events)
-            .await
-            .into_iter()
-            .map(|e| e.unwrap())
-            .collect();
+        let events = stores.journal.replay_all(&taken).await.unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(
             events[0].writer_id, "first",
@@ -399,15 +388,13 @@ fn postgres_arrival_order_across_concurrent_groups() {
                 for r in join_all(calls).await {
                     r.unwrap();
                 }
-                let replay = stores
+                let seqs: Vec<u64> = stores
                     .journal
-                    .replay(&id, 1, u64::MAX, u64::MAX)
+                    .replay_all(&id)
                     .await
-                    .unwrap();
-                let seqs: Vec<u64> = futures::StreamExt::collect::<Vec<_>>(replay.events)
-                    .await
-                    .into_iter()
-                    .map(|e| e.unwrap().sequence_nr)
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.sequence_nr)
                     .collect();
                 assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{id}");
             }
