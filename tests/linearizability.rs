@@ -632,6 +632,30 @@ fn ns(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
+/// Runs `op` with [`OP_TIMEOUT`]: its call and return times (ns since `start`) and its
+/// outcome, an error of `None` meaning no answer in time.
+async fn timed<T>(
+    start: Instant,
+    op: impl std::future::Future<Output = persistence_stores::Result<T>>,
+) -> (u64, u64, Result<T, Option<persistence_stores::Error>>) {
+    let call = ns(start);
+    let result = tokio::time::timeout(OP_TIMEOUT, op).await;
+    let ret = ns(start);
+    (
+        call,
+        ret,
+        result.map_err(|_| None).and_then(|r| r.map_err(Some)),
+    )
+}
+
+/// What an operation's failure recorded: the error, or that no answer came in time.
+fn failure(error: Option<persistence_stores::Error>) -> String {
+    match error {
+        Some(e) => format!("{e:#}"),
+        None => format!("no answer within {OP_TIMEOUT:?}"),
+    }
+}
+
 /// One client: random operations until the shared budget is spent or the run is over.
 async fn client(
     k: usize,
@@ -671,17 +695,14 @@ async fn client(
                 })
                 .collect();
             let write = AtomicWrite::new(events).unwrap();
-            let call = ns(start);
-            let result = tokio::time::timeout(OP_TIMEOUT, stores.journal.write(write)).await;
-            let ret = ns(start);
+            let (call, ret, result) = timed(start, stores.journal.write(write)).await;
             let (result, error) = match result {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     seen[id] = from + n - 1;
                     ("ok", None)
                 }
-                Ok(Err(e)) if e.kind() == ErrorKind::Conflict => ("conflict", None),
-                Ok(Err(e)) => ("unknown", Some(format!("{e:#}"))),
-                Err(_) => ("unknown", Some(format!("no answer within {OP_TIMEOUT:?}"))),
+                Err(Some(e)) if e.kind() == ErrorKind::Conflict => ("conflict", None),
+                Err(e) => ("unknown", Some(failure(e))),
             };
             Rec {
                 client: k,
@@ -698,17 +719,13 @@ async fn client(
         } else if roll >= 14 {
             snapshot_op(k, id, &pid, roll >= 17, seen[id], writes, &stores, start).await
         } else if roll <= 10 {
-            let call = ns(start);
-            let result =
-                tokio::time::timeout(OP_TIMEOUT, stores.journal.highest_sequence_nr(&pid)).await;
-            let ret = ns(start);
+            let (call, ret, result) = timed(start, stores.journal.highest_sequence_nr(&pid)).await;
             let (value, error) = match result {
-                Ok(Ok(h)) => {
+                Ok(h) => {
                     seen[id] = h;
                     (Some(h), None)
                 }
-                Ok(Err(e)) => (None, Some(format!("{e:#}"))),
-                Err(_) => (None, Some(format!("no answer within {OP_TIMEOUT:?}"))),
+                Err(e) => (None, Some(failure(e))),
             };
             Rec {
                 client: k,
@@ -719,16 +736,13 @@ async fn client(
                 error,
             }
         } else {
-            let call = ns(start);
-            let result = tokio::time::timeout(OP_TIMEOUT, replay(&stores, &pid)).await;
-            let ret = ns(start);
+            let (call, ret, result) = timed(start, replay(&stores, &pid)).await;
             let (value, error) = match result {
-                Ok(Ok(r)) => {
+                Ok(r) => {
                     seen[id] = r.0;
                     (Some(r), None)
                 }
-                Ok(Err(e)) => (None, Some(format!("{e:#}"))),
-                Err(_) => (None, Some(format!("no answer within {OP_TIMEOUT:?}"))),
+                Err(e) => (None, Some(failure(e))),
             };
             Rec {
                 client: k,
@@ -764,18 +778,16 @@ async fn snapshot_op(
     stores: &Stores,
     start: Instant,
 ) -> Rec {
-    let call = ns(start);
     if load {
-        let result = tokio::time::timeout(
-            OP_TIMEOUT,
+        let (call, ret, result) = timed(
+            start,
             stores
                 .snapshots
                 .load_snapshot(pid, SnapshotSelectionCriteria::default()),
         )
         .await;
-        let ret = ns(start);
         let (value, error) = match result {
-            Ok(Ok(s)) => (
+            Ok(s) => (
                 Some(s.map(|s| {
                     (
                         s.metadata.sequence_nr,
@@ -784,8 +796,7 @@ async fn snapshot_op(
                 })),
                 None,
             ),
-            Ok(Err(e)) => (None, Some(format!("{e:#}"))),
-            Err(_) => (None, Some(format!("no answer within {OP_TIMEOUT:?}"))),
+            Err(e) => (None, Some(failure(e))),
         };
         return Rec {
             client: k,
@@ -798,19 +809,17 @@ async fn snapshot_op(
     }
     let seq = seen.max(1);
     let payload = format!("s{k}.{n}");
-    let result = tokio::time::timeout(
-        OP_TIMEOUT,
+    let (call, ret, result) = timed(
+        start,
         stores.snapshots.save_snapshot(
             SnapshotMetadata::new(pid.clone(), seq),
             Payload::raw(payload.clone().into_bytes()),
         ),
     )
     .await;
-    let ret = ns(start);
     let (result, error) = match result {
-        Ok(Ok(())) => ("ok", None),
-        Ok(Err(e)) => ("unknown", Some(format!("{e:#}"))),
-        Err(_) => ("unknown", Some(format!("no answer within {OP_TIMEOUT:?}"))),
+        Ok(()) => ("ok", None),
+        Err(e) => ("unknown", Some(failure(e))),
     };
     Rec {
         client: k,
