@@ -266,6 +266,10 @@ struct Shard {
     buf: VecDeque<(i64, u64, Item)>,
     /// The missing numbers this reader waits for, and since when.
     gaps: Gaps,
+    /// More entries can be read at once (the last page was not the last, or a gap was just
+    /// filled): while its buffer is empty, no other shard's entry may be delivered, as one
+    /// of the unread entries may be older.
+    readable: bool,
 }
 
 /// Numbers `from..=to` missing in a shard: all taken (a later number is there, or the
@@ -362,6 +366,7 @@ pub(crate) fn by_tag(
                 limit: limits[i],
                 buf: VecDeque::new(),
                 gaps: Gaps::default(),
+                readable: false,
             })
             .collect();
         let mut delivered = start;
@@ -370,11 +375,11 @@ pub(crate) fn by_tag(
         loop {
             // Read every shard that has nothing buffered, as far as its numbers are
             // contiguous; `again`: something may be readable at once.
-            let mut again = false;
             for sh in shards.iter_mut() {
                 if !sh.buf.is_empty() || sh.read >= sh.limit {
                     continue;
                 }
+                sh.readable = false;
                 let (items, more) =
                     entry_page(&inner, operation, "tag", &sh.pk, sh.read, sh.limit).await?;
                 let mut contiguous = true;
@@ -386,7 +391,7 @@ pub(crate) fn by_tag(
                         if let Some(due) = sh.gaps.due(sh.read + 1, num - 1, timeout) {
                             inner.fill_all(operation, &sh.pk, due).await?;
                             sh.gaps.filled(due.1);
-                            again = true;
+                            sh.readable = true;
                         }
                         break;
                     }
@@ -420,21 +425,34 @@ pub(crate) fn by_tag(
                 }
                 if contiguous {
                     if more.is_some() {
-                        again = true;
+                        sh.readable = true;
                     } else if sh.read < sh.limit && sh.limit != u64::MAX {
                         // A current query: numbers up to the counter read at its start
                         // that have no entry yet, their writes in flight.
                         if let Some(due) = sh.gaps.due(sh.read + 1, sh.limit, timeout) {
                             inner.fill_all(operation, &sh.pk, due).await?;
                             sh.gaps.filled(due.1);
-                            again = true;
+                            sh.readable = true;
                         }
                     }
                 }
             }
+            let again = shards.iter().any(|sh| sh.readable);
             // Deliver what was read, merging the shards by write time; each shard in
-            // number order (an id's events are all in one shard, in its order).
+            // number order (an id's events are all in one shard, in its order). A shard
+            // with nothing buffered that is not read to its end holds the others back,
+            // as its next entries may be older than theirs: in a current query always (it
+            // waits for that shard anyway before it completes, so this costs no time:
+            // a gap's in-flight write, or a retried counter's skipped numbers, would
+            // otherwise let a later write of another shard pass ahead), in a live one
+            // only while more can be read at once (a gap there may be a dead writer's,
+            // which must not hold every shard up for the gap timeout).
             loop {
+                if shards.iter().any(|sh| {
+                    sh.buf.is_empty() && sh.read < sh.limit && (sh.readable || !live)
+                }) {
+                    break;
+                }
                 let best = shards
                     .iter()
                     .enumerate()
