@@ -10,7 +10,8 @@
 #
 # --long (first argument) runs the same tests with the longer reliability campaigns of a
 # release instead of the bounded ones CI runs: 50 server kill cycles and 10 client kill
-# cycles per backend, 50 projection crash cycles, 2,000-operation linearizability histories, the DynamoDB kit with 30 %
+# cycles per backend, 50 projection crash cycles, 2,000-operation linearizability histories, the
+# CLI's copy test with 1,000 ids (100,000 events; 250 in CI), the DynamoDB kit with 30 %
 # of attempts throttled and 10 % answered 500, and 300 s per fuzz target. Each variable can
 # still be set by hand (the values below are defaults).
 set -euo pipefail
@@ -21,6 +22,7 @@ if [ "${1:-}" = "--long" ]; then
   export PERSISTENCE_CLIENT_CRASH_CYCLES="${PERSISTENCE_CLIENT_CRASH_CYCLES:-10}"
   export PROJECTION_CRASH_CYCLES="${PROJECTION_CRASH_CYCLES:-50}"
   export PERSISTENCE_LINEARIZABILITY_OPS="${PERSISTENCE_LINEARIZABILITY_OPS:-2000}"
+  export PERSISTENCE_COPY_IDS="${PERSISTENCE_COPY_IDS:-1000}"
   export PERSISTENCE_CHAOS_THROTTLED="${PERSISTENCE_CHAOS_THROTTLED:-0.30}"
   export PERSISTENCE_CHAOS_SERVER_ERRORS="${PERSISTENCE_CHAOS_SERVER_ERRORS:-0.10}"
   export FUZZ_SECONDS="${FUZZ_SECONDS:-300}"
