@@ -47,6 +47,11 @@ pub const MAX_ATOMIC_WRITE_SIZE: usize = 8 * 1024 * 1024;
 /// The largest event the driver declares ([`persistence_api::Capabilities::max_event_size`]).
 pub const MAX_EVENT_SIZE: usize = 1024 * 1024;
 
+/// The longest stored tag (with the namespace prefix), in bytes: Cassandra's 65,535-byte
+/// partition key less the 14 bytes `tag_views`' composite key `(tag_name, timebucket)`
+/// adds around it.
+pub const MAX_TAG_KEY_BYTES: usize = 65_535 - 14;
+
 /// The Cassandra journal.
 pub struct CassandraJournal {
     pub(crate) inner: Arc<Inner>,
@@ -85,6 +90,24 @@ impl CassandraJournal {
                 ErrorKind::Rejected,
                 "sequence numbers above i64::MAX do not fit a CQL bigint",
             ));
+        }
+        // A tag is a partition key (`tag_views`, `tag_scanning`): one too long for a key
+        // would fail after the events were stored, and every later replay's repair of the
+        // tag rows with it, so it is refused before anything is written.
+        for e in write.events() {
+            for tag in &e.tags {
+                let stored = inner.tag_key(tag).len();
+                if stored > MAX_TAG_KEY_BYTES {
+                    return Err(Error::new(
+                        ErrorKind::Rejected,
+                        format!(
+                            "a tag of event {} is {stored} bytes as stored; a Cassandra partition key of a tag holds at most {MAX_TAG_KEY_BYTES} bytes",
+                            e.sequence_nr
+                        ),
+                    )
+                    .with_sequence_range(e.sequence_nr, e.sequence_nr));
+                }
+            }
         }
 
         // 1. all_persistence_ids, with the id's first event.

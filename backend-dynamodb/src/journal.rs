@@ -87,6 +87,11 @@ enum Start {
 /// tries again before it answers `Conflict`.
 const MAX_CLEARS: usize = 2;
 
+/// The most numbers one write may skip (a write starting above the highest + 1): each
+/// takes a tombstone item, written 100 to a transaction, so a far larger gap would take
+/// unbounded memory and requests (a write at `u64::MAX` on a new id was a panic).
+const MAX_GAP: u64 = 10_000;
+
 /// How often one write takes new tag numbers after readers filled its numbers before it
 /// gives up with a retryable error.
 const MAX_REFILLS: usize = 5;
@@ -213,6 +218,18 @@ impl DynamoDbJournal {
         let mut gap = match self.write_start(&pid, from).await? {
             Start::Taken => return Err(conflict(Some(from))),
             Start::Next => Vec::new(),
+            Start::Gap(lo) if from - lo > MAX_GAP => {
+                return Err(Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "a write starting at {from} would skip the {} numbers after the highest {} of {pid}; each skipped number takes a tombstone item, and this backend skips at most {MAX_GAP} in one write",
+                        from - lo,
+                        lo - 1
+                    ),
+                )
+                .with_persistence_id(pid.as_str())
+                .with_sequence_range(from, to))
+            }
             Start::Gap(lo) => (lo..from)
                 .map(|seq| {
                     (

@@ -58,7 +58,11 @@ impl Journal for Memory {
                 let n = buf.len();
                 *left -= n as u64;
                 if let Some(last) = buf.back() {
-                    *next = last.sequence_nr + 1;
+                    match last.sequence_nr.checked_add(1) {
+                        Some(after) => *next = after,
+                        // `u64::MAX` delivered: no number follows it.
+                        None => return true,
+                    }
                 }
                 n < take || *left == 0 || *next > to
             };

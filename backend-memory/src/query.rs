@@ -77,7 +77,11 @@ impl Memory {
                     );
                 }
                 if let Some((_, last)) = buf.back() {
-                    *next = last + 1;
+                    match last.checked_add(1) {
+                        Some(after) => *next = after,
+                        // `u64::MAX` delivered: no number follows it.
+                        None => return true,
+                    }
                 }
                 *next > end || (!live && buf.len() < page)
             },
