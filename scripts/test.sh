@@ -12,8 +12,9 @@
 # release instead of the bounded ones CI runs: 50 server kill cycles and 10 client kill
 # cycles per backend, 50 projection crash cycles, 2,000-operation linearizability histories, the
 # CLI's copy test with 1,000 ids (100,000 events; 250 in CI), the DynamoDB kit with 30 %
-# of attempts throttled and 10 % answered 500, and 300 s per fuzz target. Each variable can
-# still be set by hand (the values below are defaults).
+# of attempts throttled and 10 % answered 500, and 300 s per fuzz target, the backends'
+# row/item decoder targets included. Each variable can still be set by hand (the values
+# below are defaults).
 set -euo pipefail
 
 if [ "${1:-}" = "--long" ]; then
@@ -26,6 +27,7 @@ if [ "${1:-}" = "--long" ]; then
   export PERSISTENCE_CHAOS_THROTTLED="${PERSISTENCE_CHAOS_THROTTLED:-0.30}"
   export PERSISTENCE_CHAOS_SERVER_ERRORS="${PERSISTENCE_CHAOS_SERVER_ERRORS:-0.10}"
   export FUZZ_SECONDS="${FUZZ_SECONDS:-300}"
+  export FUZZ_BACKENDS="${FUZZ_BACKENDS:-1}"
 fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

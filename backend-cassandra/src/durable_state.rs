@@ -103,13 +103,13 @@ impl std::fmt::Debug for CassandraDurableStateStore {
 /// A stored row of `durable_state`, as read back.
 #[derive(DeserializeRow)]
 pub(crate) struct StateRow {
-    revision: Option<i64>,
-    ser_id: Option<String>,
-    ser_manifest: Option<String>,
-    state: Option<Vec<u8>>,
-    deleted: Option<bool>,
-    tag: Option<String>,
-    timestamp: Option<CqlTimeuuid>,
+    pub(crate) revision: Option<i64>,
+    pub(crate) ser_id: Option<String>,
+    pub(crate) ser_manifest: Option<String>,
+    pub(crate) state: Option<Vec<u8>>,
+    pub(crate) deleted: Option<bool>,
+    pub(crate) tag: Option<String>,
+    pub(crate) timestamp: Option<CqlTimeuuid>,
 }
 
 /// A row of `durable_state_changes`, as read back.
@@ -160,7 +160,7 @@ impl StateRow {
 
     /// The whole state of `id`: a column every write of its kind sets found NULL, or one
     /// that does not decode, is `Corrupt` naming the column.
-    fn into_state(self, id: PersistenceId) -> Result<DurableState> {
+    pub(crate) fn into_state(self, id: PersistenceId) -> Result<DurableState> {
         let revision = self.revision(&id)?;
         let timestamp = self.timestamp(&id)?;
         let tag = self.tag(&id)?;

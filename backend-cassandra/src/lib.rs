@@ -4,6 +4,9 @@
 mod config;
 mod core;
 mod durable_state;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod error;
 mod journal;
 mod maintenance;

@@ -75,7 +75,7 @@ fn corrupt(id: &ProjectionId, column: &str, detail: impl std::fmt::Display) -> E
 }
 
 /// A stored version as the API counts it: at least 1 (0 stands for "nothing stored").
-fn stored_version(id: &ProjectionId, version: Option<i64>) -> Result<u64> {
+pub(crate) fn stored_version(id: &ProjectionId, version: Option<i64>) -> Result<u64> {
     match version {
         Some(v) if v >= 1 => Ok(v as u64),
         Some(v) => Err(corrupt(
@@ -88,7 +88,7 @@ fn stored_version(id: &ProjectionId, version: Option<i64>) -> Result<u64> {
 }
 
 /// The stored offset text, read back with [`Offset`]'s `FromStr`.
-fn stored_offset(id: &ProjectionId, offset: Option<String>) -> Result<Offset> {
+pub(crate) fn stored_offset(id: &ProjectionId, offset: Option<String>) -> Result<Offset> {
     let text = offset.ok_or_else(|| corrupt(id, "offset", "is NULL, but every write sets it"))?;
     text.parse::<Offset>()
         .map_err(|e| corrupt(id, "offset", e.message()))

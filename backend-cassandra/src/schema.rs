@@ -5,7 +5,9 @@
 //! Users create the tables before production ([`schema_cql`] prints them); the
 //! `create_schema` switch runs them at start-up.
 
-use persistence_api::{Payload, PersistenceId, PersistentEvent, Result, Timestamp};
+use persistence_api::{
+    Payload, PersistenceId, PersistentEvent, Result, SelectedSnapshot, SnapshotMetadata, Timestamp,
+};
 use scylla::serialize::row::{RowSerializationContext, SerializeRow};
 use scylla::serialize::writers::RowWriter;
 use scylla::serialize::SerializationError;
@@ -727,6 +729,39 @@ pub(crate) struct LoadedSnapshotRow {
     pub meta_ser_id: Option<String>,
     pub meta_ser_manifest: Option<String>,
     pub meta: Option<Vec<u8>>,
+}
+
+impl LoadedSnapshotRow {
+    /// The snapshot of `persistence_id` this row holds. A negative sequence number, a
+    /// column the driver always writes that is NULL, or metadata set in part is
+    /// [`persistence_api::ErrorKind::Corrupt`] naming the snapshot and the column.
+    pub fn into_snapshot(self, persistence_id: &PersistenceId) -> Result<SelectedSnapshot> {
+        let seq = u64::try_from(self.sequence_nr).map_err(|_| {
+            persistence_api::Error::corrupt(
+                "sequence_nr",
+                format!("{} is negative", self.sequence_nr),
+            )
+            .with_persistence_id(persistence_id.as_str())
+        })?;
+        let metadata = metadata(
+            (self.meta_ser_id, self.meta_ser_manifest, self.meta),
+            persistence_id,
+            seq,
+        )?;
+        Ok(SelectedSnapshot {
+            metadata: SnapshotMetadata {
+                persistence_id: persistence_id.clone(),
+                sequence_nr: seq,
+                timestamp: Timestamp::from_millis(self.timestamp.unwrap_or(0)),
+                metadata,
+            },
+            snapshot: Payload::new(
+                required(self.ser_id, persistence_id, seq, "ser_id")?,
+                required(self.ser_manifest, persistence_id, seq, "ser_manifest")?,
+                required(self.snapshot_data, persistence_id, seq, "snapshot_data")?,
+            ),
+        })
+    }
 }
 
 #[cfg(test)]

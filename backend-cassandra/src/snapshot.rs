@@ -10,7 +10,7 @@ use persistence_api::{
 };
 
 use crate::core::Inner;
-use crate::error::{metadata, required, unexpected, ResultExt};
+use crate::error::{unexpected, ResultExt};
 use crate::schema::{LoadedSnapshotRow, SnapshotRow};
 
 /// The largest snapshot ([`persistence_api::Payload::stored_size`]) the driver stores: one
@@ -59,6 +59,17 @@ impl CassandraSnapshotStore {
 #[async_trait]
 impl SnapshotStore for CassandraSnapshotStore {
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
+        // A CQL bigint: a larger number would load back as another one.
+        if metadata.sequence_nr > i64::MAX as u64 {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "snapshot sequence number {} does not fit a CQL bigint (at most {})",
+                    metadata.sequence_nr,
+                    i64::MAX
+                ),
+            ));
+        }
         let size =
             snapshot.stored_size() + metadata.metadata.as_ref().map_or(0, |m| m.stored_size());
         if size > MAX_SNAPSHOT_SIZE {
@@ -115,28 +126,10 @@ impl SnapshotStore for CassandraSnapshotStore {
         while let Some(row) = rows.next().await {
             let row = row.op("load_snapshot")?;
             let timestamp = Timestamp::from_millis(row.timestamp.unwrap_or(0));
-            let seq = row.sequence_nr.max(0) as u64;
-            if !criteria.matches(seq, timestamp) {
+            if !criteria.matches(row.sequence_nr.max(0) as u64, timestamp) {
                 continue;
             }
-            let metadata = metadata(
-                (row.meta_ser_id, row.meta_ser_manifest, row.meta),
-                persistence_id,
-                seq,
-            )?;
-            return Ok(Some(SelectedSnapshot {
-                metadata: SnapshotMetadata {
-                    persistence_id: persistence_id.clone(),
-                    sequence_nr: seq,
-                    timestamp,
-                    metadata,
-                },
-                snapshot: Payload::new(
-                    required(row.ser_id, persistence_id, seq, "ser_id")?,
-                    required(row.ser_manifest, persistence_id, seq, "ser_manifest")?,
-                    required(row.snapshot_data, persistence_id, seq, "snapshot_data")?,
-                ),
-            }));
+            return row.into_snapshot(persistence_id).map(Some);
         }
         Ok(None)
     }

@@ -400,14 +400,14 @@ fn type_label(v: &AttributeValue) -> &'static str {
 }
 
 /// A decoded state item, with the number of its change entry.
-struct Stored {
+pub(crate) struct Stored {
     state: DurableState,
     change: Option<u64>,
 }
 
 /// Decodes the state item of `id`: a missing or ill-typed attribute is
 /// [`ErrorKind::Corrupt`] naming the id and the attribute.
-fn decode_state(id: &PersistenceId, mut item: Item) -> Result<Stored> {
+pub(crate) fn decode_state(id: &PersistenceId, mut item: Item) -> Result<Stored> {
     let named = |e: Error| {
         Error::new(
             ErrorKind::Corrupt,
@@ -531,7 +531,7 @@ fn decode_change_offset(offset: Offset, shards: usize) -> Result<Vec<u64>> {
 }
 
 /// A change entry read, not yet delivered.
-struct Entry {
+pub(crate) struct Entry {
     time: i64,
     number: u64,
     pid: String,
@@ -550,7 +550,7 @@ struct ChangeShard {
 }
 
 /// Decodes a change entry of shard `pk`.
-fn decode_entry(pk: &str, number: u64, item: &Item) -> Result<Entry> {
+pub(crate) fn decode_entry(pk: &str, number: u64, item: &Item) -> Result<Entry> {
     let pid = get_str(item, PID);
     if pid.is_empty() {
         return Err(corrupt(

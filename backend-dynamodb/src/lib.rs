@@ -5,6 +5,9 @@ mod config;
 mod core;
 mod durable_state;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 mod large_write;
 mod maintenance;

@@ -282,7 +282,7 @@ impl StateSql {
 
 /// Reads the [`STATE_COLUMNS`] of a row (and the ordering at index 7 when `ordering`); a
 /// column that does not decode names the id (read first) and the column.
-fn read_state(
+pub(crate) fn read_state(
     row: &impl Columns,
     ordering: bool,
 ) -> std::result::Result<(u64, DurableStateChange), SqlError> {

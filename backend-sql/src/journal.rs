@@ -144,6 +144,7 @@ pub(crate) enum WriteError {
     /// [`WriteError::Taken`], found before the write changed anything (PostgreSQL: its
     /// statement inserted and updated no row), so the transaction may go on with other
     /// writes.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     TakenUntouched,
 }
 

@@ -17,6 +17,9 @@ mod core;
 mod durable_state;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod error;
+#[cfg(all(feature = "fuzzing", any(feature = "postgres", feature = "sqlite")))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod group_commit;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

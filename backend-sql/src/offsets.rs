@@ -322,7 +322,7 @@ const OFFSET_COLUMN: &str = "current_offset";
 
 /// A stored offset read back: a text that does not parse, or a negative version, is
 /// corrupt, naming the projection and the column.
-fn read_row(id: &ProjectionId, row: &impl Columns) -> Result<StoredOffset> {
+pub(crate) fn read_row(id: &ProjectionId, row: &impl Columns) -> Result<StoredOffset> {
     let text = row
         .text(0)
         .map_err(|e| corrupt(id, OFFSET_COLUMN, e.to_string()))?;

@@ -648,6 +648,8 @@ async fn describe_sqlite(pool: &sqlx::SqlitePool, prefix: &str) -> Result<Layout
 // The row layout of the tables, for the crate's reads and writes.
 #[cfg(feature = "postgres")]
 pub(crate) use rows::encode_tags;
+#[cfg(all(feature = "fuzzing", any(feature = "postgres", feature = "sqlite")))]
+pub(crate) use rows::read_event;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use rows::{
     bind_event, clamp, decode_event, read_payloads, read_tags, stored_id, unsigned, Columns,

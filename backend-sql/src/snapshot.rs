@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use persistence_api::{
-    Payload, PersistenceId, Result, SelectedSnapshot, SequenceNr, SnapshotMetadata,
-    SnapshotSelectionCriteria, SnapshotStore, Timestamp,
+    Error, ErrorKind, Payload, PersistenceId, Result, SelectedSnapshot, SequenceNr,
+    SnapshotMetadata, SnapshotSelectionCriteria, SnapshotStore, Timestamp,
 };
 
 use crate::core::{q, Backend, Dialect, Sql, SqlStore};
@@ -21,6 +21,17 @@ pub(crate) struct SqlSnapshotStore<B> {
 #[async_trait]
 impl<B: Backend> SnapshotStore for SqlSnapshotStore<B> {
     async fn save_snapshot(&self, metadata: SnapshotMetadata, snapshot: Payload) -> Result<()> {
+        // A BIGINT column: a larger number would load back as another one.
+        if metadata.sequence_nr > i64::MAX as u64 {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "snapshot sequence number {} is above the largest the SQL backend stores ({})",
+                    metadata.sequence_nr,
+                    i64::MAX
+                ),
+            ));
+        }
         self.backend
             .store()
             .save_snapshot(&metadata, &snapshot)
@@ -70,7 +81,7 @@ const SNAPSHOT_COLUMNS: &str = "persistence_id, sequence_nr, created, ser_id, \
 
 /// Reads the [`SNAPSHOT_COLUMNS`] of a row of either database; a column that does not
 /// decode names the snapshot (persistence id and sequence number) and the column.
-fn read_snapshot(row: &impl Columns) -> std::result::Result<SelectedSnapshot, SqlError> {
+pub(crate) fn read_snapshot(row: &impl Columns) -> std::result::Result<SelectedSnapshot, SqlError> {
     let record = Record::read(row, 0, 1)?;
     let created = record.int(row, 2, "created")?;
     let (snapshot, metadata) = read_payloads(row, &record, 3)?;

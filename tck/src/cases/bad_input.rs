@@ -1613,5 +1613,41 @@ async fn catalogue_of_writes_stored_or_refused(ctx: Ctx) -> Finish {
             .needs(fits(tag.len()), "max_event_size above the tag"),
         );
     }
+    // A snapshot numbered past what the backend's integers hold: refused, or loaded back
+    // at its own number, never at another one (a separate id: the table's ids must stay
+    // as they are).
+    if caps.snapshots {
+        for (seq, what) in [(1u64 << 63, "2^63"), (u64::MAX, "u64::MAX")] {
+            let id = ctx.pid("snapshot-max");
+            let saved = ctx
+                .stores
+                .snapshots
+                .save_snapshot(
+                    SnapshotMetadata::new(id.clone(), seq),
+                    Payload::new("s", "m", b"x".to_vec()),
+                )
+                .await;
+            let loaded = ctx
+                .stores
+                .snapshots
+                .load_snapshot(&id, Criteria::latest())
+                .await
+                .expect("the snapshot store reads after a refused or stored snapshot");
+            match saved {
+                Ok(()) => assert_eq!(
+                    loaded.map(|s| s.metadata.sequence_nr),
+                    Some(seq),
+                    "a snapshot at {what}, stored, loads back at its own number"
+                ),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Rejected, "a snapshot at {what}: {e}");
+                    assert!(
+                        loaded.is_none(),
+                        "a refused snapshot at {what} stored nothing"
+                    );
+                }
+            }
+        }
+    }
     run_catalogue(&b, "bad_input::catalogue_of_writes_stored_or_refused", t).await
 }
