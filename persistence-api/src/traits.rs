@@ -58,7 +58,10 @@ pub trait Journal: Send + Sync + 'static {
     /// - A write may start above the highest plus one, as Pekko allows: it is stored and
     ///   the highest becomes its last number. Every number at or below the highest is
     ///   taken, whether its event was stored, deleted, or skipped by such a gap: a later
-    ///   write starting there is a [`crate::ErrorKind::Conflict`].
+    ///   write starting there is a [`crate::ErrorKind::Conflict`]. A backend that stores
+    ///   something per skipped number may refuse a very wide gap with
+    ///   [`crate::ErrorKind::Rejected`] and say so in its documentation (DynamoDB: more
+    ///   than 10,000 skipped numbers).
     /// - The outer `Err` means the whole call failed (for example the store went away);
     ///   each atomic write may or may not have been stored, but none in part.
     /// - Needs no capability for plain events; an event with tags needs
