@@ -38,6 +38,8 @@ pub(crate) struct IdState {
 pub(crate) trait Backend: Send + Sync + 'static {
     /// The backend's name (`postgres` or `sqlite`), as errors and configuration name it.
     const NAME: &'static str;
+    /// The longest tag (bytes) the tag table's key takes, when the database limits it.
+    const MAX_TAG_BYTES: Option<usize> = None;
     /// The reads, deletes, snapshots, projection offsets and durable states, the same for
     /// both databases.
     type Store: Store + SnapshotRows + OffsetRows + StateRows + MaintenanceRows;

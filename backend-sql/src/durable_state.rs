@@ -60,6 +60,21 @@ impl<B: Backend> DurableStateStore for SqlDurableStateStore<B> {
         payload: Payload,
         tag: Option<String>,
     ) -> Result<()> {
+        // The tag is a key of the changes index ((tag, ordering)): a longer one than the
+        // database's index takes would fail the statement (PostgreSQL; see MAX_TAG_BYTES).
+        if let (Some(max), Some(t)) = (B::MAX_TAG_BYTES, tag.as_deref()) {
+            if t.len() > max {
+                let start: String = t.chars().take(40).collect();
+                return Err(persistence_api::Error::new(
+                    persistence_api::ErrorKind::Rejected,
+                    format!(
+                        "the tag {start:?}... of the state of {persistence_id} is {} bytes long; the changes index takes at most {max}",
+                        t.len()
+                    ),
+                )
+                .with_persistence_id(persistence_id.as_str()));
+            }
+        }
         self.backend
             .store()
             .write_state(persistence_id, revision, Some(&payload), tag.as_deref())

@@ -93,7 +93,7 @@ impl<B: Backend> Journal for SqlJournal<B> {
 
 /// Stores one atomic write in one transaction, then wakes the live queries.
 pub(crate) async fn write_one<B: Backend>(backend: &B, write: &AtomicWrite) -> Result<()> {
-    check_write_fits(write)?;
+    check_write_fits(write, B::MAX_TAG_BYTES)?;
     match backend.write_tx(write).await {
         Ok(()) => {
             wake(backend.wake_sender());
@@ -103,8 +103,9 @@ pub(crate) async fn write_one<B: Backend>(backend: &B, write: &AtomicWrite) -> R
     }
 }
 
-/// Refuses writes whose sequence numbers do not fit a `BIGINT`.
-pub(crate) fn check_write_fits(write: &AtomicWrite) -> Result<()> {
+/// Refuses writes whose sequence numbers do not fit a `BIGINT`, and (PostgreSQL) tags
+/// longer than the tag table's key takes, before anything is written.
+pub(crate) fn check_write_fits(write: &AtomicWrite, max_tag_bytes: Option<usize>) -> Result<()> {
     if write.highest_sequence_nr() > i64::MAX as u64 {
         return Err(Error::new(
             ErrorKind::Rejected,
@@ -114,6 +115,26 @@ pub(crate) fn check_write_fits(write: &AtomicWrite) -> Result<()> {
                 i64::MAX
             ),
         ));
+    }
+    if let Some(max) = max_tag_bytes {
+        let long = write
+            .events()
+            .iter()
+            .find_map(|e| e.tags.iter().find(|t| t.len() > max).map(|t| (e, t)));
+        if let Some((e, tag)) = long {
+            let start: String = tag.chars().take(40).collect();
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "the tag {start:?}... of {} sequence number {} is {} bytes long; the tag table's key takes at most {max}",
+                    e.persistence_id,
+                    e.sequence_nr,
+                    tag.len()
+                ),
+            )
+            .with_persistence_id(e.persistence_id.as_str())
+            .with_sequence_range(e.sequence_nr, e.sequence_nr));
+        }
     }
     Ok(())
 }

@@ -741,6 +741,11 @@ async fn listen(options: PgConnectOptions, channel: String, wake: Arc<watch::Sen
 #[async_trait]
 impl Backend for PgBackend {
     const NAME: &'static str = Postgres::NAME;
+    /// A B-tree index entry holds at most 2,704 bytes (a third of an 8 KiB page): a
+    /// `(tag, ordering)` key with a longer tag fails the insert ("index row size exceeds
+    /// btree version 4 maximum"), measured with a 3 KiB tag. 2,600 leaves room for the
+    /// ordering and the entry's header, whatever the tag's text compresses to.
+    const MAX_TAG_BYTES: Option<usize> = Some(2_600);
     type Store = SqlStore<PgDb>;
 
     fn store(&self) -> &SqlStore<PgDb> {
@@ -780,7 +785,7 @@ impl Backend for PgBackend {
     async fn write_all(&self, writes: &[AtomicWrite]) -> Result<Vec<Result<()>>> {
         let mut results: Vec<Option<Result<()>>> = writes
             .iter()
-            .map(|w| check_write_fits(w).err().map(Err))
+            .map(|w| check_write_fits(w, Self::MAX_TAG_BYTES).err().map(Err))
             .collect();
         let fitting: Vec<&AtomicWrite> = writes
             .iter()

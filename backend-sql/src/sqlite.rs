@@ -220,7 +220,7 @@ impl SqliteBackend {
         use std::collections::HashMap;
         let mut results: Vec<Option<Result<()>>> = writes
             .iter()
-            .map(|w| check_write_fits(w).err().map(Err))
+            .map(|w| check_write_fits(w, Self::MAX_TAG_BYTES).err().map(Err))
             .collect();
         let mut ids: Vec<&str> = writes
             .iter()
@@ -387,7 +387,7 @@ impl SqliteBackend {
             let mut tx = self.store.begin().await?;
             let mut results = Vec::with_capacity(writes.len());
             for write in writes {
-                if let Err(e) = check_write_fits(write) {
+                if let Err(e) = check_write_fits(write, None) {
                     results.push(Err(e));
                     continue;
                 }

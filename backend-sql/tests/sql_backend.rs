@@ -288,3 +288,67 @@ async fn postgres_without_notify_or_tag_lock_still_writes_and_reads() {
     }
     drop_schema(opened.pool(), &schema).await;
 }
+
+/// PostgreSQL's B-tree entries hold at most 2,704 bytes: a tag longer than the tag table's
+/// and the changes index's keys take (2,600 bytes) is `Rejected` naming the id, before
+/// anything is written (it used to fail the statement with `Storage`); a tag of 2,600
+/// bytes of letters no compression shortens is stored and queried.
+#[tokio::test]
+async fn postgres_tags_longer_than_the_index_takes_are_rejected() {
+    let Some(url) = postgres_url() else { return };
+    let schema = format!("longtag_{}", std::process::id());
+    let opened = Postgres::open(PostgresConfig::new(url).with_schema(&schema))
+        .await
+        .unwrap();
+    let stores = opened.stores();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let letters = |n: usize, x: &mut u64| -> String {
+        (0..n)
+            .map(|_| {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                (b'a' + (*x % 26) as u8) as char
+            })
+            .collect()
+    };
+    let id = PersistenceId::new("long-tag").unwrap();
+    let too_long = letters(2_601, &mut x);
+    let event = |seq: u64, tag: &str| {
+        PersistentEvent::new(id.clone(), seq, Payload::raw(vec![1])).with_tags([tag.to_owned()])
+    };
+    let err = stores
+        .journal
+        .write(AtomicWrite::single(event(1, &too_long)).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(err.to_string().contains("long-tag"), "{err}");
+    assert_eq!(stores.journal.highest_sequence_nr(&id).await.unwrap(), 0);
+    let err = stores
+        .durable_state
+        .upsert(&id, 1, Payload::raw(vec![1]), Some(too_long.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(stores.durable_state.get(&id).await.unwrap().is_none());
+
+    let longest = letters(2_600, &mut x);
+    stores
+        .journal
+        .write(AtomicWrite::single(event(1, &longest)).unwrap())
+        .await
+        .unwrap();
+    let tagged: Vec<_> = stores
+        .read_journal
+        .current_events_by_tag(longest.clone(), persistence_api::Offset::NoOffset)
+        .collect()
+        .await;
+    assert_eq!(tagged.len(), 1);
+    stores
+        .durable_state
+        .upsert(&id, 1, Payload::raw(vec![1]), Some(longest))
+        .await
+        .unwrap();
+    drop_schema(opened.pool(), &schema).await;
+}
