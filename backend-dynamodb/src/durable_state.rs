@@ -625,6 +625,13 @@ fn changes(
     try_stream! {
         let count = inner.keys.tag_shards() as usize;
         let start = decode_change_offset(offset, count)?;
+        if tag.len() > MAX_TAG_BYTES {
+            // No upsert stores such a tag: an unknown tag, nothing to deliver, ever.
+            if live {
+                futures::future::pending::<()>().await;
+            }
+            return;
+        }
         let pks: Vec<String> = (0..count)
             .map(|i| inner.keys.change_pk(&tag, i as u32))
             .collect();

@@ -354,6 +354,14 @@ pub(crate) fn by_tag(
     try_stream! {
         let count = inner.keys.tag_shards() as usize;
         let start = decode_offset(offset, count)?;
+        if tag.len() > crate::MAX_TAG_BYTES {
+            // No write stores such a tag (and its key would be too long to query): an
+            // unknown tag, nothing to deliver, ever.
+            if live {
+                futures::future::pending::<()>().await;
+            }
+            return;
+        }
         let limits = if live {
             vec![u64::MAX; count]
         } else {

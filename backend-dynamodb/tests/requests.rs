@@ -932,6 +932,32 @@ async fn tag_queries_merge_shards_and_resume_exactly() {
     assert_eq!(other, 50);
 }
 
+/// A tag longer than any write stores ([`persistence_dynamodb::MAX_TAG_BYTES`]) is an
+/// unknown tag to the queries: an empty current stream, without a request (its key would
+/// be over DynamoDB's key limit, which answered the query with a validation error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_longer_than_any_write_stores_reads_as_unknown() {
+    use persistence_api::{DurableStateStoreExt, Offset};
+    let Some(e) = env(|_| {}).await else { return };
+    let tag = "t".repeat(persistence_dynamodb::MAX_TAG_BYTES * 3);
+    e.shared.reset();
+    let events: Vec<_> = e
+        .stores
+        .read_journal
+        .current_events_by_tag(tag.clone(), Offset::NoOffset)
+        .collect()
+        .await;
+    assert!(events.is_empty(), "{events:?}");
+    let changes: Vec<_> = e
+        .stores
+        .durable_state
+        .current_changes(tag, Offset::NoOffset)
+        .collect()
+        .await;
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(e.shared.total(), 0, "{:?}", e.shared.attempts());
+}
+
 /// A shard waiting at a gap holds the other shards back in a current query: the counter
 /// update of `a`'s first write is applied but answered with a 500, so its retry takes the
 /// next number and leaves a gap in `a`'s shard that only the gap timeout fills. Writes of
