@@ -52,15 +52,6 @@ const TAG: &str = "cluster";
 /// How long the writers stream before a node is killed, and after.
 const BEFORE_KILL: Duration = Duration::from_secs(3);
 const AFTER_KILL: Duration = Duration::from_secs(8);
-/// The one journal case not run on the cluster by default. Four writers race lightweight
-/// transactions on one partition and read `highest_sequence_nr` (a `SERIAL` read, itself a
-/// Paxos round) between rounds; on three nodes sharing two cores the Paxos rounds contend
-/// until one of them ends in Cassandra's `WriteTimeout` (write type `CAS`), even with the
-/// cluster's `cas_contention_timeout` at 5 s. The case accepts only success or `Conflict`
-/// and panics on that `Timeout` (retryable, outcome unknown), and its other writers then
-/// wait on its barrier until the case times out after 180 s. Seen in each of five runs
-/// here (Paxos v1 and v2); `PERSISTENCE_CLUSTER_RACING=1` runs it anyway.
-const RACING: &str = "journal::racing_writers_one_winner_per_sequence_nr";
 /// How long a writer keeps retrying a write whose outcome is unknown.
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
@@ -441,6 +432,7 @@ async fn check_unavailable(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the three-node cluster (scripts/servers/cassandra.sh cluster-start); scripts/test.sh runs it with --ignored after the other suites"]
 async fn a_cluster_that_loses_a_node() {
     let Some(contact_points) = persistence_tck::server_env(VAR) else {
         return;
@@ -460,22 +452,16 @@ async fn a_cluster_that_loses_a_node() {
         started.elapsed()
     );
 
-    // 1. The kit's journal suite on the whole cluster, case by case (but for RACING, see there).
+    // 1. The kit's journal suite on the whole cluster, case by case. Its racing-writers case
+    // meets Paxos contention timeouts here (4 in a run), which it settles from the replay.
     let started = Instant::now();
     let factory: Arc<dyn persistence_tck::StoreFactory> = Arc::new(plain::Factory {
         base: base.clone(),
         page_size,
     });
-    let with_racing = std::env::var("PERSISTENCE_CLUSTER_RACING").is_ok_and(|v| v == "1");
     let mut outcomes = Vec::new();
     for case in persistence_tck::all_cases() {
         if !case.name.starts_with("journal::") {
-            continue;
-        }
-        if case.name == RACING && !with_racing {
-            eprintln!(
-                "cluster: NOT RUN on the cluster: {RACING} (see RACING in this file; PERSISTENCE_CLUSTER_RACING=1 runs it)"
-            );
             continue;
         }
         // The filter is a substring: keep only this case's own row.
