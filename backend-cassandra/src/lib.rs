@@ -4,10 +4,10 @@
 mod config;
 mod core;
 mod durable_state;
+mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod error;
 mod journal;
 mod maintenance;
 mod offsets;
