@@ -2,7 +2,7 @@
 # Runs every fuzz target in fuzz/ for a bounded time each, from the seed corpus in
 # fuzz/corpus/<target>/ (new inputs go to a scratch folder, so the repository stays clean).
 #
-#   scripts/fuzz.sh            30 s per target (what scripts/test.sh runs in CI)
+#   scripts/fuzz.sh            30 s per target (scripts/test.sh runs 20 s each in CI)
 #   scripts/fuzz.sh 600        10 minutes per target (before a release)
 #   FUZZ_TARGETS="codec" scripts/fuzz.sh 3600
 #   FUZZ_BACKENDS=1 scripts/fuzz.sh 300   also the backends' row/item decoders (sql_rows,

@@ -5,7 +5,7 @@
 # and starts the server with scripts/servers/<name>.sh, exports its address, runs
 #   cargo test --workspace --all-features
 # and stops what it started, also on failure or Ctrl-C. Extra arguments go to cargo test.
-# Then it runs every fuzz target for FUZZ_SECONDS each (default 30; 0 skips them; see
+# Then it runs every fuzz target for FUZZ_SECONDS each (default 20; 0 skips them; see
 # scripts/fuzz.sh, which needs the nightly toolchain and installs cargo-fuzz if missing).
 #
 # --long (first argument) runs the same tests with the longer reliability campaigns of a
@@ -118,7 +118,7 @@ if [ -d backend-cassandra ] && [ "${PERSISTENCE_SKIP_CLUSTER:-0}" != "1" ]; then
   cluster_started=0
 fi
 
-if [ "${FUZZ_SECONDS:-30}" != "0" ]; then
-  echo "==> scripts/fuzz.sh ${FUZZ_SECONDS:-30}" >&2
-  bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+if [ "${FUZZ_SECONDS:-20}" != "0" ]; then
+  echo "==> scripts/fuzz.sh ${FUZZ_SECONDS:-20}" >&2
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 fi

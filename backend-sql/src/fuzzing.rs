@@ -124,16 +124,7 @@ mod tests {
     /// The fuzz target's body over inputs of a fixed pseudo-random sequence.
     #[test]
     fn random_rows_decode_or_are_corrupt() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        for len in 0..4000usize {
-            let bytes: Vec<u8> = (0..len % 300)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+        for bytes in persistence_tck::fuzz::random_inputs(4000, 300) {
             super::rows(&bytes);
         }
     }

@@ -421,6 +421,21 @@ launch_daemon() {
     LAUNCHER=$!
 }
 
+# Waits for `pid` (sent TERM) to exit; SIGKILLs it when it still runs after STOP_TIMEOUT.
+wait_or_kill() {
+    local pid="$1" waited=0
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((waited >= STOP_TIMEOUT * 10)); then
+            log "pid $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+            return 0
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
 do_stop_locked() {
     local pid
     if ! pid=$(running_pid); then
@@ -429,17 +444,7 @@ do_stop_locked() {
     fi
     log "stopping Cassandra (pid $pid) ..."
     kill -TERM "$pid" 2>/dev/null || true
-    local waited=0
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((waited >= STOP_TIMEOUT * 10)); then
-            log "pid $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-            break
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    wait_or_kill "$pid"
     rm -f "$PID_FILE" "$ENV_FILE" "$PORT_FILE"
     log "stopped"
 }
@@ -776,18 +781,8 @@ cluster_stop() {
             pids+=("$pid")
         fi
     done
-    local waited=0
     for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null; do
-            if ((waited >= STOP_TIMEOUT * 10)); then
-                log "pid $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-                break
-            fi
-            sleep 0.1
-            waited=$((waited + 1))
-        done
+        wait_or_kill "$pid"
     done
     for n in "${CLUSTER_NODES[@]}"; do
         cluster_paths "$n"

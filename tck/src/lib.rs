@@ -46,6 +46,7 @@ pub mod bench;
 mod cases;
 mod context;
 pub mod fault;
+pub mod fuzz;
 pub mod layer;
 pub mod sweep;
 #[cfg(feature = "tls")]
