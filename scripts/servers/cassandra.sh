@@ -110,28 +110,10 @@ CLUSTER_RING_DELAY_MS=${CASSANDRA_CLUSTER_RING_DELAY_MS:-5000}
 CLUSTER_ENV_FILE=$CLUSTER_DIR/env
 
 # Points the state (not the jars) at DIR/cassandra for the durable commands.
-durable_paths() {
-    [[ -n "${1:-}" ]] || usage
-    mkdir -p "$1/cassandra"
-    local dir
-    dir=$(cd "$1" && pwd)
-    DURABLE=1
-    D_DIR=$dir
-    STATE_DIR=$dir/cassandra
-    CONF_DIR=$STATE_DIR/conf
-    DATA_DIR=$STATE_DIR/data
-    LOG_DIR=$STATE_DIR/logs
-    TMP_DIR=$STATE_DIR/tmp
-    PID_FILE=$STATE_DIR/cassandra.pid
-    PORT_FILE=$STATE_DIR/native.port
-    ENV_FILE=$dir/env
-    LOCK_FILE=$STATE_DIR/.lock
-}
-
-# Points the state (not the jars) at .servers/cassandra-secure for the secure commands.
-secure_paths() {
-    SECURE=1
-    STATE_DIR=$REPO_ROOT/.servers/cassandra-secure
+# Points every state path (not the jars) into STATE_DIR=$1: configuration, data, logs, pid,
+# port, env file and lock; callers override what they keep elsewhere.
+state_paths() {
+    STATE_DIR=$1
     CONF_DIR=$STATE_DIR/conf
     DATA_DIR=$STATE_DIR/data
     LOG_DIR=$STATE_DIR/logs
@@ -140,6 +122,23 @@ secure_paths() {
     PORT_FILE=$STATE_DIR/native.port
     ENV_FILE=$STATE_DIR/env
     LOCK_FILE=$STATE_DIR/.lock
+}
+
+durable_paths() {
+    [[ -n "${1:-}" ]] || usage
+    mkdir -p "$1/cassandra"
+    local dir
+    dir=$(cd "$1" && pwd)
+    DURABLE=1
+    D_DIR=$dir
+    state_paths "$dir/cassandra"
+    ENV_FILE=$dir/env
+}
+
+# Points the state (not the jars) at .servers/cassandra-secure for the secure commands.
+secure_paths() {
+    SECURE=1
+    state_paths "$REPO_ROOT/.servers/cassandra-secure"
 }
 
 # Points the state (not the jars) at .servers/cassandra-cluster/nodeN for node N of the cluster.
@@ -148,14 +147,7 @@ cluster_paths() {
     CLUSTER=1
     NODE=$1
     NODE_ADDR=127.0.0.$1
-    STATE_DIR=$CLUSTER_DIR/node$1
-    CONF_DIR=$STATE_DIR/conf
-    DATA_DIR=$STATE_DIR/data
-    LOG_DIR=$STATE_DIR/logs
-    TMP_DIR=$STATE_DIR/tmp
-    PID_FILE=$STATE_DIR/cassandra.pid
-    PORT_FILE=$STATE_DIR/native.port
-    ENV_FILE=$STATE_DIR/env
+    state_paths "$CLUSTER_DIR/node$1"
     # One lock for the whole cluster (taken once per command, before the nodes' paths are set).
     LOCK_FILE=$CLUSTER_DIR/.lock
     CASSANDRA_HEAP=${CASSANDRA_CLUSTER_HEAP:-512M}
