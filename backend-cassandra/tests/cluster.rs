@@ -432,7 +432,6 @@ async fn check_unavailable(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the three-node cluster (scripts/servers/cassandra.sh cluster-start); scripts/test.sh runs it with --ignored after the other suites"]
 async fn a_cluster_that_loses_a_node() {
     let Some(contact_points) = persistence_tck::server_env(VAR) else {
         return;
